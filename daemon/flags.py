@@ -1,0 +1,120 @@
+"""argparse with an environment fallback per flag and one-line errors (exit status 2)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, NoReturn
+
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in TRUE:
+        return True
+    if lowered in FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def parse_hostport(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = default_host, value
+    host = host.strip("[]") or default_host
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected host:port, got {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range in {value!r}")
+    return host, number
+
+
+def parse_size(value: str) -> int:
+    """Bytes with an optional Ki/Mi/Gi (or K/M/G) suffix."""
+    units = {"ki": 1024, "mi": 1024**2, "gi": 1024**3, "k": 1000, "m": 1000**2, "g": 1000**3}
+    text = value.strip().lower().removesuffix("b")
+    for suffix, factor in units.items():  # noqa: B007 - factor is used after the break
+        if text.endswith(suffix):
+            number = text[: -len(suffix)]
+            break
+    else:
+        number, factor = text, 1
+    try:
+        result = int(float(number) * factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 64Mi, got {value!r}") from None
+    if result <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {value!r}")
+    return result
+
+
+def parse_duration(value: str) -> float:
+    """Seconds, or a number with ms/s/m/h."""
+    text = value.strip().lower()
+    for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if text.endswith(suffix):
+            text, scale = text[: -len(suffix)], factor
+            break
+    else:
+        scale = 1.0
+    try:
+        result = float(text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration like 500ms or 5s, got {value!r}") from None
+    if result < 0:
+        raise argparse.ArgumentTypeError(f"duration must not be negative, got {value!r}")
+    return result
+
+
+class EnvParser(argparse.ArgumentParser):
+    """Every long option ``--some-flag`` also reads ``<PREFIX>SOME_FLAG`` when not given."""
+
+    def __init__(self, *args: Any, env_prefix: str, **kwargs: Any) -> None:
+        self.env_prefix = env_prefix
+        super().__init__(*args, **kwargs)
+
+    def env_name(self, flag: str) -> str:
+        return self.env_prefix + flag.lstrip("-").upper().replace("-", "_")
+
+    def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:  # type: ignore[override]
+        long = next((n for n in names if isinstance(n, str) and n.startswith("--")), None)
+        if long is not None and long != "--help":
+            env = self.env_name(long)
+            kwargs["help"] = f"{kwargs.get('help', '')} [env {env}]".strip()
+            raw = os.environ.get(env)
+            if raw is not None:
+                action = kwargs.get("action")
+                if action == "append":
+                    kwargs["default"] = [v for v in raw.split(",") if v]
+                elif action == "store_true":
+                    try:
+                        kwargs["default"] = parse_bool(raw)
+                    except argparse.ArgumentTypeError as exc:
+                        self.error(f"{env}: {exc}")
+                else:
+                    convert = kwargs.get("type", str)
+                    try:
+                        kwargs["default"] = convert(raw)
+                    except (argparse.ArgumentTypeError, ValueError) as exc:
+                        self.error(f"{env}: {exc}")
+        return super().add_argument(*names, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def read_secret(value: str | None, path: str | None, what: str) -> str | None:
+    """A secret given inline or as a file (trailing newline stripped)."""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"cannot read {what} file {path}: {exc.strerror}") from exc
+    return value

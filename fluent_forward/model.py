@@ -1,0 +1,112 @@
+"""Messages of the Fluent forward protocol v1, as plain values.
+
+Spec: "Forward Protocol Specification v1" (fluentd wiki). Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+import time as _time
+from dataclasses import dataclass, field
+from typing import Any
+
+EVENT_TIME_EXT = 0  # msgpack ext type code of EventTime
+_EVENT_TIME = struct.Struct(">II")
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class EventTime:
+    """Seconds and nanoseconds since the epoch (msgpack ext type 0, 8 bytes)."""
+
+    seconds: int
+    nanoseconds: int = 0
+
+    @classmethod
+    def from_float(cls, value: float) -> EventTime:
+        seconds = int(value)
+        return cls(seconds, int(round((value - seconds) * 1e9)) % 1_000_000_000)
+
+    @classmethod
+    def now(cls) -> EventTime:
+        ns = _time.time_ns()
+        return cls(ns // 1_000_000_000, ns % 1_000_000_000)
+
+    def to_bytes(self) -> bytes:
+        return _EVENT_TIME.pack(self.seconds, self.nanoseconds)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EventTime:
+        if len(data) != 8:
+            raise ValueError(f"EventTime needs 8 bytes, got {len(data)}")
+        seconds, nanos = _EVENT_TIME.unpack(data)
+        return cls(seconds, nanos)
+
+    def __float__(self) -> float:
+        return self.seconds + self.nanoseconds / 1e9
+
+
+Record = dict[str, Any]
+Entry = tuple[EventTime, Record]
+TimeLike = EventTime | int | float
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The option map that may follow any event-carrying message."""
+
+    size: int | None = None
+    chunk: str | None = None
+    compressed: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Events of one message, whatever mode carried them.
+
+    ``mode`` is one of "message", "forward", "packed", "compressed"; ``wire_bytes`` is the size
+    of the message on the wire (before decompression).
+    """
+
+    tag: str
+    entries: list[Entry]
+    options: Options
+    mode: str
+    wire_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    chunk: str
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A msgpack nil: keeps a connection alive, carries nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Helo:
+    nonce: bytes
+    auth_salt: bytes  # empty when the server does not ask for username/password
+    keepalive: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    hostname: str
+    shared_key_salt: bytes
+    shared_key_digest: str
+    username: str = ""
+    password_digest: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    auth_ok: bool
+    reason: str
+    hostname: str
+    shared_key_digest: str
+
+
+Message = EventBatch | Ack | Heartbeat | Helo | Ping | Pong

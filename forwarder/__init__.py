@@ -1,0 +1,1 @@
+"""The sidecar: follows the apiserver's audit log and forwards it to the tailer."""

@@ -1,0 +1,94 @@
+"""Flags and AUDIT_TAILER_* environment variables -> one frozen Settings, then run."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Sequence
+
+from daemon.flags import EnvParser, parse_bool, parse_duration, parse_hostport, parse_size, read_secret
+from daemon.observability import LEVELS
+from daemon.tls import TLSFiles
+
+from .settings import ForwardSettings, HttpSettings, Settings
+
+ENV_PREFIX = "AUDIT_TAILER_"
+
+
+def build_parser() -> EnvParser:
+    p = EnvParser(
+        prog="audit-tailer",
+        description="Receive Kubernetes audit events over the Fluent forward protocol and deliver them.",
+        env_prefix=ENV_PREFIX,
+    )
+    p.add_argument("--listen", type=parse_hostport, default=("0.0.0.0", 24224),
+                   help="forward-protocol address host:port (default 0.0.0.0:24224)")
+    p.add_argument("--http-listen", type=parse_hostport, default=("0.0.0.0", 8080),
+                   help="health, metrics and API address host:port (default 0.0.0.0:8080)")
+    p.add_argument("--tls-cert", help="server certificate (PEM); enables TLS with --tls-key")
+    p.add_argument("--tls-key", help="server private key (PEM)")
+    p.add_argument("--tls-ca", help="CA bundle that client certificates must chain to")
+    p.add_argument("--tls-verify-client", type=parse_bool, default=False, metavar="BOOL",
+                   help="require a client certificate signed by --tls-ca (default false)")
+    p.add_argument("--shared-key", help="shared key for the HELO/PING/PONG handshake")
+    p.add_argument("--shared-key-file", help="file holding the shared key (wins over --shared-key)")
+    p.add_argument("--hostname", default=socket.gethostname(),
+                   help="our hostname in the handshake (default: the machine's)")
+    p.add_argument("--max-message-bytes", type=parse_size, default=64 * 1024 * 1024,
+                   help="largest single forward message, also after gzip (default 64Mi)")
+    p.add_argument("--stdout", type=parse_bool, default=True, metavar="BOOL",
+                   help="print each audit event as one JSON line on stdout (default true)")
+    p.add_argument("--shutdown-timeout", type=parse_duration, default=10.0,
+                   help="time to finish in-flight chunks on SIGTERM (default 10s)")
+    p.add_argument("--log-level", choices=LEVELS, default="info", help="log level (default info)")
+    return p
+
+
+def parse(argv: Sequence[str] | None = None) -> Settings:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        shared_key = read_secret(args.shared_key, args.shared_key_file, "shared key")
+    except ValueError as exc:
+        parser.error(str(exc))
+    if shared_key == "":
+        parser.error("the shared key is empty")
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            parser.error("--tls-cert and --tls-key go together")
+        tls = TLSFiles(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    if args.tls_verify_client and not (tls and args.tls_ca):
+        parser.error("--tls-verify-client needs --tls-cert, --tls-key and --tls-ca")
+    return Settings(
+        forward=ForwardSettings(
+            host=args.listen[0], port=args.listen[1], tls=tls, verify_client=args.tls_verify_client,
+            shared_key=shared_key, hostname=args.hostname, max_message_bytes=args.max_message_bytes,
+        ),
+        http=HttpSettings(host=args.http_listen[0], port=args.http_listen[1]),
+        stdout=args.stdout,
+        log_level=args.log_level,
+        shutdown_timeout=args.shutdown_timeout,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse(argv)
+    from daemon import lifecycle
+    from daemon.observability import setup_logging
+
+    from .app import serve
+
+    setup_logging(settings.log_level)
+    try:
+        return lifecycle.run(lambda stop: serve(settings, stop))
+    except Exception as exc:  # configuration errors found at start-up
+        from daemon.observability import get_logger
+
+        get_logger().error("tailer_failed", error=str(exc), error_type=type(exc).__name__)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

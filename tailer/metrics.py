@@ -1,0 +1,21 @@
+"""Every metric and log event name of the tailer, declared in one place."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class TailerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("tailer_events_received", "Audit events received", registry=r)
+        self.bytes = Counter("tailer_bytes_received", "Bytes of forward-protocol messages received", registry=r)
+        self.chunks = Counter("tailer_chunks_received", "Event-carrying messages received", ["mode"], registry=r)
+        self.acks = Counter("tailer_acks_sent", "Acks sent after the sinks had the chunk", registry=r)
+        self.bad_frames = Counter("tailer_bad_frames", "Connections closed for malformed input", ["reason"], registry=r)
+        self.auth_failures = Counter("tailer_auth_failures", "Failed TLS or shared-key handshakes", ["reason"], registry=r)
+        self.connections = Counter("tailer_connections", "Connections accepted", registry=r)
+        self.open_connections = Gauge("tailer_connections_open", "Connections open now", registry=r)
+        self.unencodable = Counter("tailer_records_unencodable", "Records that needed the slow JSON fallback", registry=r)
+        self.sink_errors = Counter("tailer_sink_errors", "Chunks a sink failed to take (not acked)", ["sink"], registry=r)

@@ -1,0 +1,36 @@
+"""The tailer's one configuration object, built once by cli.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from daemon.tls import TLSFiles
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    host: str = "0.0.0.0"
+    port: int = 24224
+    tls: TLSFiles | None = None  # server certificate and key; ``ca`` verifies clients
+    verify_client: bool = False  # require a client certificate signed by tls.ca
+    shared_key: str | None = None  # HELO/PING/PONG handshake when set
+    users: dict[str, str] = field(default_factory=dict)  # optional username -> password
+    hostname: str = "kube-audit-tailer"  # our name in the handshake
+    max_message_bytes: int = 64 * 1024 * 1024  # one message, also after decompression
+    handshake_timeout: float = 10.0  # seconds for TLS + PING
+    idle_timeout: float = 0.0  # seconds without data before closing; 0 = never
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class Settings:
+    forward: ForwardSettings = ForwardSettings()
+    http: HttpSettings = HttpSettings()
+    stdout: bool = True  # one audit event per line on stdout
+    log_level: str = "info"
+    shutdown_timeout: float = 10.0  # seconds to finish in-flight chunks on SIGTERM

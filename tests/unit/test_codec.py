@@ -1,0 +1,188 @@
+"""The codec with byte literals: round trips of every mode, byte-by-byte feeding, limits."""
+
+from __future__ import annotations
+
+import gzip
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fluent_forward as ff
+from fluent_forward import Decoder, EventBatch, EventTime, Options, ProtocolError
+
+T = EventTime(1_763_629_200, 123_456_789)
+REC = {"kind": "Event", "auditID": "a-1", "stage": "ResponseComplete", "n": 1, "nested": {"l": [1, "x", None]}}
+
+
+def feed_bytewise(data: bytes, decoder: Decoder | None = None) -> list[ff.Message]:
+    decoder = decoder or Decoder()
+    out: list[ff.Message] = []
+    for i in range(len(data)):
+        out.extend(decoder.feed(data[i : i + 1]))
+    return out
+
+
+def only_batch(messages: list[ff.Message]) -> EventBatch:
+    assert len(messages) == 1 and isinstance(messages[0], EventBatch)
+    return messages[0]
+
+
+def test_event_time_wire_format_is_ext0_with_two_big_endian_uint32() -> None:
+    packed = msgpack.packb([ff.codec._time_ext(T), {}], use_bin_type=True)
+    assert packed[1:3] == b"\xd7\x00"  # fixext 8, type 0
+    assert packed[3:11] == (1_763_629_200).to_bytes(4, "big") + (123_456_789).to_bytes(4, "big")
+
+
+def test_message_mode_round_trip_bytewise() -> None:
+    data = ff.encode_message("audit", T, REC, Options(chunk="c1"))
+    batch = only_batch(feed_bytewise(data))
+    assert (batch.tag, batch.entries, batch.options.chunk, batch.mode) == ("audit", [(T, REC)], "c1", "message")
+    assert batch.wire_bytes == len(data)
+
+
+def test_forward_mode_round_trip() -> None:
+    entries = [(T, REC), (EventTime(5, 6), {"a": 1})]
+    batch = only_batch(Decoder().feed(ff.encode_forward("audit", entries, Options(size=2, chunk="c2"))))
+    assert batch.entries == entries and batch.options.size == 2 and batch.mode == "forward"
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_packed_and_compressed_round_trip_bytewise(compress: bool) -> None:
+    packed = b"".join(ff.encode_entry(T, {**REC, "i": i}) for i in range(50))
+    data = ff.encode_packed_forward("audit", packed, chunk="abc", size=50, compress=compress)
+    batch = only_batch(feed_bytewise(data))
+    assert [r["i"] for _, r in batch.entries] == list(range(50))
+    assert batch.options == Options(size=50, chunk="abc", compressed="gzip" if compress else None)
+    assert batch.mode == ("compressed" if compress else "packed")
+
+
+def test_concatenated_gzip_members_are_one_payload() -> None:
+    first = b"".join(ff.encode_entry(T, {"i": i}) for i in range(3))
+    second = b"".join(ff.encode_entry(T, {"i": i}) for i in range(3, 5))
+    payload = gzip.compress(first) + gzip.compress(second)
+    data = msgpack.packb(["audit", payload, {"compressed": "gzip"}], use_bin_type=True)
+    assert [r["i"] for _, r in only_batch(Decoder().feed(data)).entries] == [0, 1, 2, 3, 4]
+
+
+def test_integer_and_float_times_are_accepted() -> None:
+    data = msgpack.packb(["t", [[10, {"a": 1}], [1.5, {"b": 2}]]], use_bin_type=True)
+    batch = only_batch(Decoder().feed(data))
+    assert [t for t, _ in batch.entries] == [EventTime(10, 0), EventTime(1, 500_000_000)]
+
+
+def test_packed_entries_sent_as_str_by_old_clients() -> None:
+    packed = ff.encode_entry(T, REC)
+    raw = msgpack.packb(["t", packed.decode("latin-1")], use_bin_type=True)  # a str of other bytes
+    with pytest.raises(ProtocolError):
+        Decoder().feed(raw)  # latin-1 re-encoding changes bytes: must be refused, not misread
+    str_typed = b"\x92\xa1t" + b"\xda" + len(packed).to_bytes(2, "big") + packed  # [ "t", str16(packed) ]
+    assert only_batch(Decoder().feed(str_typed)).entries == [(T, REC)]
+
+
+def test_ack_heartbeat_and_handshake_messages() -> None:
+    msgs = Decoder().feed(ff.encode_ack("c9") + ff.HEARTBEAT)
+    assert msgs == [ff.Ack("c9"), ff.Heartbeat()]
+
+
+def test_several_messages_in_one_feed_and_split_across_feeds() -> None:
+    data = b"".join(ff.encode_message("t", T, {"i": i}) for i in range(5))
+    d = Decoder()
+    first = d.feed(data[:37])
+    rest = d.feed(data[37:])
+    assert [only_batch([m]).entries[0][1]["i"] for m in first + rest] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (msgpack.packb(42), "not_an_array"),
+        (msgpack.packb({"x": 1}), "unexpected_map"),
+        (msgpack.packb([1, [], None]), "bad_tag"),
+        (msgpack.packb(["t", "not-time", {}]), "bad_entry"),
+        (msgpack.packb(["t", None, {}]), "bad_time"),
+        (msgpack.packb(["t", 1, "not-a-map"]), "bad_record"),
+        (msgpack.packb(["t", [[1]]]), "bad_entry"),
+        (msgpack.packb(["t", b"\x00garbage", {"compressed": "gzip"}], use_bin_type=True), "bad_gzip"),
+        (msgpack.packb(["t", b"", {"compressed": "zstd"}], use_bin_type=True), "bad_options"),
+        (msgpack.packb(["t", 1, {}, "opts"]), "bad_options"),
+        (b"\xc1", "malformed_msgpack"),
+    ],
+)
+def test_malformed_input_raises_one_exception_type_with_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError) as err:
+        Decoder().feed(data)
+    assert err.value.reason == reason
+
+
+def test_http_request_on_the_forward_port_is_refused() -> None:
+    with pytest.raises(ProtocolError):
+        Decoder().feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+
+def test_oversized_message_is_refused_before_it_is_buffered() -> None:
+    d = Decoder(max_message_bytes=1024)
+    big = ff.encode_message("t", T, {"x": "y" * 5000})
+    with pytest.raises(ProtocolError) as err:
+        for i in range(0, len(big), 100):
+            d.feed(big[i : i + 100])
+    assert err.value.reason == "message_too_large"
+
+
+def test_gzip_bomb_is_refused_by_the_size_limit() -> None:
+    bomb = gzip.compress(b"\x00" * (20 * 1024 * 1024))  # 20 MiB of zeros, ~20 KiB on the wire
+    assert len(bomb) < 100_000
+    data = msgpack.packb(["t", bomb, {"compressed": "gzip"}], use_bin_type=True)
+    with pytest.raises(ProtocolError) as err:
+        Decoder(max_message_bytes=1024 * 1024).feed(data)
+    assert err.value.reason == "message_too_large"
+
+
+def test_truncated_gzip_is_refused() -> None:
+    payload = gzip.compress(ff.encode_entry(T, REC))[:-6]
+    data = msgpack.packb(["t", payload, {"compressed": "gzip"}], use_bin_type=True)
+    with pytest.raises(ProtocolError) as err:
+        Decoder().feed(data)
+    assert err.value.reason == "bad_gzip"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+records = st.dictionaries(st.text(), json_values, max_size=6)
+times = st.builds(EventTime, st.integers(0, 2**32 - 1), st.integers(0, 999_999_999))
+entries_st = st.lists(st.tuples(times, records), min_size=1, max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(entries=entries_st, mode=st.sampled_from(["message", "forward", "packed", "compressed"]),
+       chunk=st.none() | st.text(min_size=1, max_size=30), split=st.integers(1, 64))
+def test_round_trip_property(entries: list[tuple[EventTime, dict]], mode: str, chunk: str | None, split: int) -> None:
+    if mode == "message":
+        entries = entries[:1]
+        data = ff.encode_message("audit", entries[0][0], entries[0][1], Options(chunk=chunk))
+    elif mode == "forward":
+        data = ff.encode_forward("audit", entries, Options(chunk=chunk))
+    else:
+        packed = b"".join(ff.encode_entry(t, r) for t, r in entries)
+        data = ff.encode_packed_forward("audit", packed, chunk=chunk, compress=mode == "compressed")
+    d = Decoder()
+    out: list[ff.Message] = []
+    for i in range(0, len(data), split):
+        out.extend(d.feed(data[i : i + split]))
+    batch = only_batch(out)
+    assert batch.entries == entries
+    assert batch.options.chunk == chunk
+    assert batch.mode == mode
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_never_raise_anything_but_protocol_error(data: bytes) -> None:
+    try:
+        Decoder(max_message_bytes=4096).feed(data)
+    except ProtocolError:
+        pass

@@ -1,0 +1,60 @@
+"""Imports point one way (shared/STYLE.md): checked on the source, not by convention."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = {"fluent_forward", "daemon", "forwarder", "tailer"}
+ALLOWED = {
+    "fluent_forward": set(),
+    "daemon": set(),
+    "forwarder": {"fluent_forward", "daemon"},
+    "tailer": {"fluent_forward", "daemon"},
+}
+# one module owns each outside system
+OWNERS = {"kubernetes": {"tailer/kube.py", "forwarder/kube.py"}, "watchdog": {"forwarder/follow.py"},
+          "psycopg": {"tailer/store.py"}, "sqlite3": {"tailer/store.py"}, "socket": set()}
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_packages_import_only_what_they_may() -> None:
+    bad = []
+    for package, allowed in ALLOWED.items():
+        for path in (ROOT / package).rglob("*.py"):
+            used = imports(path) & PROJECT - {package}
+            if used - allowed:
+                bad.append(f"{path.relative_to(ROOT)} imports {sorted(used - allowed)}")
+    assert bad == []
+
+
+def test_codec_imports_only_msgpack_and_the_standard_library() -> None:
+    import sys
+
+    for path in (ROOT / "fluent_forward").rglob("*.py"):
+        third_party = {m for m in imports(path) if m not in sys.stdlib_module_names and m != "fluent_forward"}
+        assert third_party <= {"msgpack"}, (path, third_party)
+
+
+def test_outside_systems_have_one_owner() -> None:
+    bad = []
+    for package in ("forwarder", "tailer", "daemon"):
+        for path in (ROOT / package).rglob("*.py"):
+            rel = str(path.relative_to(ROOT))
+            for lib, owners in OWNERS.items():
+                if lib == "socket":
+                    continue
+                if lib in imports(path) and rel not in owners:
+                    bad.append(f"{rel} imports {lib}")
+    assert bad == []
