@@ -1,11 +1,33 @@
-"""kubectl audit: not yet implemented (see the ConfigMap and store issues)."""
+"""kubectl audit: the plugin entry point (installed as ``kubectl-audit`` on PATH).
+
+    kubectl audit <resource> <name> [-n ns] ...      the object's audit ConfigMap (kubectl_configmap.py)
+    kubectl audit history|diff|bisect|watch ...     the tailer's HTTP API (kubectl_api.py)
+"""
+
+from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+
+API_COMMANDS = ("history", "diff", "bisect", "watch")
 
 
-def main() -> int:
-    sys.stderr.write("kubectl-audit: not yet implemented\n")
-    return 2
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in args if not a.startswith("-")), None)
+    if first in API_COMMANDS:
+        try:
+            from . import kubectl_api
+        except ImportError:
+            sys.stderr.write(f"kubectl-audit: error: '{first}' is not available in this build\n")
+            return 2
+        return kubectl_api.main(args)
+    try:
+        from . import kubectl_configmap
+    except ImportError:
+        sys.stderr.write("kubectl-audit: error: reading audit ConfigMaps is not available in this build\n")
+        return 2
+    return kubectl_configmap.main(args)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,22 @@
-"""Fan-out of received records to the sinks; the sinks that gate the ack are awaited in order."""
+"""Fan-out of received records to the sinks.
+
+Gating sinks (stdout, the store) are awaited in order before the chunk is acked; a failure means no
+ack, so the forwarder resends. Observers (audit ConfigMaps, the watch stream) are offered the records
+after the gating sinks have them; ``offer`` must never block or raise into the ack path: an observer
+that is behind keeps its own bounded backlog and counts what it drops.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Protocol
 
+from daemon.observability import get_logger
 from fluent_forward import Record
 
 from .metrics import TailerMetrics
+
+log = get_logger(component="pipeline")
 
 
 class Sink(Protocol):
@@ -16,9 +25,16 @@ class Sink(Protocol):
     async def write(self, records: Sequence[Record]) -> None: ...
 
 
+class Observer(Protocol):
+    name: str
+
+    def offer(self, records: Sequence[Record]) -> None: ...
+
+
 class Pipeline:
-    def __init__(self, sinks: Sequence[Sink], metrics: TailerMetrics) -> None:
+    def __init__(self, sinks: Sequence[Sink], metrics: TailerMetrics, observers: Sequence[Observer] = ()) -> None:
         self.sinks = list(sinks)
+        self.observers = list(observers)
         self.metrics = metrics
 
     async def deliver(self, records: Sequence[Record]) -> None:
@@ -29,3 +45,9 @@ class Pipeline:
             except Exception:
                 self.metrics.sink_errors.labels(sink.name).inc()
                 raise
+        for observer in self.observers:
+            try:
+                observer.offer(records)
+            except Exception as exc:  # an observer bug must not stop acks
+                self.metrics.sink_errors.labels(observer.name).inc()
+                log.error("observer_failed", observer=observer.name, error=repr(exc))
