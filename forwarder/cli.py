@@ -1,11 +1,184 @@
-"""audit-forwarder: not yet implemented (see the forwarder issue)."""
+"""Flags and AUDIT_FORWARDER_* environment variables -> one frozen Settings, then run."""
 
+from __future__ import annotations
+
+import socket
 import sys
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from daemon.flags import EnvParser, parse_bool, parse_duration, parse_hostport, parse_size, read_secret
+from daemon.observability import LEVELS
+from daemon.tls import TLSFiles
+
+from .settings import BatchSettings, ClientSettings, FollowSettings, Settings
+from .transport import Route
+
+ENV_PREFIX = "AUDIT_FORWARDER_"
 
 
-def main() -> int:
-    sys.stderr.write("audit-forwarder: not yet implemented\n")
-    return 2
+def _positive_int(value: str) -> int:
+    import argparse
+
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value!r}")
+    return number
+
+
+def build_parser() -> EnvParser:
+    p = EnvParser(prog="audit-forwarder", env_prefix=ENV_PREFIX,
+                  description="Follow the kube-apiserver audit log and forward it to the audit tailer.")
+    g = p.add_argument_group("files")
+    g.add_argument("--audit-log-path", default="/var/log/audit/audit.log",
+                   help="the apiserver's --audit-log-path; rotated backups are found beside it")
+    g.add_argument("--position-file", default=None,
+                   help="checkpoint file (default: <audit-log-path dir>/audit-forwarder.pos)")
+    g.add_argument("--read-from-head", type=parse_bool, default=False, metavar="BOOL",
+                   help="without a checkpoint, send everything already in the files (default false: only new lines)")
+    g.add_argument("--max-event-bytes", type=parse_size, default=16 * 1024 * 1024,
+                   help="longer lines are skipped and reported (default 16Mi)")
+    g.add_argument("--max-held-files", type=_positive_int, default=16,
+                   help="rotated files held open while unread before the oldest is given up as a gap (default 16)")
+    g.add_argument("--stat-interval", type=parse_duration, default=1.0,
+                   help="stat the files this often when no file event arrives (default 1s)")
+    g.add_argument("--dead-letter-file", help="append bad lines here as JSON lines")
+    g = p.add_argument_group("batching")
+    g.add_argument("--tag", default="audit", help="forward-protocol tag (default audit)")
+    g.add_argument("--chunk-events", type=_positive_int, default=1000, help="events per chunk at most (default 1000)")
+    g.add_argument("--chunk-bytes", type=parse_size, default=1024 * 1024,
+                   help="chunk size before compression at most (default 1Mi)")
+    g.add_argument("--flush-interval", type=parse_duration, default=0.2,
+                   help="longest wait before a partial chunk is sent (default 200ms)")
+    g.add_argument("--compress", type=parse_bool, default=True, metavar="BOOL",
+                   help="gzip chunks: CompressedPackedForward (default true)")
+    g = p.add_argument_group("tailer")
+    g.add_argument("--tailer", type=lambda v: parse_hostport(v, ""), default=None,
+                   help="tailer address host:port (required)")
+    g.add_argument("--tls", type=parse_bool, default=False, metavar="BOOL",
+                   help="TLS to the tailer (implied by --tls-ca or --tls-cert)")
+    g.add_argument("--tls-ca", help="CA bundle that verifies the tailer's certificate")
+    g.add_argument("--tls-cert", help="client certificate for the tailer (PEM)")
+    g.add_argument("--tls-key", help="client key for the tailer (PEM)")
+    g.add_argument("--tls-server-name", help="name expected on the tailer's certificate (default: the tailer host)")
+    g.add_argument("--shared-key", help="shared key for the forward-protocol handshake")
+    g.add_argument("--shared-key-file", help="file holding the shared key (wins over --shared-key)")
+    g.add_argument("--username", default="", help="username for the handshake, if the tailer asks")
+    g.add_argument("--password-file", help="file holding the handshake password")
+    g.add_argument("--hostname", default=f"audit-forwarder@{socket.gethostname()}",
+                   help="our name in the handshake (default audit-forwarder@<host>)")
+    g.add_argument("--max-inflight-chunks", type=_positive_int, default=8,
+                   help="unacked chunks at most; reading pauses when reached (default 8)")
+    g.add_argument("--ack-timeout", type=parse_duration, default=30.0,
+                   help="reconnect and resend when the oldest chunk is not acked in this time (default 30s)")
+    g.add_argument("--connect-timeout", type=parse_duration, default=10.0,
+                   help="timeout of each connection step: connect, proxy, TLS, handshake (default 10s)")
+    g.add_argument("--backoff-max", type=parse_duration, default=30.0,
+                   help="longest wait between reconnect attempts (default 30s)")
+    g = p.add_argument_group("proxy")
+    g.add_argument("--proxy", help="http-connect://host:port (mutual TLS) or unix:///path/proxy.sock")
+    g.add_argument("--proxy-ca", help="CA bundle that verifies the proxy's certificate")
+    g.add_argument("--proxy-cert", help="our client certificate for the proxy")
+    g.add_argument("--proxy-key", help="our client key for the proxy")
+    g = p.add_argument_group("process")
+    g.add_argument("--http-listen", type=parse_hostport, default=("0.0.0.0", 9880),
+                   help="/healthz and /metrics address (default 0.0.0.0:9880)")
+    g.add_argument("--shutdown-timeout", type=parse_duration, default=10.0,
+                   help="time to get the last acks on SIGTERM (default 10s)")
+    g.add_argument("--log-level", choices=LEVELS, default="info", help="log level (default info)")
+    return p
+
+
+def _route(p: EnvParser, args: object) -> Route:
+    a = args
+    host, port = a.tailer  # type: ignore[attr-defined]
+    if not host:
+        p.error(f"--tailer needs a host: {host}:{port}")
+    base = dict(tailer_host=host, tailer_port=port, tls_server_name=a.tls_server_name,  # type: ignore[attr-defined]
+                timeout=a.connect_timeout)  # type: ignore[attr-defined]
+    proxy = a.proxy  # type: ignore[attr-defined]
+    if not proxy:
+        if a.proxy_ca or a.proxy_cert or a.proxy_key:  # type: ignore[attr-defined]
+            p.error("--proxy-ca/--proxy-cert/--proxy-key need --proxy http-connect://host:port")
+        return Route(**base)  # type: ignore[arg-type]
+    url = urlsplit(proxy)
+    if url.scheme == "unix":
+        path = url.path or url.netloc
+        if not path:
+            p.error(f"--proxy {proxy!r}: expected unix:///path/to/proxy.sock")
+        return Route(**base, proxy_kind="unix", proxy_path=path)  # type: ignore[arg-type]
+    if url.scheme == "http-connect":
+        try:
+            proxy_port = url.port
+        except ValueError:
+            proxy_port = None
+        if not url.hostname or not proxy_port:
+            p.error(f"--proxy {proxy!r}: expected http-connect://host:port")
+        return Route(**base, proxy_kind="http-connect", proxy_host=url.hostname, proxy_port=proxy_port)  # type: ignore[arg-type]
+    p.error(f"--proxy {proxy!r}: the scheme must be http-connect:// or unix://")
+
+
+def parse(argv: Sequence[str] | None = None) -> Settings:
+    import os
+
+    p = build_parser()
+    a = p.parse_args(argv)
+    if a.tailer is None:
+        p.error("--tailer host:port is required")
+    try:
+        shared_key = read_secret(a.shared_key, a.shared_key_file, "shared key")
+        password = read_secret(None, a.password_file, "password") or ""
+    except ValueError as exc:
+        p.error(str(exc))
+    if shared_key == "":
+        p.error("the shared key is empty")
+    if bool(a.tls_cert) != bool(a.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    if bool(a.proxy_cert) != bool(a.proxy_key):
+        p.error("--proxy-cert and --proxy-key go together")
+    for flag in ("tls_ca", "tls_cert", "tls_key", "proxy_ca", "proxy_cert", "proxy_key", "shared_key_file"):
+        path = getattr(a, flag)
+        if path and not os.path.isfile(path):
+            p.error(f"--{flag.replace('_', '-')} {path}: no such file")
+    route = _route(p, a)
+    tls = TLSFiles(a.tls_ca, a.tls_cert, a.tls_key) if (a.tls or a.tls_ca or a.tls_cert) else None
+    proxy_tls = None
+    if route.proxy_kind == "http-connect":
+        proxy_tls = TLSFiles(a.proxy_ca, a.proxy_cert, a.proxy_key)
+    position = a.position_file or os.path.join(os.path.dirname(os.path.abspath(a.audit_log_path)),
+                                               "audit-forwarder.pos")
+    return Settings(
+        follow=FollowSettings(a.audit_log_path, position, a.read_from_head, a.max_event_bytes, a.max_held_files,
+                              a.stat_interval, a.dead_letter_file),
+        batch=BatchSettings(a.tag, a.chunk_events, a.chunk_bytes, a.flush_interval, a.compress),
+        client=ClientSettings(route=route, tls=tls, proxy_tls=proxy_tls, shared_key=shared_key, username=a.username,
+                              password=password, hostname=a.hostname, max_inflight_chunks=a.max_inflight_chunks,
+                              ack_timeout=a.ack_timeout, backoff_max=a.backoff_max),
+        http_host=a.http_listen[0], http_port=a.http_listen[1],
+        shutdown_timeout=a.shutdown_timeout, log_level=a.log_level,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse(argv)
+    from daemon import lifecycle
+    from daemon.observability import get_logger, setup_logging
+    from daemon.tls import TLSConfigError
+
+    from .app import serve
+
+    setup_logging(settings.log_level)
+    try:
+        return lifecycle.run(lambda stop: serve(settings, stop))
+    except TLSConfigError as exc:
+        get_logger().error("config_error", error=str(exc))
+        return 2
+    except Exception as exc:
+        get_logger().error("forwarder_failed", error=str(exc), error_type=type(exc).__name__)
+        return 1
 
 
 if __name__ == "__main__":

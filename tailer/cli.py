@@ -32,8 +32,8 @@ def build_parser() -> EnvParser:
                    help="require a client certificate signed by --tls-ca (default false)")
     p.add_argument("--shared-key", help="shared key for the HELO/PING/PONG handshake")
     p.add_argument("--shared-key-file", help="file holding the shared key (wins over --shared-key)")
-    p.add_argument("--hostname", default=socket.gethostname(),
-                   help="our hostname in the handshake (default: the machine's)")
+    p.add_argument("--hostname", default=f"audit-tailer@{socket.gethostname()}",
+                   help="our name in the handshake (default audit-tailer@<host>)")
     p.add_argument("--max-message-bytes", type=parse_size, default=64 * 1024 * 1024,
                    help="largest single forward message, also after gzip (default 64Mi)")
     p.add_argument("--stdout", type=parse_bool, default=True, metavar="BOOL",

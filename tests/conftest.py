@@ -98,29 +98,103 @@ class TailerProcess:
         return out
 
     def metric(self, name: str, **labels: str) -> float:
-        text = httpx.get(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5).text
-        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
-        for line in text.splitlines():
-            if line.startswith(want + " "):
-                return float(line.split()[-1])
-        return 0.0
+        return _metric(self.http_port, name, **labels)
 
     def stop(self) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return int(self.proc.returncode)
+        return _stop(self.proc)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+class ForwarderProcess:
+    """A real ``audit-forwarder`` process; logs (JSON) to a file, metrics on a free port."""
+
+    def __init__(self, tmp: Path, tailer_port: int, log_path: Path, *args: str) -> None:
+        self.http_port = free_port()
+        self.log_path = log_path
+        self.stderr_path = tmp / "forwarder.err"
+        self.args = ["--tailer", f"127.0.0.1:{tailer_port}", "--audit-log-path", str(log_path),
+                     "--http-listen", f"127.0.0.1:{self.http_port}", "--log-level", "debug", *args]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> ForwarderProcess:
+        with self.stderr_path.open("ab") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "forwarder.cli", *self.args],
+                                         stdout=subprocess.DEVNULL, stderr=err, env=python_env())
+        if wait:
+            wait_for(self.ready, 30, "forwarder /healthz")
+        return self
+
+    def ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"forwarder exited {self.proc.returncode}: {self.stderr()[-2000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def logs(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.stderr().splitlines():
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                pass
+        return out
+
+    def metric(self, name: str, **labels: str) -> float:
+        return _metric(self.http_port, name, **labels)
+
+    def stop(self) -> int:
+        return _stop(self.proc)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def _metric(port: int, name: str, **labels: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> int:
+    if proc is None:
+        return 0
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return int(proc.returncode)
+
+
+@pytest.fixture
+def start_forwarder(tmp_path: Path) -> Iterator[Callable[..., ForwarderProcess]]:
+    started: list[ForwarderProcess] = []
+
+    def _start(tailer_port: int, log_path: Path, *args: str, wait: bool = True) -> ForwarderProcess:
+        fwd = ForwarderProcess(tmp_path, tailer_port, log_path, *args).start(wait)
+        started.append(fwd)
+        return fwd
+
+    yield _start
+    for fwd in started:
+        fwd.stop()
 
 
 @pytest.fixture

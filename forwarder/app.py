@@ -1,0 +1,197 @@
+"""Wires the forwarder: follow -> lines -> batcher -> client, checkpoint after each ack, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import IO
+
+import orjson
+
+from daemon import lifecycle
+from daemon.http import HttpServer, build_app
+from daemon.observability import get_logger
+from fluent_forward import EventTime
+
+from . import checkpoint
+from .batcher import Batcher, Chunk
+from .client import ForwardClient
+from .follow import Follower, Read, Source
+from .lines import BadLine, Line, to_entry
+from .metrics import ForwarderMetrics
+from .settings import Settings
+
+log = get_logger(component="forwarder")
+
+
+class Forwarder:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.metrics = ForwarderMetrics()
+        f = settings.follow
+        self.follower = Follower(f.audit_log_path, max_event_bytes=f.max_event_bytes,
+                                 max_held_files=f.max_held_files, log=log)
+        b = settings.batch
+        self.batcher = Batcher(b.tag, b.chunk_events, b.chunk_bytes, b.compress)
+        self.client = ForwardClient(settings.client, self.metrics, log, self._on_ack)
+        self._bad_kinds_logged: set[str] = set()
+        self._dead_letter: IO[bytes] | None = None
+        self._flush_at: float | None = None
+
+    # ---- acks -> checkpoint -------------------------------------------------------------------
+
+    def _on_ack(self, chunk: Chunk) -> None:
+        if chunk.source_done and chunk.next_source is not None:
+            target, offset = chunk.next_source, 0
+        else:
+            target, offset = chunk.source, chunk.end
+        checkpoint.save(self.s.follow.position_file, target.checkpoint(offset))
+        self.metrics.checkpoint_offset.set(offset)
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    def start_files(self) -> None:
+        f = self.s.follow
+        try:
+            cp = checkpoint.load(f.position_file)
+        except checkpoint.CheckpointError as exc:
+            # unreadable position: resend rather than lose
+            log.error("checkpoint_unreadable", error=str(exc), action="reading all files from the head")
+            cp, read_from_head = None, True
+        else:
+            read_from_head = f.read_from_head
+        self.follower.start(cp, read_from_head)
+        self._report_gaps()
+        if f.dead_letter_file:
+            self._dead_letter = open(f.dead_letter_file, "ab")  # noqa: SIM115 - closed in close()
+
+    def _report_gaps(self) -> None:
+        for gap in self.follower.gaps:
+            self.metrics.gaps.inc()
+            self.metrics.gap_bytes.inc(gap.bytes_lost or 0)
+            log.error("gap", file=gap.path, inode=gap.inode, bytes_lost=gap.bytes_lost, reason=gap.reason)
+        self.follower.gaps.clear()
+
+    def after_poll(self) -> None:
+        self._report_gaps()
+        self.metrics.lag_bytes.set(self.follower.lag_bytes())
+
+    async def read_loop(self, stop: asyncio.Event) -> None:
+        changed = self.follower.changed
+        while not stop.is_set():
+            changed.clear()
+            read = self.follower.read()
+            if read is not None:
+                await self._take(read)
+                continue
+            timeout = self.s.follow.stat_interval
+            if self._flush_at is not None:
+                left = self._flush_at - time.monotonic()
+                if left <= 0:
+                    await self._flush()
+                    continue
+                timeout = min(timeout, left)
+            try:
+                await asyncio.wait_for(changed.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _take(self, read: Read) -> None:
+        src = read.source
+        identity = src.identity()
+        fallback = EventTime.now()
+        self.metrics.bytes_read.inc(sum(line.end - line.start for line in read.lines))
+        skipped_to = 0
+        for line in read.lines:
+            try:
+                entry = to_entry(line.data, fallback)
+            except BadLine as bad:
+                self._bad(src, line, bad.kind, bad.detail)
+                self.batcher.advance(src, line.end)
+                skipped_to = line.end
+                continue
+            self.metrics.events_read.inc()
+            for chunk in self.batcher.add(src, identity, entry, line.start, line.end):
+                await self._submit(chunk)
+        for line in read.oversized:
+            self._bad(src, line, "too_large", f"line of {line.end - line.start} bytes exceeds --max-event-bytes")
+            self.batcher.advance(src, line.end)
+            skipped_to = max(skipped_to, line.end)
+        if skipped_to and self.batcher.empty() and not read.done:
+            # nothing to send after the skipped lines: a marker still moves the checkpoint past them
+            await self._submit(Chunk("", b"", 0, src, skipped_to))
+        if read.done:
+            chunk = self.batcher.flush(source_done=True) or Chunk("", b"", 0, src, src.pos, True)
+            chunk.source_done = True
+            chunk.next_source = self.follower.sources[0] if self.follower.sources else None
+            await self._submit(chunk)
+        elif not self.batcher.empty() and self._flush_at is None:
+            self._flush_at = time.monotonic() + self.s.batch.flush_interval
+
+    async def _flush(self) -> None:
+        chunk = self.batcher.flush()
+        if chunk is not None:
+            await self._submit(chunk)
+
+    async def _submit(self, chunk: Chunk) -> None:
+        if self.batcher.empty():
+            self._flush_at = None
+        self.metrics.events_sent.inc(chunk.events)
+        await self.client.submit(chunk)
+
+    def _bad(self, src: Source, line: Line, kind: str, detail: str) -> None:
+        self.metrics.bad_lines.labels(kind).inc()
+        if kind not in self._bad_kinds_logged:
+            self._bad_kinds_logged.add(kind)
+            log.warning("bad_line", kind=kind, file=src.path, inode=src.inode, offset=line.start, error=detail,
+                        note="further lines of this kind are only counted")
+        if self._dead_letter is not None:
+            record = {"file": src.path, "inode": src.inode, "offset": line.start, "kind": kind, "error": detail,
+                      "line": line.data.decode("utf-8", "replace")}
+            self._dead_letter.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+            self._dead_letter.flush()
+
+    def close(self) -> None:
+        self.follower.close()
+        if self._dead_letter is not None:
+            self._dead_letter.close()
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> int:
+    fwd = Forwarder(settings)
+    fwd.start_files()
+    fwd.follower.watch()
+    http = HttpServer(build_app(fwd.metrics.registry), settings.http_host, settings.http_port)
+    await http.start()
+    client_stop = asyncio.Event()
+    client_task = asyncio.create_task(fwd.client.run(client_stop), name="forward-client")
+    reader_task = asyncio.create_task(fwd.read_loop(stop), name="file-reader")
+    watch_task = asyncio.create_task(
+        fwd.follower.watch_loop(stop, settings.follow.stat_interval, fwd.after_poll), name="file-watch")
+    log.info("forwarder_started", audit_log=settings.follow.audit_log_path, http_port=http.port,
+             tailer=f"{settings.client.route.tailer_host}:{settings.client.route.tailer_port}")
+    status = 0
+    try:
+        await lifecycle.wait_stop_or_death(stop, [client_task, reader_task, watch_task])
+    except lifecycle.TaskDied:
+        status = 1
+    stop.set()
+    deadline = time.monotonic() + settings.shutdown_timeout
+    log.info("forwarder_stopping", unacked_chunks=len(fwd.client.pending))
+    try:
+        async with asyncio.timeout(settings.shutdown_timeout):
+            await reader_task
+            await fwd._flush()
+    except (TimeoutError, Exception) as exc:  # noqa: BLE001 - shutdown goes on whatever happened
+        if not isinstance(exc, TimeoutError):
+            log.error("reader_failed", error=repr(exc))
+    drained = await fwd.client.drain(max(0.0, deadline - time.monotonic()))
+    client_stop.set()
+    await lifecycle.cancel_all([client_task, reader_task, watch_task], 2.0)
+    await http.stop()
+    fwd.close()
+    log.info("forwarder_stopped", all_acked=drained, unacked_chunks=len(fwd.client.pending),
+             note="unacked lines are re-read from the checkpoint on the next start")
+    return status
+
+

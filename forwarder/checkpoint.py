@@ -1,0 +1,64 @@
+"""The durable position: which file (device, inode, head fingerprint) and the offset of the last acked line.
+
+Written atomically (temp file, fsync, rename, fsync of the folder), only after an ack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: str  # where the file was when the position was taken (informational)
+    device: int
+    inode: int
+    fingerprint: str  # sha256 hex of the file's first ``fingerprint_bytes`` bytes
+    fingerprint_bytes: int
+    offset: int  # just past the last acked line
+    compressed: bool = False
+    written_at: float = 0.0
+    version: int = VERSION
+
+
+class CheckpointError(ValueError):
+    """The position file exists but cannot be understood."""
+
+
+def load(path: str) -> Checkpoint | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read position file {path}: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("version") != VERSION:
+        raise CheckpointError(f"position file {path} has unknown version {raw.get('version')!r}")
+    try:
+        return Checkpoint(**raw)
+    except TypeError as exc:
+        raise CheckpointError(f"position file {path} is malformed: {exc}") from exc
+
+
+def save(path: str, checkpoint: Checkpoint) -> None:
+    data = json.dumps({**asdict(checkpoint), "written_at": time.time()}).encode()
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,242 @@
+"""The forward session: handshake, a window of unacked chunks, acks in order, reconnects.
+
+Every failure (connect, proxy, TLS, handshake, write, ack timeout, wrong ack) closes the connection;
+tenacity retries with capped, jittered exponential backoff, and on the new connection every unacked
+chunk is resent byte for byte (same chunk id). Acks are handed to ``on_ack`` strictly in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from daemon.tls import ReloadingContext
+from fluent_forward import Ack, ClientHandshake, Decoder, FluentForwardError, Helo, Pong
+
+from .batcher import Chunk
+from .errors import AckTimeout, TransportError
+from .metrics import ForwarderMetrics
+from .settings import ClientSettings
+from .transport import open_route
+
+RETRYABLE = (TransportError, AckTimeout, FluentForwardError, ConnectionError, OSError)
+
+
+class ForwardClient:
+    def __init__(self, settings: ClientSettings, metrics: ForwarderMetrics, log: Any,
+                 on_ack: Callable[[Chunk], None]) -> None:
+        self.s = settings
+        self.metrics = metrics
+        self.log = log
+        self.on_ack = on_ack
+        self.pending: deque[Chunk] = deque()  # unacked, in order; the head is acked first
+        self._changed = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._failures = 0  # consecutive failures since the last ack: drives the backoff
+        self._session = 0  # connection number; a chunk records the one it was last sent on
+        self._state = "disconnected"
+        self._last_error = ""
+        self.tailer_tls = ReloadingContext(settings.tls, _client_ctx) if settings.tls else None
+        self.proxy_tls = ReloadingContext(settings.proxy_tls, _client_ctx) if settings.proxy_tls else None
+
+    # ---- producer side ----------------------------------------------------------------------
+
+    async def submit(self, chunk: Chunk) -> None:
+        """Queue a chunk; waits while the window of unacked chunks is full."""
+        while len(self.pending) >= self.s.max_inflight_chunks:
+            self._space.clear()
+            await self._space.wait()
+        self.pending.append(chunk)
+        self.metrics.inflight.set(len(self.pending))
+        self._settle()
+        self._changed.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until every submitted chunk is acked; False at the deadline."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.pending:
+                    self._space.clear()
+                    await self._space.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _settle(self) -> None:
+        """Markers (no message) at the head complete as soon as everything before them has."""
+        while self.pending and not self.pending[0].message:
+            self._complete(self.pending.popleft())
+
+    def _complete(self, chunk: Chunk) -> None:
+        self.on_ack(chunk)
+        self.metrics.inflight.set(len(self.pending))
+        self._space.set()
+
+    # ---- connection side --------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep a session up until ``stop``; never returns on errors, only on stop."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RETRYABLE),
+            wait=self._backoff,
+            sleep=lambda seconds: self._sleep(stop, seconds),
+            before_sleep=self._before_sleep,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if not stop.is_set():
+                    await self._connect_and_serve(stop)
+        self._set_state("stopped")
+
+    def _backoff(self, _: RetryCallState) -> float:
+        cap = min(self.s.backoff_max, self.s.backoff_initial * 2 ** min(self._failures - 1, 30))
+        return random.uniform(cap / 2, cap)
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(stop.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        message = str(exc) or type(exc).__name__
+        self._failures += 1
+        self.metrics.reconnects.inc()
+        if self._state != "failing" or message != self._last_error:
+            self.log.warning("tailer_unavailable", error=message, step=getattr(exc, "step", None),
+                             unacked_chunks=len(self.pending))
+        self._last_error = message
+        self._set_state("failing")
+
+    def _set_state(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            self.metrics.connected.set(1 if state == "connected" else 0)
+
+    async def _connect_and_serve(self, stop: asyncio.Event) -> None:
+        reader, writer = await open_route(self.s.route, self.tailer_tls, self.proxy_tls)
+        try:
+            decoder = Decoder()
+            if self.s.shared_key is not None:
+                await self._handshake(reader, writer, decoder)
+            was = self._state
+            self._set_state("connected")
+            self.log.info("connected", tailer=f"{self.s.route.tailer_host}:{self.s.route.tailer_port}",
+                          proxy=self.s.route.proxy_kind, after_failures=self._failures if was == "failing" else 0,
+                          resending=sum(1 for c in self.pending if c.message))
+            await self._serve(reader, writer, decoder, stop)
+        finally:
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 2.0)
+            except (TimeoutError, OSError, asyncio.CancelledError):
+                pass
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, decoder: Decoder) -> None:
+        assert self.s.shared_key is not None
+        shake = ClientHandshake(self.s.shared_key, self.s.hostname, self.s.username, self.s.password)
+        helo = await self._next_message(reader, decoder, "HELO")
+        if not isinstance(helo, Helo):
+            raise TransportError("handshake", f"expected HELO from the tailer, got {type(helo).__name__}")
+        writer.write(shake.ping(helo))
+        await writer.drain()
+        pong = await self._next_message(reader, decoder, "PONG")
+        if not isinstance(pong, Pong):
+            raise TransportError("handshake", f"expected PONG from the tailer, got {type(pong).__name__}")
+        shake.check(pong)  # raises HandshakeError (retried: the key may be fixed on either side)
+
+    async def _next_message(self, reader: asyncio.StreamReader, decoder: Decoder, what: str) -> Any:
+        buffered: list[Any] = []
+        try:
+            async with asyncio.timeout(self.s.route.timeout):
+                while not buffered:
+                    data = await reader.read(65536)
+                    if not data:
+                        raise TransportError("handshake", f"tailer closed the connection before {what}")
+                    buffered = decoder.feed(data)
+        except TimeoutError:
+            raise TransportError("handshake", f"no {what} from the tailer (is --shared-key set on both?)") from None
+        if len(buffered) > 1:
+            raise TransportError("handshake", f"unexpected data after {what}")
+        return buffered[0]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, decoder: Decoder,
+                     stop: asyncio.Event) -> None:
+        sender = asyncio.create_task(self._send_loop(writer), name="forward-send")
+        acker = asyncio.create_task(self._ack_loop(reader, decoder), name="forward-ack")
+        stopper = asyncio.create_task(stop.wait(), name="forward-stop")
+        try:
+            done, _ = await asyncio.wait([sender, acker, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sender, acker, stopper):
+                task.cancel()
+            await asyncio.gather(sender, acker, stopper, return_exceptions=True)
+        for task in (sender, acker):
+            if task in done and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def _send_loop(self, writer: asyncio.StreamWriter) -> None:
+        self._session += 1
+        session = self._session
+        while True:
+            self._changed.clear()
+            for chunk in list(self.pending):
+                if chunk.message and chunk.sent_on != session:
+                    writer.write(chunk.message)
+                    chunk.sent_at = time.monotonic()
+                    chunk.sent_on = session
+                    self.metrics.chunks_sent.inc()
+                    self.metrics.bytes_sent.inc(len(chunk.message))
+            try:
+                await writer.drain()
+            except (ConnectionError, OSError) as exc:
+                raise TransportError("send", f"connection to the tailer lost: {exc}") from exc
+            await self._changed.wait()
+
+    async def _ack_loop(self, reader: asyncio.StreamReader, decoder: Decoder) -> None:
+        tick = min(1.0, self.s.ack_timeout / 4)
+        while True:
+            try:
+                data = await asyncio.wait_for(reader.read(65536), tick)
+            except TimeoutError:
+                self._check_ack_deadline()
+                continue
+            except (ConnectionError, OSError) as exc:
+                raise TransportError("receive", f"connection to the tailer lost: {exc}") from exc
+            if not data:
+                raise TransportError("receive", "the tailer closed the connection")
+            for message in decoder.feed(data):
+                if isinstance(message, Ack):
+                    self._acked(message.chunk)
+                elif isinstance(message, Helo):
+                    raise TransportError("handshake", "the tailer asks for a shared key; set --shared-key")
+            self._check_ack_deadline()
+
+    def _check_ack_deadline(self) -> None:
+        head = next((c for c in self.pending if c.message), None)
+        if head is not None and head.sent_on == self._session and time.monotonic() - head.sent_at > self.s.ack_timeout:
+            raise AckTimeout(f"no ack for chunk {head.chunk_id} within {self.s.ack_timeout}s")
+
+    def _acked(self, chunk_id: str) -> None:
+        if not self.pending or self.pending[0].chunk_id != chunk_id:
+            raise TransportError("ack", f"ack for unexpected chunk {chunk_id}")
+        chunk = self.pending.popleft()
+        self._failures = 0
+        self.metrics.chunks_acked.inc()
+        self.metrics.events_acked.inc(chunk.events)
+        self._complete(chunk)
+        self._settle()
+
+
+def _client_ctx(files: Any) -> Any:
+    from daemon.tls import client_context
+
+    return client_context(files)

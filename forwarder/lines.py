@@ -1,0 +1,133 @@
+"""Pure line handling: complete lines out of a byte stream, and one line -> a forward entry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+
+from fluent_forward import EventTime, encode_entry
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    data: bytes  # without the line ending
+    start: int  # offset of the first byte in the file
+    end: int  # offset just past the newline: where the next line starts
+
+
+@dataclass(slots=True)
+class Splitter:
+    """Cuts complete lines out of successive reads; never yields half a line.
+
+    A line longer than ``max_bytes`` is not buffered: it is reported once as an oversized
+    Line whose ``data`` is only its first ``keep`` bytes, and the rest is skipped up to its newline.
+    """
+
+    offset: int  # file offset of the first byte not yet returned as part of a line
+    max_bytes: int
+    keep: int = 4096
+    _buf: bytearray | None = None
+    _skipping: bool = False
+    _skip_head: bytes = b""
+    _skip_start: int = 0
+
+    def feed(self, data: bytes) -> tuple[list[Line], list[Line]]:
+        """Returns (lines, oversized lines) completed by ``data``."""
+        buf = self._buf if self._buf is not None else bytearray()
+        lines: list[Line] = []
+        oversized: list[Line] = []
+        pos = 0
+        n = len(data)
+        while pos < n:
+            nl = data.find(b"\n", pos)
+            if self._skipping:
+                if nl < 0:
+                    self.offset += n - pos
+                    pos = n
+                    break
+                self.offset += nl + 1 - pos
+                oversized.append(Line(self._skip_head, self._skip_start, self.offset))
+                self._skipping = False
+                pos = nl + 1
+                continue
+            if nl < 0:
+                buf += data[pos:]
+                pos = n
+                if len(buf) > self.max_bytes:
+                    self._start_skipping(buf)
+                    buf = bytearray()
+                break
+            if buf:
+                buf += data[pos:nl]
+                raw = bytes(buf)
+                buf = bytearray()
+            else:
+                raw = data[pos:nl]
+            start = self.offset
+            self.offset += len(raw) + 1
+            if len(raw) > self.max_bytes:
+                oversized.append(Line(raw[: self.keep], start, self.offset))
+            else:
+                lines.append(Line(raw[:-1] if raw.endswith(b"\r") else raw, start, self.offset))
+            pos = nl + 1
+        self._buf = buf or None
+        return lines, oversized
+
+    def _start_skipping(self, buf: bytearray) -> None:
+        self._skipping = True
+        self._skip_head = bytes(buf[: self.keep])
+        self._skip_start = self.offset
+        self.offset += len(buf)
+
+    def pending(self) -> int:
+        """Bytes held back waiting for a newline."""
+        return len(self._buf or b"")
+
+    def finish(self) -> Line | None:
+        """At the end of a rotated file: its unterminated last line, if any."""
+        if self._skipping:
+            self._skipping = False
+            return Line(self._skip_head, self._skip_start, self.offset)
+        if not self._buf:
+            return None
+        raw = bytes(self._buf)
+        self._buf = None
+        start = self.offset
+        self.offset += len(raw)
+        return Line(raw, start, self.offset)
+
+
+class BadLine(ValueError):
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+def event_time(record: dict[str, object], fallback: EventTime) -> EventTime:
+    stamp = record.get("stageTimestamp")
+    if isinstance(stamp, str):
+        try:
+            parsed = datetime.fromisoformat(stamp)
+        except ValueError:
+            return fallback
+        seconds = int(parsed.timestamp())
+        frac = stamp.rstrip("Z").rpartition(".")[2] if "." in stamp else ""
+        nanos = int((frac + "000000000")[:9]) if frac.isdigit() else parsed.microsecond * 1000
+        return EventTime(seconds, nanos)
+    return fallback
+
+
+def to_entry(line: bytes, fallback: EventTime) -> bytes:
+    """One audit log line -> one packed forward entry (EventTime from stageTimestamp)."""
+    if not line.strip():
+        raise BadLine("empty", "blank line")
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise BadLine("invalid_json", str(exc)) from None
+    if not isinstance(record, dict):
+        raise BadLine("not_an_object", f"a JSON {type(record).__name__}, not an object")
+    return encode_entry(event_time(record, fallback), record)

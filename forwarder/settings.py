@@ -1,0 +1,55 @@
+"""The forwarder's one configuration object, built once by cli.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from daemon.tls import TLSFiles
+
+from .transport import Route
+
+
+@dataclass(frozen=True)
+class FollowSettings:
+    audit_log_path: str = "/var/log/audit/audit.log"
+    position_file: str = "/var/log/audit/audit-forwarder.pos"
+    read_from_head: bool = False  # without a checkpoint: take all that is there, not just new lines
+    max_event_bytes: int = 16 * 1024 * 1024  # longer lines are skipped and reported
+    max_held_files: int = 16  # rotated files held open while unread; beyond: a reported gap
+    stat_interval: float = 1.0  # seconds between stat checks when no file event arrives
+    dead_letter_file: str | None = None  # bad lines are appended here (JSON lines) when set
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    tag: str = "audit"
+    chunk_events: int = 1000
+    chunk_bytes: int = 1024 * 1024  # before compression
+    flush_interval: float = 0.2  # seconds a partial chunk may wait
+    compress: bool = True  # gzip (CompressedPackedForward)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    route: Route
+    tls: TLSFiles | None = None  # TLS to the tailer (inside the tunnel when proxied)
+    proxy_tls: TLSFiles | None = None  # mutual TLS to an http-connect proxy
+    shared_key: str | None = None
+    username: str = ""
+    password: str = ""
+    hostname: str = "kube-audit-forwarder"
+    max_inflight_chunks: int = 8
+    ack_timeout: float = 30.0  # seconds for the oldest chunk's ack before reconnecting
+    backoff_initial: float = 0.2  # seconds; doubles per failure, jittered
+    backoff_max: float = 30.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    follow: FollowSettings
+    batch: BatchSettings
+    client: ClientSettings
+    http_host: str = "0.0.0.0"
+    http_port: int = 9880
+    shutdown_timeout: float = 10.0  # seconds to get the last acks on SIGTERM
+    log_level: str = "info"

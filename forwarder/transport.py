@@ -1,0 +1,122 @@
+"""Reaching the tailer, in layered steps, a timeout each: connect (TCP or Unix socket), optional TLS
+to a proxy, optional HTTP CONNECT, optional TLS to the tailer. Bytes the proxy sent after its
+response stay in the reader for the forward session."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+
+from daemon.tls import ReloadingContext, TLSConfigError
+
+from .errors import TransportError
+
+MAX_PROXY_RESPONSE = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Route:
+    tailer_host: str
+    tailer_port: int
+    proxy_kind: str | None = None  # None, "http-connect" or "unix"
+    proxy_host: str = ""
+    proxy_port: int = 0
+    proxy_path: str = ""
+    tls_server_name: str | None = None  # name to verify on the tailer's certificate
+    timeout: float = 10.0  # seconds per step
+
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def _tls_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verification failed: {exc.verify_message}"
+    reason = getattr(exc, "reason", None)
+    return str(reason or exc or type(exc).__name__)
+
+
+async def open_route(route: Route, tailer_tls: ReloadingContext | None, proxy_tls: ReloadingContext | None) -> Streams:
+    reader, writer = await _connect(route, proxy_tls)
+    try:
+        if route.proxy_kind is not None:
+            await _connect_tunnel(reader, writer, route)
+        if tailer_tls is not None:
+            name = route.tls_server_name or route.tailer_host
+            try:
+                ctx = tailer_tls.get()
+            except TLSConfigError as exc:
+                raise TransportError("tailer_tls", str(exc)) from exc
+            try:
+                async with asyncio.timeout(route.timeout):
+                    await writer.start_tls(ctx, server_hostname=name)
+            except TimeoutError:
+                raise TransportError("tailer_tls", f"TLS handshake with the tailer ({name}) timed out") from None
+            except (ssl.SSLError, ConnectionError, OSError) as exc:
+                raise TransportError("tailer_tls", f"TLS with the tailer ({name}): {_tls_reason(exc)}") from exc
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
+
+
+async def _connect(route: Route, proxy_tls: ReloadingContext | None) -> Streams:
+    try:
+        async with asyncio.timeout(route.timeout):
+            if route.proxy_kind == "unix":
+                return await asyncio.open_unix_connection(route.proxy_path)
+            if route.proxy_kind == "http-connect":
+                ctx = None
+                if proxy_tls is not None:
+                    try:
+                        ctx = proxy_tls.get()
+                    except TLSConfigError as exc:
+                        raise TransportError("proxy_tls", str(exc)) from exc
+                return await asyncio.open_connection(
+                    route.proxy_host, route.proxy_port, ssl=ctx,
+                    server_hostname=route.proxy_host if ctx is not None else None,
+                )
+            return await asyncio.open_connection(route.tailer_host, route.tailer_port)
+    except TimeoutError:
+        raise TransportError("connect", f"connecting to {_first_hop(route)} timed out") from None
+    except ssl.SSLError as exc:
+        raise TransportError("proxy_tls", f"TLS with the proxy {_first_hop(route)}: {_tls_reason(exc)}") from exc
+    except OSError as exc:
+        what = "proxy" if route.proxy_kind else "tailer"
+        raise TransportError("connect", f"{what} {_first_hop(route)} unreachable: {exc.strerror or exc}") from exc
+
+
+def _first_hop(route: Route) -> str:
+    if route.proxy_kind == "unix":
+        return f"unix://{route.proxy_path}"
+    if route.proxy_kind == "http-connect":
+        return f"{route.proxy_host}:{route.proxy_port}"
+    return f"{route.tailer_host}:{route.tailer_port}"
+
+
+async def _connect_tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, route: Route) -> None:
+    target = f"{route.tailer_host}:{route.tailer_port}"
+    if ":" in route.tailer_host:
+        target = f"[{route.tailer_host}]:{route.tailer_port}"
+    writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode("ascii"))
+    try:
+        async with asyncio.timeout(route.timeout):
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+    except TimeoutError:
+        raise TransportError("proxy_connect", f"no answer to CONNECT {target} from the proxy") from None
+    except asyncio.IncompleteReadError as exc:
+        raise TransportError("proxy_connect", f"proxy closed the connection during CONNECT {target}") from exc
+    except asyncio.LimitOverrunError as exc:
+        raise TransportError("proxy_connect", "proxy response headers too long") from exc
+    except ssl.SSLError as exc:
+        raise TransportError("proxy_tls", f"TLS with the proxy {_first_hop(route)}: {_tls_reason(exc)}") from exc
+    except (ConnectionError, OSError) as exc:
+        raise TransportError("proxy_connect", f"proxy connection lost during CONNECT: {exc}") from exc
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise TransportError("proxy_connect", f"not an HTTP answer to CONNECT: {status_line[:100]!r}")
+    if parts[1] != "200":
+        raise TransportError("proxy_connect", f"proxy refused CONNECT {target}: {status_line[:200]}")
