@@ -25,7 +25,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_never,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from daemon.observability import get_logger
@@ -268,7 +269,8 @@ class ConfigMapWriter:
         self.kube = kube  # tailer.kube.AsyncKube or anything with its methods
         self.settings = settings
         self.metrics = metrics
-        self.retry_initial = retry_initial
+        self._backoff = wait_exponential(multiplier=retry_initial, max=settings.retry_max_wait) + wait_random(
+            0, retry_initial)
         self._pending: dict[ObjectKey, _Batch] = {}
         self._inflight: dict[ObjectKey, asyncio.Task[None]] = {}
         self._count = 0  # entries pending or in flight
@@ -367,7 +369,7 @@ class ConfigMapWriter:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, Conflict):  # someone else wrote: read again soon, a little apart
             return random.uniform(0, min(0.05 * state.attempt_number, 1.0))
-        backoff = wait_exponential_jitter(initial=self.retry_initial, max=self.settings.retry_max_wait)(state)
+        backoff = self._backoff(state)
         retry_after = getattr(exc, "retry_after", None) or 0.0
         return max(backoff, min(retry_after, 300.0))
 
@@ -401,6 +403,10 @@ class ConfigMapWriter:
             self.metrics.configmap_dropped.labels("error").inc(len(batch.entries))
             log.error("configmap_write_failed", namespace=batch.key.namespace, resource=batch.key.resource,
                       name=batch.key.name, error=str(exc), entries=len(batch.entries))
+        except Exception as exc:  # a bug here must not stop the writer
+            self.metrics.configmap_writes.labels("error").inc()
+            self.metrics.configmap_dropped.labels("error").inc(len(batch.entries))
+            log.exception("configmap_write_crashed", name=batch.key.name, error=repr(exc))
         finally:
             self._count -= size
             self.metrics.configmap_pending.set(self._count)

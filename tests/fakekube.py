@@ -51,7 +51,7 @@ class FakeKube:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, name="fakekube", daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), name="fakekube", daemon=True)
 
     # set-up -------------------------------------------------------------------------------
     def start(self) -> FakeKube:
