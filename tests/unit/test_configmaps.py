@@ -139,3 +139,22 @@ def test_unreadable_configmap_reads_as_empty() -> None:
     assert decode_entries({}) == []
     assert decode_entries({"data": {"entries.json": "{not json"}}) == []
     assert decode_entries({"data": {"entries.json": json.dumps([{"auditID": "x"}, 3, {"no": "id"}])}}) == [{"auditID": "x"}]
+
+
+def test_flags_and_environment(monkeypatch, capsys) -> None:
+    import pytest
+
+    from tailer.cli import parse
+
+    s = parse(["--track", "example.com/Databases", "--track", "/configmaps", "--configmap-max-bytes", "256Ki",
+               "--service-account", "system:serviceaccount:ops:tailer"]).configmaps
+    assert s.track == (("example.com", "databases"), ("", "configmaps")) and s.max_bytes == 256 * 1024
+    assert s.service_account == "system:serviceaccount:ops:tailer" and s.enabled and s.flush_interval == 2.0
+    assert parse([]).configmaps.service_account == "system:serviceaccount:kube-audit:kube-audit-tailer"
+    monkeypatch.setenv("AUDIT_TAILER_TRACK", "apps/deployments,example.com/databases")
+    monkeypatch.setenv("AUDIT_TAILER_CONFIGMAP_FLUSH_INTERVAL", "500ms")
+    s = parse([]).configmaps
+    assert s.track == (("apps", "deployments"), ("example.com", "databases")) and s.flush_interval == 0.5
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--configmap-max-bytes", "2Mi"])
+    assert exit_info.value.code == 2 and "1 MiB" in capsys.readouterr().err
