@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 import sys
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from daemon.flags import EnvParser, parse_bool, parse_duration, parse_hostport, 
 from daemon.observability import LEVELS
 from daemon.tls import TLSFiles
 
-from .settings import ForwardSettings, HttpSettings, Settings
+from .settings import ConfigMapSettings, ForwardSettings, HttpSettings, Settings
 
 ENV_PREFIX = "AUDIT_TAILER_"
 
@@ -40,8 +41,57 @@ def build_parser() -> EnvParser:
                    help="print each audit event as one JSON line on stdout (default true)")
     p.add_argument("--shutdown-timeout", type=parse_duration, default=10.0,
                    help="time to finish in-flight chunks on SIGTERM (default 10s)")
+    add_configmap_flags(p)
     p.add_argument("--log-level", choices=LEVELS, default="info", help="log level (default info)")
     return p
+
+
+def parse_track(value: str) -> tuple[str, str]:
+    group, _, resource = value.strip().rpartition("/")
+    if not resource or "/" in group:
+        raise argparse.ArgumentTypeError(f"expected group/resource (core: /resource), got {value!r}")
+    return group, resource.lower()
+
+
+def add_configmap_flags(p: EnvParser) -> None:
+    p.add_argument("--configmaps", type=parse_bool, default=True, metavar="BOOL",
+                   help="keep an audit ConfigMap per tracked object (default true; off without a cluster)")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account, else $KUBECONFIG)")
+    p.add_argument("--track", action="append", type=parse_track, default=[], metavar="GROUP/RESOURCE",
+                   help="resource to keep audit ConfigMaps for, repeatable (default: every custom resource)")
+    p.add_argument("--service-account", default=None, metavar="USER",
+                   help="our own user, whose events are ignored (default "
+                        "system:serviceaccount:<pod namespace or kube-audit>:kube-audit-tailer)")
+    p.add_argument("--cluster-scope-namespace", default="kube-audit",
+                   help="namespace for the ConfigMaps of cluster-scoped objects (default kube-audit)")
+    p.add_argument("--configmap-flush-interval", type=parse_duration, default=2.0,
+                   help="at most one ConfigMap write per object per interval (default 2s)")
+    p.add_argument("--configmap-max-bytes", type=parse_size, default=512 * 1024,
+                   help="largest entries.json of one ConfigMap; oldest entries leave first (default 512Ki)")
+    p.add_argument("--configmap-max-pending", type=int, default=10_000,
+                   help="entries waiting for the API, all objects together; more are dropped (default 10000)")
+    p.add_argument("--configmap-retry-max-wait", type=parse_duration, default=30.0,
+                   help="cap of the backoff between ConfigMap write attempts (default 30s)")
+
+
+def configmap_settings(parser: EnvParser, args: argparse.Namespace) -> ConfigMapSettings:
+    if args.configmap_max_bytes > 1000 * 1024:
+        parser.error("--configmap-max-bytes must stay under the 1 MiB object limit (at most 1000Ki)")
+    if args.configmap_max_pending <= 0:
+        parser.error("--configmap-max-pending must be positive")
+    account = args.service_account
+    if account is None:
+        from .kube import in_cluster_namespace
+
+        account = f"system:serviceaccount:{in_cluster_namespace() or 'kube-audit'}:kube-audit-tailer"
+    # the environment gives --track as a comma-separated list of strings
+    track = tuple(parse_track(t) if isinstance(t, str) else t for t in args.track)
+    return ConfigMapSettings(
+        enabled=args.configmaps, kubeconfig=args.kubeconfig, track=track, service_account=account,
+        cluster_scope_namespace=args.cluster_scope_namespace, flush_interval=args.configmap_flush_interval,
+        max_bytes=args.configmap_max_bytes, max_pending=args.configmap_max_pending,
+        retry_max_wait=args.configmap_retry_max_wait,
+    )
 
 
 def parse(argv: Sequence[str] | None = None) -> Settings:
@@ -69,6 +119,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         stdout=args.stdout,
         log_level=args.log_level,
         shutdown_timeout=args.shutdown_timeout,
+        configmaps=configmap_settings(parser, args),
     )
 
 

@@ -28,9 +28,25 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class ConfigMapSettings:
+    """Audit ConfigMaps per tracked object (tailer/configmaps.py)."""
+
+    enabled: bool = True  # off by itself (one log line) when there is no cluster to talk to
+    kubeconfig: str | None = None  # None: in-cluster service account, else $KUBECONFIG or ~/.kube/config
+    track: tuple[tuple[str, str], ...] = ()  # (group, resource); empty: every custom resource
+    service_account: str = "system:serviceaccount:kube-audit:kube-audit-tailer"  # our own events are ignored
+    cluster_scope_namespace: str = "kube-audit"  # where ConfigMaps of cluster-scoped objects live
+    flush_interval: float = 2.0  # seconds; at most one write per object per interval
+    max_bytes: int = 512 * 1024  # largest entries.json value of one ConfigMap; oldest entries leave first
+    max_pending: int = 10_000  # entries waiting for the API, all objects together; more are dropped
+    retry_max_wait: float = 30.0  # seconds, cap of the exponential backoff when the API fails
+
+
+@dataclass(frozen=True)
 class Settings:
     forward: ForwardSettings = ForwardSettings()
     http: HttpSettings = HttpSettings()
     stdout: bool = True  # one audit event per line on stdout
     log_level: str = "info"
     shutdown_timeout: float = 10.0  # seconds to finish in-flight chunks on SIGTERM
+    configmaps: ConfigMapSettings = ConfigMapSettings()

@@ -48,6 +48,8 @@ def python_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
+    env["KUBECONFIG"] = str(ROOT / "tests" / "no-such-kubeconfig")  # never a developer's real cluster
+    env.pop("KUBERNETES_SERVICE_HOST", None)
     return env
 
 

@@ -1,0 +1,463 @@
+"""Audit ConfigMaps: one per tracked object, named in an annotation on the object.
+
+Top half, pure: which objects are tracked, the ConfigMap's name, one entry per mutating request, a short
+summary of what changed, and the size-bounded merge of entries. Bottom half: ``ConfigMapWriter``, the
+pipeline Observer that batches entries per object and writes them through tailer/kube.py.
+
+ConfigMap layout: ``data["entries.json"]`` is a JSON list of entries sorted by (time, auditID), one entry
+per line. Writers merge by auditID, so two tailer replicas never lose or duplicate an entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_never,
+    wait_exponential,
+    wait_random,
+)
+
+from daemon.observability import get_logger
+from fluent_forward import Record
+
+from .audit import MUTATING_VERBS, EventView, ObjectKey, redact, view
+from .errors import Conflict, KubeError, KubeUnconfigured, NotFound, Unavailable
+from .kube import AsyncKube
+from .metrics import TailerMetrics
+from .settings import ConfigMapSettings
+
+ANNOTATION = "audit.kube-audit-forwarder.io/configmap"
+DATA_KEY = "entries.json"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kube-audit-tailer"}
+BUILTIN_GROUPS = frozenset({
+    "", "apps", "batch", "extensions", "policy", "autoscaling", "rbac.authorization.k8s.io",
+    "networking.k8s.io", "storage.k8s.io", "apiextensions.k8s.io", "admissionregistration.k8s.io",
+    "coordination.k8s.io", "discovery.k8s.io", "certificates.k8s.io", "scheduling.k8s.io", "node.k8s.io",
+    "events.k8s.io", "flowcontrol.apiserver.k8s.io", "authentication.k8s.io", "authorization.k8s.io",
+    "apiregistration.k8s.io", "resource.k8s.io", "internal.apiserver.k8s.io", "storagemigration.k8s.io",
+    "metrics.k8s.io", "audit.kube-audit-forwarder.io",
+})
+MAX_NAME = 253  # DNS-1123 subdomain
+CHANGE_LIMIT = 200  # characters of the change summary
+VALUE_LIMIT = 40  # characters of one value in the summary
+MAX_GROUPS = 16  # user groups kept per entry
+NOISE = ("metadata.resourceVersion", "metadata.managedFields", "metadata.generation", "metadata.uid",
+         "metadata.creationTimestamp", "metadata.selfLink")
+MAX_REMEMBERED = 4096  # objects whose last state (for "2 -> 3") and annotation we remember
+MAX_CONCURRENT_WRITES = 8
+
+log = get_logger(component="configmaps")
+
+
+# --- pure ----------------------------------------------------------------------------------
+def is_tracked(key: ObjectKey, track: Sequence[tuple[str, str]] = ()) -> bool:
+    """``--track group/resource`` when given, else every custom resource (group not built in)."""
+    if track:
+        return (key.group, key.resource) in track
+    return key.group not in BUILTIN_GROUPS
+
+
+def configmap_name(resource: str, name: str) -> str:
+    """``audit-<resource>-<name>`` as a valid DNS-1123 subdomain; a hash keeps altered names unique."""
+    raw = f"audit-{resource}-{name}"
+    labels = [re.sub(r"[^a-z0-9-]+", "-", label).strip("-") for label in raw.lower().split(".")]
+    clean = ".".join(label for label in labels if label)
+    if clean == raw and len(clean) <= MAX_NAME:
+        return clean
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
+    return clean[: MAX_NAME - len(digest) - 1].rstrip(".-") + "-" + digest
+
+
+def flatten(obj: Any, prefix: str = "", keep_null: bool = False) -> dict[str, Any]:
+    """Dotted paths to leaf values; lists are leaves."""
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            path = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict) and v:
+                out.update(flatten(v, path, keep_null))
+            elif v is not None or keep_null:
+                out[path] = v
+    return out
+
+
+def _noise(path: str, subresource: str) -> bool:
+    if path.startswith(NOISE):
+        return True
+    return path.startswith("status") and subresource != "status"
+
+
+def _show(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text if len(text) <= VALUE_LIMIT else text[: VALUE_LIMIT - 1] + "…"
+
+
+def _json_patch_path(pointer: str) -> str:
+    return ".".join(p.replace("~1", "/").replace("~0", "~") for p in pointer.strip("/").split("/"))
+
+
+def summarize(event: dict[str, Any], ev: EventView, before: dict[str, Any] | None) -> str:
+    """A short human string of what changed: "spec.replicas: 2 -> 3", "created", "deleted"."""
+    if ev.code is not None and ev.code >= 300:
+        return f"failed ({ev.code})"
+    if ev.verb == "create" and not ev.subresource:
+        return "created"
+    if ev.verb == "delete":
+        return "deleted"
+    body = event.get("requestObject")
+    known = before or {}
+    changes: list[tuple[str, bool, Any, Any]] = []  # (path, old known, old, new); new None = removed
+    if isinstance(body, list):  # JSON patch
+        for op in body:
+            if isinstance(op, dict) and op.get("op") in ("add", "replace", "remove"):
+                path = _json_patch_path(str(op.get("path", "")))
+                changes.append((path, path in known, known.get(path), op.get("value")))
+    elif isinstance(body, dict) and ev.verb == "patch":  # merge or strategic merge patch
+        for path, new in flatten(body, keep_null=True).items():
+            if not path.startswith("$"):
+                changes.append((path, path in known, known.get(path), new))
+    elif isinstance(body, dict) and before is not None:  # update: the whole object, diff it
+        after = flatten(body)
+        for path in sorted(after.keys() | known.keys()):
+            if after.get(path) != known.get(path):
+                changes.append((path, path in known, known.get(path), after.get(path)))
+    changes = [c for c in changes if not _noise(c[0], ev.subresource) and (not c[1] or c[2] != c[3])]
+    if not changes:
+        if isinstance(body, dict | list) and (before is not None or ev.verb == "patch"):
+            return "no change"
+        return {"update": "updated", "patch": "patched"}.get(ev.verb, ev.verb)
+    parts = []
+    for path, old_known, old, new in changes:
+        new_text = "removed" if new is None else _show(new)
+        parts.append(f"{path}: {_show(old)} -> {new_text}" if old_known else f"{path}: {new_text}")
+    out = ""
+    for i, part in enumerate(parts):
+        more = f" (+{len(parts) - i} more)"
+        candidate = f"{out}, {part}" if out else part
+        limit = CHANGE_LIMIT - (len(more) if i < len(parts) - 1 else 0)
+        if len(candidate) > limit:
+            return (out + more) if out else part[: CHANGE_LIMIT - len(more) - 1] + "…" + more
+        out = candidate
+    return out
+
+
+def state_after(event: dict[str, Any], ev: EventView, before: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The object's flattened state after this request, as far as the event tells."""
+    if ev.code is not None and ev.code >= 300:
+        return before
+    if ev.verb == "delete" and not ev.subresource:
+        return None
+    for field_name in ("responseObject", "requestObject"):
+        obj = event.get(field_name)
+        if isinstance(obj, dict) and obj.get("kind") != "Status" and isinstance(obj.get("metadata"), dict):
+            return flatten(obj)
+    body = event.get("requestObject")
+    if isinstance(body, dict) and ev.verb == "patch" and before is not None:
+        state = dict(before)
+        for path, value in flatten(body, keep_null=True).items():
+            if value is None:
+                state.pop(path, None)
+            else:
+                state[path] = value
+        return state
+    return None
+
+
+def make_entry(event: dict[str, Any], ev: EventView, before: dict[str, Any] | None) -> dict[str, Any]:
+    return {"time": ev.stage_timestamp, "user": ev.user, "groups": list(ev.groups[:MAX_GROUPS]), "verb": ev.verb,
+            "subresource": ev.subresource, "auditID": ev.audit_id, "code": ev.code,
+            "change": summarize(event, ev, before)}
+
+
+def _dumps(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_entries(entries: Sequence[dict[str, Any]]) -> str:
+    return "[\n" + ",\n".join(_dumps(e) for e in entries) + "\n]" if entries else "[]"
+
+
+def decode_entries(configmap: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries of a ConfigMap; a missing or unreadable value reads as none."""
+    try:
+        value = json.loads((configmap.get("data") or {}).get(DATA_KEY) or "[]")
+    except ValueError:
+        return []
+    return [e for e in value if isinstance(e, dict) and e.get("auditID")] if isinstance(value, list) else []
+
+
+def merge_entries(existing: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]],
+                  max_bytes: int) -> tuple[list[dict[str, Any]], int]:
+    """Union by auditID, sorted by (time, auditID), oldest dropped until encoded it fits ``max_bytes``.
+
+    Returns the entries and how many old ones were trimmed.
+    """
+    by_id = {str(e["auditID"]): e for e in existing}
+    for e in new:
+        by_id.setdefault(str(e["auditID"]), e)
+    entries = sorted(by_id.values(), key=lambda e: (str(e.get("time", "")), str(e["auditID"])))
+    sizes = [len(_dumps(e).encode()) + 2 for e in entries]  # each line plus ",\n"
+    total, drop = 2 + sum(sizes), 0  # "[\n" ... "\n]" minus the last ","
+    while total > max_bytes and drop < len(entries):
+        total -= sizes[drop]
+        drop += 1
+    return entries[drop:], drop
+
+
+def owner_reference(obj: Any) -> dict[str, str] | None:
+    """apiVersion, kind, name, uid of an object, when it has them all."""
+    if not isinstance(obj, dict) or obj.get("kind") in (None, "Status"):
+        return None
+    meta = obj.get("metadata") or {}
+    ref = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta.get("name"),
+           "uid": meta.get("uid")}
+    return ref if all(isinstance(v, str) and v for v in ref.values()) else None  # type: ignore[return-value]
+
+
+def new_configmap(name: str, namespace: str, owner: dict[str, str], entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace, "labels": dict(MANAGED_BY),
+                         "ownerReferences": [owner]},
+            "data": {DATA_KEY: encode_entries(entries)}}
+
+
+# --- the writer ----------------------------------------------------------------------------
+@dataclass
+class _Batch:
+    key: ObjectKey
+    version: str
+    owner: dict[str, str] | None = None
+    deleted: bool = False
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def connect_writer(settings: ConfigMapSettings, metrics: TailerMetrics) -> ConfigMapWriter | None:
+    """The writer when there is a cluster to talk to; else None and one log line saying why."""
+    if not settings.enabled:
+        log.info("configmaps_off", reason="disabled")
+        return None
+    try:
+        kube = await AsyncKube.connect(settings.kubeconfig)
+    except KubeUnconfigured as exc:
+        log.warning("configmaps_off", reason="no in-cluster service account and no usable kubeconfig",
+                    error=str(exc))
+        return None
+    log.info("configmaps_on", server=kube.sync.host, service_account=settings.service_account,
+             track=[f"{g}/{r}" for g, r in settings.track] or "custom resources")
+    return ConfigMapWriter(kube, settings, metrics)
+
+
+class ConfigMapWriter:
+    """Pipeline Observer: ``offer`` never blocks; ``run`` writes batches at most once per interval."""
+
+    name = "configmaps"
+
+    def __init__(self, kube: Any, settings: ConfigMapSettings, metrics: TailerMetrics,
+                 retry_initial: float = 0.5) -> None:
+        self.kube = kube  # tailer.kube.AsyncKube or anything with its methods
+        self.settings = settings
+        self.metrics = metrics
+        self._backoff = wait_exponential(multiplier=retry_initial, max=settings.retry_max_wait) + wait_random(
+            0, retry_initial)
+        self._pending: dict[ObjectKey, _Batch] = {}
+        self._inflight: dict[ObjectKey, asyncio.Task[None]] = {}
+        self._count = 0  # entries pending or in flight
+        self._states: OrderedDict[ObjectKey, dict[str, Any] | None] = OrderedDict()
+        self._annotated: OrderedDict[ObjectKey, None] = OrderedDict()
+        self._stopping = asyncio.Event()
+        self._dropping = False
+        self._behind = False
+
+    # intake (called from the ack path: no awaits, no exceptions out) --------------------------
+    def offer(self, records: Sequence[Record]) -> None:
+        for record in records:
+            if isinstance(record, dict):
+                self._take(record)
+
+    def wants(self, ev: EventView) -> bool:
+        return (ev.stage == "ResponseComplete" and ev.verb in MUTATING_VERBS and ev.object is not None
+                and ev.user != self.settings.service_account and is_tracked(ev.object, self.settings.track))
+
+    def _take(self, record: dict[str, Any]) -> None:
+        ev = view(record)
+        if not self.wants(ev):
+            return
+        key = ev.object
+        assert key is not None
+        event = redact(record)  # Secret values never reach a ConfigMap
+        before = self._states.get(key)
+        entry = make_entry(event, ev, before)
+        self._remember(self._states, key, state_after(event, ev, before))
+        if self._count >= self.settings.max_pending:
+            self.metrics.configmap_dropped.labels("backlog_full").inc()
+            if not self._dropping:
+                self._dropping = True
+                log.warning("configmap_backlog_full", pending=self._count, max_pending=self.settings.max_pending)
+            return
+        if self._dropping:
+            self._dropping = False
+            log.info("configmap_backlog_accepting", pending=self._count)
+        batch = self._pending.get(key)
+        if batch is None:
+            batch = self._pending[key] = _Batch(key, ev.api_version.rpartition("/")[2])
+        batch.entries.append(entry)
+        for field_name in ("responseObject", "requestObject"):
+            batch.owner = batch.owner or owner_reference(event.get(field_name))
+        batch.deleted = ev.verb == "delete" and not ev.subresource and (ev.code or 200) < 300
+        self._count += 1
+        self.metrics.configmap_pending.set(self._count)
+
+    @staticmethod
+    def _remember(cache: OrderedDict[ObjectKey, Any], key: ObjectKey, value: Any) -> None:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > MAX_REMEMBERED:
+            cache.popitem(last=False)
+
+    # the loop -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Every flush interval, start a write for each object with entries and none in flight."""
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.settings.flush_interval)
+            except TimeoutError:
+                self._launch()
+
+    def _launch(self) -> None:
+        for key in list(self._pending):
+            if len(self._inflight) >= MAX_CONCURRENT_WRITES:
+                return
+            if key not in self._inflight:
+                batch = self._pending.pop(key)
+                task = asyncio.create_task(self._flush(batch), name=f"configmap-write-{key.resource}-{key.name}")
+                self._inflight[key] = task
+                task.add_done_callback(lambda _, k=key: self._inflight.pop(k, None))
+
+    async def stop(self, deadline: float) -> None:
+        """Write what is pending (up to ``deadline`` seconds), then cancel and log what was left."""
+        self._stopping.set()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+        while (self._pending or self._inflight) and loop.time() < end:
+            self._launch()
+            await asyncio.wait(list(self._inflight.values()), timeout=end - loop.time(),
+                               return_when=asyncio.FIRST_COMPLETED)
+        if self._count:
+            log.warning("configmap_entries_abandoned", entries=self._count)
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        if hasattr(self.kube, "close"):
+            await self.kube.close()
+
+    # one object -----------------------------------------------------------------------------
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, Conflict):  # someone else wrote: read again soon, a little apart
+            return random.uniform(0, min(0.05 * state.attempt_number, 1.0))
+        backoff = self._backoff(state)
+        retry_after = getattr(exc, "retry_after", None) or 0.0
+        return max(backoff, min(retry_after, 300.0))
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, Conflict):
+            self.metrics.configmap_writes.labels("conflict").inc()
+            return
+        self.metrics.configmap_writes.labels("unavailable").inc()
+        if not self._behind:
+            self._behind = True
+            log.warning("configmap_api_unavailable", error=str(exc), pending=self._count)
+
+    async def _flush(self, batch: _Batch) -> None:
+        size = len(batch.entries)
+        try:
+            async for attempt in AsyncRetrying(retry=retry_if_exception_type((Conflict, Unavailable)),
+                                               wait=self._wait, stop=stop_never, reraise=True,
+                                               before_sleep=self._before_sleep):
+                with attempt:
+                    size += self._absorb(batch)
+                    result = await self._write(batch)
+            self.metrics.configmap_writes.labels(result).inc()
+            if result == "gone":
+                self.metrics.configmap_dropped.labels("gone").inc(len(batch.entries))
+            if self._behind:
+                self._behind = False
+                log.info("configmap_api_recovered", pending=self._count - size)
+        except KubeError as exc:
+            self.metrics.configmap_writes.labels("error").inc()
+            self.metrics.configmap_dropped.labels("error").inc(len(batch.entries))
+            log.error("configmap_write_failed", namespace=batch.key.namespace, resource=batch.key.resource,
+                      name=batch.key.name, error=str(exc), entries=len(batch.entries))
+        except Exception as exc:  # a bug here must not stop the writer
+            self.metrics.configmap_writes.labels("error").inc()
+            self.metrics.configmap_dropped.labels("error").inc(len(batch.entries))
+            log.exception("configmap_write_crashed", name=batch.key.name, error=repr(exc))
+        finally:
+            self._count -= size
+            self.metrics.configmap_pending.set(self._count)
+
+    def _absorb(self, batch: _Batch) -> int:
+        """Take entries that arrived for this object while we were retrying."""
+        more = self._pending.pop(batch.key, None)
+        if more is None:
+            return 0
+        batch.entries.extend(more.entries)
+        batch.owner = batch.owner or more.owner
+        batch.deleted = more.deleted
+        return len(more.entries)
+
+    async def _write(self, batch: _Batch) -> str:
+        key, s = batch.key, self.settings
+        namespace = key.namespace or s.cluster_scope_namespace
+        name = configmap_name(key.resource, key.name)
+        try:
+            current: dict[str, Any] | None = await self.kube.get_configmap(namespace, name)
+        except NotFound:
+            current = None
+        if current is None:
+            owner = batch.owner or await self._fetch_owner(batch)
+            if owner is None:  # the object is gone and left no uid: nothing would clean the ConfigMap up
+                return "gone"
+            entries, trimmed = merge_entries([], batch.entries, s.max_bytes)
+            await self.kube.create_configmap(namespace, new_configmap(name, namespace, owner, entries))
+        else:
+            existing = decode_entries(current)
+            entries, trimmed = merge_entries(existing, batch.entries, s.max_bytes)
+            if entries != existing:
+                current.setdefault("data", {})[DATA_KEY] = encode_entries(entries)
+                await self.kube.replace_configmap(namespace, name, current)
+        if trimmed:
+            self.metrics.configmap_trimmed.inc(trimmed)
+        if not batch.deleted and key not in self._annotated:
+            patch = {"metadata": {"annotations": {ANNOTATION: name}}}
+            try:
+                await self.kube.merge_patch(key.group, batch.version, key.resource, key.namespace, key.name, patch)
+            except NotFound:
+                pass
+            self._remember(self._annotated, key, None)
+        return "ok"
+
+    async def _fetch_owner(self, batch: _Batch) -> dict[str, str] | None:
+        key = batch.key
+        try:
+            obj = await self.kube.get(key.group, batch.version, key.resource, key.namespace, key.name)
+        except NotFound:
+            return None
+        if ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION):
+            self._remember(self._annotated, key, None)
+        return owner_reference(obj)
