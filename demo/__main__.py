@@ -1,6 +1,6 @@
-"""./run demo: the tailer on loopback, fed the shipped sample audit log; its stdout is shown here.
-
-A tiny sender stands in for the forwarder until the forwarder lands.
+"""./run demo: the real path on loopback. A writer appends the shipped sample audit events to an
+audit log and rotates it the way the kube-apiserver does; audit-forwarder follows the files and
+sends them to audit-tailer, whose stdout (one audit event per line) is what you see.
 """
 
 from __future__ import annotations
@@ -10,14 +10,20 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
-import fluent_forward as ff
+import httpx
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tests" / "data" / "audit-sample.log"
+sys.path.insert(0, str(ROOT))
+
+from tests.auditlog import RotatingWriter  # noqa: E402  (the apiserver-like writer the tests use)
 
 
 def free_port() -> int:
@@ -26,50 +32,56 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def send(port: int, lines: list[bytes]) -> None:
-    import orjson
+def metric(port: int, name: str) -> float:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return -1
+    return next((float(x.split()[-1]) for x in text.splitlines() if x.startswith(name + " ")), 0.0)
 
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        decoder = ff.Decoder()
-        for i in range(0, len(lines), 100):
-            batch = [orjson.loads(line) for line in lines[i : i + 100]]
-            packed = b"".join(ff.encode_entry(ff.EventTime.now(), record) for record in batch)
-            chunk = uuid.uuid4().hex
-            sock.sendall(ff.encode_packed_forward("audit", packed, chunk=chunk, size=len(batch), compress=True))
-            acks: list[ff.Message] = []
-            while not acks:
-                acks = decoder.feed(sock.recv(4096))
-            assert acks == [ff.Ack(chunk)], acks
+
+def wait(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="./run demo", description=__doc__)
-    parser.add_argument("--file", type=Path, default=SAMPLE, help="audit log to send (JSON lines)")
+    parser.add_argument("--file", type=Path, default=SAMPLE, help="audit events to replay (JSON lines)")
+    parser.add_argument("--rotate-bytes", type=int, default=400_000, help="rotate the audit log at this size")
     args = parser.parse_args()
-    port, http_port = free_port(), free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    tailer = subprocess.Popen(
-        [sys.executable, "-m", "tailer.cli", "--listen", f"127.0.0.1:{port}", "--http-listen",
-         f"127.0.0.1:{http_port}"], env=env,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or tailer.poll() is not None:
-                    print("demo: the tailer did not start", file=sys.stderr)
-                    return 1
-                time.sleep(0.05)
-        lines = [line for line in args.file.read_bytes().splitlines() if line.strip()]
-        send(port, lines)
-        print(f"demo: {len(lines)} audit events sent and acked; metrics at http://127.0.0.1:{http_port}/metrics",
-              file=sys.stderr)
-    finally:
-        tailer.terminate()
-        tailer.wait(15)
+    events = [orjson.loads(line) for line in args.file.read_bytes().splitlines() if line.strip()]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=os.devnull)
+    port, thttp, fhttp = free_port(), free_port(), free_port()
+    with tempfile.TemporaryDirectory(prefix="kaf-demo-") as tmp:
+        log = Path(tmp) / "audit.log"
+        log.touch()
+        fwd_log = Path(tmp) / "forwarder.log"
+        tailer = subprocess.Popen([sys.executable, "-m", "tailer.cli", "--listen", f"127.0.0.1:{port}",
+                                   "--http-listen", f"127.0.0.1:{thttp}", "--log-level", "warning"], env=env)
+        with fwd_log.open("wb") as err:
+            forwarder = subprocess.Popen(
+                [sys.executable, "-m", "forwarder.cli", "--tailer", f"127.0.0.1:{port}", "--audit-log-path", str(log),
+                 "--http-listen", f"127.0.0.1:{fhttp}"], env=env, stderr=err)
+        try:
+            wait(lambda: metric(fhttp, "forwarder_connected") == 1, 30, "the forwarder to connect")
+            writer = RotatingWriter(tmp, args.rotate_bytes, max_backups=3, compress=False)
+            for event in events:  # fresh IDs and times, as a live apiserver would write them
+                now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                event = {**event, "auditID": str(uuid.uuid4()), "stageTimestamp": now}
+                writer.write(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
+            writer.close()
+            wait(lambda: metric(fhttp, "forwarder_events_acked_total") >= len(events), 60, "every event acked")
+            print(f"demo: {len(events)} audit events written with {writer.rotations} rotations, followed by "
+                  f"audit-forwarder and acked by audit-tailer (forwarder log: {fwd_log.name})", file=sys.stderr)
+        finally:
+            forwarder.terminate()
+            forwarder.wait(20)
+            tailer.terminate()
+            tailer.wait(20)
     return 0
 
 
