@@ -68,7 +68,7 @@ class Forwarder:
     def _report_gaps(self) -> None:
         for gap in self.follower.gaps:
             self.metrics.gaps.inc()
-            self.metrics.gap_bytes.inc(gap.bytes_lost or 0)
+            self.metrics.gap_bytes.inc(gap.bytes_lost)
             log.error("gap", file=gap.path, inode=gap.inode, bytes_lost=gap.bytes_lost, reason=gap.reason)
         self.follower.gaps.clear()
 
@@ -88,7 +88,7 @@ class Forwarder:
             if self._flush_at is not None:
                 left = self._flush_at - time.monotonic()
                 if left <= 0:
-                    await self._flush()
+                    await self.flush()
                     continue
                 timeout = min(timeout, left)
             try:
@@ -128,7 +128,7 @@ class Forwarder:
         elif not self.batcher.empty() and self._flush_at is None:
             self._flush_at = time.monotonic() + self.s.batch.flush_interval
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
         chunk = self.batcher.flush()
         if chunk is not None:
             await self._submit(chunk)
@@ -181,7 +181,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> int:
     try:
         async with asyncio.timeout(settings.shutdown_timeout):
             await reader_task
-            await fwd._flush()
+            await fwd.flush()
     except (TimeoutError, Exception) as exc:  # noqa: BLE001 - shutdown goes on whatever happened
         if not isinstance(exc, TimeoutError):
             log.error("reader_failed", error=repr(exc))

@@ -22,6 +22,7 @@ class Checkpoint:
     fingerprint_bytes: int
     offset: int  # just past the last acked line
     compressed: bool = False
+    size: int = 0  # the file's size when the checkpoint was written: a lower bound of what a gap loses
     written_at: float = 0.0
     version: int = VERSION
 

@@ -62,7 +62,8 @@ class Source:
 
     def checkpoint(self, offset: int) -> Checkpoint:
         fp, n = self.fingerprint()
-        return Checkpoint(self.path, self.device, self.inode, fp, n, offset, self.compressed)
+        size = self.pos if self.fh.closed else self.size()
+        return Checkpoint(self.path, self.device, self.inode, fp, n, offset, self.compressed, size)
 
     def close(self) -> None:
         if not self.fh.closed:
@@ -82,7 +83,7 @@ class Read:
 class Gap:
     path: str
     inode: int
-    bytes_lost: int | None  # None when the file is gone and its size unknown
+    bytes_lost: int
     reason: str
 
 
@@ -137,7 +138,8 @@ class Follower:
                 self.log.info("resumed", file=candidates[index], offset=checkpoint.offset,
                               files=len(self.sources))
                 return
-            self.gaps.append(Gap(checkpoint.path, checkpoint.inode, None, "checkpointed file no longer exists"))
+            self.gaps.append(Gap(checkpoint.path, checkpoint.inode, max(checkpoint.size - checkpoint.offset, 0),
+                                 "checkpointed file no longer exists (bytes_lost is a lower bound)"))
             for path in backups:
                 try:
                     if os.stat(path).st_mtime >= checkpoint.written_at:
@@ -276,7 +278,8 @@ class Follower:
         while len(self.sources) > self.max_held_files:
             dropped = self.sources.popleft()
             lost = max(dropped.size() - dropped.pos, 0) + dropped.splitter.pending()
-            self.gaps.append(Gap(dropped.path, dropped.inode, lost, "too many rotated files waiting"))
+            if lost:
+                self.gaps.append(Gap(dropped.path, dropped.inode, lost, "too many rotated files waiting"))
             dropped.close()
 
     def read(self) -> Read | None:

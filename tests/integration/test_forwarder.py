@@ -194,3 +194,55 @@ def test_bad_flags_are_one_line_errors(tmp_path: Path) -> None:
         assert proc.returncode == 2, args
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("audit-forwarder: error: "), proc.stderr
+
+
+def test_gaps_are_reported_with_bytes_lost(start_tailer, start_forwarder, tmp_path: Path) -> None:
+    tailer = start_tailer()
+    log = tmp_path / "audit.log"
+    log.touch()
+    fwd = start_forwarder(tailer.port, log, "--flush-interval", "10ms")
+    append(log, *[event(i) for i in range(3)])
+    wait_for(lambda: len(tailer.records()) == 3, what="first 3")
+    wait_for(lambda: fwd.metric("forwarder_inflight_chunks") == 0, what="acked")
+    fwd.kill()
+    append(log, *[event(i) for i in range(3, 6)])
+    lost = log.stat().st_size - json.loads((tmp_path / "audit-forwarder.pos").read_text())["offset"]
+    log.unlink()  # rotated and deleted while the forwarder was down: really lost
+    append(log, *[event(i) for i in range(6, 8)])
+    fwd = start_forwarder(tailer.port, log)
+    wait_for(lambda: len(tailer.records()) == 5, what="the events of the new file")
+    assert seqs(tailer) == [0, 1, 2, 6, 7]
+    assert fwd.metric("forwarder_gaps_total") == 1
+    gap = next(e for e in fwd.logs() if e["event"] == "gap")
+    assert gap["level"] == "error" and gap["bytes_lost"] >= 0 and gap["file"] == str(log)
+    assert lost > 0
+
+
+def test_too_many_unread_rotated_files_is_a_gap_with_exact_bytes(start_tailer, start_forwarder, tmp_path) -> None:
+    tailer = start_tailer()
+    log = tmp_path / "audit.log"
+    log.touch()
+    fwd = start_forwarder(tailer.port, log, "--max-held-files", "2", "--max-inflight-chunks", "1",
+                          "--chunk-events", "1", "--flush-interval", "10ms", "--backoff-max", "200ms")
+    append(log, event(0))
+    wait_for(lambda: len(tailer.records()) == 1, what="first event")
+    tailer.stop()
+    append(log, event(1), event(2))  # one chunk waits for its ack, the next blocks the reader
+    wait_for(lambda: fwd.metric("forwarder_events_read_total") >= 2, what="reader blocked on the window")
+
+    def opened() -> int:
+        return sum(1 for e in fwd.logs() if e["event"] == "file_opened")
+
+    sizes = []
+    for i in range(3):  # three rotations while the tailer is away and the reader is paused
+        before = opened()
+        os.rename(log, tmp_path / f"audit-2026-11-20T09-00-0{i}.000.log")
+        append(log, event(3 + i))
+        sizes.append(log.stat().st_size)
+        wait_for(lambda b=before: opened() > b, what="the new live file held open")
+    tailer.start()
+    wait_for(lambda: 5 in seqs(tailer), timeout=30, what="the last event")
+    gaps = [e for e in fwd.logs() if e["event"] == "gap"]
+    assert [g["bytes_lost"] for g in gaps] == [sizes[0]]  # the oldest unread file, exactly its bytes
+    assert fwd.metric("forwarder_gap_bytes_total") == sizes[0]
+    assert sorted(set(seqs(tailer))) == [0, 1, 2, 4, 5]
