@@ -15,7 +15,7 @@ import os
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -186,7 +186,7 @@ class Follower:
         head = b""
         if compressed:
             head = _read_head(path, True, FINGERPRINT_BYTES)
-            fh = gzip.GzipFile(fileobj=raw, mode="rb")
+            fh = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
         if offset is None:
             offset = _last_line_end(raw, st.st_size)
         elif not compressed and offset > st.st_size:

@@ -11,6 +11,7 @@ per line. Writers merge by auditID, so two tailer replicas never lose or duplica
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import random
@@ -343,7 +344,10 @@ class ConfigMapWriter:
                 batch = self._pending.pop(key)
                 task = asyncio.create_task(self._flush(batch), name=f"configmap-write-{key.resource}-{key.name}")
                 self._inflight[key] = task
-                task.add_done_callback(lambda _, k=key: self._inflight.pop(k, None))
+                task.add_done_callback(functools.partial(self._forget, key))
+
+    def _forget(self, key: Any, _: object) -> None:
+        self._inflight.pop(key, None)
 
     async def stop(self, deadline: float) -> None:
         """Write what is pending (up to ``deadline`` seconds), then cancel and log what was left."""

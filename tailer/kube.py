@@ -112,7 +112,7 @@ class Kube:
                     namespace = (current or {}).get("context", {}).get("namespace")
                 else:
                     contexts, _ = config.list_kube_config_contexts(kubeconfig)
-                    chosen = next((c for c in contexts if c.get("name") == context), {})
+                    chosen: dict[str, Any] = next((c for c in contexts if c.get("name") == context), {})
                     namespace = chosen.get("context", {}).get("namespace")
         except (config.ConfigException, OSError, TypeError, ValueError) as exc:
             raise KubeUnconfigured(str(exc) or type(exc).__name__) from exc

@@ -107,9 +107,10 @@ class ForwardServer:
                     log.warning("tls_handshake_failed", peer=peer, reason=str(reason), error=str(exc))
                     return
             if s.shared_key is not None:
-                pending = await self._handshake(reader, writer, decoder, peer)
-                if pending is None:
+                after_ping = await self._handshake(reader, writer, decoder, peer)
+                if after_ping is None:
                     return
+                pending = after_ping
             log.debug("connection_open", peer=peer)
             while True:
                 for message in pending:
