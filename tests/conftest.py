@@ -218,3 +218,29 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from tests.pki import make_pki
 
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _live_children() -> set[tuple[int, str]]:
+    me = str(os.getpid())
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat.split(" (", 1)[1].rsplit(") ", 1)
+        state, ppid = rest.split()[:2]
+        if ppid == me and state != "Z":
+            found.add((int(entry), name))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """A test that leaves a child process running fails (fixtures stop what they start)."""
+    before = _live_children()
+    yield
+    left = _live_children() - before
+    assert not left, f"processes left running: {sorted(left)}"
