@@ -106,18 +106,31 @@ class BadLine(ValueError):
         self.detail = detail
 
 
+_second_cache: list[object] = ["", 0]  # the last "YYYY-MM-DDTHH:MM:SS" seen and its epoch seconds
+
+
 def event_time(record: dict[str, object], fallback: EventTime) -> EventTime:
+    """EventTime from ``stageTimestamp`` (RFC 3339, UTC "Z" as the apiserver writes it)."""
     stamp = record.get("stageTimestamp")
-    if isinstance(stamp, str):
-        try:
-            parsed = datetime.fromisoformat(stamp)
-        except ValueError:
-            return fallback
-        seconds = int(parsed.timestamp())
-        frac = stamp.rstrip("Z").rpartition(".")[2] if "." in stamp else ""
-        nanos = int((frac + "000000000")[:9]) if frac.isdigit() else parsed.microsecond * 1000
-        return EventTime(seconds, nanos)
-    return fallback
+    if not isinstance(stamp, str):
+        return fallback
+    if len(stamp) >= 20 and stamp[-1] == "Z" and stamp[10] == "T":
+        head, frac = stamp[:19], stamp[20:-1] if stamp[19] == "." else ""
+        if head == _second_cache[0]:
+            seconds = int(_second_cache[1])  # type: ignore[call-overload]
+        else:
+            try:
+                seconds = int(datetime.fromisoformat(head + "+00:00").timestamp())
+            except ValueError:
+                return fallback
+            _second_cache[0], _second_cache[1] = head, seconds
+        if frac.isdigit() or not frac:
+            return EventTime(seconds, int((frac + "000000000")[:9]))
+    try:
+        parsed = datetime.fromisoformat(stamp)
+    except ValueError:
+        return fallback
+    return EventTime(int(parsed.timestamp()), parsed.microsecond * 1000)
 
 
 def to_entry(line: bytes, fallback: EventTime) -> bytes:
