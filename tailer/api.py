@@ -215,7 +215,8 @@ class AuditApi:
         self.metrics.watchers.inc()
         log.info("watch_started", resource_version=last, namespace=flt.namespace)
         try:
-            await self._stream(response, flt, last, flag)
+            await self._stream(response, flt, last, flag,
+                               gone=lambda: request.transport is None or request.transport.is_closing())
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -223,9 +224,10 @@ class AuditApi:
             self.metrics.watchers.dec()
         return response
 
-    async def _stream(self, response: web.StreamResponse, flt: EventFilter, last: int, flag: asyncio.Event) -> None:
+    async def _stream(self, response: web.StreamResponse, flt: EventFilter, last: int, flag: asyncio.Event,
+                      gone: Callable[[], bool] = lambda: False) -> None:
         quiet_since = time.monotonic()
-        while True:
+        while not gone():  # aiohttp does not cancel handlers when the client leaves; we look each poll
             flag.clear()
             rows = await self.store.events(flt, last, WATCH_BATCH)
             if rows:
