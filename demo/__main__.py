@@ -50,7 +50,7 @@ def main() -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     tailer = subprocess.Popen(
         [sys.executable, "-m", "tailer.cli", "--listen", f"127.0.0.1:{port}", "--http-listen",
-         f"127.0.0.1:{http_port}"], env=env,
+         f"127.0.0.1:{http_port}", "--data-dir", str(ROOT / "demo-data"), "--api-auth", "none"], env=env,
     )
     try:
         deadline = time.monotonic() + 20

@@ -27,8 +27,8 @@ def _bindir() -> Path:
 
 
 class PostgresServer:
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, port: int, fsync: bool = False) -> None:
+        self.port, self.fsync = port, fsync
         self.bin = _bindir()
         self.root = Path(tempfile.mkdtemp(prefix="audit-pg-"))
         self.data = self.root / "data"
@@ -48,7 +48,7 @@ class PostgresServer:
     def start(self) -> PostgresServer:
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
                   "--no-sync", "-E", "UTF8")
-        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync={'on' if self.fsync else 'off'}"
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w",
                   "-t", "60", "start")
         return self
