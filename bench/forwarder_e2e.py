@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.synth import events  # noqa: E402
 
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=os.devnull)
+DATA_DIR = tempfile.mkdtemp(prefix="kaf-bench-store-")  # the tailer keeps its default SQLite store
 
 
 def free_port() -> int:
@@ -68,7 +69,8 @@ def proc_stats(pid: int) -> tuple[float, float]:
 
 def start_tailer(port: int, http: int, stdout: int | object) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", "tailer.cli", "--listen", f"127.0.0.1:{port}", "--http-listen",
-                             f"127.0.0.1:{http}", "--log-level", "warning"], stdout=stdout, env=ENV)  # type: ignore[arg-type]
+                             f"127.0.0.1:{http}", "--log-level", "warning", "--data-dir", DATA_DIR],
+                            stdout=stdout, env=ENV)  # type: ignore[arg-type]
     wait_port(port)
     return proc
 

@@ -46,7 +46,8 @@ def run(n: int, compress: bool, chunk_events: int = 1000, window: int = 4) -> di
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with open(os.devnull, "wb") as null:
         proc = subprocess.Popen([sys.executable, "-m", "tailer.cli", "--listen", f"127.0.0.1:{port}",
-                                 "--http-listen", f"127.0.0.1:{http}", "--log-level", "warning"],
+                                 "--http-listen", f"127.0.0.1:{http}", "--log-level", "warning",
+                                 "--store", "none"],  # stdout only; bench/store.py measures the store
                                 stdout=null, env=env)
     try:
         for _ in range(200):

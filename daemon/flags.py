@@ -54,9 +54,9 @@ def parse_size(value: str) -> int:
 
 
 def parse_duration(value: str) -> float:
-    """Seconds, or a number with ms/s/m/h."""
+    """Seconds, or a number with ms/s/m/h/d."""
     text = value.strip().lower()
-    for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+    for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0), ("d", 86400.0)):
         if text.endswith(suffix):
             text, scale = text[: -len(suffix)], factor
             break

@@ -61,7 +61,8 @@ def main() -> int:
         log.touch()
         fwd_log = Path(tmp) / "forwarder.log"
         tailer = subprocess.Popen([sys.executable, "-m", "tailer.cli", "--listen", f"127.0.0.1:{port}",
-                                   "--http-listen", f"127.0.0.1:{thttp}", "--log-level", "warning"], env=env)
+                                   "--http-listen", f"127.0.0.1:{thttp}", "--log-level", "warning", "--data-dir", tmp,
+                                   "--api-auth", "none"], env=env)
         with fwd_log.open("wb") as err:
             forwarder = subprocess.Popen(
                 [sys.executable, "-m", "forwarder.cli", "--tailer", f"127.0.0.1:{port}", "--audit-log-path", str(log),

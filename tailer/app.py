@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from daemon.http import HttpServer, build_app
 from daemon.lifecycle import wait_stop_or_death
@@ -13,7 +14,7 @@ from .metrics import TailerMetrics
 from .pipeline import Observer, Pipeline, Sink
 from .server import ForwardServer
 from .settings import Settings
-from .sinks import StdoutSink
+from .sinks import StdoutSink, StoreSink, retention_loop
 
 log = get_logger(component="tailer")
 
@@ -23,6 +24,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> int:
     sinks: list[Sink] = []
     if settings.stdout:
         sinks.append(StdoutSink(metrics))
+    store, api_routes, store_tasks = await open_store(settings, metrics, sinks)
     observers: list[Observer] = []
     configmaps = await connect_writer(settings.configmaps, metrics)
     if configmaps is not None:
@@ -30,18 +32,43 @@ async def serve(settings: Settings, stop: asyncio.Event) -> int:
     pipeline = Pipeline(sinks, metrics, observers)
     forward = ForwardServer(settings.forward, pipeline, metrics)
     ready = False
-    http = HttpServer(build_app(metrics.registry, ready=lambda: ready), settings.http.host, settings.http.port)
+    web_app = build_app(metrics.registry, ready=lambda: ready)
+    for add_routes in api_routes:
+        add_routes(web_app)
+    http = HttpServer(web_app, settings.http.host, settings.http.port)
     await http.start()
     await forward.start()
     tasks = [asyncio.create_task(configmaps.run(), name="configmap-writer")] if configmaps else []
     ready = True
     log.info("tailer_started", forward_port=forward.port, http_port=http.port)
-    await wait_stop_or_death(stop, tasks)
+    await wait_stop_or_death(stop, tasks + store_tasks)
     ready = False
     log.info("tailer_stopping")
     await forward.stop(settings.shutdown_timeout)
     if configmaps is not None:
         await configmaps.stop(settings.shutdown_timeout)
     await http.stop()
+    for task in store_tasks:
+        task.cancel()
+    if store is not None:
+        await store.close()
     log.info("tailer_stopped")
     return 0
+
+
+async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sink]) -> tuple[Any, list[Any], list[Any]]:
+    """The store as a gating sink, its retention task and the API routes over it (none with --store none)."""
+    if settings.store.target is None:
+        return None, [], []
+    from .api import AuditApi, WatchHub
+    from .authz import build
+    from .store import Store
+
+    authorizer = build(settings.api.auth, settings.api.token_file, settings.configmaps.kubeconfig)
+    store = await Store.open(settings.store.target)
+    hub = WatchHub()
+    sinks.append(StoreSink(store, metrics, on_commit=hub.notify))
+    api = AuditApi(store, authorizer, hub, metrics, settings.api.watch_poll, settings.api.watch_write_timeout)
+    task = asyncio.create_task(retention_loop(store, settings.store, metrics), name="store-retention")
+    log.info("store_opened", store=store.kind, api_auth=settings.api.auth)
+    return store, [api.add_routes], [task]

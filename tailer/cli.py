@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from daemon.flags import EnvParser, parse_bool, parse_duration, parse_hostport, 
 from daemon.observability import LEVELS
 from daemon.tls import TLSFiles
 
-from .settings import ConfigMapSettings, ForwardSettings, HttpSettings, Settings
+from .settings import ApiSettings, ConfigMapSettings, ForwardSettings, HttpSettings, Settings, StoreSettings
 
 ENV_PREFIX = "AUDIT_TAILER_"
 
@@ -43,6 +44,7 @@ def build_parser() -> EnvParser:
                    help="time to finish in-flight chunks on SIGTERM (default 10s)")
     add_configmap_flags(p)
     p.add_argument("--log-level", choices=LEVELS, default="info", help="log level (default info)")
+    add_store_flags(p)
     return p
 
 
@@ -94,6 +96,45 @@ def configmap_settings(parser: EnvParser, args: argparse.Namespace) -> ConfigMap
     )
 
 
+def add_store_flags(p: EnvParser) -> None:
+    p.add_argument("--store", default="sqlite",
+                   help="audit store: sqlite (a file in --data-dir), a postgresql:// URL, or none (default sqlite)")
+    p.add_argument("--data-dir", default="/var/lib/audit-tailer", help="where the SQLite store lives")
+    p.add_argument("--retention-age", type=parse_duration, default=30 * 86400.0,
+                   help="delete stored events older than this, e.g. 30d; 0 keeps them (default 30d)")
+    p.add_argument("--retention-bytes", type=parse_size, default=0,
+                   help="keep at most this much stored event JSON, e.g. 10Gi, oldest dropped first (default unlimited)")
+    p.add_argument("--retention-interval", type=parse_duration, default=300.0,
+                   help="time between retention runs (default 5m)")
+    p.add_argument("--api-auth", choices=("auto", "token-file", "kubernetes", "none"), default="auto",
+                   help="audit API access: token-file, kubernetes (TokenReview + SubjectAccessReview), none (open); "
+                        "auto = token-file with --token-file, else the API is disabled (default auto)")
+    p.add_argument("--token-file", help="API bearer tokens: CSV token,user,namespace[,...] or YAML; * = cluster-wide")
+    p.add_argument("--watch-poll", type=parse_duration, default=1.0,
+                   help="how often an idle watch re-reads the store, for other replicas' writes (default 1s)")
+    p.add_argument("--watch-write-timeout", type=parse_duration, default=10.0,
+                   help="a watch client that takes longer to read one batch is cut off (default 10s)")
+
+
+def store_settings(parser: EnvParser, args: argparse.Namespace) -> tuple[StoreSettings, ApiSettings]:
+    target = None if args.store == "none" else args.store
+    if target == "sqlite":
+        target = os.path.join(args.data_dir, "audit.db")
+    elif target is not None and not target.startswith(("postgresql://", "postgres://")):
+        parser.error(f"--store must be sqlite, none or a postgresql:// URL, got {args.store!r}")
+    auth = args.api_auth
+    if auth == "auto":
+        auth = "token-file" if args.token_file else "disabled"
+    if auth == "token-file" and not args.token_file:
+        parser.error("--api-auth token-file needs --token-file")
+    if args.token_file and not os.path.isfile(args.token_file):
+        parser.error(f"--token-file {args.token_file} does not exist")
+    return (StoreSettings(target=target, retention_age=args.retention_age, retention_bytes=args.retention_bytes,
+                          retention_interval=max(args.retention_interval, 1.0)),
+            ApiSettings(auth=auth, token_file=args.token_file, watch_poll=max(args.watch_poll, 0.05),
+                        watch_write_timeout=args.watch_write_timeout))
+
+
 def parse(argv: Sequence[str] | None = None) -> Settings:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -110,6 +151,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         tls = TLSFiles(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
     if args.tls_verify_client and not (tls and args.tls_ca):
         parser.error("--tls-verify-client needs --tls-cert, --tls-key and --tls-ca")
+    store, api = store_settings(parser, args)
     return Settings(
         forward=ForwardSettings(
             host=args.listen[0], port=args.listen[1], tls=tls, verify_client=args.tls_verify_client,
@@ -120,6 +162,8 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         log_level=args.log_level,
         shutdown_timeout=args.shutdown_timeout,
         configmaps=configmap_settings(parser, args),
+        store=store,
+        api=api,
     )
 
 

@@ -250,3 +250,8 @@ class AsyncKube:
                                     verb: str = "get", resource: str = "auditevents") -> bool:
         """May ``user`` do ``verb`` on ``resource`` in group audit.kube-audit-forwarder.io in ``namespace``?"""
         return await asyncio.to_thread(self.sync.subject_access_review, user, groups, namespace, verb, resource)
+
+
+def access_reviews(kubeconfig: str | None = None) -> Kube:
+    """TokenReview and SubjectAccessReview for the HTTP API (tailer/authz.py's ``AccessReviews``)."""
+    return Kube.connect(kubeconfig)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class TailerMetrics:
@@ -26,3 +26,14 @@ class TailerMetrics:
                                          ["reason"], registry=r)
         self.configmap_trimmed = Counter("tailer_configmap_trimmed_entries", "Oldest entries moved out of a full ConfigMap",
                                          registry=r)
+        # audit store and API
+        self.store_inserted = Counter("tailer_store_events_inserted", "Audit events committed to the store", registry=r)
+        self.store_duplicates = Counter("tailer_store_duplicates", "Redelivered events dropped by (auditID, stage)",
+                                        registry=r)
+        self.store_skipped = Counter("tailer_store_skipped", "Records without auditID or stage, not stored", registry=r)
+        self.store_commit = Histogram("tailer_store_commit_seconds", "Time to commit one chunk to the store", registry=r)
+        self.store_pruned = Counter("tailer_store_pruned", "Events deleted by retention", ["reason"], registry=r)
+        self.api_requests = Counter("tailer_api_requests", "Audit API requests", ["route", "code"], registry=r)
+        self.watchers = Gauge("tailer_api_watchers", "Open watch streams", registry=r)
+        self.watchers_cut_off = Counter("tailer_api_watchers_cut_off", "Watch streams closed for reading too slowly",
+                                        registry=r)

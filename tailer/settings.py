@@ -43,6 +43,22 @@ class ConfigMapSettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    target: str | None = None  # SQLite file path or postgresql:// URL; None = no store
+    retention_age: float = 30 * 86400.0  # seconds an event is kept; 0 = forever
+    retention_bytes: int = 0  # bytes of stored event JSON kept, oldest dropped first; 0 = unlimited
+    retention_interval: float = 300.0  # seconds between retention runs
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    auth: str = "disabled"  # token-file | kubernetes | none | disabled (the API answers 503)
+    token_file: str | None = None  # CSV or YAML: token, user, namespaces ("*" = cluster-wide)
+    watch_poll: float = 1.0  # seconds between store reads of an idle watcher (other replicas' writes)
+    watch_write_timeout: float = 10.0  # seconds a watcher may take to read one batch before it is cut off
+
+
+@dataclass(frozen=True)
 class Settings:
     forward: ForwardSettings = ForwardSettings()
     http: HttpSettings = HttpSettings()
@@ -50,3 +66,5 @@ class Settings:
     log_level: str = "info"
     shutdown_timeout: float = 10.0  # seconds to finish in-flight chunks on SIGTERM
     configmaps: ConfigMapSettings = ConfigMapSettings()
+    store: StoreSettings = StoreSettings()
+    api: ApiSettings = ApiSettings()

@@ -62,7 +62,7 @@ class TailerProcess:
         self.stdout_path = tmp / f"tailer-{self.port}.out"
         self.stderr_path = tmp / f"tailer-{self.port}.err"
         self.args = ["--listen", f"127.0.0.1:{self.port}", "--http-listen", f"127.0.0.1:{self.http_port}",
-                     "--log-level", "debug", *args]
+                     "--log-level", "debug", "--data-dir", str(tmp / f"data-{self.port}"), *args]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> TailerProcess:
@@ -244,3 +244,24 @@ def no_leftover_processes() -> Iterator[None]:
     yield
     left = _live_children() - before
     assert not left, f"processes left running: {sorted(left)}"
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """One PostgreSQL server for the session; fails (never skips) when it cannot start."""
+    from tests.pgserver import PostgresServer
+
+    server = PostgresServer(free_port())
+    try:
+        server.start()
+    except Exception as exc:
+        server.stop()
+        pytest.fail(f"cannot start PostgreSQL for the store tests: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store lives: an SQLite file, or a fresh database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store" / "audit.db")
+    return str(request.getfixturevalue("postgres").new_database())

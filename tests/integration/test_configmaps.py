@@ -305,3 +305,17 @@ async def test_forbidden_drops_the_batch_and_says_so(fake: FakeKube) -> None:
         assert w.metric("tailer_configmap_writes_total", result="error") == 1
     finally:
         await w.stop()
+
+
+async def test_api_authorizer_over_kubernetes_reviews(fake: FakeKube) -> None:
+    from tailer.authz import build
+
+    fake.tokens["good"] = ("alice", ["dev"])
+    fake.allowed.add(("group:dev", "get", "auditevents", "shop"))
+    authz = build("kubernetes", None, str(fake.kubeconfig))
+    assert authz is not None
+    who = await authz.authenticate("good")
+    assert who is not None and who.user == "alice"
+    assert await authz.allowed(who, "shop") is True
+    assert await authz.allowed(who, "prod") is False
+    assert await authz.authenticate("bad") is None

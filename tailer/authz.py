@@ -1,0 +1,187 @@
+"""Who may read the audit API: bearer tokens -> an identity -> allowed namespaces.
+
+Two authorizers behind one interface:
+  - ``StaticTokens``: a token file (CSV ``token,user,namespace[,namespace...]`` or YAML list of
+    ``{token, user, namespaces}``); ``*`` means cluster-wide. Re-read when the file changes.
+  - ``KubernetesAuthorizer``: TokenReview + SubjectAccessReview (verb ``get`` on ``auditevents`` in group
+    ``audit.kube-audit-forwarder.io``, in the namespace asked about; cluster-wide queries are checked
+    without a namespace). The Kubernetes calls come from tailer/kube.py through ``AccessReviews``.
+A namespace of "" below means the cluster scope: queries across namespaces or on cluster-scoped objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import io
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import yaml
+
+API_GROUP = "audit.kube-audit-forwarder.io"
+RESOURCE = "auditevents"
+CLUSTER = ""
+
+
+class AuthzConfigError(ValueError):
+    """The token file is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    user: str
+    groups: tuple[str, ...] = ()
+
+
+class Authorizer(Protocol):
+    async def authenticate(self, token: str) -> Identity | None: ...
+
+    async def allowed(self, who: Identity, namespace: str) -> bool:
+        """May ``who`` read audit events in ``namespace`` ("" = cluster-wide)?"""
+        ...
+
+
+class AccessReviews(Protocol):
+    """Blocking Kubernetes calls, supplied by tailer/kube.py (``kube.access_reviews()``)."""
+
+    def token_review(self, token: str) -> tuple[str, tuple[str, ...]] | None:
+        """(username, groups) of an authenticated token, None when not authenticated."""
+        ...
+
+    def subject_access_review(self, user: str, groups: tuple[str, ...], namespace: str) -> bool:
+        """Whether user/groups may ``get`` ``auditevents.audit.kube-audit-forwarder.io`` in namespace
+        ("" = all namespaces)."""
+        ...
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def parse_token_file(text: str, path: str) -> dict[str, tuple[Identity, frozenset[str]]]:
+    entries: list[tuple[str, str, list[str]]] = []
+    if path.endswith(".csv"):
+        for row in csv.reader(io.StringIO(text)):
+            if not row or row[0].strip().startswith("#"):
+                continue
+            if len(row) < 3:
+                raise AuthzConfigError(f"{path}: expected token,user,namespace[,...], got {len(row)} columns")
+            entries.append((row[0].strip(), row[1].strip(), [n.strip() for n in row[2:] if n.strip()]))
+    else:
+        try:
+            data = yaml.safe_load(text) or []
+        except yaml.YAMLError as exc:
+            raise AuthzConfigError(f"{path}: not YAML: {exc}") from exc
+        if isinstance(data, dict):
+            data = data.get("tokens") or []
+        if not isinstance(data, list):
+            raise AuthzConfigError(f"{path}: expected a list of {{token, user, namespaces}}")
+        for item in data:
+            if not isinstance(item, dict) or not item.get("token") or not item.get("user"):
+                raise AuthzConfigError(f"{path}: every entry needs token and user")
+            namespaces = item.get("namespaces", [])
+            if isinstance(namespaces, str):
+                namespaces = [namespaces]
+            entries.append((str(item["token"]), str(item["user"]), [str(n) for n in namespaces]))
+    out = {}
+    for token, user, namespaces in entries:
+        if not token or not user or not namespaces:
+            raise AuthzConfigError(f"{path}: entry for user {user!r} needs a token and at least one namespace")
+        out[_digest(token)] = (Identity(user), frozenset(namespaces))
+    return out
+
+
+class StaticTokens:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._tokens: dict[str, tuple[Identity, frozenset[str]]] = {}
+        self._namespaces: dict[str, frozenset[str]] = {}
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if stamp == self._stamp:
+                return
+            with open(self.path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise AuthzConfigError(f"cannot read token file {self.path}: {exc.strerror}") from exc
+        self._tokens = parse_token_file(text, self.path)
+        self._namespaces = {ident.user: ns for ident, ns in self._tokens.values()}
+        self._stamp = stamp
+
+    async def authenticate(self, token: str) -> Identity | None:
+        try:
+            self._load()
+        except AuthzConfigError:
+            pass  # keep the last good tokens while the file is being replaced
+        entry = self._tokens.get(_digest(token))
+        return entry[0] if entry else None
+
+    async def allowed(self, who: Identity, namespace: str) -> bool:
+        namespaces = self._namespaces.get(who.user, frozenset())
+        return "*" in namespaces or (namespace != CLUSTER and namespace in namespaces)
+
+
+class KubernetesAuthorizer:
+    """TokenReview and SubjectAccessReview, answers cached for ``ttl`` seconds."""
+
+    def __init__(self, reviews: AccessReviews, ttl: float = 10.0, max_entries: int = 10_000) -> None:
+        self.reviews, self.ttl, self.max_entries = reviews, ttl, max_entries
+        self._cache: dict[Any, tuple[float, Any]] = {}
+
+    async def _cached(self, key: Any, call: Any) -> Any:
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit and hit[0] > now:
+            return hit[1]
+        value = await asyncio.to_thread(call)
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        self._cache[key] = (now + self.ttl, value)
+        return value
+
+    async def authenticate(self, token: str) -> Identity | None:
+        found = await self._cached(("token", _digest(token)), lambda: self.reviews.token_review(token))
+        return Identity(found[0], tuple(found[1])) if found else None
+
+    async def allowed(self, who: Identity, namespace: str) -> bool:
+        return bool(await self._cached(("sar", who, namespace),
+                                       lambda: self.reviews.subject_access_review(who.user, who.groups, namespace)))
+
+
+class Anyone:
+    """``--api-auth none``: no token needed (only for loopback or a trusted network)."""
+
+    async def authenticate(self, token: str) -> Identity | None:
+        return Identity("anonymous")
+
+    async def allowed(self, who: Identity, namespace: str) -> bool:
+        return True
+
+
+def build(mode: str, token_file: str | None, kubeconfig: str | None = None) -> Authorizer | None:
+    """The authorizer for ``--api-auth``; None means the API is disabled (it answers 503)."""
+    if mode == "token-file":
+        if not token_file:
+            raise AuthzConfigError("--api-auth token-file needs --token-file")
+        return StaticTokens(token_file)
+    if mode == "none":
+        return Anyone()
+    if mode == "kubernetes":
+        try:
+            from . import kube  # provided by tailer/kube.py: access_reviews() -> AccessReviews
+        except ImportError as exc:
+            raise AuthzConfigError("--api-auth kubernetes is not available in this build (no tailer/kube.py)") from exc
+        try:
+            return KubernetesAuthorizer(kube.access_reviews(kubeconfig))
+        except Exception as exc:  # no cluster: a configuration error, said once at start-up
+            raise AuthzConfigError(f"--api-auth kubernetes: cannot reach the Kubernetes API: {exc}") from exc
+    return None

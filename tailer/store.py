@@ -1,0 +1,288 @@
+"""The audit store: SQLite (one file, WAL) or PostgreSQL (shared by several tailer replicas).
+
+The only module that talks to a database. Blocking calls run on two single-thread executors, one for
+writes and one for reads, each with its own connection, so the event loop never waits on the database
+and a slow query never holds up an ack.
+
+One table, ``audit_events``: ``seq`` (the store sequence, also the API's resourceVersion), the columns the
+API filters on, and the redacted event as JSON text. Inserts are idempotent on (audit_id, stage).
+On PostgreSQL every insert transaction takes a transaction-scoped advisory lock first, so sequence
+numbers become visible in commit order across replicas: a reader that has seen ``seq`` N never later
+finds a new row below N (watchers resume by sequence without gaps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import psycopg
+
+from .audit import redact, view
+from .sinks import encode_line
+
+T = TypeVar("T")
+WRITE_LOCK_KEY = 0x6B617564  # pg_advisory_xact_lock key: serialises inserts across replicas
+
+COLUMNS = ("audit_id", "stage", "ts", "verb", "level", "username", "api_group", "resource", "namespace", "name",
+           "subresource", "code", "bytes", "event")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_events (
+  seq {seq},
+  audit_id TEXT NOT NULL, stage TEXT NOT NULL, ts {real} NOT NULL,
+  verb TEXT NOT NULL, level TEXT NOT NULL, username TEXT NOT NULL,
+  api_group TEXT NOT NULL, resource TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+  subresource TEXT NOT NULL, code INTEGER, bytes INTEGER NOT NULL, event TEXT NOT NULL,
+  UNIQUE (audit_id, stage));
+CREATE INDEX IF NOT EXISTS audit_events_object ON audit_events (resource, namespace, name, seq);
+CREATE INDEX IF NOT EXISTS audit_events_namespace ON audit_events (namespace, seq);
+CREATE INDEX IF NOT EXISTS audit_events_user ON audit_events (username, seq);
+CREATE INDEX IF NOT EXISTS audit_events_ts ON audit_events (ts)
+"""
+
+
+class StoreError(RuntimeError):
+    """The database failed; the chunk is not acked and will be resent."""
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    namespace: str | None = None
+    user: str | None = None
+    verb: str | None = None
+    resource: str | None = None
+    group: str | None = None  # None = any group
+    name: str | None = None
+    since: float | None = None  # epoch seconds, inclusive
+    until: float | None = None  # epoch seconds, exclusive
+    level: str | None = None
+    code: int | None = None
+
+    def where(self) -> tuple[list[str], list[Any]]:
+        clauses, args = [], []
+        for column, value in (("namespace", self.namespace), ("username", self.user), ("verb", self.verb),
+                              ("resource", self.resource), ("api_group", self.group), ("name", self.name),
+                              ("level", self.level), ("code", self.code)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        if self.since is not None:
+            clauses.append("ts >= ?")
+            args.append(self.since)
+        if self.until is not None:
+            clauses.append("ts < ?")
+            args.append(self.until)
+        return clauses, args
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    inserted: int
+    duplicates: int
+    skipped: int  # records that are not audit events (no auditID or stage)
+
+
+def parse_time(text: str) -> float | None:
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def to_row(record: Any, now: float) -> tuple[Any, ...] | None:
+    if not isinstance(record, dict) or not record.get("auditID") or not record.get("stage"):
+        return None
+    event = redact(record)
+    v = view(event)
+    ref = event.get("objectRef") or {}
+    body = encode_line(event)[:-1].decode("utf-8", "replace")
+    return (v.audit_id, v.stage, parse_time(v.stage_timestamp) or now, v.verb, v.level, v.user,
+            str(ref.get("apiGroup") or ""), str(ref.get("resource") or ""), str(ref.get("namespace") or ""),
+            str(ref.get("name") or ""), v.subresource, v.code, len(body), body)
+
+
+class Store:
+    """Open with ``Store.open(target)``: a ``postgresql://`` URL or an SQLite file path."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.postgres = target.startswith(("postgresql://", "postgres://"))
+        self.kind = "postgresql" if self.postgres else "sqlite"
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-write")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="store-read")
+        self._wconn: Any = None
+        self._rconn: Any = None
+
+    @classmethod
+    async def open(cls, target: str) -> Store:
+        store = cls(target)
+        await store._run(store._writer, store._setup)
+        return store
+
+    async def close(self) -> None:
+        def close(conn: Any) -> None:
+            if conn is not None:
+                conn.close()
+
+        await self._run(self._writer, lambda: close(self._wconn))
+        await self._run(self._reader, lambda: close(self._rconn))
+        self._writer.shutdown()
+        self._reader.shutdown()
+
+    # ---- plumbing ----
+
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn)
+        except (sqlite3.Error, psycopg.Error) as exc:
+            for name in ("_wconn", "_rconn"):  # a broken PostgreSQL connection is reopened on next use
+                conn = getattr(self, name)
+                if self.postgres and conn is not None and (conn.broken or conn.closed):
+                    setattr(self, name, None)
+            raise StoreError(f"{self.kind}: {exc}") from exc
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", "%s") if self.postgres else text
+
+    def _connect(self, write: bool) -> Any:
+        if self.postgres:
+            return psycopg.connect(self.target, autocommit=True, connect_timeout=10)
+        conn = sqlite3.connect(self.target, isolation_level=None, check_same_thread=False, timeout=30)
+        if write:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect on a new file, before WAL
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # an ack means the commit is on disk
+        return conn
+
+    def _write_conn(self) -> Any:
+        if self._wconn is None:
+            self._wconn = self._connect(True)
+        return self._wconn
+
+    def _read_conn(self) -> Any:
+        if self._rconn is None:
+            self._rconn = self._connect(False)
+        return self._rconn
+
+    def _setup(self) -> None:
+        if self.postgres:
+            ddl = SCHEMA.format(seq="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", real="DOUBLE PRECISION")
+            conn = self._write_conn()
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+                for stmt in ddl.split(";"):
+                    conn.execute(stmt)
+        else:
+            Path(self.target).parent.mkdir(parents=True, exist_ok=True)
+            self._write_conn().executescript(SCHEMA.format(seq="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"))
+
+    # ---- writes ----
+
+    async def insert(self, records: Sequence[Any]) -> InsertResult:
+        """Store a chunk in one transaction; repeats of a stored (auditID, stage) are dropped."""
+        now = time.time()
+        rows = [r for r in (to_row(rec, now) for rec in records) if r is not None]
+        skipped = len(records) - len(rows)
+        if not rows:
+            return InsertResult(0, 0, skipped)
+        inserted = await self._run(self._writer, lambda: self._insert(rows))
+        return InsertResult(inserted, len(rows) - inserted, skipped)
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> int:
+        sql = self._sql(f"INSERT INTO audit_events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+                        "ON CONFLICT (audit_id, stage) DO NOTHING")
+        conn = self._write_conn()
+        if self.postgres:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+                with conn.cursor() as cur:
+                    cur.executemany(sql, rows)
+                    return int(cur.rowcount)
+        before = conn.total_changes
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return int(conn.total_changes - before)
+
+    async def prune(self, max_age: float | None, max_bytes: int | None, now: float | None = None) -> tuple[int, int]:
+        """Delete events older than ``max_age`` seconds, then the oldest until the stored JSON fits in
+        ``max_bytes``. Returns (deleted by age, deleted by size)."""
+        cutoff = (now or time.time()) - max_age if max_age else None
+        return await self._run(self._writer, lambda: self._prune(cutoff, max_bytes))
+
+    def _prune(self, cutoff: float | None, max_bytes: int | None) -> tuple[int, int]:
+        conn = self._write_conn()
+        by_age = by_size = 0
+        if cutoff is not None:
+            by_age = self._delete(conn, "ts < ?", cutoff)
+        if max_bytes:
+            row = conn.execute("SELECT COALESCE(SUM(bytes), 0) FROM audit_events").fetchone()
+            if int(row[0]) > max_bytes:
+                # the newest rows whose running total fits stay; everything older goes
+                last = conn.execute(self._sql(
+                    "SELECT MAX(seq) FROM (SELECT seq, SUM(bytes) OVER (ORDER BY seq DESC) AS total "
+                    "FROM audit_events) AS t WHERE total > ?"), (max_bytes,)).fetchone()[0]
+                if last is not None:
+                    by_size = self._delete(conn, "seq <= ?", last)
+        if (by_age or by_size) and not self.postgres:
+            conn.execute("PRAGMA incremental_vacuum")
+        return by_age, by_size
+
+    def _delete(self, conn: Any, where: str, arg: Any) -> int:
+        sql = self._sql(f"DELETE FROM audit_events WHERE {where}")
+        if self.postgres:
+            with conn.transaction():
+                return int(conn.execute(sql, (arg,)).rowcount)
+        return int(conn.execute(sql, (arg,)).rowcount)
+
+    # ---- reads ----
+
+    async def head(self) -> int:
+        """The highest sequence stored (0 when empty)."""
+        return await self._run(self._reader, lambda: int(
+            self._read_conn().execute("SELECT COALESCE(MAX(seq), 0) FROM audit_events").fetchone()[0]))
+
+    async def events(self, flt: EventFilter, after: int = 0, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
+        """Events matching ``flt`` with seq > ``after``, in sequence order."""
+        clauses, args = flt.where()
+        sql = self._sql("SELECT seq, event FROM audit_events WHERE " + " AND ".join(["seq > ?", *clauses])
+                        + " ORDER BY seq LIMIT ?")
+
+        def query() -> list[tuple[int, dict[str, Any]]]:
+            rows = self._read_conn().execute(sql, (after, *args, limit)).fetchall()
+            return [(int(seq), orjson.loads(body)) for seq, body in rows]
+
+        return await self._run(self._reader, query)
+
+    async def object_events(self, group: str | None, resource: str, namespace: str,
+                            name: str) -> list[tuple[int, str, dict[str, Any]]]:
+        """Mutating ResponseComplete events of one object: (seq, api group, event), oldest first."""
+        sql = ("SELECT seq, api_group, event FROM audit_events WHERE resource = ? AND namespace = ? AND name = ? "
+               "AND stage = 'ResponseComplete' AND verb IN ('create', 'update', 'patch', 'delete')")
+        args: list[Any] = [resource, namespace, name]
+        if group is not None:
+            sql += " AND api_group = ?"
+            args.append(group)
+        sql = self._sql(sql + " ORDER BY ts, seq")
+
+        def query() -> list[tuple[int, str, dict[str, Any]]]:
+            rows = self._read_conn().execute(sql, args).fetchall()
+            return [(int(seq), str(g), orjson.loads(body)) for seq, g, body in rows]
+
+        return await self._run(self._reader, query)
+
+    async def count(self) -> int:
+        return await self._run(self._reader, lambda: int(
+            self._read_conn().execute("SELECT COUNT(*) FROM audit_events").fetchone()[0]))
