@@ -81,7 +81,7 @@ class EnvParser(argparse.ArgumentParser):
     def env_name(self, flag: str) -> str:
         return self.env_prefix + flag.lstrip("-").upper().replace("-", "_")
 
-    def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:  # type: ignore[override]
+    def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
         return super().add_argument(*names, **self._with_env(names, kwargs))
 
     def add_argument_group(self, *args: Any, **kwargs: Any) -> argparse._ArgumentGroup:

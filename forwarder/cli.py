@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 import sys
 from collections.abc import Sequence
@@ -18,8 +19,6 @@ ENV_PREFIX = "AUDIT_FORWARDER_"
 
 
 def _positive_int(value: str) -> int:
-    import argparse
-
     try:
         number = int(value)
     except ValueError:
@@ -92,24 +91,23 @@ def build_parser() -> EnvParser:
     return p
 
 
-def _route(p: EnvParser, args: object) -> Route:
-    a = args
-    host, port = a.tailer  # type: ignore[attr-defined]
+def _route(p: EnvParser, a: argparse.Namespace) -> Route:
+    host, port = a.tailer
     if not host:
         p.error(f"--tailer needs a host: {host}:{port}")
-    base = dict(tailer_host=host, tailer_port=port, tls_server_name=a.tls_server_name,  # type: ignore[attr-defined]
-                timeout=a.connect_timeout)  # type: ignore[attr-defined]
-    proxy = a.proxy  # type: ignore[attr-defined]
+    base = dict(tailer_host=host, tailer_port=port, tls_server_name=a.tls_server_name,
+                timeout=a.connect_timeout)
+    proxy = a.proxy
     if not proxy:
-        if a.proxy_ca or a.proxy_cert or a.proxy_key:  # type: ignore[attr-defined]
+        if a.proxy_ca or a.proxy_cert or a.proxy_key:
             p.error("--proxy-ca/--proxy-cert/--proxy-key need --proxy http-connect://host:port")
-        return Route(**base)  # type: ignore[arg-type]
+        return Route(**base)
     url = urlsplit(proxy)
     if url.scheme == "unix":
         path = url.path or url.netloc
         if not path:
             p.error(f"--proxy {proxy!r}: expected unix:///path/to/proxy.sock")
-        return Route(**base, proxy_kind="unix", proxy_path=path)  # type: ignore[arg-type]
+        return Route(**base, proxy_kind="unix", proxy_path=path)
     if url.scheme == "http-connect":
         try:
             proxy_port = url.port
@@ -117,7 +115,7 @@ def _route(p: EnvParser, args: object) -> Route:
             proxy_port = None
         if not url.hostname or not proxy_port:
             p.error(f"--proxy {proxy!r}: expected http-connect://host:port")
-        return Route(**base, proxy_kind="http-connect", proxy_host=url.hostname, proxy_port=proxy_port)  # type: ignore[arg-type]
+        return Route(**base, proxy_kind="http-connect", proxy_host=url.hostname, proxy_port=proxy_port)
     p.error(f"--proxy {proxy!r}: the scheme must be http-connect:// or unix://")
 
 

@@ -176,14 +176,14 @@ def history(client: Client, args: argparse.Namespace) -> None:
             ["VERSION", "TIME", "USER", "VERB", "PATCH", "COMPLETE"]))
         return
     params = {**event_filters(args), "limit": args.limit}
-    items: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
     while True:
         page = client.get(PREFIX + "/events", params)
-        items += page["items"]
+        events += page["items"]
         if not page["metadata"].get("continue"):
             break
         params["continue"] = page["metadata"]["continue"]
-    emit({**page, "items": items}, args.output, lambda b: table([event_row(e) for e in b["items"]], EVENT_HEADER))
+    emit({**page, "items": events}, args.output, lambda b: table([event_row(e) for e in b["items"]], EVENT_HEADER))
 
 
 def diff(client: Client, args: argparse.Namespace) -> None:

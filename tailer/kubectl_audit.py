@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from . import kubectl_api, kubectl_configmap
+
 API_COMMANDS = ("history", "diff", "bisect", "watch")
 
 
@@ -16,17 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in args if not a.startswith("-")), None)
     if first in API_COMMANDS:
-        try:
-            from . import kubectl_api
-        except ImportError:
-            sys.stderr.write(f"kubectl-audit: error: '{first}' is not available in this build\n")
-            return 2
         return kubectl_api.main(args)
-    try:
-        from . import kubectl_configmap
-    except ImportError:
-        sys.stderr.write("kubectl-audit: error: reading audit ConfigMaps is not available in this build\n")
-        return 2
     return kubectl_configmap.main(args)
 
 

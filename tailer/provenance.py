@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from .audit import MUTATING_VERBS
 
@@ -50,7 +50,7 @@ def is_builtin_group(group: str) -> bool:
     return "." not in group or group.endswith(".k8s.io")
 
 
-def _is_object(value: Any) -> bool:
+def _is_object(value: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(value, dict) and bool(value.get("kind")) and value.get("kind") != "Status"
 
 
@@ -248,7 +248,7 @@ def versions(events: Iterable[tuple[int, dict[str, Any]]], builtin: bool = False
         if verb == "delete":
             v["deleted"] = True
             finalizing = _is_object(resp) and (resp.get("metadata") or {}).get("finalizers")
-            new = _clean(resp) if finalizing else None
+            new = _clean(resp) if finalizing and isinstance(resp, dict) else None
             state, known = new, True
             v["object"] = new
             out.append(v)

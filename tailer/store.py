@@ -67,7 +67,8 @@ class EventFilter:
     code: int | None = None
 
     def where(self) -> tuple[list[str], list[Any]]:
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         for column, value in (("namespace", self.namespace), ("username", self.user), ("verb", self.verb),
                               ("resource", self.resource), ("api_group", self.group), ("name", self.name),
                               ("level", self.level), ("code", self.code)):
