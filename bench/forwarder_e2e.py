@@ -29,16 +29,11 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.synth import events  # noqa: E402
+from bench.synth import events, free_port  # noqa: E402
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=os.devnull)
 DATA_DIR = tempfile.mkdtemp(prefix="kaf-bench-store-")  # the tailer keeps its default SQLite store
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def metric(port: int, name: str) -> float:

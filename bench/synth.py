@@ -31,3 +31,12 @@ def events(n: int, seed: int = 7, big_every: int = 100) -> Iterator[dict[str, An
                                "metadata": {"name": f"cm-{i % 997}", "namespace": f"ns-{i % 50}"},
                                "data": {"payload": "x" * size}}
         yield ev
+
+
+def free_port() -> int:
+    """A free loopback port for a daemon the benchmark starts."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

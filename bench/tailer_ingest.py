@@ -24,13 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import fluent_forward as ff  # noqa: E402
-from bench.synth import events  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from bench.synth import events, free_port  # noqa: E402
 
 
 def run(n: int, compress: bool, chunk_events: int = 1000, window: int = 4) -> dict[str, float]:

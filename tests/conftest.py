@@ -53,136 +53,108 @@ def python_env() -> dict[str, str]:
     return env
 
 
-class TailerProcess:
-    """A real ``audit-tailer`` process on free loopback ports; stdout captured to a file."""
+class DaemonProcess:
+    """A real daemon process (``python -m <module>``): JSON logs to a file, probes and metrics over HTTP."""
 
-    def __init__(self, tmp: Path, *args: str) -> None:
-        self.port = free_port()
-        self.http_port = free_port()
-        self.stdout_path = tmp / f"tailer-{self.port}.out"
-        self.stderr_path = tmp / f"tailer-{self.port}.err"
-        self.args = ["--listen", f"127.0.0.1:{self.port}", "--http-listen", f"127.0.0.1:{self.http_port}",
-                     "--log-level", "debug", "--data-dir", str(tmp / f"data-{self.port}"), *args]
+    module = ""
+    probe = "/healthz"
+
+    def __init__(self, stderr_path: Path, stdout_path: Path | None, args: list[str], http_port: int) -> None:
+        self.stderr_path, self.stdout_path = stderr_path, stdout_path
+        self.args, self.http_port = args, http_port
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> TailerProcess:
-        with self.stdout_path.open("ab") as out, self.stderr_path.open("ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tailer.cli", *self.args], stdout=out, stderr=err, env=python_env()
-            )
-        wait_for(self.ready, 30, "tailer /readyz")
+    def start(self, wait: bool = True) -> Any:
+        with self.stderr_path.open("ab") as err:
+            out = self.stdout_path.open("ab") if self.stdout_path else subprocess.DEVNULL
+            try:
+                self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args], stdout=out, stderr=err,
+                                             env=python_env())
+            finally:
+                if self.stdout_path:
+                    out.close()  # type: ignore[union-attr]
+        if wait:
+            wait_for(self.ready, 30, f"{self.module} {self.probe}")
         return self
 
     def ready(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"tailer exited {self.proc.returncode}: {self.stderr()}")
+            raise AssertionError(f"{self.module} exited {self.proc.returncode}: {self.stderr()[-2000:]}")
         try:
-            return httpx.get(f"http://127.0.0.1:{self.http_port}/readyz", timeout=1).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{self.http_port}{self.probe}", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
 
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def logs(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.stderr().splitlines():
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                pass
+        return out
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = httpx.get(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5).text
+        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+        for line in text.splitlines():
+            if line.startswith(want + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class TailerProcess(DaemonProcess):
+    """A real ``audit-tailer`` process on free loopback ports; stdout (the events) captured to a file."""
+
+    module = "tailer.cli"
+    probe = "/readyz"
+
+    def __init__(self, tmp: Path, *args: str) -> None:
+        self.port = free_port()
+        http_port = free_port()
+        super().__init__(tmp / f"tailer-{self.port}.err", tmp / f"tailer-{self.port}.out",
+                         ["--listen", f"127.0.0.1:{self.port}", "--http-listen", f"127.0.0.1:{http_port}",
+                          "--log-level", "debug", "--data-dir", str(tmp / f"data-{self.port}"), *args], http_port)
+
     def records(self) -> list[dict[str, Any]]:
+        assert self.stdout_path is not None
         data = self.stdout_path.read_bytes()
         complete = data[: data.rfind(b"\n") + 1]
         return [orjson.loads(line) for line in complete.splitlines()]
 
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
 
-    def logs(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.stderr().splitlines():
-            try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                pass
-        return out
+class ForwarderProcess(DaemonProcess):
+    """A real ``audit-forwarder`` process following ``log_path``."""
 
-    def metric(self, name: str, **labels: str) -> float:
-        return _metric(self.http_port, name, **labels)
-
-    def stop(self) -> int:
-        return _stop(self.proc)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-class ForwarderProcess:
-    """A real ``audit-forwarder`` process; logs (JSON) to a file, metrics on a free port."""
+    module = "forwarder.cli"
 
     def __init__(self, tmp: Path, tailer_port: int, log_path: Path, *args: str) -> None:
-        self.http_port = free_port()
         self.log_path = log_path
-        self.stderr_path = tmp / "forwarder.err"
-        self.args = ["--tailer", f"127.0.0.1:{tailer_port}", "--audit-log-path", str(log_path),
-                     "--http-listen", f"127.0.0.1:{self.http_port}", "--log-level", "debug", *args]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, wait: bool = True) -> ForwarderProcess:
-        with self.stderr_path.open("ab") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "forwarder.cli", *self.args],
-                                         stdout=subprocess.DEVNULL, stderr=err, env=python_env())
-        if wait:
-            wait_for(self.ready, 30, "forwarder /healthz")
-        return self
-
-    def ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"forwarder exited {self.proc.returncode}: {self.stderr()[-2000:]}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{self.http_port}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def logs(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.stderr().splitlines():
-            try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                pass
-        return out
-
-    def metric(self, name: str, **labels: str) -> float:
-        return _metric(self.http_port, name, **labels)
-
-    def stop(self) -> int:
-        return _stop(self.proc)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-def _metric(port: int, name: str, **labels: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
-    for line in text.splitlines():
-        if line.startswith(want + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> int:
-    if proc is None:
-        return 0
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return int(proc.returncode)
+        http_port = free_port()
+        super().__init__(tmp / "forwarder.err", None,
+                         ["--tailer", f"127.0.0.1:{tailer_port}", "--audit-log-path", str(log_path),
+                          "--http-listen", f"127.0.0.1:{http_port}", "--log-level", "debug", *args], http_port)
 
 
 @pytest.fixture
