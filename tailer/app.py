@@ -10,6 +10,7 @@ from daemon.lifecycle import wait_stop_or_death
 from daemon.observability import get_logger
 
 from .configmaps import connect_writer
+from .errors import StoreUnavailable
 from .metrics import TailerMetrics
 from .pipeline import Observer, Pipeline, Sink
 from .server import ForwardServer
@@ -65,7 +66,11 @@ async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sin
     from .store import Store
 
     authorizer = build(settings.api.auth, settings.api.token_file, settings.configmaps.kubeconfig)
-    store = await Store.open(settings.store.target)
+    try:
+        store = await Store.open(settings.store.target)
+    except Exception as exc:  # the owning module's errors and OS errors alike: say which store
+        where = settings.store.target.split("@")[-1]  # no password in the log
+        raise StoreUnavailable(f"cannot open the audit store {where}: {exc}") from exc
     hub = WatchHub()
     sinks.append(StoreSink(store, metrics, on_commit=hub.notify))
     api = AuditApi(store, authorizer, hub, metrics, settings.api.watch_poll, settings.api.watch_write_timeout)

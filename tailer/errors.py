@@ -43,3 +43,7 @@ class Invalid(KubeError):
 
 class Unavailable(KubeError):
     """Connection failed, 429 or 5xx: try again later (honour ``retry_after``)."""
+
+
+class StoreUnavailable(TailerError):
+    """The audit store cannot be opened (path, permissions, database URL)."""
