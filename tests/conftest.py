@@ -114,11 +114,12 @@ class TailerProcess:
 class ForwarderProcess:
     """A real ``audit-forwarder`` process; logs (JSON) to a file, metrics on a free port."""
 
-    def __init__(self, tmp: Path, tailer_port: int, log_path: Path, *args: str) -> None:
+    def __init__(self, tmp: Path, tailer_port: int | None, log_path: Path, *args: str) -> None:
         self.http_port = free_port()
         self.log_path = log_path
         self.stderr_path = tmp / "forwarder.err"
-        self.args = ["--tailer", f"127.0.0.1:{tailer_port}", "--audit-log-path", str(log_path),
+        tailer = ["--tailer", f"127.0.0.1:{tailer_port}"] if tailer_port is not None else []  # else in args
+        self.args = [*tailer, "--audit-log-path", str(log_path),
                      "--http-listen", f"127.0.0.1:{self.http_port}", "--log-level", "debug", *args]
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -189,7 +190,7 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> int:
 def start_forwarder(tmp_path: Path) -> Iterator[Callable[..., ForwarderProcess]]:
     started: list[ForwarderProcess] = []
 
-    def _start(tailer_port: int, log_path: Path, *args: str, wait: bool = True) -> ForwarderProcess:
+    def _start(tailer_port: int | None, log_path: Path, *args: str, wait: bool = True) -> ForwarderProcess:
         fwd = ForwarderProcess(tmp_path, tailer_port, log_path, *args).start(wait)
         started.append(fwd)
         return fwd
