@@ -82,6 +82,16 @@ class EnvParser(argparse.ArgumentParser):
         return self.env_prefix + flag.lstrip("-").upper().replace("-", "_")
 
     def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:  # type: ignore[override]
+        return super().add_argument(*names, **self._with_env(names, kwargs))
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
+        """Flags added to a group get their environment variable too (argparse bypasses ours there)."""
+        group = super().add_argument_group(*args, **kwargs)
+        plain = group.add_argument
+        group.add_argument = lambda *names, **kw: plain(*names, **self._with_env(names, kw))  # type: ignore[method-assign]
+        return group
+
+    def _with_env(self, names: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         long = next((n for n in names if isinstance(n, str) and n.startswith("--")), None)
         if long is not None and long != "--help":
             env = self.env_name(long)
@@ -102,7 +112,7 @@ class EnvParser(argparse.ArgumentParser):
                         kwargs["default"] = convert(raw)
                     except (argparse.ArgumentTypeError, ValueError) as exc:
                         self.error(f"{env}: {exc}")
-        return super().add_argument(*names, **kwargs)
+        return kwargs
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")

@@ -90,3 +90,15 @@ def test_the_forwarder_follows_the_service(kube: FakeKube, start_tailer, start_f
     assert [r["seq"] for r in second.records()] == list(range(5, 10))
     connected = [e["tailer"] for e in fwd.logs() if e["event"] == "connected"]
     assert connected[0] == f"127.0.0.1:{first.port}" and connected[-1] == f"127.0.0.1:{second.port}"
+
+
+def test_flags_in_groups_read_their_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from forwarder.cli import parse
+
+    monkeypatch.setenv("AUDIT_FORWARDER_TAILER_SERVICE", f"{NS}/{NAME}")
+    monkeypatch.setenv("AUDIT_FORWARDER_PROXY", "unix:///run/proxy.sock")
+    monkeypatch.setenv("AUDIT_FORWARDER_CHUNK_EVENTS", "7")
+    s = parse([])
+    assert s.client.tailer_service == (NS, NAME) and s.batch.chunk_events == 7
+    assert s.client.route.proxy_path == "/run/proxy.sock"
+    assert s.client.route.tls_server_name == f"{NAME}.{NS}.svc"  # the cluster IP is rarely on the certificate
