@@ -5,6 +5,7 @@ response stay in the reader for the forward session."""
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from dataclasses import dataclass
 
@@ -109,7 +110,14 @@ async def _connect(route: Route, proxy_tls: ReloadingContext | None) -> Streams:
         raise _proxy_tls_error(route, proxy_tls, exc) from exc
     except OSError as exc:
         what = "proxy" if route.proxy_kind else "tailer"
-        raise TransportError("connect", f"{what} {_first_hop(route)} unreachable: {exc.strerror or exc}") from exc
+        raise TransportError("connect", f"{what} {_first_hop(route)} unreachable: {_os_reason(exc)}") from exc
+
+
+def _os_reason(exc: OSError) -> str:
+    # asyncio reports a refused connect as "Connect call failed (addr)"; the errno says it plainly
+    if exc.errno and exc.errno > 0:  # (name lookup errors have negative codes and their own text)
+        return os.strerror(exc.errno)
+    return str(exc.strerror or exc or type(exc).__name__)
 
 
 def describe(route: Route) -> str:
