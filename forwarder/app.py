@@ -33,7 +33,12 @@ class Forwarder:
                                  max_held_files=f.max_held_files, log=log)
         b = settings.batch
         self.batcher = Batcher(b.tag, b.chunk_events, b.chunk_bytes, b.compress)
-        self.client = ForwardClient(settings.client, self.metrics, log, self._on_ack)
+        self.resolver = None
+        if settings.client.tailer_service:
+            from .kube import ServiceResolver
+
+            self.resolver = ServiceResolver(settings.client.tailer_service, settings.client.kubeconfig)
+        self.client = ForwardClient(settings.client, self.metrics, log, self._on_ack, self.resolver)
         self._bad_kinds_logged: set[str] = set()
         self._dead_letter: IO[bytes] | None = None
         self._flush_at: float | None = None
@@ -153,6 +158,8 @@ class Forwarder:
 
     def close(self) -> None:
         self.follower.close()
+        if self.resolver is not None:
+            self.resolver.close()
         if self._dead_letter is not None:
             self._dead_letter.close()
 
@@ -169,7 +176,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> int:
     watch_task = asyncio.create_task(
         fwd.follower.watch_loop(stop, settings.follow.stat_interval, fwd.after_poll), name="file-watch")
     log.info("forwarder_started", audit_log=settings.follow.audit_log_path, http_port=http.port,
-             tailer=f"{settings.client.route.tailer_host}:{settings.client.route.tailer_port}")
+             tailer=f"{settings.client.route.tailer_host}:{settings.client.route.tailer_port}",
+             tailer_service="/".join(settings.client.tailer_service or ()) or None)
     status = 0
     try:
         await lifecycle.wait_stop_or_death(stop, [client_task, reader_task, watch_task])

@@ -28,6 +28,15 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _service(value: str) -> tuple[str, str]:
+    import argparse
+
+    namespace, sep, name = value.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"expected namespace/name, got {value!r}")
+    return namespace, name
+
+
 def build_parser() -> EnvParser:
     p = EnvParser(prog="audit-forwarder", env_prefix=ENV_PREFIX,
                   description="Follow the kube-apiserver audit log and forward it to the audit tailer.")
@@ -56,7 +65,10 @@ def build_parser() -> EnvParser:
                    help="gzip chunks: CompressedPackedForward (default true)")
     g = p.add_argument_group("tailer")
     g.add_argument("--tailer", type=lambda v: parse_hostport(v, ""), default=None,
-                   help="tailer address host:port (required)")
+                   help="tailer address host:port (this or --tailer-service)")
+    g.add_argument("--tailer-service", type=_service, metavar="NAMESPACE/NAME",
+                   help="look the tailer Service up before each connection: its cluster IP and port 'forward'")
+    g.add_argument("--kubeconfig", help="kubeconfig for --tailer-service (default: in-cluster service account)")
     g.add_argument("--tls", type=parse_bool, default=False, metavar="BOOL",
                    help="TLS to the tailer (implied by --tls-ca or --tls-cert)")
     g.add_argument("--tls-ca", help="CA bundle that verifies the tailer's certificate")
@@ -92,10 +104,16 @@ def build_parser() -> EnvParser:
 
 
 def _route(p: EnvParser, a: argparse.Namespace) -> Route:
-    host, port = a.tailer
+    server_name = a.tls_server_name
+    if a.tailer_service:
+        namespace, name = a.tailer_service
+        host, port = f"{name}.{namespace}.svc", 0  # the address is looked up before each connection
+        server_name = server_name or host  # the cluster IP is rarely on the certificate
+    else:
+        host, port = a.tailer
     if not host:
         p.error(f"--tailer needs a host: {host}:{port}")
-    base = dict(tailer_host=host, tailer_port=port, tls_server_name=a.tls_server_name,
+    base = dict(tailer_host=host, tailer_port=port, tls_server_name=server_name,
                 timeout=a.connect_timeout)
     proxy = a.proxy
     if not proxy:
@@ -124,8 +142,10 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
 
     p = build_parser()
     a = p.parse_args(argv)
-    if a.tailer is None:
-        p.error("--tailer host:port is required")
+    if (a.tailer is None) == (a.tailer_service is None):
+        p.error("give either --tailer host:port or --tailer-service namespace/name")
+    if a.kubeconfig and not a.tailer_service:
+        p.error("--kubeconfig is only used with --tailer-service")
     try:
         shared_key = read_secret(a.shared_key, a.shared_key_file, "shared key")
         password = read_secret(None, a.password_file, "password") or ""
@@ -137,7 +157,8 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         p.error("--tls-cert and --tls-key go together")
     if bool(a.proxy_cert) != bool(a.proxy_key):
         p.error("--proxy-cert and --proxy-key go together")
-    for flag in ("tls_ca", "tls_cert", "tls_key", "proxy_ca", "proxy_cert", "proxy_key", "shared_key_file"):
+    for flag in ("tls_ca", "tls_cert", "tls_key", "proxy_ca", "proxy_cert", "proxy_key", "shared_key_file",
+                 "kubeconfig"):
         path = getattr(a, flag)
         if path and not os.path.isfile(path):
             p.error(f"--{flag.replace('_', '-')} {path}: no such file")
@@ -152,8 +173,8 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         follow=FollowSettings(a.audit_log_path, position, a.read_from_head, a.max_event_bytes, a.max_held_files,
                               a.stat_interval, a.dead_letter_file),
         batch=BatchSettings(a.tag, a.chunk_events, a.chunk_bytes, a.flush_interval, a.compress),
-        client=ClientSettings(route=route, tls=tls, proxy_tls=proxy_tls, shared_key=shared_key, username=a.username,
-                              password=password, hostname=a.hostname, max_inflight_chunks=a.max_inflight_chunks,
+        client=ClientSettings(route=route, tailer_service=a.tailer_service, kubeconfig=a.kubeconfig, tls=tls,
+                              proxy_tls=proxy_tls, shared_key=shared_key, username=a.username, password=password, hostname=a.hostname, max_inflight_chunks=a.max_inflight_chunks,
                               ack_timeout=a.ack_timeout, backoff_max=a.backoff_max),
         http_host=a.http_listen[0], http_port=a.http_listen[1],
         shutdown_timeout=a.shutdown_timeout, log_level=a.log_level,
@@ -167,11 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from daemon.tls import TLSConfigError
 
     from .app import serve
+    from .errors import ConfigError
 
     setup_logging(settings.log_level)
     try:
         return lifecycle.run(lambda stop: serve(settings, stop))
-    except TLSConfigError as exc:
+    except (TLSConfigError, ConfigError) as exc:
         get_logger().error("config_error", error=str(exc))
         return 2
     except Exception as exc:

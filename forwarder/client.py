@@ -8,10 +8,11 @@ chunk is resent byte for byte (same chunk id). Acks are handed to ``on_ack`` str
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
@@ -23,15 +24,18 @@ from .batcher import Chunk
 from .errors import AckTimeout, TransportError
 from .metrics import ForwarderMetrics
 from .settings import ClientSettings
-from .transport import open_route
+from .transport import Route, describe, open_route
 
 RETRYABLE = (TransportError, AckTimeout, FluentForwardError, ConnectionError, OSError)
 
 
 class ForwardClient:
     def __init__(self, settings: ClientSettings, metrics: ForwarderMetrics, log: Any,
-                 on_ack: Callable[[Chunk], None]) -> None:
+                 on_ack: Callable[[Chunk], None],
+                 resolve: Callable[[], Awaitable[tuple[str, int]]] | None = None) -> None:
         self.s = settings
+        self.resolve = resolve  # looks the tailer's address up again before each connection (kube.py)
+        self.route = settings.route  # the route of the current (or last) connection
         self.metrics = metrics
         self.log = log
         self.on_ack = on_ack
@@ -121,16 +125,23 @@ class ForwardClient:
             self._state = state
             self.metrics.connected.set(1 if state == "connected" else 0)
 
+    async def _route(self) -> Route:
+        if self.resolve is None:
+            return self.s.route
+        host, port = await self.resolve()
+        return dataclasses.replace(self.s.route, tailer_host=host, tailer_port=port)
+
     async def _connect_and_serve(self, stop: asyncio.Event) -> None:
-        reader, writer = await open_route(self.s.route, self.tailer_tls, self.proxy_tls)
+        self.route = await self._route()
+        reader, writer = await open_route(self.route, self.tailer_tls, self.proxy_tls)
         try:
             decoder = Decoder()
             if self.s.shared_key is not None:
                 await self._handshake(reader, writer, decoder)
             was = self._state
             self._set_state("connected")
-            self.log.info("connected", tailer=f"{self.s.route.tailer_host}:{self.s.route.tailer_port}",
-                          proxy=self.s.route.proxy_kind, after_failures=self._failures if was == "failing" else 0,
+            self.log.info("connected", tailer=f"{self.route.tailer_host}:{self.route.tailer_port}",
+                          proxy=self.route.proxy_kind, after_failures=self._failures if was == "failing" else 0,
                           resending=sum(1 for c in self.pending if c.message))
             await self._serve(reader, writer, decoder, stop)
         finally:
@@ -156,7 +167,7 @@ class ForwardClient:
     async def _next_message(self, reader: asyncio.StreamReader, decoder: Decoder, what: str) -> Any:
         buffered: list[Any] = []
         try:
-            async with asyncio.timeout(self.s.route.timeout):
+            async with asyncio.timeout(self.route.timeout):
                 while not buffered:
                     data = await reader.read(65536)
                     if not data:
@@ -198,7 +209,7 @@ class ForwardClient:
             try:
                 await writer.drain()
             except (ConnectionError, OSError) as exc:
-                raise TransportError("send", f"connection to the tailer lost: {exc}") from exc
+                raise TransportError("send", f"{describe(self.route)} was lost: {exc}") from exc
             await self._changed.wait()
 
     async def _ack_loop(self, reader: asyncio.StreamReader, decoder: Decoder) -> None:
@@ -210,9 +221,9 @@ class ForwardClient:
                 self._check_ack_deadline()
                 continue
             except (ConnectionError, OSError) as exc:
-                raise TransportError("receive", f"connection to the tailer lost: {exc}") from exc
+                raise TransportError("receive", f"{describe(self.route)} was lost: {exc}") from exc
             if not data:
-                raise TransportError("receive", "the tailer closed the connection")
+                raise TransportError("receive", f"{describe(self.route)} closed")
             for message in decoder.feed(data):
                 if isinstance(message, Ack):
                     self._acked(message.chunk)

@@ -31,7 +31,9 @@ class BatchSettings:
 
 @dataclass(frozen=True)
 class ClientSettings:
-    route: Route
+    route: Route  # with tailer_service: the Service's DNS name and port 0 until looked up
+    tailer_service: tuple[str, str] | None = None  # (namespace, name): look the tailer up per connection
+    kubeconfig: str | None = None  # for tailer_service; None: in-cluster
     tls: TLSFiles | None = None  # TLS to the tailer (inside the tunnel when proxied)
     proxy_tls: TLSFiles | None = None  # mutual TLS to an http-connect proxy
     shared_key: str | None = None

@@ -5,6 +5,7 @@ response stay in the reader for the forward session."""
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from dataclasses import dataclass
 
@@ -37,11 +38,36 @@ def _tls_reason(exc: BaseException) -> str:
     return str(reason or exc or type(exc).__name__)
 
 
+# TLS alerts by which the proxy tells us it does not accept our client certificate
+_CLIENT_CERT_ALERTS = ("CERTIFICATE_REQUIRED", "UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN",
+                       "CERTIFICATE_EXPIRED", "CERTIFICATE_REVOKED", "UNSUPPORTED_CERTIFICATE", "ACCESS_DENIED")
+
+
+def _proxy_tls_error(route: Route, proxy_tls: ReloadingContext | None, exc: BaseException) -> TransportError:
+    """Say which side failed: the proxy's certificate (our check) or ours (the proxy's check)."""
+    hop = _first_hop(route)
+    cert = proxy_tls.files.cert if proxy_tls is not None else None
+    ca = proxy_tls.files.ca if proxy_tls is not None else None
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TransportError("proxy_tls", f"the proxy's certificate is not valid for {route.proxy_host} "
+                                           f"(checked against {ca or 'the system CAs'}): {exc.verify_message}")
+    reason = _tls_reason(exc)
+    # TLS 1.3: the server checks our certificate after the handshake and answers with an alert or, like
+    # stunnel, often just a reset (which may also overtake the alert); both mean the same, so one message
+    if isinstance(exc, ConnectionResetError) or any(alert in reason for alert in _CLIENT_CERT_ALERTS):
+        if not cert:
+            return TransportError("proxy_tls", f"the proxy {hop} refused the TLS session: it wants a client "
+                                               "certificate and we sent none (set --proxy-cert and --proxy-key)")
+        return TransportError("proxy_tls", f"the proxy {hop} refused the TLS session: it did not accept our "
+                                           f"client certificate {cert}")
+    return TransportError("proxy_tls", f"TLS with the proxy {hop}: {reason}")
+
+
 async def open_route(route: Route, tailer_tls: ReloadingContext | None, proxy_tls: ReloadingContext | None) -> Streams:
     reader, writer = await _connect(route, proxy_tls)
     try:
         if route.proxy_kind is not None:
-            await _connect_tunnel(reader, writer, route)
+            await _connect_tunnel(reader, writer, route, proxy_tls)
         if tailer_tls is not None:
             name = route.tls_server_name or route.tailer_host
             try:
@@ -81,10 +107,24 @@ async def _connect(route: Route, proxy_tls: ReloadingContext | None) -> Streams:
     except TimeoutError:
         raise TransportError("connect", f"connecting to {_first_hop(route)} timed out") from None
     except ssl.SSLError as exc:
-        raise TransportError("proxy_tls", f"TLS with the proxy {_first_hop(route)}: {_tls_reason(exc)}") from exc
+        raise _proxy_tls_error(route, proxy_tls, exc) from exc
     except OSError as exc:
         what = "proxy" if route.proxy_kind else "tailer"
-        raise TransportError("connect", f"{what} {_first_hop(route)} unreachable: {exc.strerror or exc}") from exc
+        raise TransportError("connect", f"{what} {_first_hop(route)} unreachable: {_os_reason(exc)}") from exc
+
+
+def _os_reason(exc: OSError) -> str:
+    # asyncio reports a refused connect as "Connect call failed (addr)"; the errno says it plainly
+    if exc.errno and exc.errno > 0:  # (name lookup errors have negative codes and their own text)
+        return os.strerror(exc.errno)
+    return str(exc.strerror or exc or type(exc).__name__)
+
+
+def describe(route: Route) -> str:
+    """The far end of a connection, for errors after it was set up."""
+    if route.proxy_kind is None:
+        return f"the tailer {route.tailer_host}:{route.tailer_port}"
+    return f"the tunnel to {route.tailer_host}:{route.tailer_port} through the proxy {_first_hop(route)}"
 
 
 def _first_hop(route: Route) -> str:
@@ -95,7 +135,8 @@ def _first_hop(route: Route) -> str:
     return f"{route.tailer_host}:{route.tailer_port}"
 
 
-async def _connect_tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, route: Route) -> None:
+async def _connect_tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, route: Route,
+                          proxy_tls: ReloadingContext | None) -> None:
     target = f"{route.tailer_host}:{route.tailer_port}"
     if ":" in route.tailer_host:
         target = f"[{route.tailer_host}]:{route.tailer_port}"
@@ -111,9 +152,13 @@ async def _connect_tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWr
     except asyncio.LimitOverrunError as exc:
         raise TransportError("proxy_connect", "proxy response headers too long") from exc
     except ssl.SSLError as exc:
-        raise TransportError("proxy_tls", f"TLS with the proxy {_first_hop(route)}: {_tls_reason(exc)}") from exc
-    except (ConnectionError, OSError) as exc:
-        raise TransportError("proxy_connect", f"proxy connection lost during CONNECT: {exc}") from exc
+        raise _proxy_tls_error(route, proxy_tls, exc) from exc
+    except ConnectionResetError as exc:
+        if route.proxy_kind == "http-connect" and proxy_tls is not None:
+            raise _proxy_tls_error(route, proxy_tls, exc) from exc
+        raise TransportError("proxy_connect", f"proxy connection reset during CONNECT {target}") from exc
+    except OSError as exc:
+        raise TransportError("proxy_connect", f"proxy connection lost during CONNECT {target}: {exc}") from exc
     status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
     parts = status_line.split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():

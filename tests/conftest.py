@@ -149,11 +149,12 @@ class ForwarderProcess(DaemonProcess):
 
     module = "forwarder.cli"
 
-    def __init__(self, tmp: Path, tailer_port: int, log_path: Path, *args: str) -> None:
+    def __init__(self, tmp: Path, tailer_port: int | None, log_path: Path, *args: str) -> None:
         self.log_path = log_path
         http_port = free_port()
+        tailer = ["--tailer", f"127.0.0.1:{tailer_port}"] if tailer_port is not None else []  # else in args
         super().__init__(tmp / "forwarder.err", None,
-                         ["--tailer", f"127.0.0.1:{tailer_port}", "--audit-log-path", str(log_path),
+                         [*tailer, "--audit-log-path", str(log_path),
                           "--http-listen", f"127.0.0.1:{http_port}", "--log-level", "debug", *args], http_port)
 
 
@@ -161,7 +162,7 @@ class ForwarderProcess(DaemonProcess):
 def start_forwarder(tmp_path: Path) -> Iterator[Callable[..., ForwarderProcess]]:
     started: list[ForwarderProcess] = []
 
-    def _start(tailer_port: int, log_path: Path, *args: str, wait: bool = True) -> ForwarderProcess:
+    def _start(tailer_port: int | None, log_path: Path, *args: str, wait: bool = True) -> ForwarderProcess:
         fwd = ForwarderProcess(tmp_path, tailer_port, log_path, *args).start(wait)
         started.append(fwd)
         return fwd

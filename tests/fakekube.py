@@ -3,7 +3,7 @@
 The real ``kubernetes`` client talks to it through a generated kubeconfig. It keeps objects in memory
 and behaves like the apiserver where our code depends on it: resourceVersion bumps on every write, a
 PUT with a stale resourceVersion is a 409, a POST of an existing name is a 409, objects above 1 MiB are
-a 422, unknown objects a 404, a denied (verb, resource) a 403 (our RBAC rule set), bearer token
+a 422, unknown objects a 404 (ConfigMaps and Services are known), a denied (verb, resource) a 403 (our RBAC rule set), bearer token
 required (401). JSON merge patch (RFC 7386) for PATCH. Plus TokenReview, SubjectAccessReview and
 minimal discovery. ``unavailable = True`` answers 503 (with ``retry_after`` if set) to everything.
 Connections close after each response (HTTP/1.0), so stopping leaves no handler thread behind.
@@ -40,7 +40,8 @@ class FakeKube:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}  # (group, plural, ns, name)
-        self.resources: dict[tuple[str, str, str], tuple[str, bool]] = {("", "v1", "configmaps"): ("ConfigMap", True)}
+        self.resources: dict[tuple[str, str, str], tuple[str, bool]] = {("", "v1", "configmaps"): ("ConfigMap", True),
+                                                                         ("", "v1", "services"): ("Service", True)}
         self.rv = 100
         self.unavailable = False
         self.retry_after: str | None = None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,3 +97,22 @@ def make_pki(root: Path) -> PKI:
         other_client=issue(other, "other-client", root, server=False),
         root=root,
     )
+
+
+def secret_dir(path: Path, stamp: str, files: dict[str, Path]) -> None:
+    """Write a Secret the way the kubelet does: files in a timestamped dir, ``..data`` swapped to it
+    atomically (rename of a new symlink), the visible names linking through ``..data``."""
+    path.mkdir(exist_ok=True)
+    target = path / f"..{stamp}"
+    target.mkdir()
+    for name, src in files.items():
+        shutil.copy(src, target / name)
+    tmp_link = path / "..data_tmp"
+    tmp_link.symlink_to(target.name)
+    old = os.readlink(path / "..data") if (path / "..data").is_symlink() else None
+    os.rename(tmp_link, path / "..data")
+    for name in files:
+        if not (path / name).is_symlink():
+            (path / name).symlink_to(f"..data/{name}")
+    if old:
+        shutil.rmtree(path / old)
