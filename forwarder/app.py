@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import IO
 
@@ -16,7 +17,7 @@ from fluent_forward import EventTime
 from . import checkpoint
 from .batcher import Batcher, Chunk
 from .client import ForwardClient
-from .follow import Follower, Read, Source
+from .follow import FINGERPRINT_BYTES, Follower, Read, Source
 from .lines import BadLine, Line, to_entry
 from .metrics import ForwarderMetrics
 from .settings import Settings
@@ -42,15 +43,31 @@ class Forwarder:
         self._bad_kinds_logged: set[str] = set()
         self._dead_letter: IO[bytes] | None = None
         self._flush_at: float | None = None
+        self._checkpoint_failing = False
+        self._sent_end: tuple[Source | None, int] = (None, 0)  # file and offset the last chunk ends at
 
     # ---- acks -> checkpoint -------------------------------------------------------------------
 
     def _on_ack(self, chunk: Chunk) -> None:
+        target, offset = chunk.source, chunk.end
         if chunk.source_done and chunk.next_source is not None:
-            target, offset = chunk.next_source, 0
-        else:
-            target, offset = chunk.source, chunk.end
-        checkpoint.save(self.s.follow.position_file, target.checkpoint(offset))
+            fingerprint_bytes = chunk.next_source.fingerprint()[1]
+            if fingerprint_bytes == FINGERPRINT_BYTES:  # a head that can tell the file apart after a restart
+                target, offset = chunk.next_source, 0
+        position = target.checkpoint(offset)
+        if chunk.source_done and target is chunk.source:
+            position = dataclasses.replace(position, finished=True)
+        try:
+            checkpoint.save(self.s.follow.position_file, position)
+        except OSError as exc:  # a stale checkpoint means resends after a restart, not loss
+            self.metrics.checkpoint_errors.inc()
+            if not self._checkpoint_failing:
+                log.error("checkpoint_write_failed", file=self.s.follow.position_file, error=str(exc))
+            self._checkpoint_failing = True
+            return
+        if self._checkpoint_failing:
+            log.info("checkpoint_write_recovered", file=self.s.follow.position_file)
+            self._checkpoint_failing = False
         self.metrics.checkpoint_offset.set(offset)
 
     # ---- reading ------------------------------------------------------------------------------
@@ -107,22 +124,25 @@ class Forwarder:
         fallback = EventTime.now()
         self.metrics.bytes_read.inc(sum(line.end - line.start for line in read.lines))
         skipped_to = 0
-        for line in read.lines:
+        good = [(line, False) for line in read.lines]
+        items = sorted(good + [(line, True) for line in read.oversized], key=lambda i: i[0].start) \
+            if read.oversized else good
+        for line, oversized in items:
             try:
+                if oversized:
+                    raise BadLine("too_large", f"line of {line.end - line.start} bytes exceeds --max-event-bytes")
                 entry = to_entry(line.data, fallback)
-            except BadLine as bad:
-                self._bad(src, line, bad.kind, bad.detail)
+            except Exception as exc:  # noqa: BLE001 - no line may stop the stream
+                kind, detail = (exc.kind, exc.detail) if isinstance(exc, BadLine) else ("unencodable", repr(exc))
+                self._bad(src, line, kind, detail)
                 self.batcher.advance(src, line.end)
                 skipped_to = line.end
                 continue
             self.metrics.events_read.inc()
             for chunk in self.batcher.add(src, identity, entry, line.start, line.end):
                 await self._submit(chunk)
-        for line in read.oversized:
-            self._bad(src, line, "too_large", f"line of {line.end - line.start} bytes exceeds --max-event-bytes")
-            self.batcher.advance(src, line.end)
-            skipped_to = max(skipped_to, line.end)
-        if skipped_to and self.batcher.empty() and not read.done:
+        sent_src, sent_end = self._sent_end
+        if skipped_to and self.batcher.empty() and not read.done and (sent_src is not src or skipped_to > sent_end):
             # nothing to send after the skipped lines: a marker still moves the checkpoint past them
             await self._submit(Chunk("", b"", 0, src, skipped_to))
         if read.done:
@@ -141,6 +161,7 @@ class Forwarder:
     async def _submit(self, chunk: Chunk) -> None:
         if self.batcher.empty():
             self._flush_at = None
+        self._sent_end = (chunk.source, chunk.end)
         self.metrics.events_sent.inc(chunk.events)
         await self.client.submit(chunk)
 

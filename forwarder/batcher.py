@@ -62,7 +62,7 @@ class Batcher:
     def advance(self, source: Any, end: int) -> None:
         """Skipped bytes (bad lines) still move the position the next chunk completes."""
         if self._parts and source is self._source:
-            self._end = end
+            self._end = max(self._end, end)
 
     def empty(self) -> bool:
         return not self._parts

@@ -23,6 +23,7 @@ class Checkpoint:
     offset: int  # just past the last acked line
     compressed: bool = False
     size: int = 0  # the file's size when the checkpoint was written: a lower bound of what a gap loses
+    finished: bool = False  # the file had been rotated away and read to its end
     written_at: float = 0.0
     version: int = VERSION
 

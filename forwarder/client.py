@@ -79,9 +79,11 @@ class ForwardClient:
             self._complete(self.pending.popleft())
 
     def _complete(self, chunk: Chunk) -> None:
-        self.on_ack(chunk)
-        self.metrics.inflight.set(len(self.pending))
-        self._space.set()
+        try:
+            self.on_ack(chunk)
+        finally:  # a failing callback must not leave the reader waiting for space forever
+            self.metrics.inflight.set(len(self.pending))
+            self._space.set()
 
     # ---- connection side --------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import os
 import re
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
@@ -38,8 +39,10 @@ class Source:
     compressed: bool
     splitter: Splitter
     pos: int  # bytes consumed from the file (the splitter may hold back a partial line)
-    head: bytes = b""  # compressed files: the decompressed head, for the fingerprint
+    head: bytes = b""  # the first bytes of the content (up to FINGERPRINT_BYTES) as last seen
     name: str = field(default="")
+    last_size: int = 0  # size at the last poll: what a truncation may have taken
+    raw: IO[bytes] | None = None  # the file under a gzip reader (GzipFile does not close it)
     _fingerprint: tuple[str, int] | None = None  # fixed once the head is complete or the file closed
 
     def fingerprint(self) -> tuple[str, int]:
@@ -69,6 +72,8 @@ class Source:
         if not self.fh.closed:
             self._fingerprint = self.fingerprint()  # acks may still name this file
             self.fh.close()
+        if self.raw is not None:
+            self.raw.close()
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,10 @@ class Follower:
             names = os.listdir(self.folder)
         except FileNotFoundError:
             return []
-        found = [(m.group(1), n) for n in names if (m := self._backup.match(n))]
+        present = set(names)
+        # while the apiserver gzips a backup both exist; the .log is complete, the .gz may not be yet
+        found = [(m.group(1), n) for n in names
+                 if (m := self._backup.match(n)) and not (n.endswith(".gz") and n[:-3] in present)]
         return [os.path.join(self.folder, n) for _, n in sorted(found)]
 
     def start(self, checkpoint: Checkpoint | None, read_from_head: bool) -> None:
@@ -138,8 +146,13 @@ class Follower:
                 self.log.info("resumed", file=candidates[index], offset=checkpoint.offset,
                               files=len(self.sources))
                 return
-            self.gaps.append(Gap(checkpoint.path, checkpoint.inode, max(checkpoint.size - checkpoint.offset, 0),
-                                 "checkpointed file no longer exists (bytes_lost is a lower bound)"))
+            lost = max(checkpoint.size - checkpoint.offset, 0)
+            if not checkpoint.finished:  # it may have grown after the checkpoint: lost is a lower bound
+                self.gaps.append(Gap(checkpoint.path, checkpoint.inode, lost,
+                                     "checkpointed file no longer exists (bytes_lost is a lower bound)"))
+            else:
+                self.log.info("checkpointed_file_gone", file=checkpoint.path,
+                              note="nothing unread was lost; reading the files written since")
             for path in backups:
                 try:
                     if os.stat(path).st_mtime >= checkpoint.written_at:
@@ -158,12 +171,14 @@ class Follower:
         for i in range(len(candidates) - 1, -1, -1):
             path = candidates[i]
             compressed = path.endswith(".gz")
+            if cp.fingerprint_bytes == 0:
+                return None  # an empty file has no identity (inodes are reused): go by time instead
             try:
                 st = os.stat(path)
                 if not compressed and (st.st_dev, st.st_ino) != (cp.device, cp.inode):
                     continue
                 head = _read_head(path, compressed, cp.fingerprint_bytes)
-            except OSError:
+            except (OSError, EOFError, zlib.error):
                 continue
             if hashlib.sha256(head).hexdigest() == cp.fingerprint:
                 return i
@@ -183,22 +198,38 @@ class Follower:
             return None
         st = os.fstat(raw.fileno())
         fh: IO[bytes] = raw
-        head = b""
         if compressed:
-            head = _read_head(path, True, FINGERPRINT_BYTES)
+            try:
+                head = _read_head(path, True, FINGERPRINT_BYTES)
+            except (OSError, EOFError, zlib.error) as exc:
+                raw.close()
+                self._unreadable(path, st.st_ino, exc)
+                return None
             fh = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+        else:
+            head = os.pread(raw.fileno(), FINGERPRINT_BYTES, 0)
         if offset is None:
             offset = _last_line_end(raw, st.st_size)
         elif not compressed and offset > st.st_size:
             self.log.warning("file_truncated", file=path, inode=st.st_ino, offset=offset, size=st.st_size)
             offset = 0
         if compressed:
-            _skip(fh, offset)
+            try:
+                _skip(fh, offset)
+            except (OSError, EOFError, zlib.error) as exc:
+                fh.close()
+                raw.close()
+                self._unreadable(path, st.st_ino, exc)
+                return None
         else:
             fh.seek(offset)
         self.log.info("file_opened", file=path, inode=st.st_ino, offset=offset, compressed=compressed)
         return Source(path, fh, st.st_dev, st.st_ino, compressed, Splitter(offset, self.max_event_bytes), offset,
-                      head, os.path.basename(path))
+                      head, os.path.basename(path), st.st_size, raw=raw if compressed else None)
+
+    def _unreadable(self, path: str, inode: int, exc: BaseException) -> None:
+        self.log.error("file_unreadable", file=path, inode=inode, error=str(exc) or type(exc).__name__)
+        self.gaps.append(Gap(path, inode, 0, f"unreadable: {exc}"))
 
     # ---- running ------------------------------------------------------------------------------
 
@@ -246,8 +277,43 @@ class Follower:
             self._append(self.path, 0)
             self._bound_held_files()
         elif st.st_size < tail.pos:
-            self.log.warning("file_truncated", file=tail.path, inode=tail.inode, offset=tail.pos, size=st.st_size)
-            self._restart(tail)
+            self._truncated(tail)
+        else:
+            tail.last_size = st.st_size
+            if len(tail.head) < FINGERPRINT_BYTES and st.st_size > len(tail.head):
+                tail.head = os.pread(tail.fh.fileno(), FINGERPRINT_BYTES, 0)
+
+    def _truncated(self, tail: Source) -> None:
+        """Copy-truncate: read what we had not yet read from the copy, then the file again from 0."""
+        resume = tail.pos - tail.splitter.pending()  # just past the last complete line we took
+        copy = self._find_copy(tail, resume)
+        self.log.warning("file_truncated", file=tail.path, inode=tail.inode, offset=resume,
+                         copy=copy.path if copy else None)
+        if copy is not None:
+            self.sources.insert(self.sources.index(tail), copy)
+        else:
+            lost = max(tail.last_size - resume, 0)
+            if lost:
+                self.gaps.append(Gap(tail.path, tail.inode, lost, "truncated before it was read, no copy found"))
+        self._restart(tail)
+
+    def _find_copy(self, tail: Source, resume: int) -> Source | None:
+        if not tail.head:
+            return None
+        held = {(s.device, s.inode) for s in self.sources}
+        for path in reversed(self.backups()):
+            if path.endswith(".gz"):
+                continue
+            try:
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) in held or st.st_size < resume:
+                    continue
+                if _read_head(path, False, len(tail.head)) != tail.head:
+                    continue
+            except OSError:
+                continue
+            return self._open(path, resume)
+        return None
 
     def _missed_backups(self, tail: Source) -> list[str]:
         """Files that were live and rotated away between two of our looks, oldest first."""
@@ -264,7 +330,9 @@ class Follower:
         else:  # our last live file is gone from the folder: go by modification time
             since = os.fstat(tail.fh.fileno()).st_mtime if not tail.compressed else 0.0
             after = [(p, st) for p, st in found if st.st_mtime >= since]
-        missed = [p for p, st in after if (st.st_dev, st.st_ino) not in held and not p.endswith(".gz")]
+        heads = {s.head for s in self.sources if s.head}
+        missed = [p for p, st in after if (st.st_dev, st.st_ino) not in held
+                  and not (p.endswith(".gz") and _gz_head_in(p, heads))]
         for path in missed:
             self.log.warning("rotated_file_caught_up", file=path, note="rotated before we saw it live")
         return missed
@@ -273,6 +341,7 @@ class Follower:
         source.fh.seek(0)
         source.pos = 0
         source.splitter = Splitter(0, self.max_event_bytes)
+        source.head, source.last_size, source._fingerprint = b"", 0, None  # new content, new identity
 
     def _bound_held_files(self) -> None:
         while len(self.sources) > self.max_held_files:
@@ -286,7 +355,15 @@ class Follower:
         """The next lines from the oldest file; None when everything available has been read."""
         while self.sources:
             src = self.sources[0]
-            data = src.fh.read(READ_BLOCK)
+            try:
+                data = src.fh.read(READ_BLOCK)
+            except (EOFError, zlib.error, OSError) as exc:  # a damaged or cut gzip backup
+                self._unreadable(src.path, src.inode, exc)
+                data = b""
+                if len(self.sources) == 1:
+                    self.sources.popleft()
+                    src.close()
+                    return None
             if data:
                 src.pos += len(data)
                 lines, oversized = src.splitter.feed(data)
@@ -311,6 +388,14 @@ class Follower:
                 except OSError:
                     pass
         return total
+
+
+def _gz_head_in(path: str, heads: set[bytes]) -> bool:
+    try:
+        head = _read_head(path, True, FINGERPRINT_BYTES)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return any(head.startswith(h) or h.startswith(head) for h in heads if h)
 
 
 def _read_head(path: str, compressed: bool, n: int) -> bytes:

@@ -124,13 +124,16 @@ def event_time(record: dict[str, object], fallback: EventTime) -> EventTime:
             except ValueError:
                 return fallback
             _second_cache[0], _second_cache[1] = head, seconds
-        if frac.isdigit() or not frac:
+        if (frac.isdigit() or not frac) and 0 <= seconds < 2**32:
             return EventTime(seconds, int((frac + "000000000")[:9]))
     try:
         parsed = datetime.fromisoformat(stamp)
-    except ValueError:
+        seconds = int(parsed.timestamp())
+    except (ValueError, OverflowError, OSError):
         return fallback
-    return EventTime(int(parsed.timestamp()), parsed.microsecond * 1000)
+    if not 0 <= seconds < 2**32:  # EventTime carries unsigned 32-bit seconds
+        return fallback
+    return EventTime(seconds, parsed.microsecond * 1000)
 
 
 def to_entry(line: bytes, fallback: EventTime) -> bytes:

@@ -22,4 +22,5 @@ class ForwarderMetrics:
         self.inflight = Gauge("forwarder_inflight_chunks", "Chunks sent or queued and not yet acked", registry=r)
         self.lag_bytes = Gauge("forwarder_lag_bytes", "Unread bytes in the files being followed", registry=r)
         self.connected = Gauge("forwarder_connected", "1 while a session with the tailer is up", registry=r)
+        self.checkpoint_errors = Counter("forwarder_checkpoint_errors", "Checkpoint writes that failed", registry=r)
         self.checkpoint_offset = Gauge("forwarder_checkpoint_offset", "Offset in the checkpointed file", registry=r)
