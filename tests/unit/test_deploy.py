@@ -171,6 +171,13 @@ def test_dockerfile_builds_what_compose_and_kind_run() -> None:
     assert not re.search(r"gcc|build-essential|pip wheel", final)
 
 
+def test_nothing_imports_what_the_image_drops() -> None:
+    assert "kubernetes/aio" in (ROOT / "Dockerfile").read_text()
+    for package in ("fluent_forward", "daemon", "forwarder", "tailer", "demo"):
+        for path in (ROOT / package).rglob("*.py"):
+            assert not re.search(r"kubernetes\.aio|from kubernetes import .*\baio\b", path.read_text()), path
+
+
 def manifest_containers() -> list[tuple[str, dict[str, Any]]]:
     out = []
     for path in sorted([*(ROOT / "kind").glob("*.yaml"), *(ROOT / "deploy").glob("*.yaml")]):
