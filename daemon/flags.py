@@ -82,43 +82,36 @@ class EnvParser(argparse.ArgumentParser):
         return self.env_prefix + flag.lstrip("-").upper().replace("-", "_")
 
     def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:  # type: ignore[override]
-        return super().add_argument(*names, **self.with_env(names, kwargs))
+        return super().add_argument(*names, **self._with_env(names, kwargs))
 
-    def add_argument_group(self, *args: Any, **kwargs: Any) -> argparse._ArgumentGroup:
-        # a group's add_argument does not go through ours: give its flags the environment fallback too
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
+        """Flags added to a group get their environment variable too (argparse bypasses ours there)."""
         group = super().add_argument_group(*args, **kwargs)
         plain = group.add_argument
-
-        def add_argument(*names: Any, **kw: Any) -> argparse.Action:
-            return plain(*names, **self.with_env(names, kw))
-
-        group.add_argument = add_argument  # type: ignore[method-assign]
+        group.add_argument = lambda *names, **kw: plain(*names, **self._with_env(names, kw))  # type: ignore[method-assign]
         return group
 
-    def with_env(self, names: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """``kwargs`` with the env var named in the help and, when it is set, taken as the default."""
+    def _with_env(self, names: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         long = next((n for n in names if isinstance(n, str) and n.startswith("--")), None)
-        if long is None or long == "--help":
-            return kwargs
-        kwargs = dict(kwargs)
-        env = self.env_name(long)
-        kwargs["help"] = f"{kwargs.get('help', '')} [env {env}]".strip()
-        raw = os.environ.get(env)
-        if raw is not None:
-            action = kwargs.get("action")
-            if action == "append":
-                kwargs["default"] = [v for v in raw.split(",") if v]
-            elif action == "store_true":
-                try:
-                    kwargs["default"] = parse_bool(raw)
-                except argparse.ArgumentTypeError as exc:
-                    self.error(f"{env}: {exc}")
-            else:
-                convert = kwargs.get("type", str)
-                try:
-                    kwargs["default"] = convert(raw)
-                except (argparse.ArgumentTypeError, ValueError) as exc:
-                    self.error(f"{env}: {exc}")
+        if long is not None and long != "--help":
+            env = self.env_name(long)
+            kwargs["help"] = f"{kwargs.get('help', '')} [env {env}]".strip()
+            raw = os.environ.get(env)
+            if raw is not None:
+                action = kwargs.get("action")
+                if action == "append":
+                    kwargs["default"] = [v for v in raw.split(",") if v]
+                elif action == "store_true":
+                    try:
+                        kwargs["default"] = parse_bool(raw)
+                    except argparse.ArgumentTypeError as exc:
+                        self.error(f"{env}: {exc}")
+                else:
+                    convert = kwargs.get("type", str)
+                    try:
+                        kwargs["default"] = convert(raw)
+                    except (argparse.ArgumentTypeError, ValueError) as exc:
+                        self.error(f"{env}: {exc}")
         return kwargs
 
     def error(self, message: str) -> NoReturn:
