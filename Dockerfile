@@ -30,9 +30,10 @@ LABEL org.opencontainers.image.title="kube-audit-forwarder" \
       org.opencontainers.image.description="Kubernetes apiserver audit events from a managed control plane into the cluster" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/kaf /opt/kaf
-# 65532: the conventional "nonroot" uid. The folders a named volume is first mounted on keep this owner.
-RUN mkdir -p /var/log/audit /var/lib/audit-forwarder \
- && chown 65532:65532 /var/log/audit /var/lib/audit-forwarder
+# 65532: the conventional "nonroot" uid. The folders a named volume is first mounted on keep this owner:
+# the audit log, the forwarder's checkpoint, the tailer's store (SQLite by default).
+RUN mkdir -p /var/log/audit /var/lib/audit-forwarder /var/lib/audit-tailer \
+ && chown 65532:65532 /var/log/audit /var/lib/audit-forwarder /var/lib/audit-tailer
 ENV PATH=/opt/kaf/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1

@@ -40,6 +40,12 @@ def listening(port: int) -> bool:
         return False
 
 
+def tailer_options() -> set[str]:
+    from tailer.cli import build_parser
+
+    return {o for a in build_parser()._actions for o in a.option_strings}
+
+
 @pytest.fixture
 def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
@@ -62,7 +68,8 @@ def test_compose_services_on_loopback(tmp_path: Path, processes: list[subprocess
     mapping = {"tailer:24224": f"127.0.0.1:{tailer_port}", "0.0.0.0:24224": f"127.0.0.1:{tailer_port}",
                "0.0.0.0:8080": f"127.0.0.1:{tailer_http}", "proxy:9443": f"127.0.0.1:{proxy_port}",
                "0.0.0.0:9880": f"127.0.0.1:{metrics}", "/certs": str(certs),
-               "/var/log/audit": str(log_dir), "/var/lib/audit-forwarder": str(state)}
+               "/var/log/audit": str(log_dir), "/var/lib/audit-forwarder": str(state),
+               "/var/lib/audit-tailer": str(state)}
 
     def local(text: str) -> str:
         for old, new in mapping.items():
@@ -76,7 +83,10 @@ def test_compose_services_on_loopback(tmp_path: Path, processes: list[subprocess
         return proc
 
     def service(name: str, *extra: str) -> subprocess.Popen[bytes]:
-        command = [local(arg) for arg in SERVICES[name]["command"]]
+        # PostgreSQL is for the store's own tests; here the tailer keeps its default store, in tmp_path
+        command = [local(arg) for arg in SERVICES[name]["command"] if not arg.startswith("--store=postgres")]
+        if name == "tailer" and "--data-dir" in tailer_options():
+            command.append(f"--data-dir={state}")
         if command[0] in ("audit-forwarder", "audit-tailer"):  # the console scripts, from this checkout
             command = [sys.executable, "-m", command[0].replace("audit-", "") + ".cli", *command[1:]]
         elif command[0] == "python":
