@@ -1,0 +1,44 @@
+# One image, three programs: audit-forwarder (the apiserver sidecar), audit-tailer (in the cluster),
+# kubectl-audit; plus `python -m demo.writer`, the apiserver-like log writer of docker-compose.yml.
+#   docker build -t kube-audit-forwarder:0.1.0 .
+#   docker run --rm kube-audit-forwarder:0.1.0 audit-forwarder --help
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# --- build: wheels for the project and its dependencies, installed into a venv without pip ---
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY fluent_forward/ fluent_forward/
+COPY daemon/ daemon/
+COPY forwarder/ forwarder/
+COPY tailer/ tailer/
+COPY demo/ demo/
+# Every dependency ships binary wheels for amd64 and arm64; a platform without them would need
+# build-essential here, never in the final stage.
+# The kubernetes client ships an asyncio copy of itself (kubernetes/aio, ~68 MB with bytecode, a third of the
+# venv); tailer/kube.py uses the blocking client in a thread, so the copy goes (tests/unit/test_deploy.py
+# checks that nothing imports it).
+RUN pip wheel --wheel-dir /wheels ".[postgres]" \
+ && python -m venv --without-pip /opt/kaf \
+ && pip --python /opt/kaf/bin/python install --no-index --find-links /wheels "kube-audit-forwarder[postgres]" \
+ && rm -rf /opt/kaf/lib/python3*/site-packages/kubernetes/aio
+
+# --- final: the slim base, the venv, an unprivileged user; no compilers, no pip cache, no wheels ---
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="kube-audit-forwarder" \
+      org.opencontainers.image.description="Kubernetes apiserver audit events from a managed control plane into the cluster" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /opt/kaf /opt/kaf
+# 65532: the conventional "nonroot" uid. The folders a named volume is first mounted on keep this owner:
+# the audit log, the forwarder's checkpoint, the tailer's store (SQLite by default).
+RUN mkdir -p /var/log/audit /var/lib/audit-forwarder /var/lib/audit-tailer \
+ && chown 65532:65532 /var/log/audit /var/lib/audit-forwarder /var/lib/audit-tailer
+ENV PATH=/opt/kaf/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+USER 65532:65532
+WORKDIR /var/lib/audit-forwarder
+# 24224 forward protocol (tailer), 8080 tailer HTTP API and metrics, 9880 forwarder metrics
+EXPOSE 24224 8080 9880
+CMD ["audit-tailer"]
