@@ -78,6 +78,10 @@ def main() -> int:
             wait(lambda: metric(fhttp, "forwarder_events_acked_total") >= len(events), 60, "every event acked")
             print(f"demo: {len(events)} audit events written with {writer.rotations} rotations, followed by "
                   f"audit-forwarder and acked by audit-tailer (forwarder log: {fwd_log.name})", file=sys.stderr)
+            print("\ndemo: who changed databases.example.com/orders in namespace shop, from the tailer's store:\n"
+                  "$ kubectl audit history databases.example.com orders -n shop", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "tailer.kubectl_audit", "history", "databases.example.com", "orders",
+                            "-n", "shop", "--server", f"http://127.0.0.1:{thttp}"], env=env, check=False)
         finally:
             forwarder.terminate()
             forwarder.wait(20)
