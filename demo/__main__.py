@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tests" / "data" / "audit-sample.log"
 sys.path.insert(0, str(ROOT))
 
-from tests.auditlog import RotatingWriter  # noqa: E402  (the apiserver-like writer the tests use)
+from demo.writer import RotatingLog  # noqa: E402
 
 
 def free_port() -> int:
@@ -69,7 +69,7 @@ def main() -> int:
                  "--http-listen", f"127.0.0.1:{fhttp}"], env=env, stderr=err)
         try:
             wait(lambda: metric(fhttp, "forwarder_connected") == 1, 30, "the forwarder to connect")
-            writer = RotatingWriter(tmp, args.rotate_bytes, max_backups=3, compress=False)
+            writer = RotatingLog(tmp, args.rotate_bytes, max_backups=3, compress=False)
             for event in events:  # fresh IDs and times, as a live apiserver would write them
                 now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
                 event = {**event, "auditID": str(uuid.uuid4()), "stageTimestamp": now}

@@ -77,6 +77,7 @@ class RotatingLog:
         self.fh = open(self.path, "ab")  # noqa: SIM115 - kept open across writes, closed on rotation
         self.size = self.fh.tell()
         self.last_backup_ms = 0
+        self.rotations = 0
 
     def write(self, line: bytes) -> None:
         if self.size and self.size + len(line) > self.rotate_bytes:
@@ -98,6 +99,7 @@ class RotatingLog:
         os.rename(self.path, backup)
         self.fh = open(self.path, "ab")  # noqa: SIM115
         self.size = 0
+        self.rotations += 1
         if self.compress:
             with open(backup, "rb") as src, gzip.open(backup + ".gz", "wb") as dst:
                 shutil.copyfileobj(src, dst)
