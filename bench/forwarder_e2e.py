@@ -62,10 +62,11 @@ def proc_stats(pid: int) -> tuple[float, float]:
     return cpu, hwm / 1024
 
 
-def start_tailer(port: int, http: int, stdout: int | object) -> subprocess.Popen[bytes]:
+def start_tailer(port: int, http: int, stdout: int | object, store: str = "sqlite") -> subprocess.Popen[bytes]:
+    data_dir = tempfile.mkdtemp(dir=DATA_DIR)
     proc = subprocess.Popen([sys.executable, "-m", "tailer.cli", "--listen", f"127.0.0.1:{port}", "--http-listen",
-                             f"127.0.0.1:{http}", "--log-level", "warning", "--data-dir", DATA_DIR],
-                            stdout=stdout, env=ENV)  # type: ignore[arg-type]
+                             f"127.0.0.1:{http}", "--log-level", "warning", "--data-dir", data_dir, "--store", store,
+                             "--configmaps", "false"], stdout=stdout, env=ENV)  # type: ignore[arg-type]
     wait_port(port)
     return proc
 
@@ -76,7 +77,7 @@ def start_forwarder(port: int, http: int, log: Path, *extra: str) -> subprocess.
                              "--log-level", "warning", *extra], env=ENV)
 
 
-def throughput(n: int, folder: Path, compress: bool) -> str:
+def throughput(n: int, folder: Path, compress: bool, store: str) -> str:
     log = folder / "audit.log"
     for p in folder.iterdir():
         p.unlink()
@@ -88,7 +89,7 @@ def throughput(n: int, folder: Path, compress: bool) -> str:
             fh.write(line)
     port, thttp, fhttp = free_port(), free_port(), free_port()
     with open(os.devnull, "wb") as null:
-        tailer = start_tailer(port, thttp, null)
+        tailer = start_tailer(port, thttp, null, store)
     start = time.perf_counter()
     fwd = start_forwarder(port, fhttp, log, "--read-from-head", "true", "--compress", str(compress).lower())
     try:
@@ -102,7 +103,8 @@ def throughput(n: int, folder: Path, compress: bool) -> str:
         fwd.wait(20)
         tailer.terminate()
         tailer.wait(20)
-    return (f"forwarder_e2e gzip={'on ' if compress else 'off'} events={n} file={size / 1e6:.0f} MB: "
+    return (f"forwarder_e2e gzip={'on ' if compress else 'off'} tailer store={store} events={n} "
+            f"file={size / 1e6:.0f} MB: "
             f"{n / elapsed:,.0f} events/s, {size / elapsed / 1e6:.1f} MB/s, forwarder CPU {cpu:.1f} s "
             f"({n / cpu:,.0f} events per CPU s), peak RSS {rss:.0f} MB, wall {elapsed:.1f} s")
 
@@ -159,8 +161,8 @@ def main() -> None:
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for compress in (True, False):
-            print(throughput(a.events, folder, compress), flush=True)
+        for compress, store in ((True, "sqlite"), (False, "sqlite"), (True, "none"), (False, "none")):
+            print(throughput(a.events, folder, compress, store), flush=True)
         print(latency(a.rate, a.seconds, folder), flush=True)
 
 
