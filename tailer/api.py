@@ -12,6 +12,11 @@ Watch: every watcher reads the store by sequence (``seq > last``), a batch at a 
 the store sink says it committed or ``poll`` seconds pass (the timer picks up other replicas' writes to
 a shared PostgreSQL). So a watcher holds at most one batch in memory; one that cannot take a batch within
 ``write_timeout`` is cut off with a final ERROR line saying where to resume.
+
+Like Kubernetes, a watch from a resourceVersion that retention has overtaken (an event above it was
+deleted) answers 410 Gone (reason Expired) rather than skipping what is gone; when retention overtakes
+a running watcher, its stream ends with an ERROR line carrying the same 410 Status. ``resourceVersion=0``
+means "from the oldest event kept".
 """
 
 from __future__ import annotations
@@ -103,6 +108,12 @@ def split_resource(resource: str) -> tuple[str, str | None]:
 
 def with_rv(seq: int, event: dict[str, Any]) -> dict[str, Any]:
     return {**event, "metadata": {"resourceVersion": str(seq)}}
+
+
+def too_old(rv: int, pruned: int) -> str:
+    """Kubernetes' words for a watch that cannot resume (so clients that parse them keep working)."""
+    return (f"too old resource version: {rv} ({pruned}); events after it were deleted by retention, "
+            "list again and watch from the list's resourceVersion")
 
 
 def encode_continue(after: int) -> str:
@@ -209,13 +220,16 @@ class AuditApi:
         if rv is not None and not rv.isdigit():
             raise ApiError(400, "BadRequest", f"bad resourceVersion {rv!r}")
         last = int(rv) if rv else await self.store.head()
+        pruned = await self.store.pruned()
+        if last and last < pruned:
+            raise ApiError(410, "Expired", too_old(last, pruned))
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         flag = self.hub.register()
         self.metrics.watchers.inc()
         log.info("watch_started", resource_version=last, namespace=flt.namespace)
         try:
-            await self._stream(response, flt, last, flag,
+            await self._stream(response, flt, last, flag, pruned,
                                gone=lambda: request.transport is None or request.transport.is_closing())
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -225,11 +239,21 @@ class AuditApi:
         return response
 
     async def _stream(self, response: web.StreamResponse, flt: EventFilter, last: int, flag: asyncio.Event,
-                      gone: Callable[[], bool] = lambda: False) -> None:
+                      pruned: int = 0, gone: Callable[[], bool] = lambda: False) -> None:
+        """``pruned``: the retention mark the watcher started with (what it accepted as gone)."""
         quiet_since = time.monotonic()
         while not gone():  # aiohttp does not cancel handlers when the client leaves; we look each poll
             flag.clear()
             rows = await self.store.events(flt, last, WATCH_BATCH)
+            # Read after the rows: if retention deleted anything above ``last`` since we last looked,
+            # these rows may lack it (or it went just after we read: we cannot tell, so we say so too).
+            mark = await self.store.pruned()
+            if mark > pruned and mark > last:
+                await self._final(response, status(410, "Expired", too_old(last, mark)))
+                self.metrics.watchers_expired.inc()
+                log.warning("watch_expired", resource_version=last, pruned=mark)
+                return
+            pruned = mark
             if rows:
                 data = b"".join(orjson.dumps({"type": "ADDED", "object": with_rv(s, e)}) + b"\n" for s, e in rows)
                 last = rows[-1][0]
@@ -260,8 +284,12 @@ class AuditApi:
         log.warning("watch_cut_off", resource_version=last, write_timeout=self.write_timeout)
         message = (f"watch closed: the client did not read {WATCH_BATCH} events within {self.write_timeout}s; "
                    f"resume with resourceVersion={last}")
-        line = orjson.dumps({"type": "ERROR", "object": status(504, "SlowConsumer", message,
-                                                                resourceVersion=str(last))}) + b"\n"
+        await self._final(response, status(504, "SlowConsumer", message, resourceVersion=str(last)))
+
+    @staticmethod
+    async def _final(response: web.StreamResponse, error: dict[str, Any]) -> None:
+        """One ERROR line ends the stream (as in a Kubernetes watch)."""
+        line = orjson.dumps({"type": "ERROR", "object": error}) + b"\n"
         try:
             async with asyncio.timeout(1.0):
                 await response.write(line)
