@@ -2,7 +2,7 @@
 
     GET {PREFIX}/events                         ?namespace&user&verb&resource&name&since&until&level&code
     GET {PREFIX}/namespaces/{ns}/events           &limit&continue  |  &watch=true&resourceVersion
-    GET {PREFIX}/namespaces/{ns}/{resource}/{name}/versions|spechistory|diff|bisect
+    GET {PREFIX}/namespaces/{ns}/{resource}/{name}/versions|spechistory|diff|bisect   ?limit (newest changes)
     GET {PREFIX}/{resource}/{name}/versions|...   cluster-scoped objects
 
 ``resource`` is the plural, optionally ``plural.group`` (kubectl style, e.g. ``databases.example.com``);
@@ -43,6 +43,7 @@ API_GROUP = "audit.kube-audit-forwarder.io"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 PREFIX = f"/apis/{API_VERSION}"
 MAX_LIMIT = 5000
+VERSIONS_LIMIT = 1000  # default ``limit`` of the object views: versions are rebuilt from the newest events
 WATCH_BATCH = 500
 BOOKMARK_EVERY = 30.0
 log = get_logger(component="api")
@@ -304,21 +305,34 @@ class AuditApi:
         namespace = m.get("namespace", CLUSTER)
         plural, group = split_resource(m["resource"])
         await self._authorize(request, namespace)
-        rows = await self.store.object_events(group, plural, namespace, m["name"])
+        q = request.query
+        raw = q.get("limit") or str(VERSIONS_LIMIT)
+        if not raw.isdigit() or int(raw) < 1:
+            raise ApiError(400, "BadRequest", "limit must be a number >= 1")
+        limit = min(int(raw), MAX_LIMIT)
+        # A Lease-like object may have 100,000 changes: rebuild only the newest ``limit``, say how many
+        # older ones were left out, and number versions as if all were there.
+        rows, omitted = await self.store.object_history(group, plural, namespace, m["name"], limit)
         where = f"{namespace}/{m['name']}" if namespace else m["name"]
         if not rows:
-            raise ApiError(404, "NotFound", f"no audit events for {m['resource']} {where}")
+            raise ApiError(404, "NotFound", f"no successful changes recorded for {m['resource']} {where}")
         groups = sorted({g for _, g, _ in rows})
         if len(groups) > 1:
             raise ApiError(409, "Conflict", f"{plural} {where} exists in groups {', '.join(groups) or '(core)'}; "
                            f"name it as {plural}.<group>")
         group = groups[0]
-        vs = provenance.versions(((s, e) for s, _, e in rows), builtin=provenance.is_builtin_group(group))
+        vs = provenance.versions(((s, e) for s, _, e in rows), builtin=provenance.is_builtin_group(group),
+                                 first=omitted + 1)
         if not vs:
             raise ApiError(404, "NotFound", f"no successful changes recorded for {m['resource']} {where}")
         ref = {"group": group, "resource": plural, "namespace": namespace, "name": m["name"]}
-        view, q = m["view"], request.query
-        head = {"apiVersion": API_VERSION, "metadata": {}, "objectRef": ref}
+        view = m["view"]
+        meta: dict[str, Any] = {}
+        if omitted:
+            meta = {"omittedVersions": omitted, "message": f"only the newest {limit} changes were read; "
+                    f"{omitted} older ones were left out (raise limit, at most {MAX_LIMIT}, to see more)"}
+        head = {"apiVersion": API_VERSION, "metadata": meta, "objectRef": ref}
+        lo, hi = vs[0]["version"], vs[-1]["version"]
         if view == "versions":
             return json_response({"kind": "ObjectVersionList", **head, "items": vs})
         if view == "spechistory":
@@ -326,15 +340,16 @@ class AuditApi:
             return json_response({"kind": "FieldHistory", **head, "field": field,
                                   "items": provenance.field_history(vs, field)})
         if view == "diff":
-            end = self._version(q.get("end"), len(vs), "end")
-            start = self._version(q.get("start"), max(end - 1, 1), "start")
-            if start > len(vs) or end > len(vs):
-                raise ApiError(400, "BadRequest", f"versions of {m['resource']} {where} go from 1 to {len(vs)}")
-            for n in (start, end):
-                if not vs[n - 1]["complete"]:
-                    raise ApiError(409, "Conflict", f"version {n} cannot be rebuilt: {vs[n - 1]['reason']}")
-            return json_response({"kind": "ObjectDiff", **head,
-                                  **provenance.diff_versions(vs[start - 1], vs[end - 1], q.get("field", ""))})
+            end = self._version(q.get("end"), hi, "end")
+            start = self._version(q.get("start"), max(end - 1, lo), "start")
+            if not (lo <= start <= hi and lo <= end <= hi):
+                more = f" (older ones left out by limit={limit})" if omitted else ""
+                raise ApiError(400, "BadRequest", f"versions of {m['resource']} {where} go from {lo} to {hi}{more}")
+            a, b = vs[start - lo], vs[end - lo]
+            for v in (a, b):
+                if not v["complete"]:
+                    raise ApiError(409, "Conflict", f"version {v['version']} cannot be rebuilt: {v['reason']}")
+            return json_response({"kind": "ObjectDiff", **head, **provenance.diff_versions(a, b, q.get("field", ""))})
         if view == "bisect":
             if not q.get("field") or "value" not in q:
                 raise ApiError(400, "BadRequest", "bisect needs field and value")

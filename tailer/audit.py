@@ -71,6 +71,11 @@ def view(event: dict[str, Any]) -> EventView:
     )
 
 
+def is_dry_run(event: dict[str, Any]) -> bool:
+    """A request made with ?dryRun=All: it changed nothing."""
+    return "dryRun=" in str(event.get("requestURI", ""))
+
+
 def is_secret(event: dict[str, Any]) -> bool:
     ref = event.get("objectRef") or {}
     return ref.get("resource") == "secrets" and not ref.get("apiGroup")

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import orjson
 import psycopg
 
-from .audit import redact, view
+from .audit import is_dry_run, redact, view
 from .sinks import encode_line
 
 T = TypeVar("T")
@@ -302,20 +302,47 @@ class Store:
 
         return await self._run(self._reader, query)
 
-    async def object_events(self, group: str | None, resource: str, namespace: str,
-                            name: str) -> list[tuple[int, str, dict[str, Any]]]:
-        """Mutating ResponseComplete events of one object: (seq, api group, event), oldest first."""
-        sql = ("SELECT seq, api_group, event FROM audit_events WHERE resource = ? AND namespace = ? AND name = ? "
-               "AND stage = 'ResponseComplete' AND verb IN ('create', 'update', 'patch', 'delete')")
+    def _object_query(self, group: str | None, resource: str, namespace: str,
+                      name: str) -> tuple[str, list[Any]]:
+        # the events that can make a version (provenance.makes_version also drops dry runs)
+        where = ("resource = ? AND namespace = ? AND name = ? AND stage = 'ResponseComplete' "
+                 "AND verb IN ('create', 'update', 'patch', 'delete') AND code >= 200 AND code < 300 "
+                 "AND subresource IN ('', 'status')")
         args: list[Any] = [resource, namespace, name]
         if group is not None:
-            sql += " AND api_group = ?"
+            where += " AND api_group = ?"
             args.append(group)
-        sql = self._sql(sql + " ORDER BY ts, seq")
+        return where, args
 
-        def query() -> list[tuple[int, str, dict[str, Any]]]:
-            rows = self._read_conn().execute(sql, args).fetchall()
-            return [(int(seq), str(g), orjson.loads(body)) for seq, g, body in rows]
+    async def object_events(self, group: str | None, resource: str, namespace: str, name: str,
+                            limit: int | None = None) -> list[tuple[int, str, dict[str, Any]]]:
+        """Successful mutating ResponseComplete events of one object: (seq, api group, event), oldest
+        first; with ``limit``, only the newest ``limit`` of them."""
+        rows, _ = await self.object_history(group, resource, namespace, name, limit)
+        return rows
+
+    async def object_history(self, group: str | None, resource: str, namespace: str, name: str,
+                             limit: int | None = None) -> tuple[list[tuple[int, str, dict[str, Any]]], int]:
+        """``object_events`` and how many older versions ``limit`` left out. Only the newest ``limit``
+        events are read whole; the older ones are counted (dry runs, which make no version, apart)."""
+        where, args = self._object_query(group, resource, namespace, name)
+        sql = f"SELECT seq, ts, api_group, event FROM audit_events WHERE {where} ORDER BY ts DESC, seq DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+        older = f"{where} AND (ts < ? OR (ts = ? AND seq < ?))"
+        count_sql = self._sql(f"SELECT COUNT(*) FROM audit_events WHERE {older}")
+        dry_sql = self._sql(f"SELECT event FROM audit_events WHERE {older} AND event LIKE ?")
+
+        def query() -> tuple[list[tuple[int, str, dict[str, Any]]], int]:
+            conn = self._read_conn()
+            rows = conn.execute(self._sql(sql), [*args, limit] if limit is not None else args).fetchall()
+            omitted = 0
+            if limit is not None and len(rows) == limit:
+                seq, ts = rows[-1][0], rows[-1][1]
+                omitted = int(conn.execute(count_sql, (*args, ts, ts, seq)).fetchone()[0])
+                for (body,) in conn.execute(dry_sql, (*args, ts, ts, seq, "%dryRun=%")).fetchall():
+                    omitted -= is_dry_run(orjson.loads(body))
+            return [(int(seq), str(g), orjson.loads(body)) for seq, _, g, body in reversed(rows)], omitted
 
         return await self._run(self._reader, query)
 

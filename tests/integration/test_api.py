@@ -325,3 +325,32 @@ async def test_retention_overtaking_a_slow_watcher_ends_its_stream_with_410(api:
     assert final["type"] == "ERROR"
     assert (final["object"]["code"], final["object"]["reason"]) == (410, "Expired")
     assert api.api.metrics.watchers_expired._value.get() == 1
+
+
+async def test_versions_are_capped_by_limit_and_numbered_as_if_all_were_read(api: Api) -> None:
+    """Versions were rebuilt from an object's whole history: a Lease renewed every few seconds made one
+    request read and replay all of it. Now the newest ``limit`` changes (default 1000)."""
+    await api.insert(SCENARIO)  # 9 versions and a dry-run patch between them
+    full = (await api.get(WEB + "/versions"))["items"]
+    assert [v["version"] for v in full] == list(range(1, 10))
+    for k in range(1, 11):  # the newest k changes: a dry run among them makes no version
+        body = await api.get(WEB + "/versions", limit=str(k))
+        n = len(body["items"])
+        assert n in (k, k - 1)
+        assert [v["version"] for v in body["items"]] == list(range(10 - n, 10))
+        assert [v["resourceVersion"] for v in body["items"]] == [v["resourceVersion"] for v in full[9 - n:]]
+        assert body["metadata"].get("omittedVersions", 0) == 9 - n
+    d = await api.get(WEB + "/diff", limit="3")
+    assert (d["from"]["version"], d["to"]["version"]) == (8, 9) and d["metadata"]["omittedVersions"] == 6
+    bad = await api.get(WEB + "/diff", expect=400, limit="3", start="2", end="8")
+    assert "go from 7 to 9 (older ones left out by limit=3)" in bad["message"]
+    await api.get(WEB + "/versions", expect=400, limit="0")
+
+    lease = {**SCENARIO[0], "objectRef": {"resource": "leases", "namespace": "shop", "name": "leader",
+                                          "apiGroup": "coordination.k8s.io", "apiVersion": "v1"}, "verb": "update",
+             "stage": "ResponseComplete", "responseStatus": {"code": 200}}
+    await api.insert([{**lease, "auditID": f"renew-{i}", "stageTimestamp": f"2026-11-21T00:{i // 60 % 60:02d}:"
+                       f"{i % 60:02d}.{i // 3600:06d}Z"} for i in range(3000)])
+    body = await api.get(PREFIX + "/namespaces/shop/leases/leader/versions")
+    assert len(body["items"]) == 1000 and body["items"][0]["version"] == 2001
+    assert body["metadata"]["omittedVersions"] == 2000 and "2000 older ones were left out" in body["metadata"]["message"]
