@@ -125,3 +125,6 @@ def test_a_failed_store_commit_writes_nothing_to_stdout(start_tailer, postgres) 
         sender.send_chunk(SCENARIO[:3])
     assert tailer.records() == SCENARIO[:3]
     assert tailer.proc.poll() is None
+    refused = [e for e in tailer.logs() if e["event"] == "chunk_not_acked"]
+    assert len(refused) == 2 and "disk full" in refused[0]["error"]
+    assert "Unhandled exception" not in tailer.stderr()
