@@ -2,7 +2,7 @@
 
     GET {PREFIX}/events                         ?namespace&user&verb&resource&name&since&until&level&code
     GET {PREFIX}/namespaces/{ns}/events           &limit&continue  |  &watch=true&resourceVersion
-    GET {PREFIX}/namespaces/{ns}/{resource}/{name}/versions|spechistory|diff|bisect
+    GET {PREFIX}/namespaces/{ns}/{resource}/{name}/versions|spechistory|diff|bisect   ?limit (newest changes)
     GET {PREFIX}/{resource}/{name}/versions|...   cluster-scoped objects
 
 ``resource`` is the plural, optionally ``plural.group`` (kubectl style, e.g. ``databases.example.com``);
@@ -12,6 +12,11 @@ Watch: every watcher reads the store by sequence (``seq > last``), a batch at a 
 the store sink says it committed or ``poll`` seconds pass (the timer picks up other replicas' writes to
 a shared PostgreSQL). So a watcher holds at most one batch in memory; one that cannot take a batch within
 ``write_timeout`` is cut off with a final ERROR line saying where to resume.
+
+Like Kubernetes, a watch from a resourceVersion that retention has overtaken (an event above it was
+deleted) answers 410 Gone (reason Expired) rather than skipping what is gone; when retention overtakes
+a running watcher, its stream ends with an ERROR line carrying the same 410 Status. ``resourceVersion=0``
+means "from the oldest event kept".
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ API_GROUP = "audit.kube-audit-forwarder.io"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 PREFIX = f"/apis/{API_VERSION}"
 MAX_LIMIT = 5000
+VERSIONS_LIMIT = 1000  # default ``limit`` of the object views: versions are rebuilt from the newest events
 WATCH_BATCH = 500
 BOOKMARK_EVERY = 30.0
 log = get_logger(component="api")
@@ -103,6 +109,12 @@ def split_resource(resource: str) -> tuple[str, str | None]:
 
 def with_rv(seq: int, event: dict[str, Any]) -> dict[str, Any]:
     return {**event, "metadata": {"resourceVersion": str(seq)}}
+
+
+def too_old(rv: int, pruned: int) -> str:
+    """Kubernetes' words for a watch that cannot resume (so clients that parse them keep working)."""
+    return (f"too old resource version: {rv} ({pruned}); events after it were deleted by retention, "
+            "list again and watch from the list's resourceVersion")
 
 
 def encode_continue(after: int) -> str:
@@ -209,13 +221,16 @@ class AuditApi:
         if rv is not None and not rv.isdigit():
             raise ApiError(400, "BadRequest", f"bad resourceVersion {rv!r}")
         last = int(rv) if rv else await self.store.head()
+        pruned = await self.store.pruned()
+        if last and last < pruned:
+            raise ApiError(410, "Expired", too_old(last, pruned))
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         flag = self.hub.register()
         self.metrics.watchers.inc()
         log.info("watch_started", resource_version=last, namespace=flt.namespace)
         try:
-            await self._stream(response, flt, last, flag,
+            await self._stream(response, flt, last, flag, pruned,
                                gone=lambda: request.transport is None or request.transport.is_closing())
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -225,11 +240,21 @@ class AuditApi:
         return response
 
     async def _stream(self, response: web.StreamResponse, flt: EventFilter, last: int, flag: asyncio.Event,
-                      gone: Callable[[], bool] = lambda: False) -> None:
+                      pruned: int = 0, gone: Callable[[], bool] = lambda: False) -> None:
+        """``pruned``: the retention mark the watcher started with (what it accepted as gone)."""
         quiet_since = time.monotonic()
         while not gone():  # aiohttp does not cancel handlers when the client leaves; we look each poll
             flag.clear()
             rows = await self.store.events(flt, last, WATCH_BATCH)
+            # Read after the rows: if retention deleted anything above ``last`` since we last looked,
+            # these rows may lack it (or it went just after we read: we cannot tell, so we say so too).
+            mark = await self.store.pruned()
+            if mark > pruned and mark > last:
+                await self._final(response, status(410, "Expired", too_old(last, mark)))
+                self.metrics.watchers_expired.inc()
+                log.warning("watch_expired", resource_version=last, pruned=mark)
+                return
+            pruned = mark
             if rows:
                 data = b"".join(orjson.dumps({"type": "ADDED", "object": with_rv(s, e)}) + b"\n" for s, e in rows)
                 last = rows[-1][0]
@@ -260,8 +285,12 @@ class AuditApi:
         log.warning("watch_cut_off", resource_version=last, write_timeout=self.write_timeout)
         message = (f"watch closed: the client did not read {WATCH_BATCH} events within {self.write_timeout}s; "
                    f"resume with resourceVersion={last}")
-        line = orjson.dumps({"type": "ERROR", "object": status(504, "SlowConsumer", message,
-                                                                resourceVersion=str(last))}) + b"\n"
+        await self._final(response, status(504, "SlowConsumer", message, resourceVersion=str(last)))
+
+    @staticmethod
+    async def _final(response: web.StreamResponse, error: dict[str, Any]) -> None:
+        """One ERROR line ends the stream (as in a Kubernetes watch)."""
+        line = orjson.dumps({"type": "ERROR", "object": error}) + b"\n"
         try:
             async with asyncio.timeout(1.0):
                 await response.write(line)
@@ -276,21 +305,34 @@ class AuditApi:
         namespace = m.get("namespace", CLUSTER)
         plural, group = split_resource(m["resource"])
         await self._authorize(request, namespace)
-        rows = await self.store.object_events(group, plural, namespace, m["name"])
+        q = request.query
+        raw = q.get("limit") or str(VERSIONS_LIMIT)
+        if not raw.isdigit() or int(raw) < 1:
+            raise ApiError(400, "BadRequest", "limit must be a number >= 1")
+        limit = min(int(raw), MAX_LIMIT)
+        # A Lease-like object may have 100,000 changes: rebuild only the newest ``limit``, say how many
+        # older ones were left out, and number versions as if all were there.
+        rows, omitted = await self.store.object_history(group, plural, namespace, m["name"], limit)
         where = f"{namespace}/{m['name']}" if namespace else m["name"]
         if not rows:
-            raise ApiError(404, "NotFound", f"no audit events for {m['resource']} {where}")
+            raise ApiError(404, "NotFound", f"no successful changes recorded for {m['resource']} {where}")
         groups = sorted({g for _, g, _ in rows})
         if len(groups) > 1:
             raise ApiError(409, "Conflict", f"{plural} {where} exists in groups {', '.join(groups) or '(core)'}; "
                            f"name it as {plural}.<group>")
         group = groups[0]
-        vs = provenance.versions(((s, e) for s, _, e in rows), builtin=provenance.is_builtin_group(group))
+        vs = provenance.versions(((s, e) for s, _, e in rows), builtin=provenance.is_builtin_group(group),
+                                 first=omitted + 1)
         if not vs:
             raise ApiError(404, "NotFound", f"no successful changes recorded for {m['resource']} {where}")
         ref = {"group": group, "resource": plural, "namespace": namespace, "name": m["name"]}
-        view, q = m["view"], request.query
-        head = {"apiVersion": API_VERSION, "metadata": {}, "objectRef": ref}
+        view = m["view"]
+        meta: dict[str, Any] = {}
+        if omitted:
+            meta = {"omittedVersions": omitted, "message": f"only the newest {limit} changes were read; "
+                    f"{omitted} older ones were left out (raise limit, at most {MAX_LIMIT}, to see more)"}
+        head = {"apiVersion": API_VERSION, "metadata": meta, "objectRef": ref}
+        lo, hi = vs[0]["version"], vs[-1]["version"]
         if view == "versions":
             return json_response({"kind": "ObjectVersionList", **head, "items": vs})
         if view == "spechistory":
@@ -298,15 +340,16 @@ class AuditApi:
             return json_response({"kind": "FieldHistory", **head, "field": field,
                                   "items": provenance.field_history(vs, field)})
         if view == "diff":
-            end = self._version(q.get("end"), len(vs), "end")
-            start = self._version(q.get("start"), max(end - 1, 1), "start")
-            if start > len(vs) or end > len(vs):
-                raise ApiError(400, "BadRequest", f"versions of {m['resource']} {where} go from 1 to {len(vs)}")
-            for n in (start, end):
-                if not vs[n - 1]["complete"]:
-                    raise ApiError(409, "Conflict", f"version {n} cannot be rebuilt: {vs[n - 1]['reason']}")
-            return json_response({"kind": "ObjectDiff", **head,
-                                  **provenance.diff_versions(vs[start - 1], vs[end - 1], q.get("field", ""))})
+            end = self._version(q.get("end"), hi, "end")
+            start = self._version(q.get("start"), max(end - 1, lo), "start")
+            if not (lo <= start <= hi and lo <= end <= hi):
+                more = f" (older ones left out by limit={limit})" if omitted else ""
+                raise ApiError(400, "BadRequest", f"versions of {m['resource']} {where} go from {lo} to {hi}{more}")
+            a, b = vs[start - lo], vs[end - lo]
+            for v in (a, b):
+                if not v["complete"]:
+                    raise ApiError(409, "Conflict", f"version {v['version']} cannot be rebuilt: {v['reason']}")
+            return json_response({"kind": "ObjectDiff", **head, **provenance.diff_versions(a, b, q.get("field", ""))})
         if view == "bisect":
             if not q.get("field") or "value" not in q:
                 raise ApiError(400, "BadRequest", "bisect needs field and value")

@@ -23,9 +23,14 @@ log = get_logger(component="tailer")
 async def serve(settings: Settings, stop: asyncio.Event) -> int:
     metrics = TailerMetrics()
     sinks: list[Sink] = []
-    if settings.stdout:
-        sinks.append(StdoutSink(metrics))
     store, api_routes, store_tasks = await open_store(settings, metrics, sinks)
+    if settings.stdout:
+        # After the store, on purpose. A failed store commit is common (PostgreSQL restarts, a full
+        # disk) and means no ack, so the forwarder resends the chunk: written to stdout first, those
+        # lines would repeat on every failed attempt. Committed first, a repeat on stdout happens only
+        # when stdout itself failed after the commit, and the store drops the resend by (auditID, stage).
+        # The ack still waits for both (Pipeline.deliver).
+        sinks.append(StdoutSink(metrics))
     observers: list[Observer] = []
     configmaps = await connect_writer(settings.configmaps, metrics)
     if configmaps is not None:

@@ -87,11 +87,19 @@ def parse_token_file(text: str, path: str) -> dict[str, tuple[Identity, frozense
             if isinstance(namespaces, str):
                 namespaces = [namespaces]
             entries.append((str(item["token"]), str(item["user"]), [str(n) for n in namespaces]))
-    out = {}
+    out: dict[str, tuple[Identity, frozenset[str]]] = {}
+    scopes: dict[str, frozenset[str]] = {}  # namespaces are looked up by user: one set per user
     for token, user, namespaces in entries:
         if not token or not user or not namespaces:
             raise AuthzConfigError(f"{path}: entry for user {user!r} needs a token and at least one namespace")
-        out[_digest(token)] = (Identity(user), frozenset(namespaces))
+        scope = scopes.setdefault(user, frozenset(namespaces))
+        if scope != frozenset(namespaces):
+            raise AuthzConfigError(f"{path}: user {user!r} is listed with different namespaces; "
+                                   "the tokens of one user share one set of namespaces")
+        if _digest(token) in out:
+            raise AuthzConfigError(f"{path}: a token is listed twice (users {out[_digest(token)][0].user!r} "
+                                   f"and {user!r})")
+        out[_digest(token)] = (Identity(user), scope)
     return out
 
 

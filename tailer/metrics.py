@@ -37,3 +37,6 @@ class TailerMetrics:
         self.watchers = Gauge("tailer_api_watchers", "Open watch streams", registry=r)
         self.watchers_cut_off = Counter("tailer_api_watchers_cut_off", "Watch streams closed for reading too slowly",
                                         registry=r)
+        self.watchers_expired = Counter("tailer_api_watchers_expired",
+                                        "Watch streams ended (410) because retention deleted events they had not read",
+                                        registry=r)

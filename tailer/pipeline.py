@@ -1,6 +1,7 @@
 """Fan-out of received records to the sinks.
 
-Gating sinks (stdout, the store) are awaited in order before the chunk is acked; a failure means no
+Gating sinks (the store, then stdout: see app.serve for why that order) are awaited in order before
+the chunk is acked; a failure means no
 ack, so the forwarder resends. Observers (audit ConfigMaps, the watch stream) are offered the records
 after the gating sinks have them; ``offer`` must never block or raise into the ack path: an observer
 that is behind keeps its own bounded backlog and counts what it drops.

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeGuard
 
-from .audit import MUTATING_VERBS
+from .audit import MUTATING_VERBS, is_dry_run
 
 VERSION_SUBRESOURCES = ("", "status")
 _MISSING = object()
@@ -41,7 +41,7 @@ def makes_version(event: dict[str, Any]) -> bool:
         and event.get("verb") in MUTATING_VERBS
         and isinstance(code, int) and 200 <= code < 300
         and (ref.get("subresource") or "") in VERSION_SUBRESOURCES
-        and "dryRun=" not in str(event.get("requestURI", ""))
+        and not is_dry_run(event)
     )
 
 
@@ -226,8 +226,10 @@ def apply_patch(state: dict[str, Any], patch: Any, builtin: bool) -> tuple[dict[
 
 # ---- versions ------------------------------------------------------------------------------------
 
-def versions(events: Iterable[tuple[int, dict[str, Any]]], builtin: bool = False) -> list[dict[str, Any]]:
-    """The versions of one object from its events (store sequence, event), oldest first."""
+def versions(events: Iterable[tuple[int, dict[str, Any]]], builtin: bool = False,
+             first: int = 1) -> list[dict[str, Any]]:
+    """The versions of one object from its events (store sequence, event), oldest first, numbered from
+    ``first`` (more than 1 when older events were left out)."""
     out: list[dict[str, Any]] = []
     state: dict[str, Any] | None = None
     known = False  # whether ``state`` is the object's state (None = it does not exist)
@@ -238,7 +240,7 @@ def versions(events: Iterable[tuple[int, dict[str, Any]]], builtin: bool = False
         req, resp = event.get("requestObject"), event.get("responseObject")
         user = (event.get("user") or {}).get("username", "")
         v: dict[str, Any] = {
-            "version": len(out) + 1, "resourceVersion": str(seq), "auditID": event.get("auditID", ""),
+            "version": first + len(out), "resourceVersion": str(seq), "auditID": event.get("auditID", ""),
             "time": event.get("stageTimestamp", ""), "user": user, "verb": verb,
             "subresource": (event.get("objectRef") or {}).get("subresource") or "",
             "code": (event.get("responseStatus") or {}).get("code"), "complete": True, "deleted": False,

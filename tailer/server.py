@@ -126,6 +126,9 @@ class ForwardServer:
             log.warning("bad_frame", peer=peer, reason=exc.reason, error=str(exc))
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             log.info("connection_lost", peer=peer, error=str(exc) or type(exc).__name__)
+        except Exception as exc:  # a sink refused the chunk (counted in Pipeline.deliver): no ack, and
+            # closing makes the forwarder resend it (was an unlogged "Unhandled exception" traceback)
+            log.error("chunk_not_acked", peer=peer, error=str(exc) or type(exc).__name__)
 
     async def _read(self, reader: asyncio.StreamReader) -> bytes:
         task = asyncio.current_task()

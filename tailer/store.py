@@ -8,7 +8,9 @@ One table, ``audit_events``: ``seq`` (the store sequence, also the API's resourc
 API filters on, and the redacted event as JSON text. Inserts are idempotent on (audit_id, stage).
 On PostgreSQL every insert transaction takes a transaction-scoped advisory lock first, so sequence
 numbers become visible in commit order across replicas: a reader that has seen ``seq`` N never later
-finds a new row below N (watchers resume by sequence without gaps).
+finds a new row below N (watchers resume by sequence without gaps). Retention records the highest
+sequence it ever deleted in ``audit_pruned`` (in the same transaction as the delete): a watcher that
+resumes from below it may have missed an event and is told so (410 Expired) instead of skipping it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, TypeVar
 import orjson
 import psycopg
 
-from .audit import redact, view
+from .audit import is_dry_run, redact, view
 from .sinks import encode_line
 
 T = TypeVar("T")
@@ -45,7 +47,9 @@ CREATE TABLE IF NOT EXISTS audit_events (
 CREATE INDEX IF NOT EXISTS audit_events_object ON audit_events (resource, namespace, name, seq);
 CREATE INDEX IF NOT EXISTS audit_events_namespace ON audit_events (namespace, seq);
 CREATE INDEX IF NOT EXISTS audit_events_user ON audit_events (username, seq);
-CREATE INDEX IF NOT EXISTS audit_events_ts ON audit_events (ts)
+CREATE INDEX IF NOT EXISTS audit_events_ts ON audit_events (ts);
+CREATE TABLE IF NOT EXISTS audit_pruned (id INTEGER PRIMARY KEY, max_seq BIGINT NOT NULL);
+INSERT INTO audit_pruned (id, max_seq) VALUES (1, 0) ON CONFLICT (id) DO NOTHING
 """
 
 
@@ -242,18 +246,49 @@ class Store:
         return by_age, by_size
 
     def _delete(self, conn: Any, where: str, arg: Any) -> int:
+        """Delete and raise the pruned mark to the highest sequence deleted, in one transaction."""
+        top_sql = self._sql(f"SELECT MAX(seq) FROM audit_events WHERE {where}")
         sql = self._sql(f"DELETE FROM audit_events WHERE {where}")
+        mark = self._sql("UPDATE audit_pruned SET max_seq = ? WHERE id = 1 AND max_seq < ?")
+
+        def delete() -> int:
+            top = conn.execute(top_sql, (arg,)).fetchone()[0]
+            if top is None:
+                return 0
+            deleted = int(conn.execute(sql, (arg,)).rowcount)
+            conn.execute(mark, (top, top))
+            return deleted
+
         if self.postgres:
             with conn.transaction():
-                return int(conn.execute(sql, (arg,)).rowcount)
-        return int(conn.execute(sql, (arg,)).rowcount)
+                return delete()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = delete()
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return deleted
 
     # ---- reads ----
 
     async def head(self) -> int:
-        """The highest sequence stored (0 when empty)."""
-        return await self._run(self._reader, lambda: int(
-            self._read_conn().execute("SELECT COALESCE(MAX(seq), 0) FROM audit_events").fetchone()[0]))
+        """The highest sequence stored or pruned (0 when nothing was ever stored)."""
+        def query() -> int:
+            conn = self._read_conn()
+            stored = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_events").fetchone()[0]
+            return max(int(stored), self._pruned(conn))
+
+        return await self._run(self._reader, query)
+
+    async def pruned(self) -> int:
+        """The highest sequence retention ever deleted (0 when none): events above it are all kept."""
+        return await self._run(self._reader, lambda: self._pruned(self._read_conn()))
+
+    @staticmethod
+    def _pruned(conn: Any) -> int:
+        return int(conn.execute("SELECT COALESCE(MAX(max_seq), 0) FROM audit_pruned").fetchone()[0])
 
     async def events(self, flt: EventFilter, after: int = 0, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
         """Events matching ``flt`` with seq > ``after``, in sequence order."""
@@ -267,20 +302,47 @@ class Store:
 
         return await self._run(self._reader, query)
 
-    async def object_events(self, group: str | None, resource: str, namespace: str,
-                            name: str) -> list[tuple[int, str, dict[str, Any]]]:
-        """Mutating ResponseComplete events of one object: (seq, api group, event), oldest first."""
-        sql = ("SELECT seq, api_group, event FROM audit_events WHERE resource = ? AND namespace = ? AND name = ? "
-               "AND stage = 'ResponseComplete' AND verb IN ('create', 'update', 'patch', 'delete')")
+    def _object_query(self, group: str | None, resource: str, namespace: str,
+                      name: str) -> tuple[str, list[Any]]:
+        # the events that can make a version (provenance.makes_version also drops dry runs)
+        where = ("resource = ? AND namespace = ? AND name = ? AND stage = 'ResponseComplete' "
+                 "AND verb IN ('create', 'update', 'patch', 'delete') AND code >= 200 AND code < 300 "
+                 "AND subresource IN ('', 'status')")
         args: list[Any] = [resource, namespace, name]
         if group is not None:
-            sql += " AND api_group = ?"
+            where += " AND api_group = ?"
             args.append(group)
-        sql = self._sql(sql + " ORDER BY ts, seq")
+        return where, args
 
-        def query() -> list[tuple[int, str, dict[str, Any]]]:
-            rows = self._read_conn().execute(sql, args).fetchall()
-            return [(int(seq), str(g), orjson.loads(body)) for seq, g, body in rows]
+    async def object_events(self, group: str | None, resource: str, namespace: str, name: str,
+                            limit: int | None = None) -> list[tuple[int, str, dict[str, Any]]]:
+        """Successful mutating ResponseComplete events of one object: (seq, api group, event), oldest
+        first; with ``limit``, only the newest ``limit`` of them."""
+        rows, _ = await self.object_history(group, resource, namespace, name, limit)
+        return rows
+
+    async def object_history(self, group: str | None, resource: str, namespace: str, name: str,
+                             limit: int | None = None) -> tuple[list[tuple[int, str, dict[str, Any]]], int]:
+        """``object_events`` and how many older versions ``limit`` left out. Only the newest ``limit``
+        events are read whole; the older ones are counted (dry runs, which make no version, apart)."""
+        where, args = self._object_query(group, resource, namespace, name)
+        sql = f"SELECT seq, ts, api_group, event FROM audit_events WHERE {where} ORDER BY ts DESC, seq DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+        older = f"{where} AND (ts < ? OR (ts = ? AND seq < ?))"
+        count_sql = self._sql(f"SELECT COUNT(*) FROM audit_events WHERE {older}")
+        dry_sql = self._sql(f"SELECT event FROM audit_events WHERE {older} AND event LIKE ?")
+
+        def query() -> tuple[list[tuple[int, str, dict[str, Any]]], int]:
+            conn = self._read_conn()
+            rows = conn.execute(self._sql(sql), [*args, limit] if limit is not None else args).fetchall()
+            omitted = 0
+            if limit is not None and len(rows) == limit:
+                seq, ts = rows[-1][0], rows[-1][1]
+                omitted = int(conn.execute(count_sql, (*args, ts, ts, seq)).fetchone()[0])
+                for (body,) in conn.execute(dry_sql, (*args, ts, ts, seq, "%dryRun=%")).fetchall():
+                    omitted -= is_dry_run(orjson.loads(body))
+            return [(int(seq), str(g), orjson.loads(body)) for seq, _, g, body in reversed(rows)], omitted
 
         return await self._run(self._reader, query)
 

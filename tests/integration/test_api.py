@@ -260,3 +260,97 @@ async def test_api_disabled_without_an_authorizer(store_target: str) -> None:
         resp = await client.get(PREFIX + "/events")
         assert resp.status == 503 and "--token-file" in (await resp.json())["message"]
     await store.close()
+
+
+def aged(n: int) -> dict[str, Any]:
+    """An event of day ``n`` in November 2026 (retention by age deletes the oldest days first)."""
+    return {**SCENARIO[0], "auditID": f"aged-{n}", "stageTimestamp": f"2026-11-{n:02d}T00:00:00Z"}
+
+
+async def prune_through(api: Api, day: int) -> tuple[int, int]:
+    """Retention by age deletes the events of days 1..``day``."""
+    nov = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
+    return await api.store.prune(86400.0, None, now=nov + (day + 0.5) * 86400)
+
+
+class GatedResponse:
+    """A watch client whose first write waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.gate, self.writing = asyncio.Event(), asyncio.Event()
+        self.lines: list[dict[str, Any]] = []
+
+    async def write(self, data: bytes) -> None:
+        self.writing.set()
+        await self.gate.wait()
+        self.lines += [orjson.loads(line) for line in data.splitlines()]
+
+    async def write_eof(self) -> None:
+        pass
+
+
+async def test_watch_from_a_pruned_resource_version_is_gone(api: Api) -> None:
+    """Regression: a watch resuming below what retention deleted silently skipped the deleted events."""
+    await api.insert([aged(n) for n in range(1, 11)])
+    rows = await api.store.events(EventFilter(), 0, 100)
+    seqs = [s for s, _ in rows]
+    assert await prune_through(api, 5) == (5, 0)
+    url = PREFIX + "/events"
+    gone = await api.get(url, expect=410, watch="true", resourceVersion=str(seqs[2]))
+    assert (gone["kind"], gone["code"], gone["reason"]) == ("Status", 410, "Expired")
+    assert gone["message"].startswith(f"too old resource version: {seqs[2]} ({seqs[4]})")
+    for ok in (str(seqs[4]), "0"):  # from the last pruned event on, or from the oldest kept
+        resp = await api.client.get(url, headers=ADMIN, params={"watch": "true", "resourceVersion": ok})
+        assert resp.status == 200
+        (first,) = await read_lines(resp, 1)
+        assert first["object"]["auditID"] == "aged-6"
+        resp.close()
+    await prune_through(api, 10)  # everything goes: the head does not go back
+    assert (await api.get(url))["metadata"]["resourceVersion"] == str(seqs[-1])
+
+
+async def test_retention_overtaking_a_slow_watcher_ends_its_stream_with_410(api: Api) -> None:
+    await api.insert([aged(n) for n in range(1, 6)])
+    gated = GatedResponse()
+    watcher = asyncio.create_task(api.api._stream(gated, EventFilter(), 0, api.hub.register()))  # type: ignore[arg-type]
+    async with asyncio.timeout(10):
+        await gated.writing.wait()  # it has read days 1..5
+    await api.insert([aged(n) for n in range(6, 11)])
+    assert await prune_through(api, 7) == (7, 0)  # days 6 and 7 were never read
+    gated.gate.set()  # the watcher writes its first batch (days 1..5), then reads on
+    async with asyncio.timeout(10):
+        await watcher
+    *added, final = gated.lines
+    assert [e["object"]["auditID"] for e in added] == [f"aged-{n}" for n in range(1, 6)]
+    assert final["type"] == "ERROR"
+    assert (final["object"]["code"], final["object"]["reason"]) == (410, "Expired")
+    assert api.api.metrics.watchers_expired._value.get() == 1
+
+
+async def test_versions_are_capped_by_limit_and_numbered_as_if_all_were_read(api: Api) -> None:
+    """Versions were rebuilt from an object's whole history: a Lease renewed every few seconds made one
+    request read and replay all of it. Now the newest ``limit`` changes (default 1000)."""
+    await api.insert(SCENARIO)  # 9 versions and a dry-run patch between them
+    full = (await api.get(WEB + "/versions"))["items"]
+    assert [v["version"] for v in full] == list(range(1, 10))
+    for k in range(1, 11):  # the newest k changes: a dry run among them makes no version
+        body = await api.get(WEB + "/versions", limit=str(k))
+        n = len(body["items"])
+        assert n in (k, k - 1)
+        assert [v["version"] for v in body["items"]] == list(range(10 - n, 10))
+        assert [v["resourceVersion"] for v in body["items"]] == [v["resourceVersion"] for v in full[9 - n:]]
+        assert body["metadata"].get("omittedVersions", 0) == 9 - n
+    d = await api.get(WEB + "/diff", limit="3")
+    assert (d["from"]["version"], d["to"]["version"]) == (8, 9) and d["metadata"]["omittedVersions"] == 6
+    bad = await api.get(WEB + "/diff", expect=400, limit="3", start="2", end="8")
+    assert "go from 7 to 9 (older ones left out by limit=3)" in bad["message"]
+    await api.get(WEB + "/versions", expect=400, limit="0")
+
+    lease = {**SCENARIO[0], "objectRef": {"resource": "leases", "namespace": "shop", "name": "leader",
+                                          "apiGroup": "coordination.k8s.io", "apiVersion": "v1"}, "verb": "update",
+             "stage": "ResponseComplete", "responseStatus": {"code": 200}}
+    await api.insert([{**lease, "auditID": f"renew-{i}", "stageTimestamp": f"2026-11-21T00:{i // 60 % 60:02d}:"
+                       f"{i % 60:02d}.{i // 3600:06d}Z"} for i in range(3000)])
+    body = await api.get(PREFIX + "/namespaces/shop/leases/leader/versions")
+    assert len(body["items"]) == 1000 and body["items"][0]["version"] == 2001
+    assert body["metadata"]["omittedVersions"] == 2000 and "2000 older ones were left out" in body["metadata"]["message"]

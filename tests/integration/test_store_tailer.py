@@ -101,3 +101,30 @@ def test_kubectl_audit_over_the_api(tailer, capsys, monkeypatch) -> None:
     assert code == 1 and err.startswith("error: unauthorized (401): ")
     code, _, err = run("history", "-n", "shop", "--server", "http://127.0.0.1:9")
     assert code == 1 and err.startswith("error: cannot reach the audit API at http://127.0.0.1:9")
+
+
+def test_a_failed_store_commit_writes_nothing_to_stdout(start_tailer, postgres) -> None:
+    """The store commits before stdout is written: a chunk the store refused (no ack, the forwarder
+    resends) leaves no line on stdout, so the resend does not print it twice."""
+    import psycopg
+
+    url = postgres.new_database()
+    tailer = start_tailer("--store", url)
+    with psycopg.connect(url, autocommit=True) as conn:  # the database refuses the next inserts
+        conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN RAISE EXCEPTION 'disk full'; END $$")
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION refuse()")
+    for _ in range(2):  # two attempts of the forwarder, neither acked
+        with Sender("127.0.0.1", tailer.port) as sender, pytest.raises(ConnectionError):
+            sender.send_chunk(SCENARIO[:3])
+    assert tailer.metric("tailer_sink_errors_total", sink="store") == 2
+    assert tailer.records() == []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TRIGGER refuse ON audit_events")
+    with Sender("127.0.0.1", tailer.port) as sender:
+        sender.send_chunk(SCENARIO[:3])
+    assert tailer.records() == SCENARIO[:3]
+    assert tailer.proc.poll() is None
+    refused = [e for e in tailer.logs() if e["event"] == "chunk_not_acked"]
+    assert len(refused) == 2 and "disk full" in refused[0]["error"]
+    assert "Unhandled exception" not in tailer.stderr()

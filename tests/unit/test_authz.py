@@ -46,3 +46,20 @@ def test_bad_store_flags_exit_2(args, capsys) -> None:
         cli.parse(args)
     assert exc.value.code == 2
     assert capsys.readouterr().err.startswith("audit-tailer: error: ")
+
+
+async def test_a_user_listed_twice_never_widens_a_token(tmp_path) -> None:
+    """Regression: namespaces were looked up by user name, so a second entry for the same user with '*'
+    gave the first, namespace-scoped token cluster-wide access. Such a file is now refused."""
+    with pytest.raises(AuthzConfigError, match="different namespaces"):
+        parse_token_file("ci-dev,ci,dev\nci-admin,ci,*\n", "x.csv")
+    with pytest.raises(AuthzConfigError, match="listed twice"):
+        parse_token_file("t,alice,shop\nt,mallory,*\n", "x.csv")
+    rotated = parse_token_file("old,ci,dev\nnew,ci,dev\n", "x.csv")  # token rotation: one user, one scope
+    assert len(rotated) == 2
+    path = tmp_path / "tokens.csv"
+    path.write_text("ci-dev,ci,dev\n")
+    tokens = StaticTokens(str(path))
+    path.write_text("ci-dev,ci,dev\nci-admin,ci,*\n")  # a bad edit: the last good tokens stay
+    ci = await tokens.authenticate("ci-dev")
+    assert ci is not None and not await tokens.allowed(ci, "") and await tokens.authenticate("ci-admin") is None
