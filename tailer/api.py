@@ -121,11 +121,19 @@ def encode_continue(after: int) -> str:
     return base64.urlsafe_b64encode(orjson.dumps({"after": after})).decode().rstrip("=")
 
 
+def uint(raw: str, what: str) -> int:
+    """A non-negative integer that fits the stores' 64-bit columns, else 400."""
+    if not raw.isdigit() or int(raw) > 2**63 - 1:
+        raise ApiError(400, "BadRequest", f"bad {what} {raw[:40]!r}: expected a whole number")
+    return int(raw)
+
+
 def decode_continue(token: str) -> int:
     try:
-        return int(orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))["after"])
+        after = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))["after"]
     except Exception:
         raise ApiError(400, "BadRequest", "bad continue token") from None
+    return uint(str(after), "continue token")
 
 
 class AuditApi:
@@ -188,11 +196,9 @@ class AuditApi:
         resource, group = split_resource(q["resource"]) if q.get("resource") else (None, None)
         now = time.time()
         code = q.get("code")
-        if code is not None and not code.isdigit():
-            raise ApiError(400, "BadRequest", f"bad code {code!r}")
         return EventFilter(
             namespace=namespace, user=q.get("user"), verb=q.get("verb"), resource=resource, group=group,
-            name=q.get("name"), level=q.get("level"), code=int(code) if code else None,
+            name=q.get("name"), level=q.get("level"), code=uint(code, "code") if code else None,
             since=parse_time(q["since"], now) if q.get("since") else None,
             until=parse_time(q["until"], now) if q.get("until") else None,
         )
@@ -218,9 +224,7 @@ class AuditApi:
 
     async def watch(self, request: web.Request, flt: EventFilter) -> web.StreamResponse:
         rv = request.query.get("resourceVersion")
-        if rv is not None and not rv.isdigit():
-            raise ApiError(400, "BadRequest", f"bad resourceVersion {rv!r}")
-        last = int(rv) if rv else await self.store.head()
+        last = uint(rv, "resourceVersion") if rv else await self.store.head()
         pruned = await self.store.pruned()
         if last and last < pruned:
             raise ApiError(410, "Expired", too_old(last, pruned))

@@ -163,6 +163,8 @@ async def test_events_filters_paging_and_list_metadata(api: Api) -> None:
     assert [e["auditID"] for e in recent["items"]] == ["recent"]
     await api.get(PREFIX + "/events", expect=400, since="yesterday-ish")
     await api.get(PREFIX + "/events", expect=400, **{"continue": "garbage!"})
+    await api.get(PREFIX + "/events", expect=400, code="99999999999999999999999")  # beyond 64 bits: not a 500
+    await api.get(PREFIX + "/events", expect=400, watch="true", resourceVersion="1" + "0" * 30)
 
 
 async def test_tokens_and_namespaces(api: Api) -> None:
