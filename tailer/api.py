@@ -238,6 +238,10 @@ class AuditApi:
                                gone=lambda: request.transport is None or request.transport.is_closing())
         except (ConnectionError, asyncio.CancelledError):
             pass
+        except Exception as exc:  # the store failed, or a bookmark could not be written: end cleanly
+            log.error("watch_failed", resource_version=last, error=str(exc) or type(exc).__name__)
+            await self._final(response, status(500, "InternalError", f"watch ended: {exc or type(exc).__name__}; "
+                                                                      "resume from the last resourceVersion seen"))
         finally:
             self.hub.unregister(flag)
             self.metrics.watchers.dec()
