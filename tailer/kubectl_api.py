@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import yaml
 
+from .provenance import describe_change
+
 PREFIX = "/apis/audit.kube-audit-forwarder.io/v1alpha1"
 CLUSTER_SCOPED = {"nodes", "namespaces", "persistentvolumes", "clusterroles", "clusterrolebindings",
                   "storageclasses", "customresourcedefinitions", "priorityclasses", "ingressclasses",
@@ -164,16 +166,36 @@ def emit(obj: Any, output: str, render_table: Any) -> None:
         sys.stdout.write(render_table(obj))
 
 
+def version_changes(versions: list[dict[str, Any]]) -> dict[int, str]:
+    """What each version changed, in words; an unknown state says why instead."""
+    out: dict[int, str] = {}
+    before: dict[str, Any] | None = None
+    known = True
+    for v in versions:
+        if not v["complete"]:
+            out[v["version"]] = f"unknown: {v['reason']}"
+            known = False
+            continue
+        new = None if v["deleted"] else v["object"]
+        if before is None and new is not None and v["verb"] != "create":
+            out[v["version"]] = "first known state"  # the create is older than what is stored
+        else:
+            out[v["version"]] = describe_change(before, new) if known or new is None else "state known again"
+        before, known = new, True
+    return out
+
+
 def history(client: Client, args: argparse.Namespace) -> None:
     if args.resource and args.name:
         body = client.get(object_path(args) + "/versions", {})
         items = [v for v in body["items"] if (not args.user or v["user"] == args.user)
                  and (not args.verb or v["verb"] == args.verb)]
+        changes = version_changes(body["items"])  # against the previous version, before the filters
         body["items"] = items
         emit(body, args.output, lambda b: table(
             [[v["version"], v["time"], v["user"], v["verb"] + (f"/{v['subresource']}" if v["subresource"] else ""),
-              v.get("patchType"), "yes" if v["complete"] else f"no: {v['reason']}"] for v in b["items"]],
-            ["VERSION", "TIME", "USER", "VERB", "PATCH", "COMPLETE"]))
+              v.get("patchType"), changes[v["version"]]] for v in b["items"]],
+            ["VERSION", "TIME", "USER", "VERB", "PATCH", "CHANGE"]))
         return
     params = {**event_filters(args), "limit": args.limit}
     events: list[dict[str, Any]] = []

@@ -17,6 +17,7 @@ the version is marked ``complete: false`` with a reason instead of guessing:
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeGuard
@@ -340,6 +341,36 @@ def diff(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
     if old == new and type(old) is type(new):
         return []
     return [{"op": "replace", "path": path, "from": old, "to": new}]
+
+
+VOLATILE = ("metadata.resourceVersion", "metadata.generation", "metadata.managedFields", "metadata.uid",
+            "metadata.creationTimestamp", "metadata.deletionTimestamp", "status")
+
+
+def _short(value: Any, width: int = 24) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def describe_change(old: dict[str, Any] | None, new: dict[str, Any] | None, width: int = 72) -> str:
+    """One short line for a person: "created", "deleted", or "spec.replicas: 2 -> 3, ..." (spec and
+    labels/annotations; bookkeeping fields such as resourceVersion and status are left out)."""
+    if new is None:
+        return "deleted"
+    if old is None:
+        return "created"
+    parts = []
+    for c in diff(old, new):
+        if c["path"].startswith(VOLATILE):
+            continue
+        if c["op"] == "add":
+            parts.append(f"{c['path']}: {_short(c['to'])}")
+        elif c["op"] == "remove":
+            parts.append(f"{c['path']} removed")
+        else:
+            parts.append(f"{c['path']}: {_short(c['from'])} -> {_short(c['to'])}")
+    text = ", ".join(parts) or "no change"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def summary(v: dict[str, Any]) -> dict[str, Any]:

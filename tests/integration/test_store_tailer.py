@@ -83,8 +83,9 @@ def test_kubectl_audit_over_the_api(tailer, capsys, monkeypatch) -> None:
     code, out, _ = run("history", "deployments.apps", "web", "-n", "shop")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["VERSION", "TIME", "USER", "VERB", "PATCH", "COMPLETE"]
-    assert len(lines) == 10 and lines[4].split()[-2:] == ["no:", "patch"] or "no: patch replaces" in lines[4]
+    assert lines[0].split() == ["VERSION", "TIME", "USER", "VERB", "PATCH", "CHANGE"]
+    assert len(lines) == 10 and "unknown: " in lines[4]
+    assert lines[1].split()[-1] == "created" and "spec." in lines[2] and "->" in lines[2]
     code, out, _ = run("history", "deployments.apps", "web", "-n", "shop", "-o", "json", "--user", "bob@example.com")
     assert [v["version"] for v in orjson.loads(out)["items"]] == [5, 8]
     code, out, _ = run("diff", "deployments", "web", "-n", "shop", "--from", "2", "--to", "3", "--field", "spec")

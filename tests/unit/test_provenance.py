@@ -103,3 +103,15 @@ def test_a_patch_without_a_known_state_is_incomplete_and_a_create_restores_it() 
     assert [(v["complete"], v.get("reason")) for v in vs] == [
         (False, "no known state before this patch"), (True, None), (True, None)]
     assert vs[2]["object"] == {"kind": "W", "spec": {"a": 3}}
+
+
+def test_describe_change_in_words() -> None:
+    from tailer.provenance import describe_change
+
+    old = {"metadata": {"resourceVersion": "1", "labels": {"a": "1"}}, "spec": {"replicas": 2, "image": "web:1"}}
+    new = {"metadata": {"resourceVersion": "2", "labels": {}}, "spec": {"replicas": 3, "image": "web:1", "x": True},
+           "status": {"ready": 1}}
+    assert describe_change(old, new) == "metadata.labels.a removed, spec.replicas: 2 -> 3, spec.x: true"
+    assert describe_change(None, new) == "created" and describe_change(old, None) == "deleted"
+    assert describe_change(old, old) == "no change"
+    assert describe_change({"spec": {"a": "x" * 200}}, {"spec": {"a": "y"}}, width=30).endswith("…")
