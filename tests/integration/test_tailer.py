@@ -101,3 +101,18 @@ def test_sigterm_exits_zero(start_tailer) -> None:
     tailer = start_tailer()
     assert tailer.stop() == 0
     assert any(e["event"] == "tailer_stopped" for e in tailer.logs())
+
+
+def test_chunks_sent_back_to_back_are_acked_in_order(start_tailer) -> None:
+    import uuid
+
+    import fluent_forward as ff
+
+    tailer = start_tailer()
+    ids = [uuid.uuid4().hex for _ in range(20)]
+    with Sender("127.0.0.1", tailer.port) as sender:
+        for n, cid in enumerate(ids):  # all of them before reading a single ack
+            packed = b"".join(ff.encode_entry(ff.EventTime(1, i), {"chunk": n, "i": i}) for i in range(50))
+            sender.sock.sendall(ff.encode_packed_forward("audit", packed, chunk=cid, compress=n % 2 == 0))
+        assert [sender.receive() for _ in ids] == [ff.Ack(cid) for cid in ids]
+    assert [(r["chunk"], r["i"]) for r in tailer.records()] == [(n, i) for n in range(20) for i in range(50)]
