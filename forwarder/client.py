@@ -17,7 +17,7 @@ from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from daemon.tls import ReloadingContext
+from daemon.tls import ReloadingContext, client_context
 from fluent_forward import Ack, ClientHandshake, Decoder, FluentForwardError, Helo, Pong
 
 from .batcher import Chunk
@@ -47,8 +47,8 @@ class ForwardClient:
         self._session = 0  # connection number; a chunk records the one it was last sent on
         self._state = "disconnected"
         self._last_error = ""
-        self.tailer_tls = ReloadingContext(settings.tls, _client_ctx) if settings.tls else None
-        self.proxy_tls = ReloadingContext(settings.proxy_tls, _client_ctx) if settings.proxy_tls else None
+        self.tailer_tls = ReloadingContext(settings.tls, client_context) if settings.tls else None
+        self.proxy_tls = ReloadingContext(settings.proxy_tls, client_context) if settings.proxy_tls else None
 
     # ---- producer side ----------------------------------------------------------------------
 
@@ -247,9 +247,3 @@ class ForwardClient:
         self.metrics.events_acked.inc(chunk.events)
         self._complete(chunk)
         self._settle()
-
-
-def _client_ctx(files: Any) -> Any:
-    from daemon.tls import client_context
-
-    return client_context(files)

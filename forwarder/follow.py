@@ -15,7 +15,7 @@ import os
 import re
 import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any, cast
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -40,7 +40,6 @@ class Source:
     splitter: Splitter
     pos: int  # bytes consumed from the file (the splitter may hold back a partial line)
     head: bytes = b""  # the first bytes of the content (up to FINGERPRINT_BYTES) as last seen
-    name: str = field(default="")
     last_size: int = 0  # size at the last poll: what a truncation may have taken
     raw: IO[bytes] | None = None  # the file under a gzip reader (GzipFile does not close it)
     _fingerprint: tuple[str, int] | None = None  # fixed once the head is complete or the file closed
@@ -225,7 +224,7 @@ class Follower:
             fh.seek(offset)
         self.log.info("file_opened", file=path, inode=st.st_ino, offset=offset, compressed=compressed)
         return Source(path, fh, st.st_dev, st.st_ino, compressed, Splitter(offset, self.max_event_bytes), offset,
-                      head, os.path.basename(path), st.st_size, raw=raw if compressed else None)
+                      head, st.st_size, raw=raw if compressed else None)
 
     def _unreadable(self, path: str, inode: int, exc: BaseException) -> None:
         self.log.error("file_unreadable", file=path, inode=inode, error=str(exc) or type(exc).__name__)

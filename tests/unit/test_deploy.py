@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tools.flagtable import PARSERS
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
@@ -24,16 +26,8 @@ IMAGE = f"kube-audit-forwarder:{VERSION}"
 CONTRACT = {"forward": 24224, "tailer_http": 8080, "forwarder_metrics": 9880}
 
 
-def forwarder_parser() -> argparse.ArgumentParser:
-    from forwarder.cli import build_parser
-
-    return build_parser()
-
-
-def tailer_parser() -> argparse.ArgumentParser:
-    from tailer.cli import build_parser
-
-    return build_parser()
+forwarder_parser = PARSERS["forwarder"]
+tailer_parser = PARSERS["tailer"]
 
 
 def writer_parser() -> argparse.ArgumentParser:
