@@ -1,5 +1,5 @@
 # One image, three programs: audit-forwarder (the apiserver sidecar), audit-tailer (in the cluster),
-# kubectl-audit; plus `python -m demo.writer`, the apiserver-like log writer of docker-compose.yml.
+# kubectl-audit; plus `python -m kube_audit.writer`, the apiserver-like log writer of docker-compose.yml.
 #   docker build -t kube-audit-forwarder:0.1.0 .
 #   docker run --rm kube-audit-forwarder:0.1.0 audit-forwarder --help
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -10,14 +10,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY fluent_forward/ fluent_forward/
-COPY daemon/ daemon/
+COPY kube_audit/ kube_audit/
 COPY forwarder/ forwarder/
 COPY tailer/ tailer/
-COPY demo/ demo/
+COPY kubectl_audit/ kubectl_audit/
 # Every dependency ships binary wheels for amd64 and arm64; a platform without them would need
 # build-essential here, never in the final stage.
 # The kubernetes client ships an asyncio copy of itself (kubernetes/aio, ~68 MB with bytecode, a third of the
-# venv); tailer/kube.py uses the blocking client in a thread, so the copy goes (tests/unit/test_deploy.py
+# venv); kube_audit/kube.py uses the blocking client in a thread, so the copy goes (tests/unit/test_deploy.py
 # checks that nothing imports it).
 RUN pip wheel --wheel-dir /wheels ".[postgres]" \
  && python -m venv --without-pip /opt/kaf \

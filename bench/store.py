@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.synth import events, free_port  # noqa: E402
-from tailer import provenance  # noqa: E402
+from kube_audit.model import provenance  # noqa: E402
 from tailer.store import EventFilter, Store  # noqa: E402
 
 
@@ -115,7 +115,7 @@ def main() -> int:
         if args.only != "postgresql":
             print(asyncio.run(run("sqlite", str(Path(tmp) / "audit.db"), args.events, args.rows)), flush=True)
         if args.only != "sqlite":
-            from tests.pgserver import PostgresServer
+            from tests.helpers.pgserver import PostgresServer
 
             server = PostgresServer(free_port(), fsync=True).start()
             try:

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tests" / "data" / "audit-sample.log"
 sys.path.insert(0, str(ROOT))
 
-from demo.writer import RotatingLog  # noqa: E402
+from kube_audit.writer import RotatingLog  # noqa: E402
 
 
 def free_port() -> int:
@@ -80,7 +80,7 @@ def main() -> int:
                   f"audit-forwarder and acked by audit-tailer (forwarder log: {fwd_log.name})", file=sys.stderr)
             print("\ndemo: who changed databases.example.com/orders in namespace shop, from the tailer's store:\n"
                   "$ kubectl audit history databases.example.com orders -n shop", file=sys.stderr)
-            subprocess.run([sys.executable, "-m", "tailer.kubectl_audit", "history", "databases.example.com", "orders",
+            subprocess.run([sys.executable, "-m", "kubectl_audit.cli", "history", "databases.example.com", "orders",
                             "-n", "shop", "--server", f"http://127.0.0.1:{thttp}"], env=env, check=False)
         finally:
             forwarder.terminate()

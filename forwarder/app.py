@@ -9,10 +9,10 @@ from typing import IO
 
 import orjson
 
-from daemon import lifecycle
-from daemon.http import HttpServer, build_app
-from daemon.observability import get_logger
 from fluent_forward import EventTime
+from kube_audit.runtime import lifecycle
+from kube_audit.runtime.http import HttpServer, build_app
+from kube_audit.runtime.observability import get_logger
 
 from . import checkpoint
 from .batcher import Batcher, Chunk

@@ -8,9 +8,16 @@ import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from daemon.flags import EnvParser, parse_bool, parse_duration, parse_hostport, parse_size, read_secret
-from daemon.observability import LEVELS
-from daemon.tls import TLSFiles
+from kube_audit.runtime.flags import (
+    EnvParser,
+    parse_bool,
+    parse_duration,
+    parse_hostport,
+    parse_size,
+    read_secret,
+)
+from kube_audit.runtime.observability import LEVELS
+from kube_audit.runtime.tls import TLSFiles
 
 from .settings import BatchSettings, ClientSettings, FollowSettings, Settings
 from .transport import Route
@@ -183,9 +190,9 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse(argv)
-    from daemon import lifecycle
-    from daemon.observability import get_logger, setup_logging
-    from daemon.tls import TLSConfigError
+    from kube_audit.runtime import lifecycle
+    from kube_audit.runtime.observability import get_logger, setup_logging
+    from kube_audit.runtime.tls import TLSConfigError
 
     from .app import serve
     from .errors import ConfigError

@@ -17,8 +17,8 @@ from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from daemon.tls import ReloadingContext, client_context
 from fluent_forward import Ack, ClientHandshake, Decoder, FluentForwardError, Helo, Pong
+from kube_audit.runtime.tls import ReloadingContext, client_context
 
 from .batcher import Chunk
 from .errors import AckTimeout, TransportError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from daemon.tls import TLSFiles
+from kube_audit.runtime.tls import TLSFiles
 
 from .transport import Route
 

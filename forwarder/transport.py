@@ -9,7 +9,7 @@ import os
 import ssl
 from dataclasses import dataclass
 
-from daemon.tls import ReloadingContext, TLSConfigError
+from kube_audit.runtime.tls import ReloadingContext, TLSConfigError
 
 from .errors import TransportError
 

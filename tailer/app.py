@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from daemon.http import HttpServer, build_app
-from daemon.lifecycle import wait_stop_or_death
-from daemon.observability import get_logger
-
-from .configmaps import connect_writer
-from .errors import StoreUnavailable
-from .metrics import TailerMetrics
-from .pipeline import Observer, Pipeline, Sink
-from .server import ForwardServer
-from .settings import Settings
-from .sinks import StdoutSink, StoreSink, retention_loop
+from kube_audit.runtime.http import HttpServer, build_app
+from kube_audit.runtime.lifecycle import wait_stop_or_death
+from kube_audit.runtime.observability import get_logger
+from tailer.configmaps.writer import connect_writer
+from tailer.errors import StoreUnavailable
+from tailer.ingest.listener import ForwardServer
+from tailer.ingest.pipeline import Observer, Pipeline, Sink
+from tailer.ingest.stdout import StdoutSink
+from tailer.metrics import TailerMetrics
+from tailer.settings import Settings
+from tailer.store.sink import StoreSink, retention_loop
 
 log = get_logger(component="tailer")
 
@@ -66,9 +66,9 @@ async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sin
     """The store as a gating sink, its retention task and the API routes over it (none with --store none)."""
     if settings.store.target is None:
         return None, [], []
-    from .api import AuditApi, WatchHub
-    from .authz import build
-    from .store import Store
+    from tailer.api.authz import build
+    from tailer.api.routes import AuditApi, WatchHub
+    from tailer.store import Store
 
     authorizer = build(settings.api.auth, settings.api.token_file, settings.configmaps.kubeconfig)
     try:

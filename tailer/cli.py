@@ -8,11 +8,24 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from daemon.flags import EnvParser, parse_bool, parse_duration, parse_hostport, parse_size, read_secret
-from daemon.observability import LEVELS
-from daemon.tls import TLSFiles
-
-from .settings import ApiSettings, ConfigMapSettings, ForwardSettings, HttpSettings, Settings, StoreSettings
+from kube_audit.runtime.flags import (
+    EnvParser,
+    parse_bool,
+    parse_duration,
+    parse_hostport,
+    parse_size,
+    read_secret,
+)
+from kube_audit.runtime.observability import LEVELS
+from kube_audit.runtime.tls import TLSFiles
+from tailer.settings import (
+    ApiSettings,
+    ConfigMapSettings,
+    ForwardSettings,
+    HttpSettings,
+    Settings,
+    StoreSettings,
+)
 
 ENV_PREFIX = "AUDIT_TAILER_"
 
@@ -83,7 +96,7 @@ def configmap_settings(parser: EnvParser, args: argparse.Namespace) -> ConfigMap
         parser.error("--configmap-max-pending must be positive")
     account = args.service_account
     if account is None:
-        from .kube import in_cluster_namespace
+        from kube_audit.kube import in_cluster_namespace
 
         account = f"system:serviceaccount:{in_cluster_namespace() or 'kube-audit'}:kube-audit-tailer"
     # the environment gives --track as a comma-separated list of strings
@@ -169,8 +182,8 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse(argv)
-    from daemon import lifecycle
-    from daemon.observability import setup_logging
+    from kube_audit.runtime import lifecycle
+    from kube_audit.runtime.observability import setup_logging
 
     from .app import serve
 
@@ -178,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return lifecycle.run(lambda stop: serve(settings, stop))
     except Exception as exc:  # configuration errors found at start-up
-        from daemon.observability import get_logger
+        from kube_audit.runtime.observability import get_logger
 
         get_logger().error("tailer_failed", error=str(exc), error_type=type(exc).__name__)
         return 1

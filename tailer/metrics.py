@@ -19,7 +19,7 @@ class TailerMetrics:
         self.open_connections = Gauge("tailer_connections_open", "Connections open now", registry=r)
         self.unencodable = Counter("tailer_records_unencodable", "Records that needed the slow JSON fallback", registry=r)
         self.sink_errors = Counter("tailer_sink_errors", "Chunks a sink failed to take (not acked)", ["sink"], registry=r)
-        # audit ConfigMaps (tailer/configmaps.py)
+        # audit ConfigMaps (tailer/configmaps/writer.py)
         self.configmap_writes = Counter("tailer_configmap_writes", "ConfigMap writes by result", ["result"], registry=r)
         self.configmap_pending = Gauge("tailer_configmap_pending_entries", "Entries waiting for their ConfigMap", registry=r)
         self.configmap_dropped = Counter("tailer_configmap_dropped_entries", "Entries that never reached a ConfigMap",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from daemon.tls import TLSFiles
+from kube_audit.runtime.tls import TLSFiles
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class HttpSettings:
 
 @dataclass(frozen=True)
 class ConfigMapSettings:
-    """Audit ConfigMaps per tracked object (tailer/configmaps.py)."""
+    """Audit ConfigMaps per tracked object (tailer/configmaps/writer.py)."""
 
     enabled: bool = True  # off by itself (one log line) when there is no cluster to talk to
     kubeconfig: str | None = None  # None: in-cluster service account, else $KUBECONFIG or ~/.kube/config

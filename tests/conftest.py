@@ -188,7 +188,7 @@ def start_tailer(tmp_path: Path) -> Iterator[Callable[..., TailerProcess]]:
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from tests.pki import make_pki
+    from tests.helpers.pki import make_pki
 
     return make_pki(tmp_path_factory.mktemp("pki"))
 
@@ -220,7 +220,7 @@ def no_leftover_processes() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Any]:
     """One PostgreSQL server for the session; fails (never skips) when it cannot start."""
-    from tests.pgserver import PostgresServer
+    from tests.helpers.pgserver import PostgresServer
 
     server = PostgresServer(free_port())
     try:

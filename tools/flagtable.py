@@ -35,7 +35,7 @@ def _tailer() -> argparse.ArgumentParser:
 
 
 def _kubectl_audit() -> argparse.ArgumentParser:
-    from tailer.kubectl_configmap import build_parser
+    from kubectl_audit.configmap import build_parser
 
     return build_parser()
 
@@ -74,7 +74,7 @@ def _duration(value: float) -> str:
 
 
 def _default(action: argparse.Action) -> str:
-    from daemon.flags import parse_duration, parse_size
+    from kube_audit.runtime.flags import parse_duration, parse_size
 
     value = action.default
     if value is None or value == [] or value is argparse.SUPPRESS:

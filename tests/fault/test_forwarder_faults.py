@@ -18,7 +18,7 @@ pytestmark = pytest.mark.fault
 
 def writer(folder: Path, events: int, *, start: int = 0, rate: float = 0, rotate: int = 2_000_000,
            backups: int = 5, compress: bool = False) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "tests.auditlog", str(folder), "--events", str(events), "--start", str(start),
+    args = [sys.executable, "-m", "tests.helpers.auditlog", str(folder), "--events", str(events), "--start", str(start),
             "--rotate-bytes", str(rotate), "--max-backups", str(backups), "--rate", str(rate)]
     if compress:
         args.append("--compress")

@@ -13,9 +13,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from daemon.http import build_app
-from tailer.api import PREFIX, AuditApi, WatchHub
-from tailer.authz import StaticTokens
+from kube_audit.runtime.http import build_app
+from tailer.api.authz import StaticTokens
+from tailer.api.routes import PREFIX, AuditApi, WatchHub
 from tailer.metrics import TailerMetrics
 from tailer.store import EventFilter, Store
 from tests.conftest import DATA

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from tailer.configmaps import ANNOTATION, ConfigMapWriter, decode_entries
+from kube_audit.kube import AsyncKube, Kube
+from tailer.configmaps.writer import ANNOTATION, ConfigMapWriter, decode_entries
 from tailer.errors import Conflict, Forbidden, KubeUnconfigured, NotFound, TooLarge, Unavailable
-from tailer.kube import AsyncKube, Kube
 from tailer.metrics import TailerMetrics
 from tailer.settings import ConfigMapSettings
-from tests.fakekube import FakeKube
+from tests.helpers.fakekube import FakeKube
 
 SA = "system:serviceaccount:kube-audit:kube-audit-tailer"
 _ids = itertools.count(1)
@@ -308,7 +308,7 @@ async def test_forbidden_drops_the_batch_and_says_so(fake: FakeKube) -> None:
 
 
 async def test_api_authorizer_over_kubernetes_reviews(fake: FakeKube) -> None:
-    from tailer.authz import build
+    from tailer.api.authz import build
 
     fake.tokens["good"] = ("alice", ["dev"])
     fake.allowed.add(("group:dev", "get", "auditevents", "shop"))

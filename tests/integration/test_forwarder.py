@@ -9,8 +9,8 @@ from pathlib import Path
 
 import orjson
 
-from tests.auditlog import event
 from tests.conftest import SAMPLE, sample_events, wait_for
+from tests.helpers.auditlog import event
 
 
 def append(path: Path, *events: dict | bytes, newline: bytes = b"\n") -> None:

@@ -8,9 +8,9 @@ import pytest
 
 from forwarder.errors import ConfigError, TransportError
 from forwarder.kube import ServiceResolver
-from tests.auditlog import event
 from tests.conftest import wait_for
-from tests.fakekube import FakeKube
+from tests.helpers.auditlog import event
+from tests.helpers.fakekube import FakeKube
 from tests.integration.test_forwarder import append
 
 NS, NAME = "kube-audit", "kube-audit-tailer"

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from tailer import kubectl_audit
-from tests.fakekube import FakeKube
+from kubectl_audit import cli as kubectl_audit
+from tests.helpers.fakekube import FakeKube
 from tests.integration.test_configmaps import database, eventually, fake, start_writer  # noqa: F401
 
 TABLE = """\

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tailer.sinks import encode_line
+from tailer.ingest.stdout import encode_line
 from tailer.store import EventFilter, Store, parse_time
 from tests.conftest import sample_events
 

@@ -8,10 +8,10 @@ import httpx
 import orjson
 import pytest
 
-from tailer import kubectl_api
-from tailer.api import PREFIX
+from kubectl_audit import api as kubectl_api
+from tailer.api.routes import PREFIX
 from tests.conftest import DATA, wait_for
-from tests.sender import Sender
+from tests.helpers.sender import Sender
 
 SCENARIO = [orjson.loads(line) for line in (DATA / "scenario-deployment.log").read_bytes().splitlines()]
 

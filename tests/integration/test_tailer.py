@@ -7,9 +7,9 @@ import ssl
 
 import pytest
 
-from daemon.tls import TLSFiles, client_context
+from kube_audit.runtime.tls import TLSFiles, client_context
 from tests.conftest import sample_events, wait_for
-from tests.sender import Sender
+from tests.helpers.sender import Sender
 
 
 @pytest.mark.parametrize("compress", [False, True])

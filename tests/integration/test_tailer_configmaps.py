@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from tests.conftest import wait_for
-from tests.fakekube import FakeKube
+from tests.helpers.fakekube import FakeKube
+from tests.helpers.sender import Sender
 from tests.integration.test_configmaps import audit, entries, fake  # noqa: F401
-from tests.sender import Sender
 
 FAST = ("--configmap-flush-interval", "50ms", "--configmap-retry-max-wait", "300ms")
 

@@ -16,7 +16,7 @@ import pytest
 
 import fluent_forward as ff
 from tests.conftest import ROOT, sample_events, wait_for
-from tests.sender import Receiver, Sender
+from tests.helpers.sender import Receiver, Sender
 
 pytestmark = pytest.mark.interop
 NODE_DIR = ROOT / "tests" / "interop" / "node"

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from tests.auditlog import event
 from tests.conftest import free_port, python_env, wait_for
+from tests.helpers.auditlog import event
+from tests.helpers.pki import Pair, issue, make_ca, secret_dir
 from tests.integration.test_forwarder import append
-from tests.pki import Pair, issue, make_ca, secret_dir
 
 pytestmark = pytest.mark.interop
 STUNNEL = shutil.which("stunnel4") or shutil.which("stunnel")
@@ -230,7 +230,7 @@ def test_proxy_killed_and_restarted_mid_stream_loses_nothing(start_tailer, start
     log = tmp_path / "audit.log"
     log.touch()
     fwd = start_forwarder(tailer.port, log, "--chunk-events", "200", *proxy_flags(st, pki.ca, pki.client))
-    writer = subprocess.Popen([sys.executable, "-m", "tests.auditlog", str(tmp_path), "--events", str(n),
+    writer = subprocess.Popen([sys.executable, "-m", "tests.helpers.auditlog", str(tmp_path), "--events", str(n),
                                "--rate", "4000", "--rotate-bytes", "1000000", "--max-backups", "50"],
                               env=python_env(), stdout=subprocess.DEVNULL)
     try:

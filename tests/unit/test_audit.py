@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tailer.audit import ObjectKey, dedup_key, redact, view
+from kube_audit.model.audit import ObjectKey, dedup_key, redact, view
 from tests.conftest import sample_events
 
 

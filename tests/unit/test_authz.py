@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tailer import cli
-from tailer.authz import AuthzConfigError, Identity, StaticTokens, parse_token_file
+from tailer.api.authz import AuthzConfigError, Identity, StaticTokens, parse_token_file
 
 
 def test_token_file_formats(tmp_path) -> None:

@@ -1,4 +1,4 @@
-"""The pure half of tailer/configmaps.py: tracking, names, entries, change summaries, bounded merge."""
+"""The pure half of tailer/configmaps/writer.py: tracking, names, entries, change summaries, bounded merge."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tailer.audit import ObjectKey, view
-from tailer.configmaps import (
+from kube_audit.model.audit import ObjectKey, view
+from tailer.configmaps.writer import (
     CHANGE_LIMIT,
     configmap_name,
     decode_entries,

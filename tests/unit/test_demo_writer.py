@@ -1,4 +1,4 @@
-"""demo.writer, the compose demo's audit log: apiserver-like events and the apiserver's rotation names."""
+"""kube_audit.writer, the compose demo's audit log: apiserver-like events and the apiserver's rotation names."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ tailer_parser = PARSERS["tailer"]
 
 
 def writer_parser() -> argparse.ArgumentParser:
-    from demo.writer import build_parser
+    from kube_audit.writer import build_parser
 
     return build_parser()
 
@@ -40,7 +40,7 @@ def writer_parser() -> argparse.ArgumentParser:
 PROGRAMS: dict[tuple[str, ...], tuple[Callable[[], argparse.ArgumentParser], str | None]] = {
     ("audit-forwarder",): (forwarder_parser, "AUDIT_FORWARDER_"),
     ("audit-tailer",): (tailer_parser, "AUDIT_TAILER_"),
-    ("python", "-m", "demo.writer"): (writer_parser, None),
+    ("python", "-m", "kube_audit.writer"): (writer_parser, None),
 }
 
 
@@ -158,7 +158,7 @@ def test_dockerfile_builds_what_compose_and_kind_run() -> None:
     assert set(PYPROJECT["project"]["scripts"]) == {"audit-forwarder", "audit-tailer", "kubectl-audit"}
     copied = set(re.findall(r"^COPY (\w+)/ ", dockerfile, re.M))
     packages = {p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
-    assert copied == packages  # every package of the wheel, demo.writer included
+    assert copied == packages  # every package of the wheel, kube_audit.writer included
     ignore = (ROOT / ".dockerignore").read_text().split()
     assert all(f"!{p}/" in ignore for p in packages)
     # the final stage has no build tools
@@ -168,7 +168,7 @@ def test_dockerfile_builds_what_compose_and_kind_run() -> None:
 
 def test_nothing_imports_what_the_image_drops() -> None:
     assert "kubernetes/aio" in (ROOT / "Dockerfile").read_text()
-    for package in ("fluent_forward", "daemon", "forwarder", "tailer", "demo"):
+    for package in ("fluent_forward", "kube_audit", "forwarder", "tailer", "kubectl_audit"):
         for path in (ROOT / package).rglob("*.py"):
             assert not re.search(r"kubernetes\.aio|from kubernetes import .*\baio\b", path.read_text()), path
 

@@ -13,7 +13,7 @@ import orjson
 from fluent_forward import EventTime
 from forwarder.follow import Follower
 from forwarder.lines import to_entry
-from tests.auditlog import event
+from tests.helpers.auditlog import event
 
 
 class Log:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tailer.provenance import (
+from kube_audit.model.provenance import (
     MISSING,
     PatchError,
     apply_patch,
@@ -106,7 +106,7 @@ def test_a_patch_without_a_known_state_is_incomplete_and_a_create_restores_it() 
 
 
 def test_describe_change_in_words() -> None:
-    from tailer.provenance import describe_change
+    from kube_audit.model.provenance import describe_change
 
     old = {"metadata": {"resourceVersion": "1", "labels": {"a": "1"}}, "spec": {"replicas": 2, "image": "web:1"}}
     new = {"metadata": {"resourceVersion": "2", "labels": {}}, "spec": {"replicas": 3, "image": "web:1", "x": True},

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.tls import ReloadingContext, TLSFiles, client_context
-from tests.pki import issue, make_ca, secret_dir
+from kube_audit.runtime.tls import ReloadingContext, TLSFiles, client_context
+from tests.helpers.pki import issue, make_ca, secret_dir
 
 
 def _subjects(ctx) -> set[str]:

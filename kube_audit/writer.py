@@ -1,6 +1,6 @@
 """An apiserver-like audit log for demos (docker-compose.yml): JSON lines, rotated like the kube-apiserver.
 
-    python -m demo.writer /var/log/audit [--events 0] [--rate 20] [--rotate-bytes 1Mi] [--max-backups 3]
+    python -m kube_audit.writer /var/log/audit [--events 0] [--rate 20] [--rotate-bytes 1Mi] [--max-backups 3]
 
 Writes ``audit.log`` in the folder; when the next line would pass --rotate-bytes, renames it to
 ``audit-<UTC time, ms>.log`` (optionally gzipped) as the apiserver does with --audit-log-maxsize, and keeps
@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from daemon.flags import parse_size
+from kube_audit.runtime.flags import parse_size
 
 USERS = [("alice@example.com", ["dba"]), ("bob@example.com", ["dev"]), ("system:admin", ["system:masters"])]
 OBJECTS = [("example.com", "v1", "databases", "Database", "shop", "orders"),
@@ -113,7 +113,7 @@ class RotatingLog:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m demo.writer", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m kube_audit.writer", description=__doc__.splitlines()[0])
     p.add_argument("folder", help="where audit.log and its backups go")
     p.add_argument("--events", type=int, default=0, help="events to write, then exit (default 0: until SIGTERM)")
     p.add_argument("--rate", type=float, default=20.0, help="events per second (default 20; 0: as fast as possible)")
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(ahead)  # pacing the writer to --rate
     finally:
         log.close()
-    sys.stderr.write(f"demo.writer: wrote {seq} events to {log.path}\n")
+    sys.stderr.write(f"kube_audit.writer: wrote {seq} events to {log.path}\n")
     return 0
 
 

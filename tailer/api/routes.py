@@ -31,17 +31,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from daemon.flags import parse_duration
-from daemon.observability import get_logger
+from kube_audit.contract import API_GROUP, API_VERSION, PREFIX  # noqa: F401
+from kube_audit.model import provenance
+from kube_audit.runtime.flags import parse_duration
+from kube_audit.runtime.observability import get_logger
+from tailer.api.authz import CLUSTER, Anyone, Authorizer, Identity
+from tailer.metrics import TailerMetrics
+from tailer.store import EventFilter, Store, StoreError
 
-from . import provenance
-from .authz import CLUSTER, Anyone, Authorizer, Identity
-from .metrics import TailerMetrics
-from .store import EventFilter, Store, StoreError
-
-API_GROUP = "audit.kube-audit-forwarder.io"
-API_VERSION = f"{API_GROUP}/v1alpha1"
-PREFIX = f"/apis/{API_VERSION}"
 MAX_LIMIT = 5000
 VERSIONS_LIMIT = 1000  # default ``limit`` of the object views: versions are rebuilt from the newest events
 WATCH_BATCH = 500

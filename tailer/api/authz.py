@@ -5,7 +5,7 @@ Two authorizers behind one interface:
     ``{token, user, namespaces}``); ``*`` means cluster-wide. Re-read when the file changes.
   - ``KubernetesAuthorizer``: TokenReview + SubjectAccessReview (verb ``get`` on ``auditevents`` in group
     ``audit.kube-audit-forwarder.io``, in the namespace asked about; cluster-wide queries are checked
-    without a namespace). The Kubernetes calls come from tailer/kube.py through ``AccessReviews``.
+    without a namespace). The Kubernetes calls come from kube_audit/kube.py through ``AccessReviews``.
 A namespace of "" below means the cluster scope: queries across namespaces or on cluster-scoped objects.
 """
 
@@ -46,7 +46,7 @@ class Authorizer(Protocol):
 
 
 class AccessReviews(Protocol):
-    """Blocking Kubernetes calls, supplied by tailer/kube.py (``kube.access_reviews()``)."""
+    """Blocking Kubernetes calls, supplied by kube_audit/kube.py (``kube.access_reviews()``)."""
 
     def token_review(self, token: str) -> tuple[str, tuple[str, ...]] | None:
         """(username, groups) of an authenticated token, None when not authenticated."""
@@ -185,9 +185,9 @@ def build(mode: str, token_file: str | None, kubeconfig: str | None = None) -> A
         return Anyone()
     if mode == "kubernetes":
         try:
-            from . import kube  # provided by tailer/kube.py: access_reviews() -> AccessReviews
+            from kube_audit import kube
         except ImportError as exc:
-            raise AuthzConfigError("--api-auth kubernetes is not available in this build (no tailer/kube.py)") from exc
+            raise AuthzConfigError("--api-auth kubernetes is not available in this build (no kube_audit/kube.py)") from exc
         try:
             return KubernetesAuthorizer(kube.access_reviews(kubeconfig))
         except Exception as exc:  # no cluster: a configuration error, said once at start-up

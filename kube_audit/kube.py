@@ -19,10 +19,19 @@ from urllib.parse import quote, urlencode
 import urllib3
 from kubernetes import client, config
 
-from .errors import Conflict, Forbidden, Invalid, KubeError, KubeUnconfigured, NotFound, TooLarge, Unavailable
+from kube_audit.contract import API_GROUP as AUDIT_GROUP
+from kube_audit.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    KubeError,
+    KubeUnconfigured,
+    NotFound,
+    TooLarge,
+    Unavailable,
+)
 
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-AUDIT_GROUP = "audit.kube-audit-forwarder.io"
 ERROR_BODY_LIMIT = 300  # characters of an error body kept in exceptions and logs
 TIMEOUT = (5.0, 30.0)  # connect, read seconds per request
 
@@ -253,5 +262,5 @@ class AsyncKube:
 
 
 def access_reviews(kubeconfig: str | None = None) -> Kube:
-    """TokenReview and SubjectAccessReview for the HTTP API (tailer/authz.py's ``AccessReviews``)."""
+    """TokenReview and SubjectAccessReview for the HTTP API (tailer/api/authz.py's ``AccessReviews``)."""
     return Kube.connect(kubeconfig)

@@ -6,8 +6,6 @@ import asyncio
 import ssl
 from typing import Any
 
-from daemon.observability import get_logger
-from daemon.tls import ReloadingContext, server_context
 from fluent_forward import (
     Decoder,
     EventBatch,
@@ -17,10 +15,11 @@ from fluent_forward import (
     ServerHandshake,
     encode_ack,
 )
-
-from .metrics import TailerMetrics
-from .pipeline import Pipeline
-from .settings import ForwardSettings
+from kube_audit.runtime.observability import get_logger
+from kube_audit.runtime.tls import ReloadingContext, server_context
+from tailer.ingest.pipeline import Pipeline
+from tailer.metrics import TailerMetrics
+from tailer.settings import ForwardSettings
 
 READ_SIZE = 256 * 1024
 log = get_logger(component="forward_server")

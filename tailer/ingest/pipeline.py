@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from daemon.observability import get_logger
 from fluent_forward import Record
-
-from .metrics import TailerMetrics
+from kube_audit.runtime.observability import get_logger
+from tailer.metrics import TailerMetrics
 
 log = get_logger(component="pipeline")
 

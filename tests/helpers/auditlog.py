@@ -1,7 +1,7 @@
-"""Test events, written by a real process through demo.writer's apiserver-like rotation (rename to
+"""Test events, written by a real process through kube_audit.writer's apiserver-like rotation (rename to
 <name>-<timestamp><ext>, open a new file, keep --max-backups, optional gzip of backups):
 
-    python -m tests.auditlog DIR --events N [--start 0] [--rotate-bytes 2000000] [--max-backups 5]
+    python -m tests.helpers.auditlog DIR --events N [--start 0] [--rotate-bytes 2000000] [--max-backups 5]
                              [--compress] [--rate EVENTS_PER_S] [--pad BYTES]
 """
 
@@ -13,7 +13,7 @@ import time
 
 import orjson
 
-from demo.writer import RotatingLog  # the apiserver-like rotation, shared with the demos
+from kube_audit.writer import RotatingLog  # the apiserver-like rotation, shared with the demos
 
 
 def event(seq: int, pad: int = 200) -> dict[str, object]:

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeGuard
 
-from .audit import MUTATING_VERBS, is_dry_run
+from kube_audit.model.audit import MUTATING_VERBS, is_dry_run
 
 VERSION_SUBRESOURCES = ("", "status")
 _MISSING = object()

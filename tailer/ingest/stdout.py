@@ -1,4 +1,4 @@
-"""Sinks that gate the ack. For now: stdout, one compact JSON line per audit event."""
+"""The stdout sink: one compact JSON line per audit event, gating the ack."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import msgpack
 import orjson
 
 from fluent_forward import Record
-
-from .metrics import TailerMetrics
+from tailer.metrics import TailerMetrics
 
 _ORJSON_OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 
@@ -60,38 +59,3 @@ class StdoutSink:
         while view:
             written = os.write(self.fd, view)
             view = view[written:]
-
-
-class StoreSink:
-    """Commits each chunk to the audit store in one transaction, then wakes the API's watchers."""
-
-    name = "store"
-
-    def __init__(self, store: Any, metrics: TailerMetrics, on_commit: Any = None) -> None:
-        self.store, self.metrics, self.on_commit = store, metrics, on_commit
-
-    async def write(self, records: Sequence[Record]) -> None:
-        with self.metrics.store_commit.time():
-            result = await self.store.insert(records)
-        self.metrics.store_inserted.inc(result.inserted)
-        self.metrics.store_duplicates.inc(result.duplicates)
-        self.metrics.store_skipped.inc(result.skipped)
-        if result.inserted and self.on_commit is not None:
-            self.on_commit()
-
-
-async def retention_loop(store: Any, settings: Any, metrics: TailerMetrics) -> None:
-    """Apply --retention-age and --retention-bytes now and every --retention-interval."""
-    from daemon.observability import get_logger
-
-    log = get_logger(component="retention")
-    while True:
-        try:
-            by_age, by_size = await store.prune(settings.retention_age or None, settings.retention_bytes or None)
-            metrics.store_pruned.labels("age").inc(by_age)
-            metrics.store_pruned.labels("size").inc(by_size)
-            if by_age or by_size:
-                log.info("store_pruned", by_age=by_age, by_size=by_size)
-        except Exception as exc:  # the database may be back next time
-            log.error("store_prune_failed", error=str(exc))
-        await asyncio.sleep(settings.retention_interval)

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import yaml
 
-from .provenance import describe_change
+from kube_audit.contract import PREFIX
+from kube_audit.model.provenance import describe_change
 
-PREFIX = "/apis/audit.kube-audit-forwarder.io/v1alpha1"
 CLUSTER_SCOPED = {"nodes", "namespaces", "persistentvolumes", "clusterroles", "clusterrolebindings",
                   "storageclasses", "customresourcedefinitions", "priorityclasses", "ingressclasses",
                   "validatingwebhookconfigurations", "mutatingwebhookconfigurations", "apiservices",

@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import kubectl_api, kubectl_configmap
+from kubectl_audit import api as kubectl_api
+from kubectl_audit import configmap as kubectl_configmap
 
 API_COMMANDS = ("history", "diff", "bisect", "watch")
 

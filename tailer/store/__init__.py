@@ -28,8 +28,8 @@ from typing import Any, TypeVar
 import orjson
 import psycopg
 
-from .audit import is_dry_run, redact, view
-from .sinks import encode_line
+from kube_audit.model.audit import is_dry_run, redact, view
+from tailer.ingest.stdout import encode_line
 
 T = TypeVar("T")
 WRITE_LOCK_KEY = 0x6B617564  # pg_advisory_xact_lock key: serialises inserts across replicas

@@ -1,7 +1,7 @@
 """kubectl audit <resource> <name>: the object's audit ConfigMap as a table, JSON or YAML.
 
 Finds the ConfigMap through the annotation the tailer put on the object, so it needs nothing but read
-access to the object and the ConfigMap. Every API call goes through tailer/kube.py.
+access to the object and the ConfigMap. Every API call goes through kube_audit/kube.py.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from daemon.flags import parse_duration
-
-from .configmaps import ANNOTATION, decode_entries
-from .errors import KubeError, KubeUnconfigured, NotFound
-from .kube import Kube
+from kube_audit.contract import ANNOTATION, decode_entries
+from kube_audit.errors import KubeError, KubeUnconfigured, NotFound
+from kube_audit.kube import Kube
+from kube_audit.runtime.flags import parse_duration
 
 COLUMNS = ("TIME", "USER", "VERB", "CHANGE")
 

@@ -2,7 +2,7 @@
 
 Top half, pure: which objects are tracked, the ConfigMap's name, one entry per mutating request, a short
 summary of what changed, and the size-bounded merge of entries. Bottom half: ``ConfigMapWriter``, the
-pipeline Observer that batches entries per object and writes them through tailer/kube.py.
+pipeline Observer that batches entries per object and writes them through kube_audit/kube.py.
 
 ConfigMap layout: ``data["entries.json"]`` is a JSON list of entries sorted by (time, auditID), one entry
 per line. Writers merge by auditID, so two tailer replicas never lose or duplicate an entry.
@@ -30,18 +30,15 @@ from tenacity import (
     wait_random,
 )
 
-from daemon.observability import get_logger
 from fluent_forward import Record
+from kube_audit.contract import ANNOTATION, DATA_KEY, MANAGED_BY, decode_entries, dumps_entry, encode_entries  # noqa: F401
+from kube_audit.kube import AsyncKube
+from kube_audit.model.audit import MUTATING_VERBS, EventView, ObjectKey, redact, view
+from kube_audit.runtime.observability import get_logger
+from tailer.errors import Conflict, KubeError, KubeUnconfigured, NotFound, Unavailable
+from tailer.metrics import TailerMetrics
+from tailer.settings import ConfigMapSettings
 
-from .audit import MUTATING_VERBS, EventView, ObjectKey, redact, view
-from .errors import Conflict, KubeError, KubeUnconfigured, NotFound, Unavailable
-from .kube import AsyncKube
-from .metrics import TailerMetrics
-from .settings import ConfigMapSettings
-
-ANNOTATION = "audit.kube-audit-forwarder.io/configmap"
-DATA_KEY = "entries.json"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "kube-audit-tailer"}
 BUILTIN_GROUPS = frozenset({
     "", "apps", "batch", "extensions", "policy", "autoscaling", "rbac.authorization.k8s.io",
     "networking.k8s.io", "storage.k8s.io", "apiextensions.k8s.io", "admissionregistration.k8s.io",
@@ -182,23 +179,6 @@ def make_entry(event: dict[str, Any], ev: EventView, before: dict[str, Any] | No
             "change": summarize(event, ev, before)}
 
 
-def _dumps(entry: dict[str, Any]) -> str:
-    return json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
-
-
-def encode_entries(entries: Sequence[dict[str, Any]]) -> str:
-    return "[\n" + ",\n".join(_dumps(e) for e in entries) + "\n]" if entries else "[]"
-
-
-def decode_entries(configmap: dict[str, Any]) -> list[dict[str, Any]]:
-    """The entries of a ConfigMap; a missing or unreadable value reads as none."""
-    try:
-        value = json.loads((configmap.get("data") or {}).get(DATA_KEY) or "[]")
-    except ValueError:
-        return []
-    return [e for e in value if isinstance(e, dict) and e.get("auditID")] if isinstance(value, list) else []
-
-
 def merge_entries(existing: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]],
                   max_bytes: int) -> tuple[list[dict[str, Any]], int]:
     """Union by auditID, sorted by (time, auditID), oldest dropped until encoded it fits ``max_bytes``.
@@ -209,7 +189,7 @@ def merge_entries(existing: Sequence[dict[str, Any]], new: Sequence[dict[str, An
     for e in new:
         by_id.setdefault(str(e["auditID"]), e)
     entries = sorted(by_id.values(), key=lambda e: (str(e.get("time", "")), str(e["auditID"])))
-    sizes = [len(_dumps(e).encode()) + 2 for e in entries]  # each line plus ",\n"
+    sizes = [len(dumps_entry(e).encode()) + 2 for e in entries]  # each line plus ",\n"
     total, drop = 2 + sum(sizes), 0  # "[\n" ... "\n]" minus the last ","
     while total > max_bytes and drop < len(entries):
         total -= sizes[drop]
@@ -267,7 +247,7 @@ class ConfigMapWriter:
 
     def __init__(self, kube: Any, settings: ConfigMapSettings, metrics: TailerMetrics,
                  retry_initial: float = 0.5) -> None:
-        self.kube = kube  # tailer.kube.AsyncKube or anything with its methods
+        self.kube = kube  # kube_audit.kube.AsyncKube or anything with its methods
         self.settings = settings
         self.metrics = metrics
         self._backoff = wait_exponential(multiplier=retry_initial, max=settings.retry_max_wait) + wait_random(

@@ -1,0 +1,37 @@
+"""The audit API's contract, shared by the tailer (server side) and ``kubectl audit`` (client side):
+the API group and version, the path prefix, the tracking annotation and the audit ConfigMap entry
+format. Pure: no I/O, no third-party imports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+API_GROUP = "audit.kube-audit-forwarder.io"
+API_VERSION = f"{API_GROUP}/v1alpha1"
+PREFIX = f"/apis/{API_VERSION}"
+
+ANNOTATION = f"{API_GROUP}/configmap"  # on a tracked object: the name of its audit ConfigMap
+DATA_KEY = "entries.json"  # the ConfigMap key holding the entries, a JSON array, oldest first
+MANAGED_BY = {"app.kubernetes.io/managed-by": "kube-audit-tailer"}
+# One entry: {"time", "user", "groups", "verb", "subresource", "auditID", "code", "change"}
+ENTRY_FIELDS = ("time", "user", "groups", "verb", "subresource", "auditID", "code", "change")
+
+
+def dumps_entry(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_entries(entries: Sequence[dict[str, Any]]) -> str:
+    """One entry a line, so that ``kubectl get configmap -o yaml`` stays readable."""
+    return "[\n" + ",\n".join(dumps_entry(e) for e in entries) + "\n]" if entries else "[]"
+
+
+def decode_entries(configmap: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries of a ConfigMap; a missing or unreadable value reads as none."""
+    try:
+        value = json.loads((configmap.get("data") or {}).get(DATA_KEY) or "[]")
+    except ValueError:
+        return []
+    return [e for e in value if isinstance(e, dict) and e.get("auditID")] if isinstance(value, list) else []
