@@ -23,7 +23,7 @@ log = get_logger(component="tailer")
 async def serve(settings: Settings, stop: asyncio.Event) -> int:
     metrics = TailerMetrics()
     sinks: list[Sink] = []
-    store, api_routes, store_tasks = await open_store(settings, metrics, sinks)
+    store, apis, store_tasks = await open_store(settings, metrics, sinks)
     if settings.stdout:
         # After the store, on purpose. A failed store commit is common (PostgreSQL restarts, a full
         # disk) and means no ack, so the forwarder resends the chunk: written to stdout first, those
@@ -39,8 +39,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> int:
     forward = ForwardServer(settings.forward, pipeline, metrics)
     ready = False
     web_app = build_app(metrics.registry, ready=lambda: ready)
-    for add_routes in api_routes:
-        add_routes(web_app)
+    for api in apis:
+        api.add_routes(web_app)
     http = HttpServer(web_app, settings.http.host, settings.http.port)
     await http.start()
     await forward.start()
@@ -53,6 +53,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> int:
     await forward.stop(settings.shutdown_timeout)
     if configmaps is not None:
         await configmaps.stop(settings.shutdown_timeout)
+    for api in apis:
+        api.close()  # open watches end now, query workers stop: neither holds the shutdown
     await http.stop()
     for task in store_tasks:
         task.cancel()
@@ -67,6 +69,7 @@ async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sin
     if settings.store.target is None:
         return None, [], []
     from tailer.api.authz import build
+    from tailer.api.queries import QueryPool
     from tailer.api.routes import AuditApi, WatchHub
     from tailer.store import Store
 
@@ -78,7 +81,9 @@ async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sin
         raise StoreUnavailable(f"cannot open the audit store {where}: {exc}") from exc
     hub = WatchHub()
     sinks.append(StoreSink(store, metrics, on_commit=hub.notify))
-    api = AuditApi(store, authorizer, hub, metrics, settings.api.watch_poll, settings.api.watch_write_timeout)
+    queries = QueryPool(settings.api.query_workers, timeout=settings.api.query_timeout, metrics=metrics)
+    api = AuditApi(store, authorizer, hub, metrics, settings.api.watch_poll, settings.api.watch_write_timeout,
+                   queries)
     task = asyncio.create_task(retention_loop(store, settings.store, metrics), name="store-retention")
     log.info("store_opened", store=store.kind, api_auth=settings.api.auth)
-    return store, [api.add_routes], [task]
+    return store, [api], [task]

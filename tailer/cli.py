@@ -127,6 +127,10 @@ def add_store_flags(p: EnvParser) -> None:
                    help="how often an idle watch re-reads the store, for other replicas' writes (default 1s)")
     p.add_argument("--watch-write-timeout", type=parse_duration, default=10.0,
                    help="a watch client that takes longer to read one batch is cut off (default 10s)")
+    p.add_argument("--api-query-workers", type=int, default=2,
+                   help="processes computing object views (versions, diff, bisect), off the event loop (default 2)")
+    p.add_argument("--api-query-timeout", type=parse_duration, default=60.0,
+                   help="an object view taking longer answers 504 (default 60s)")
 
 
 def store_settings(parser: EnvParser, args: argparse.Namespace) -> tuple[StoreSettings, ApiSettings]:
@@ -140,12 +144,15 @@ def store_settings(parser: EnvParser, args: argparse.Namespace) -> tuple[StoreSe
         auth = "token-file" if args.token_file else "disabled"
     if auth == "token-file" and not args.token_file:
         parser.error("--api-auth token-file needs --token-file")
+    if args.api_query_workers < 1:
+        parser.error("--api-query-workers must be at least 1")
     if args.token_file and not os.path.isfile(args.token_file):
         parser.error(f"--token-file {args.token_file} does not exist")
     return (StoreSettings(target=target, retention_age=args.retention_age, retention_bytes=args.retention_bytes,
                           retention_interval=max(args.retention_interval, 1.0)),
             ApiSettings(auth=auth, token_file=args.token_file, watch_poll=max(args.watch_poll, 0.05),
-                        watch_write_timeout=args.watch_write_timeout))
+                        watch_write_timeout=args.watch_write_timeout, query_workers=args.api_query_workers,
+                        query_timeout=max(args.api_query_timeout, 0.1)))
 
 
 def parse(argv: Sequence[str] | None = None) -> Settings:

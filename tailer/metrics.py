@@ -40,3 +40,12 @@ class TailerMetrics:
         self.watchers_expired = Counter("tailer_api_watchers_expired",
                                         "Watch streams ended (410) because retention deleted events they had not read",
                                         registry=r)
+        self.watchers_revoked = Counter("tailer_api_watchers_revoked",
+                                        "Watch streams ended (403) because their authorization was revoked", registry=r)
+        self.api_errors = Counter("tailer_api_errors", "API requests that failed on our side", ["route", "reason"],
+                                  registry=r)
+        self.api_query_seconds = Histogram("tailer_api_query_seconds", "Time to compute one object view in the "
+                                           "query pool", buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
+                                           registry=r)
+        self.api_query_rejected = Counter("tailer_api_queries_rejected", "Object views refused or abandoned",
+                                          ["reason"], registry=r)

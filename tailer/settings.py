@@ -56,6 +56,8 @@ class ApiSettings:
     token_file: str | None = None  # CSV or YAML: token, user, namespaces ("*" = cluster-wide)
     watch_poll: float = 1.0  # seconds between store reads of an idle watcher (other replicas' writes)
     watch_write_timeout: float = 10.0  # seconds a watcher may take to read one batch before it is cut off
+    query_workers: int = 2  # processes computing object views (versions, diff, ...), off the event loop
+    query_timeout: float = 60.0  # seconds one object view may take before the request answers 504
 
 
 @dataclass(frozen=True)

@@ -4,59 +4,19 @@ scenario (versions, spechistory, diff, bisect), paging, watch resume, tokens, sl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from kube_audit.runtime.http import build_app
-from tailer.api.authz import StaticTokens
 from tailer.api.routes import PREFIX, AuditApi, WatchHub
 from tailer.metrics import TailerMetrics
 from tailer.store import EventFilter, Store
-from tests.conftest import DATA
+from tests.helpers.apitest import ADMIN, SCENARIO, SHOP, Api, api_fixture, resource_tracker  # noqa: F401 - fixtures
 
-SCENARIO = [orjson.loads(line) for line in (DATA / "scenario-deployment.log").read_bytes().splitlines()]
-ADMIN = {"Authorization": "Bearer admin-token"}
-SHOP = {"Authorization": "Bearer shop-token"}
 WEB = PREFIX + "/namespaces/shop/deployments.apps/web"
-
-
-class Api:
-    def __init__(self, client: TestClient, store: Store, hub: WatchHub, api: AuditApi) -> None:
-        self.client, self.store, self.hub, self.api = client, store, hub, api
-
-    async def get(self, path: str, headers: dict[str, str] = ADMIN, expect: int = 200, **params: Any) -> Any:
-        resp = await self.client.get(path, headers=headers, params=params)
-        body = await resp.json()
-        assert resp.status == expect, body
-        return body
-
-    async def insert(self, events: list[dict[str, Any]]) -> None:
-        await self.store.insert(events)
-        self.hub.notify()
-
-
-@pytest.fixture
-async def api(store_target: str, tmp_path: Path) -> AsyncIterator[Api]:
-    tokens = tmp_path / "tokens.csv"
-    tokens.write_text("# token,user,namespaces\nadmin-token,admin,*\nshop-token,shopper,shop,staging\n")
-    store = await Store.open(store_target)
-    hub, metrics = WatchHub(), TailerMetrics()
-    app = build_app(metrics.registry)
-    audit = AuditApi(store, StaticTokens(str(tokens)), hub, metrics, poll=0.05, write_timeout=5.0)
-    audit.add_routes(app)
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    try:
-        yield Api(client, store, hub, audit)
-    finally:
-        await client.close()
-        await store.close()
 
 
 def brief(v: dict[str, Any]) -> tuple[Any, ...]:
@@ -243,9 +203,9 @@ class StuckResponse:
 
 async def test_a_slow_watcher_is_cut_off_with_a_final_message(api: Api) -> None:
     await api.insert(SCENARIO)
-    api.api.write_timeout = 0.05
+    api.api.watches.write_timeout = 0.05
     stuck = StuckResponse()
-    await api.api._stream(stuck, EventFilter(), 0, api.hub.register())  # type: ignore[arg-type]
+    await api.api.watches.stream(stuck, EventFilter(), 0, api.hub.register())  # type: ignore[arg-type]
     (final,) = [orjson.loads(line) for line in stuck.lines]
     last = (await api.store.events(EventFilter(), 0, 100))[-1][0]
     assert final["type"] == "ERROR" and final["object"]["reason"] == "SlowConsumer"
@@ -314,7 +274,7 @@ async def test_watch_from_a_pruned_resource_version_is_gone(api: Api) -> None:
 async def test_retention_overtaking_a_slow_watcher_ends_its_stream_with_410(api: Api) -> None:
     await api.insert([aged(n) for n in range(1, 6)])
     gated = GatedResponse()
-    watcher = asyncio.create_task(api.api._stream(gated, EventFilter(), 0, api.hub.register()))  # type: ignore[arg-type]
+    watcher = asyncio.create_task(api.api.watches.stream(gated, EventFilter(), 0, api.hub.register()))  # type: ignore[arg-type]
     async with asyncio.timeout(10):
         await gated.writing.wait()  # it has read days 1..5
     await api.insert([aged(n) for n in range(6, 11)])

@@ -1,0 +1,192 @@
+"""Watch streams: one JSON line per event (``{"type": "ADDED", "object": ...}``), as a Kubernetes watch.
+
+Every watcher reads the store by sequence (``seq > last``), a batch at a time, and sleeps until the store
+sink says it committed or ``poll`` seconds pass (the timer picks up other replicas' writes to a shared
+PostgreSQL). So a watcher holds at most one batch in memory; one that cannot take a batch within
+``write_timeout`` is cut off with a final ERROR line saying where to resume.
+
+Like Kubernetes, a watch from a resourceVersion that retention has overtaken (an event above it was
+deleted) answers 410 Gone (reason Expired) rather than skipping what is gone; when retention overtakes a
+running watcher, its stream ends with an ERROR line carrying the same 410 Status. ``resourceVersion=0``
+means "from the oldest event kept".
+
+A stream also ends when its ``timeoutSeconds`` pass (cleanly, as kube-apiserver does), when the
+authorization it started with is revoked (re-checked every ``recheck`` seconds: ERROR 403), and when the
+tailer shuts down (``WatchHub.close``: every watcher wakes and ends at once, so an open watch never holds
+the shutdown past its deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from kube_audit.runtime.observability import get_logger
+from tailer.api.errors import ApiError, status
+from tailer.metrics import TailerMetrics
+from tailer.store import EventFilter, Store
+
+WATCH_BATCH = 500
+BOOKMARK_EVERY = 30.0
+log = get_logger(component="api")
+Encode = Callable[[int, dict[str, Any]], dict[str, Any]]
+
+
+class WatchHub:
+    """Wakes watchers after the store committed; each watcher owns one flag, no queue."""
+
+    def __init__(self) -> None:
+        self._flags: set[asyncio.Event] = set()
+        self.closed = False
+
+    def notify(self) -> None:
+        for flag in self._flags:
+            flag.set()
+
+    def register(self) -> asyncio.Event:
+        flag = asyncio.Event()
+        self._flags.add(flag)
+        return flag
+
+    def unregister(self, flag: asyncio.Event) -> None:
+        self._flags.discard(flag)
+
+    def close(self) -> None:
+        """Shutdown: every watcher ends its stream now, new watches are refused."""
+        self.closed = True
+        self.notify()
+
+    def __len__(self) -> int:
+        return len(self._flags)
+
+
+def too_old(rv: int, pruned: int) -> str:
+    """Kubernetes' words for a watch that cannot resume (so clients that parse them keep working)."""
+    return (f"too old resource version: {rv} ({pruned}); events after it were deleted by retention, "
+            "list again and watch from the list's resourceVersion")
+
+
+def with_rv(seq: int, event: dict[str, Any]) -> dict[str, Any]:
+    return {**event, "metadata": {"resourceVersion": str(seq)}}
+
+
+class Watches:
+    def __init__(self, store: Store, hub: WatchHub, metrics: TailerMetrics, poll: float = 1.0,
+                 write_timeout: float = 10.0, recheck: float = 60.0) -> None:
+        self.store, self.hub, self.metrics = store, hub, metrics
+        self.poll, self.write_timeout, self.recheck = poll, write_timeout, recheck
+
+    async def serve(self, request: web.Request, flt: EventFilter, rv: int | None, timeout: float | None = None,
+                    still_allowed: Callable[[], Awaitable[bool]] | None = None,
+                    encode: Encode = with_rv) -> web.StreamResponse:
+        if self.hub.closed:
+            raise ApiError(503, "ServiceUnavailable", "the tailer is shutting down")
+        last = rv if rv is not None else await self.store.head()
+        pruned = await self.store.pruned()
+        if last and last < pruned:
+            raise ApiError(410, "Expired", too_old(last, pruned))
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        flag = self.hub.register()
+        self.metrics.watchers.inc()
+        log.info("watch_started", resource_version=last, namespace=flt.namespace)
+        deadline = time.monotonic() + timeout if timeout else None
+        try:
+            await self.stream(response, flt, last, flag, pruned, deadline=deadline, still_allowed=still_allowed,
+                              gone=lambda: request.transport is None or request.transport.is_closing(),
+                              encode=encode)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception as exc:  # the store failed, or a bookmark could not be written: end cleanly
+            log.error("watch_failed", resource_version=last, error=str(exc) or type(exc).__name__)
+            await self.final(response, status(500, "InternalError", f"watch ended: {exc or type(exc).__name__}; "
+                                                                     "resume from the last resourceVersion seen"))
+        finally:
+            self.hub.unregister(flag)
+            self.metrics.watchers.dec()
+        return response
+
+    async def stream(self, response: web.StreamResponse, flt: EventFilter, last: int, flag: asyncio.Event,
+                     pruned: int = 0, gone: Callable[[], bool] = lambda: False, deadline: float | None = None,
+                     still_allowed: Callable[[], Awaitable[bool]] | None = None, encode: Encode = with_rv) -> None:
+        """``pruned``: the retention mark the watcher started with (what it accepted as gone)."""
+        quiet_since = checked = time.monotonic()
+        while not gone():  # aiohttp does not cancel handlers when the client leaves; we look each poll
+            if self.hub.closed or (deadline is not None and time.monotonic() >= deadline):
+                await self.end(response)
+                return
+            if still_allowed is not None and time.monotonic() - checked >= self.recheck:
+                checked = time.monotonic()
+                if not await still_allowed():
+                    self.metrics.watchers_revoked.inc()
+                    log.warning("watch_revoked", resource_version=last, namespace=flt.namespace)
+                    await self.final(response, status(403, "Forbidden", "watch ended: access to these audit "
+                                                                        "events was revoked"))
+                    return
+            flag.clear()
+            rows = await self.store.events(flt, last, WATCH_BATCH)
+            # Read after the rows: if retention deleted anything above ``last`` since we last looked,
+            # these rows may lack it (or it went just after we read: we cannot tell, so we say so too).
+            mark = await self.store.pruned()
+            if mark > pruned and mark > last:
+                await self.final(response, status(410, "Expired", too_old(last, mark)))
+                self.metrics.watchers_expired.inc()
+                log.warning("watch_expired", resource_version=last, pruned=mark)
+                return
+            pruned = mark
+            if rows:
+                data = b"".join(orjson.dumps({"type": "ADDED", "object": encode(s, e)}) + b"\n" for s, e in rows)
+                last = rows[-1][0]
+                try:
+                    async with asyncio.timeout(self.write_timeout):
+                        await response.write(data)
+                except TimeoutError:
+                    await self.cut_off(response, last)
+                    return
+                quiet_since = time.monotonic()
+                if len(rows) == WATCH_BATCH:
+                    continue
+            elif time.monotonic() - quiet_since > BOOKMARK_EVERY:  # also finds clients that went away
+                bookmark = {"type": "BOOKMARK", "object": {"kind": "Event", "apiVersion": "audit.k8s.io/v1",
+                                                           "metadata": {"resourceVersion": str(last)}}}
+                async with asyncio.timeout(self.write_timeout):
+                    await response.write(orjson.dumps(bookmark) + b"\n")
+                quiet_since = time.monotonic()
+            wait = self.poll if deadline is None else max(0.0, min(self.poll, deadline - time.monotonic()))
+            try:
+                async with asyncio.timeout(wait):
+                    await flag.wait()
+            except TimeoutError:
+                pass
+
+    async def cut_off(self, response: web.StreamResponse, last: int) -> None:
+        """The client does not read fast enough: one final line, then close (the rest would only pile up)."""
+        self.metrics.watchers_cut_off.inc()
+        log.warning("watch_cut_off", resource_version=last, write_timeout=self.write_timeout)
+        message = (f"watch closed: the client did not read {WATCH_BATCH} events within {self.write_timeout}s; "
+                   f"resume with resourceVersion={last}")
+        await self.final(response, status(504, "SlowConsumer", message, resourceVersion=str(last)))
+
+    @staticmethod
+    async def end(response: web.StreamResponse) -> None:
+        try:
+            async with asyncio.timeout(1.0):
+                await response.write_eof()
+        except (TimeoutError, ConnectionError):
+            pass
+
+    @classmethod
+    async def final(cls, response: web.StreamResponse, error: dict[str, Any]) -> None:
+        """One ERROR line ends the stream (as in a Kubernetes watch)."""
+        line = orjson.dumps({"type": "ERROR", "object": error}) + b"\n"
+        try:
+            async with asyncio.timeout(1.0):
+                await response.write(line)
+        except (TimeoutError, ConnectionError):
+            return
+        await cls.end(response)

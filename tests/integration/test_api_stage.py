@@ -1,0 +1,102 @@
+"""The API as a stage of its own: object views off the event loop, strict numbers, a Status for every
+failure, watches that end when the tailer stops."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tailer.api.routes import PREFIX
+from tailer.store import EventFilter
+from tests.helpers.apitest import SCENARIO, Api, api_fixture, resource_tracker  # noqa: F401 - fixtures
+
+WEB = PREFIX + "/namespaces/shop/deployments.apps/web"
+
+
+def heavy_configmap(changes: int, width: int) -> list[dict[str, Any]]:
+    """A ConfigMap of ``width`` keys created once and merge-patched ``changes`` times: replaying it is CPU."""
+    ref = {"resource": "configmaps", "namespace": "shop", "name": "big", "apiVersion": "v1"}
+    common = {"stage": "ResponseComplete", "objectRef": ref, "user": {"username": "alice"}, "level": "Request",
+              "stageTimestamp": "2026-11-20T10:00:00Z"}
+    data = {f"key-{i}": "x" * 40 for i in range(width)}
+    events = [{**common, "auditID": "create", "verb": "create", "responseStatus": {"code": 201},
+               "requestObject": {"apiVersion": "v1", "kind": "ConfigMap", "data": data,
+                                 "metadata": {"name": "big", "namespace": "shop"}}}]
+    events += [{**common, "auditID": f"patch-{i}", "verb": "patch", "responseStatus": {"code": 200},
+                "requestObject": {"data": {f"key-{i % width}": f"value-{i}"}}} for i in range(changes)]
+    return events
+
+
+async def test_an_object_view_does_not_hold_the_event_loop(api: Api) -> None:
+    """Regression: object views replayed patches on the event loop (?limit=5000 of a busy object: ~23 s
+    during which no ack, probe or other request was served). Now they run in the query pool."""
+    await api.insert(heavy_configmap(4999, 400))  # with its create: 5,000 changes
+    view = asyncio.create_task(api.client.get(PREFIX + "/namespaces/shop/configmaps/big/versions",
+                                              params={"limit": "5000"}, headers={"Authorization": "Bearer admin-token"}))
+    served = 0
+    while not view.done():  # the loop keeps serving while the view is being computed
+        resp = await api.client.get("/healthz")
+        assert resp.status == 200
+        served += 1
+    assert served >= 3, "the probe was not served while the object view was computed"
+    resp = await view
+    body = await resp.json()
+    assert resp.status == 200 and len(body["items"]) == 5000
+    assert body["items"][-1]["object"]["data"]["key-198"] == "value-4998"
+    assert api.api.metrics.api_query_seconds._sum.get() > 0
+
+
+@pytest.mark.parametrize("param,value", [
+    ("code", "\u00b2\u00b2\u00b2"), ("code", "\u0663\u0660\u0664"), ("code", "4" * 5000), ("code", "-1"),
+    ("limit", "\u0665"), ("limit", "9" * 5000), ("limit", "\u00b9"),
+    ("resourceVersion", "\u0661\u0662"), ("resourceVersion", "7" * 5000),
+])
+async def test_odd_numbers_in_event_queries_are_a_400(api: Api, param: str, value: str) -> None:
+    """Regression: '²' passed isdigit() and int() then raised (500); 5,000 digits exceeded int()'s limit
+    (500); Arabic-Indic digits were read as numbers."""
+    extra = {"watch": "true"} if param == "resourceVersion" else {}
+    body = await api.get(PREFIX + "/events", expect=400, **{param: value}, **extra)
+    assert (body["kind"], body["code"], body["reason"]) == ("Status", 400, "BadRequest")
+
+
+@pytest.mark.parametrize("param,value", [("limit", "\u00b2"), ("limit", "1" * 5000), ("start", "\u00b2"),
+                                         ("start", "\u0661"), ("end", "5" * 5000), ("start", "v\u00b2")])
+async def test_odd_numbers_in_object_views_are_a_400(api: Api, param: str, value: str) -> None:
+    await api.insert(SCENARIO)
+    body = await api.get(WEB + "/diff", expect=400, **{param: value})
+    assert (body["kind"], body["code"]) == ("Status", 400)
+
+
+async def test_kubeprovenance_v_prefixed_versions(api: Api) -> None:
+    await api.insert(SCENARIO)
+    plain = await api.get(WEB + "/diff", start="2", end="3")
+    assert await api.get(WEB + "/diff", start="v2", end="v3") == plain
+
+
+async def test_a_failing_query_answers_a_status(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: an unexpected error in a handler answered aiohttp's plain-text 500 page."""
+    await api.insert(SCENARIO)
+
+    async def broken(*args: Any) -> Any:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(api.store, "object_history", broken)
+    body = await api.get(WEB + "/versions", expect=500)
+    assert (body["kind"], body["reason"]) == ("Status", "InternalError")
+    assert api.api.metrics.api_errors.labels("object", "internal")._value.get() == 1
+    assert len((await api.get(PREFIX + "/events"))["items"]) == len(SCENARIO)  # the next request is fine
+
+
+async def test_open_watches_end_when_the_tailer_stops(api: Api) -> None:
+    await api.insert(SCENARIO)
+    resp = await api.client.get(PREFIX + "/events", headers={"Authorization": "Bearer admin-token"},
+                                params={"watch": "true", "resourceVersion": "0"})
+    assert resp.status == 200
+    api.hub.close()  # what the tailer does at shutdown
+    async with asyncio.timeout(10):
+        lines = (await resp.content.read()).splitlines()
+    assert len(lines) == len(SCENARIO)  # every event, then a clean end of the stream
+    await api.get(PREFIX + "/events", expect=503, watch="true")  # no new watch while stopping
+    assert len(await api.store.events(EventFilter(), 0, 100)) == len(SCENARIO)
