@@ -1,8 +1,8 @@
 """One audit event, parsed once: the typed view every stage reads, its dedup key, its JSON bytes. Pure.
 
 ``parse(record)`` turns a received record into an ``AuditEvent`` (the view, the redacted body, the JSON
-bytes the store keeps and stdout prints) or raises ``Rejected`` with a reason: a record that can never be
-stored as an audit event.
+bytes the store keeps and stdout prints) or a ``Rejected`` with a reason: a record that can never be
+stored as an audit event (kept raw: its JSON still goes to stdout). It never raises.
 """
 
 from __future__ import annotations
@@ -54,11 +54,20 @@ class EventView:
         return self.audit_id, self.stage
 
 
-class Rejected(ValueError):
+@dataclass(frozen=True, slots=True)
+class Rejected:
     """A record that cannot be stored as an audit event; ``reason`` is a short metric label."""
 
+    record: Any
+    reason: str
+    detail: str
+    json: bytes  # the record as received, as JSON (no newline)
+    unencodable: bool = False  # its JSON needed the slow path
+
+
+class _Reject(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+        super().__init__(reason)
         self.reason, self.detail = reason, detail
 
 
@@ -71,6 +80,7 @@ class AuditEvent:
     body: dict[str, Any]  # ``record`` without Secret values and credentials (``record`` itself if none)
     json: bytes
     ts: float | None  # stageTimestamp in epoch seconds, None when it does not parse
+    unencodable: bool = False  # its JSON needed the slow path (e.g. lone surrogates)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -144,13 +154,21 @@ def dumps(obj: Any) -> tuple[bytes, bool]:
         return json.dumps(obj, default=_fallback, separators=(",", ":")).encode("utf-8"), True
 
 
-def parse(record: Any) -> AuditEvent:
-    """The typed view of one received record, or Rejected."""
+def _check(record: Any) -> None:
     if not isinstance(record, dict):
-        raise Rejected("not_a_map", type(record).__name__)
+        raise _Reject("not_a_map", type(record).__name__)
     if not record.get("auditID") or not record.get("stage"):
-        raise Rejected("not_an_audit_event", "no auditID or stage")
+        raise _Reject("not_an_audit_event", "no auditID or stage")
+
+
+def parse(record: Any) -> AuditEvent | Rejected:
+    """The typed view of one received record, or why it cannot be stored."""
+    try:
+        _check(record)
+    except _Reject as exc:
+        data, slow = dumps(record)
+        return Rejected(record, exc.reason, exc.detail, data, slow)
     v = view(record)
     body = redact(record)
-    data, _ = dumps(body)
-    return AuditEvent(record, v, body, data, parse_time(v.stage_timestamp))
+    data, slow = dumps(body)
+    return AuditEvent(record, v, body, data, parse_time(v.stage_timestamp), slow)

@@ -58,3 +58,16 @@ def is_builtin_group(group: str) -> bool:
 def is_custom_group(group: str) -> bool:
     """A group of custom resources: neither built in nor a known aggregated API."""
     return group not in BUILTIN_GROUPS and group not in AGGREGATED_GROUPS
+
+
+# Built-in resources without a namespace (kubectl audit asks the API for them without one).
+CLUSTER_SCOPED = frozenset({
+    "nodes", "namespaces", "persistentvolumes", "clusterroles", "clusterrolebindings", "storageclasses",
+    "customresourcedefinitions", "priorityclasses", "ingressclasses", "validatingwebhookconfigurations",
+    "mutatingwebhookconfigurations", "validatingadmissionpolicies", "validatingadmissionpolicybindings",
+    "apiservices", "certificatesigningrequests", "csidrivers", "csinodes", "runtimeclasses",
+    "volumeattachments", "flowschemas", "prioritylevelconfigurations", "ipaddresses", "servicecidrs",
+    "deviceclasses", "resourceslices", "clustertrustbundles", "tokenreviews", "selfsubjectreviews",
+    "selfsubjectaccessreviews", "selfsubjectrulesreviews", "subjectaccessreviews", "componentstatuses",
+    "storageversionmigrations", "storageversions", "volumeattributesclasses",
+})
