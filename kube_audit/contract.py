@@ -1,6 +1,6 @@
 """The audit API's contract, shared by the tailer (server side) and ``kubectl audit`` (client side):
-the API group and version, the path prefix, the tracking annotation and the audit ConfigMap entry
-format. Pure: no I/O, no third-party imports."""
+the API group and version, the paths, the kinds of the answers, the tracking annotation and the audit
+ConfigMap entry format. Pure: no I/O, no third-party imports."""
 
 from __future__ import annotations
 
@@ -12,11 +12,34 @@ API_GROUP = "audit.kube-audit-forwarder.io"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 PREFIX = f"/apis/{API_VERSION}"
 
+# Paths below PREFIX. Events: list (?limit&continue) or watch (?watch=true&resourceVersion), filters
+# namespace, user, verb, resource, name, since, until, level, code. Object views: ?limit, and
+# spechistory ?field, diff ?start&end&field, bisect ?field&value.
+EVENTS = "events"
+VIEWS = ("versions", "spechistory", "diff", "bisect")
+KIND_EVENT_LIST = "AuditEventList"
+KIND_VERSIONS = "ObjectVersionList"
+KIND_FIELD_HISTORY = "FieldHistory"
+KIND_DIFF = "ObjectDiff"
+KIND_BISECT = "BisectResult"
+# a version: version, resourceVersion, auditID, time, user, verb, subresource, code, complete, deleted,
+# object, change (kube_audit/model/change.py), and patch, patchType for a patch, reason when incomplete
+
 ANNOTATION = f"{API_GROUP}/configmap"  # on a tracked object: the name of its audit ConfigMap
 DATA_KEY = "entries.json"  # the ConfigMap key holding the entries, a JSON array, oldest first
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kube-audit-tailer"}
 # One entry: {"time", "user", "groups", "verb", "subresource", "auditID", "code", "change"}
 ENTRY_FIELDS = ("time", "user", "groups", "verb", "subresource", "auditID", "code", "change")
+
+
+def events_path(namespace: str | None = None) -> str:
+    return f"{PREFIX}/namespaces/{namespace}/{EVENTS}" if namespace else f"{PREFIX}/{EVENTS}"
+
+
+def object_path(resource: str, name: str, view: str, namespace: str = "") -> str:
+    """An object view; ``resource`` is a plural, optionally ``plural.group``; no namespace: cluster-scoped."""
+    where = f"/namespaces/{namespace}" if namespace else ""
+    return f"{PREFIX}{where}/{resource}/{name}/{view}"
 
 
 def dumps_entry(entry: dict[str, Any]) -> str:

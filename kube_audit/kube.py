@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import urllib3
+import yaml
 from kubernetes import client, config
 
 from kube_audit.contract import API_GROUP as AUDIT_GROUP
@@ -65,6 +66,34 @@ def in_cluster_namespace() -> str | None:
             return fh.read().strip() or None
     except OSError:
         return None
+
+
+# what the client's kubeconfig loading raises for a missing, unreadable or malformed file
+CONFIG_ERRORS = (config.ConfigException, OSError, TypeError, ValueError, AttributeError, KeyError, yaml.YAMLError)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def context_namespace(kubeconfig: str | None = None, context: str | None = None) -> str | None:
+    """The namespace of a kubeconfig context (the current one by default), or in a pod the pod's; None
+    when there is no kubeconfig or the context names none. Reads files only (no credentials, no network).
+    KubeUnconfigured when a kubeconfig is there but broken."""
+    if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return in_cluster_namespace()
+    if kubeconfig is None:
+        paths = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        if not any(os.path.exists(p) for p in paths.split(os.pathsep) if p):
+            return None
+    try:
+        contexts, current = config.list_kube_config_contexts(kubeconfig)
+        chosen = current if context is None else next((c for c in contexts if c.get("name") == context), None)
+        if chosen is None:
+            raise config.ConfigException(f"context {context!r} not found in the kubeconfig")
+        return (chosen.get("context") or {}).get("namespace") or None
+    except CONFIG_ERRORS as exc:
+        raise KubeUnconfigured(_one_line(exc)) from exc
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -123,8 +152,8 @@ class Kube:
                     contexts, _ = config.list_kube_config_contexts(kubeconfig)
                     chosen: dict[str, Any] = next((c for c in contexts if c.get("name") == context), {})
                     namespace = chosen.get("context", {}).get("namespace")
-        except (config.ConfigException, OSError, TypeError, ValueError) as exc:
-            raise KubeUnconfigured(str(exc) or type(exc).__name__) from exc
+        except CONFIG_ERRORS as exc:
+            raise KubeUnconfigured(_one_line(exc)) from exc
         cfg.retries = False  # we retry ourselves (tenacity), with backoff and Retry-After
         return cls(client.ApiClient(cfg), namespace)
 

@@ -35,7 +35,7 @@ def _tailer() -> argparse.ArgumentParser:
 
 
 def _kubectl_audit() -> argparse.ArgumentParser:
-    from kubectl_audit.configmap import build_parser
+    from kubectl_audit.cli import build_parser
 
     return build_parser()
 
@@ -98,19 +98,41 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _actions(parser: argparse.ArgumentParser) -> list[tuple[argparse.Action, str]]:
+    """Each action with a note; a parser with commands: one row per command, then the commands' flags
+    (each once, with the commands that take it unless all do)."""
+    out: list[tuple[argparse.Action, str]] = []
+    for action in parser._actions:  # argparse has no public iterator over its actions
+        if not isinstance(action, argparse._SubParsersAction):
+            out.append((action, ""))
+            continue
+        seen: dict[tuple[str, ...], tuple[argparse.Action, list[str]]] = {}
+        for choice in action._choices_actions:
+            out.append((argparse.Action([], f"command {choice.dest}", help=choice.help), ""))
+        for name, sub in action.choices.items():
+            for a in sub._actions:
+                key = tuple(a.option_strings) or (a.dest,)
+                seen.setdefault(key, (a, []))[1].append(name)
+        for a, names in seen.values():
+            out.append((a, "" if len(names) == len(action.choices) else f" ({', '.join(names)})"))
+    return out
+
+
 def render(parser: argparse.ArgumentParser) -> str:
     env_name = getattr(parser, "env_name", None)  # EnvParser: every long flag has an env var
     if env_name:
         rows = ["| flag | env | default | meaning |", "|---|---|---|---|"]
     else:
         rows = ["| flag | default | meaning |", "|---|---|---|"]
-    for action in parser._actions:  # argparse has no public iterator over its actions
+    for action, note in _actions(parser):
         if isinstance(action, argparse._HelpAction):
             continue
         if action.option_strings:
             longs = [o for o in action.option_strings if o.startswith("--")]
             flag = ", ".join(f"`{o}`" for o in action.option_strings)
             env = f"`{env_name(longs[0])}`" if env_name and longs else ""
+        elif action.dest.startswith("command "):
+            flag, env = f"`{action.dest.removeprefix('command ')}`", ""
         else:
             flag, env = f"`<{action.dest}>`", ""
         default = _default(action)
@@ -120,6 +142,7 @@ def render(parser: argparse.ArgumentParser) -> str:
             meaning += f"; one of {', '.join(map(str, action.choices))}"
         if env and isinstance(action, argparse._AppendAction):
             meaning += "; the env var takes a comma-separated list"
+        meaning += note
         cells = [flag, env] if env_name else [flag]
         cells += [f"`{default}`" if default else "", _cell(meaning)]
         rows.append("| " + " | ".join(cells) + " |")

@@ -1,16 +1,24 @@
-"""A view of one audit event: which object, who, what verb; dedup key; redaction. Pure, no I/O."""
+"""One audit event, parsed once: the typed view every stage reads, its dedup key, its JSON bytes. Pure.
+
+``parse(record)`` turns a received record into an ``AuditEvent`` (the view, the redacted body, the JSON
+bytes the store keeps and stdout prints) or a ``Rejected`` with a reason: a record that can never be
+stored as an audit event (kept raw: its JSON still goes to stdout). It never raises.
+"""
 
 from __future__ import annotations
 
-import copy
+import base64
+import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import orjson
+
+from kube_audit.model.redact import REDACTED, is_secret, redact  # noqa: F401  (re-exported)
+
 MUTATING_VERBS = frozenset({"create", "update", "patch", "delete"})
-REDACTED = "<redacted>"
-SECRET_FIELDS = ("data", "stringData")
-LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-LAST_APPLIED_POINTER = "kubectl.kubernetes.io~1last-applied-configuration"
+_ORJSON_OPTS = orjson.OPT_NON_STR_KEYS
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +44,51 @@ class EventView:
     object: ObjectKey | None  # None when the event has no objectRef or no name
     subresource: str
     api_version: str
+    group: str = ""
+    resource: str = ""
+    namespace: str = ""
+    name: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.audit_id, self.stage
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record that cannot be stored as an audit event; ``reason`` is a short metric label."""
+
+    record: Any
+    reason: str
+    detail: str
+    json: bytes  # the record as received, as JSON (no newline)
+    unencodable: bool = False  # its JSON needed the slow path
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """A record that is an audit event: its view, redacted body and that body's JSON (no newline)."""
+
+    record: dict[str, Any]  # as received
+    view: EventView
+    body: dict[str, Any]  # ``record`` without Secret values and credentials (``record`` itself if none)
+    json: bytes
+    ts: float | None  # stageTimestamp in epoch seconds, None when it does not parse
+    unencodable: bool = False  # its JSON needed the slow path (e.g. lone surrogates)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.view.key
+
+    @property
+    def redacted(self) -> bool:
+        return self.body is not self.record
 
 
 def dedup_key(event: dict[str, Any]) -> tuple[str, str]:
@@ -43,18 +96,16 @@ def dedup_key(event: dict[str, Any]) -> tuple[str, str]:
     return str(event.get("auditID", "")), str(event.get("stage", ""))
 
 
+def _map(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def view(event: dict[str, Any]) -> EventView:
-    ref = event.get("objectRef") or {}
-    user = event.get("user") or {}
-    status = event.get("responseStatus") or {}
-    key = None
-    if ref.get("resource") and ref.get("name"):
-        key = ObjectKey(
-            group=str(ref.get("apiGroup") or ""),
-            resource=str(ref["resource"]),
-            namespace=str(ref.get("namespace") or ""),
-            name=str(ref["name"]),
-        )
+    ref, user = _map(event.get("objectRef")), _map(event.get("user"))
+    status = _map(event.get("responseStatus"))
+    group, resource = str(ref.get("apiGroup") or ""), str(ref.get("resource") or "")
+    namespace, name = str(ref.get("namespace") or ""), str(ref.get("name") or "")
+    groups = user.get("groups")
     code = status.get("code")
     return EventView(
         audit_id=str(event.get("auditID", "")),
@@ -62,12 +113,13 @@ def view(event: dict[str, Any]) -> EventView:
         verb=str(event.get("verb", "")),
         level=str(event.get("level", "")),
         user=str(user.get("username", "")),
-        groups=tuple(str(g) for g in user.get("groups") or ()),
-        code=int(code) if isinstance(code, int) else None,
+        groups=tuple(str(g) for g in groups) if isinstance(groups, list | tuple) else (),
+        code=code if isinstance(code, int) and not isinstance(code, bool) else None,
         stage_timestamp=str(event.get("stageTimestamp", "")),
-        object=key,
+        object=ObjectKey(group, resource, namespace, name) if resource and name else None,
         subresource=str(ref.get("subresource") or ""),
         api_version=str(ref.get("apiVersion") or ""),
+        group=group, resource=resource, namespace=namespace, name=name,
     )
 
 
@@ -76,66 +128,47 @@ def is_dry_run(event: dict[str, Any]) -> bool:
     return "dryRun=" in str(event.get("requestURI", ""))
 
 
-def is_secret(event: dict[str, Any]) -> bool:
-    ref = event.get("objectRef") or {}
-    return ref.get("resource") == "secrets" and not ref.get("apiGroup")
+def parse_time(text: str) -> float | None:
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
-def _redact_annotations(annotations: Any) -> Any:
-    # kubectl apply keeps the whole applied object, data included, in this annotation
-    if isinstance(annotations, dict) and LAST_APPLIED in annotations:
-        annotations[LAST_APPLIED] = REDACTED
-    return annotations
+def _fallback(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(value).decode("ascii")
+    if hasattr(value, "code") and isinstance(getattr(value, "data", None), bytes):  # msgpack.ExtType
+        return {"extType": value.code, "data": base64.b64encode(value.data).decode("ascii")}
+    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
-def _redact_object(obj: Any) -> Any:
-    """Redact in place: a Secret, any list of them (SecretList, List, a Table with objects), a patch."""
-    if isinstance(obj, list):  # a JSON patch (RFC 6902)
-        return [_redact_op(op) for op in obj]
-    if isinstance(obj, dict):
-        if isinstance(obj.get("items"), list):
-            obj["items"] = [_redact_object(i) for i in obj["items"]]
-        if isinstance(obj.get("rows"), list):  # kind Table, as kubectl get asks for it
-            for row in obj["rows"]:
-                if isinstance(row, dict) and "object" in row:
-                    row["object"] = _redact_object(row["object"])
-        for name in SECRET_FIELDS:
-            if isinstance(obj.get(name), dict):
-                obj[name] = {k: REDACTED for k in obj[name]}
-            elif name in obj and obj[name] is not None:
-                obj[name] = REDACTED
-        if isinstance(obj.get("metadata"), dict):
-            _redact_annotations(obj["metadata"].get("annotations"))
-    return obj
+def dumps(obj: Any) -> tuple[bytes, bool]:
+    """Compact JSON of ``obj`` (no newline) and whether the slow path was needed (e.g. lone surrogates)."""
+    try:
+        return orjson.dumps(obj, default=_fallback, option=_ORJSON_OPTS), False
+    except TypeError:
+        return json.dumps(obj, default=_fallback, separators=(",", ":")).encode("utf-8"), True
 
 
-def _redact_op(op: Any) -> Any:
-    """One JSON patch operation on a Secret: the value goes when it can hold secret data."""
-    if not isinstance(op, dict) or "value" not in op:
-        return op
-    parts = str(op.get("path", "")).split("/")  # "/data/password" -> ["", "data", "password"]
-    top = parts[1] if len(parts) > 1 else ""
-    value = op["value"]
-    if top in SECRET_FIELDS:
-        value = {k: REDACTED for k in value} if isinstance(value, dict) and len(parts) == 2 else REDACTED
-    elif top == "":  # the whole object
-        value = _redact_object(value)
-    elif top == "metadata":
-        if LAST_APPLIED_POINTER in op.get("path", ""):
-            value = REDACTED
-        elif len(parts) == 2 and isinstance(value, dict):
-            _redact_annotations(value.get("annotations"))
-        elif len(parts) == 3 and parts[2] == "annotations":
-            value = _redact_annotations(value)
-    return {**op, "value": value}
+def _check(record: Any) -> None:
+    if not isinstance(record, dict):
+        raise _Reject("not_a_map", type(record).__name__)
+    if not record.get("auditID") or not record.get("stage"):
+        raise _Reject("not_an_audit_event", "no auditID or stage")
 
 
-def redact(event: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``event`` without Secret values (keys stay, values become "<redacted>")."""
-    if not is_secret(event):
-        return event
-    out = dict(event)
-    for field in ("requestObject", "responseObject"):
-        if field in out:
-            out[field] = _redact_object(copy.deepcopy(out[field]))
-    return out
+def parse(record: Any) -> AuditEvent | Rejected:
+    """The typed view of one received record, or why it cannot be stored."""
+    try:
+        _check(record)
+    except _Reject as exc:
+        data, slow = dumps(record)
+        return Rejected(record, exc.reason, exc.detail, data, slow)
+    v = view(record)
+    body = redact(record)
+    data, slow = dumps(body)
+    return AuditEvent(record, v, body, data, parse_time(v.stage_timestamp), slow)

@@ -1,7 +1,7 @@
 """Audit ConfigMaps: one per tracked object, named in an annotation on the object.
 
-Top half, pure: which objects are tracked, the ConfigMap's name, one entry per mutating request, a short
-summary of what changed, and the size-bounded merge of entries. Bottom half: ``ConfigMapWriter``, the
+Top half, pure: which objects are tracked, the ConfigMap's name and the size-bounded merge of entries
+(the entry itself and its change summary are kube_audit/model/entry.py). Bottom half: ``ConfigMapWriter``, the
 pipeline Observer that batches entries per object and writes them through kube_audit/kube.py.
 
 ConfigMap layout: ``data["entries.json"]`` is a JSON list of entries sorted by (time, auditID), one entry
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
 import random
 import re
 from collections import OrderedDict
@@ -34,25 +33,16 @@ from fluent_forward import Record
 from kube_audit.contract import ANNOTATION, DATA_KEY, MANAGED_BY, decode_entries, dumps_entry, encode_entries  # noqa: F401
 from kube_audit.kube import AsyncKube
 from kube_audit.model.audit import MUTATING_VERBS, EventView, ObjectKey, redact, view
+from kube_audit.model.change import CHANGE_LIMIT  # noqa: F401  (moved to the model)
+from kube_audit.model.entry import make_entry, state_after, summarize  # noqa: F401  (moved to the model)
+from kube_audit.model.fields import flatten  # noqa: F401  (moved to the model)
+from kube_audit.model.groups import BUILTIN_GROUPS, is_custom_group  # noqa: F401  (moved to the model)
 from kube_audit.runtime.observability import get_logger
 from tailer.errors import Conflict, KubeError, KubeUnconfigured, NotFound, Unavailable
 from tailer.metrics import TailerMetrics
 from tailer.settings import ConfigMapSettings
 
-BUILTIN_GROUPS = frozenset({
-    "", "apps", "batch", "extensions", "policy", "autoscaling", "rbac.authorization.k8s.io",
-    "networking.k8s.io", "storage.k8s.io", "apiextensions.k8s.io", "admissionregistration.k8s.io",
-    "coordination.k8s.io", "discovery.k8s.io", "certificates.k8s.io", "scheduling.k8s.io", "node.k8s.io",
-    "events.k8s.io", "flowcontrol.apiserver.k8s.io", "authentication.k8s.io", "authorization.k8s.io",
-    "apiregistration.k8s.io", "resource.k8s.io", "internal.apiserver.k8s.io", "storagemigration.k8s.io",
-    "metrics.k8s.io", "audit.kube-audit-forwarder.io",
-})
 MAX_NAME = 253  # DNS-1123 subdomain
-CHANGE_LIMIT = 200  # characters of the change summary
-VALUE_LIMIT = 40  # characters of one value in the summary
-MAX_GROUPS = 16  # user groups kept per entry
-NOISE = ("metadata.resourceVersion", "metadata.managedFields", "metadata.generation", "metadata.uid",
-         "metadata.creationTimestamp", "metadata.selfLink")
 MAX_REMEMBERED = 4096  # objects whose last state (for "2 -> 3") and annotation we remember
 MAX_CONCURRENT_WRITES = 8
 
@@ -64,7 +54,7 @@ def is_tracked(key: ObjectKey, track: Sequence[tuple[str, str]] = ()) -> bool:
     """``--track group/resource`` when given, else every custom resource (group not built in)."""
     if track:
         return (key.group, key.resource) in track
-    return key.group not in BUILTIN_GROUPS
+    return is_custom_group(key.group)
 
 
 def configmap_name(resource: str, name: str) -> str:
@@ -76,107 +66,6 @@ def configmap_name(resource: str, name: str) -> str:
         return clean
     digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
     return clean[: MAX_NAME - len(digest) - 1].rstrip(".-") + "-" + digest
-
-
-def flatten(obj: Any, prefix: str = "", keep_null: bool = False) -> dict[str, Any]:
-    """Dotted paths to leaf values; lists are leaves."""
-    out: dict[str, Any] = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            path = f"{prefix}.{k}" if prefix else str(k)
-            if isinstance(v, dict) and v:
-                out.update(flatten(v, path, keep_null))
-            elif v is not None or keep_null:
-                out[path] = v
-    return out
-
-
-def _noise(path: str, subresource: str) -> bool:
-    if path.startswith(NOISE):
-        return True
-    return path.startswith("status") and subresource != "status"
-
-
-def _show(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return text if len(text) <= VALUE_LIMIT else text[: VALUE_LIMIT - 1] + "…"
-
-
-def _json_patch_path(pointer: str) -> str:
-    return ".".join(p.replace("~1", "/").replace("~0", "~") for p in pointer.strip("/").split("/"))
-
-
-def summarize(event: dict[str, Any], ev: EventView, before: dict[str, Any] | None) -> str:
-    """A short human string of what changed: "spec.replicas: 2 -> 3", "created", "deleted"."""
-    if ev.code is not None and ev.code >= 300:
-        return f"failed ({ev.code})"
-    if ev.verb == "create" and not ev.subresource:
-        return "created"
-    if ev.verb == "delete":
-        return "deleted"
-    body = event.get("requestObject")
-    known = before or {}
-    changes: list[tuple[str, bool, Any, Any]] = []  # (path, old known, old, new); new None = removed
-    if isinstance(body, list):  # JSON patch
-        for op in body:
-            if isinstance(op, dict) and op.get("op") in ("add", "replace", "remove"):
-                path = _json_patch_path(str(op.get("path", "")))
-                changes.append((path, path in known, known.get(path), op.get("value")))
-    elif isinstance(body, dict) and ev.verb == "patch":  # merge or strategic merge patch
-        for path, new in flatten(body, keep_null=True).items():
-            if not path.startswith("$"):
-                changes.append((path, path in known, known.get(path), new))
-    elif isinstance(body, dict) and before is not None:  # update: the whole object, diff it
-        after = flatten(body)
-        for path in sorted(after.keys() | known.keys()):
-            if after.get(path) != known.get(path):
-                changes.append((path, path in known, known.get(path), after.get(path)))
-    changes = [c for c in changes if not _noise(c[0], ev.subresource) and (not c[1] or c[2] != c[3])]
-    if not changes:
-        if isinstance(body, dict | list) and (before is not None or ev.verb == "patch"):
-            return "no change"
-        return {"update": "updated", "patch": "patched"}.get(ev.verb, ev.verb)
-    parts = []
-    for path, old_known, old, new in changes:
-        new_text = "removed" if new is None else _show(new)
-        parts.append(f"{path}: {_show(old)} -> {new_text}" if old_known else f"{path}: {new_text}")
-    out = ""
-    for i, part in enumerate(parts):
-        more = f" (+{len(parts) - i} more)"
-        candidate = f"{out}, {part}" if out else part
-        limit = CHANGE_LIMIT - (len(more) if i < len(parts) - 1 else 0)
-        if len(candidate) > limit:
-            return (out + more) if out else part[: CHANGE_LIMIT - len(more) - 1] + "…" + more
-        out = candidate
-    return out
-
-
-def state_after(event: dict[str, Any], ev: EventView, before: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The object's flattened state after this request, as far as the event tells."""
-    if ev.code is not None and ev.code >= 300:
-        return before
-    if ev.verb == "delete" and not ev.subresource:
-        return None
-    for field_name in ("responseObject", "requestObject"):
-        obj = event.get(field_name)
-        if isinstance(obj, dict) and obj.get("kind") != "Status" and isinstance(obj.get("metadata"), dict):
-            return flatten(obj)
-    body = event.get("requestObject")
-    if isinstance(body, dict) and ev.verb == "patch" and before is not None:
-        state = dict(before)
-        for path, value in flatten(body, keep_null=True).items():
-            if value is None:
-                state.pop(path, None)
-            else:
-                state[path] = value
-        return state
-    return None
-
-
-def make_entry(event: dict[str, Any], ev: EventView, before: dict[str, Any] | None) -> dict[str, Any]:
-    return {"time": ev.stage_timestamp, "user": ev.user, "groups": list(ev.groups[:MAX_GROUPS]), "verb": ev.verb,
-            "subresource": ev.subresource, "auditID": ev.audit_id, "code": ev.code,
-            "change": summarize(event, ev, before)}
 
 
 def merge_entries(existing: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]],
@@ -279,8 +168,9 @@ class ConfigMapWriter:
         assert key is not None
         event = redact(record)  # Secret values never reach a ConfigMap
         before = self._states.get(key)
-        entry = make_entry(event, ev, before)
-        self._remember(self._states, key, state_after(event, ev, before))
+        after = state_after(event, ev, before)
+        entry = make_entry(event, ev, before, after)
+        self._remember(self._states, key, after)
         if self._count >= self.settings.max_pending:
             self.metrics.configmap_dropped.labels("backlog_full").inc()
             if not self._dropping:

@@ -1,46 +1,37 @@
-"""The stdout sink: one compact JSON line per audit event, gating the ack."""
+"""The stdout sink: one compact JSON line per record, gating the ack."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import msgpack
-import orjson
-
-from fluent_forward import Record
+from kube_audit.model.audit import AuditEvent, Rejected, dumps
 from tailer.metrics import TailerMetrics
 
-_ORJSON_OPTS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 
-
-def _fallback(value: Any) -> Any:
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return base64.b64encode(value).decode("ascii")
-    if isinstance(value, msgpack.ExtType):
-        return {"extType": value.code, "data": base64.b64encode(value.data).decode("ascii")}
-    raise TypeError(f"cannot encode {type(value).__name__}")
-
-
-def encode_line(record: Record, metrics: TailerMetrics | None = None) -> bytes:
+def encode_line(record: Any, metrics: TailerMetrics | None = None) -> bytes:
     """The record as compact JSON plus newline; never raises for what msgpack can carry."""
-    try:
-        return orjson.dumps(record, default=_fallback, option=_ORJSON_OPTS)
-    except TypeError:  # e.g. lone surrogates from undecodable strings
-        if metrics is not None:
-            metrics.unencodable.inc()
-        return (json.dumps(record, default=_fallback, separators=(",", ":")) + "\n").encode("utf-8")
+    data, slow = dumps(record)
+    if slow and metrics is not None:
+        metrics.unencodable.inc()
+    return data + b"\n"
+
+
+def line(item: AuditEvent | Rejected, metrics: TailerMetrics | None = None) -> bytes:
+    """What stdout prints for one parsed record: the event as received."""
+    if isinstance(item, AuditEvent) and item.redacted:
+        return encode_line(item.record, metrics)
+    if item.unencodable and metrics is not None:
+        metrics.unencodable.inc()
+    return item.json + b"\n"
 
 
 class StdoutSink:
-    """Writes whole chunks to a file descriptor, in arrival order, off the event loop."""
+    """Writes whole chunks to a file descriptor, in arrival order, off the event loop on a thread of its
+    own (never queued behind other work of the default executor)."""
 
     name = "stdout"
 
@@ -48,11 +39,12 @@ class StdoutSink:
         self.metrics = metrics
         self.fd = fd
         self._lock = asyncio.Lock()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="stdout")
 
-    async def write(self, records: Sequence[Record]) -> None:
-        data = b"".join(encode_line(r, self.metrics) for r in records)
+    async def write(self, items: Sequence[AuditEvent | Rejected]) -> None:
+        data = b"".join(line(i, self.metrics) for i in items)
         async with self._lock:
-            await asyncio.to_thread(self._write_all, data)
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._write_all, data)
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)

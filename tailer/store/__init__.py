@@ -28,8 +28,7 @@ from typing import Any, TypeVar
 import orjson
 import psycopg
 
-from kube_audit.model.audit import is_dry_run, redact, view
-from tailer.ingest.stdout import encode_line
+from kube_audit.model.audit import AuditEvent, is_dry_run, parse
 
 T = TypeVar("T")
 WRITE_LOCK_KEY = 0x6B617564  # pg_advisory_xact_lock key: serialises inserts across replicas
@@ -103,15 +102,15 @@ def parse_time(text: str) -> float | None:
 
 
 def to_row(record: Any, now: float) -> tuple[Any, ...] | None:
-    if not isinstance(record, dict) or not record.get("auditID") or not record.get("stage"):
+    """The row of an audit event (parsed once by the pipeline: kube_audit/model/audit.py), None for a
+    record that is not one."""
+    ev = record if isinstance(record, AuditEvent) else parse(record)
+    if not isinstance(ev, AuditEvent):
         return None
-    event = redact(record)
-    v = view(event)
-    ref = event.get("objectRef") or {}
-    body = encode_line(event)[:-1].decode("utf-8", "replace")
-    return (v.audit_id, v.stage, parse_time(v.stage_timestamp) or now, v.verb, v.level, v.user,
-            str(ref.get("apiGroup") or ""), str(ref.get("resource") or ""), str(ref.get("namespace") or ""),
-            str(ref.get("name") or ""), v.subresource, v.code, len(body), body)
+    v = ev.view
+    body = ev.json.decode("utf-8", "replace")
+    return (v.audit_id, v.stage, ev.ts or now, v.verb, v.level, v.user, v.group, v.resource, v.namespace,
+            v.name, v.subresource, v.code, len(body), body)
 
 
 class Store:

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from fluent_forward import Record
+from kube_audit.model.audit import AuditEvent, Rejected
 from kube_audit.runtime.observability import get_logger
 from tailer.metrics import TailerMetrics
 
@@ -19,7 +19,7 @@ class StoreSink:
     def __init__(self, store: Any, metrics: TailerMetrics, on_commit: Any = None) -> None:
         self.store, self.metrics, self.on_commit = store, metrics, on_commit
 
-    async def write(self, records: Sequence[Record]) -> None:
+    async def write(self, records: Sequence[AuditEvent | Rejected]) -> None:
         with self.metrics.store_commit.time():
             result = await self.store.insert(records)
         self.metrics.store_inserted.inc(result.inserted)

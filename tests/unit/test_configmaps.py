@@ -1,4 +1,5 @@
-"""The pure half of tailer/configmaps/writer.py: tracking, names, entries, change summaries, bounded merge."""
+"""Audit ConfigMaps, pure parts: tracking, names, entries and change summaries (kube_audit/model/entry.py),
+bounded merge."""
 
 from __future__ import annotations
 
@@ -8,19 +9,11 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kube_audit.contract import decode_entries, encode_entries
 from kube_audit.model.audit import ObjectKey, view
-from tailer.configmaps.writer import (
-    CHANGE_LIMIT,
-    configmap_name,
-    decode_entries,
-    encode_entries,
-    is_tracked,
-    make_entry,
-    merge_entries,
-    owner_reference,
-    state_after,
-    summarize,
-)
+from kube_audit.model.change import CHANGE_LIMIT
+from kube_audit.model.entry import make_entry, state_after, summarize
+from tailer.configmaps.writer import configmap_name, is_tracked, merge_entries, owner_reference
 
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -48,6 +41,10 @@ def test_custom_resources_are_tracked_by_default_and_track_overrides() -> None:
     assert not is_tracked(ObjectKey("", "configmaps", "shop", "x"))
     assert not is_tracked(ObjectKey("rbac.authorization.k8s.io", "roles", "shop", "x"))
     assert is_tracked(deploy, [("apps", "deployments")]) and not is_tracked(db, [("apps", "deployments")])
+    # a name ending in .k8s.io may still be a CRD (the Gateway API, CSI snapshots): tracked by default
+    assert is_tracked(ObjectKey("gateway.networking.k8s.io", "httproutes", "shop", "r"))
+    assert is_tracked(ObjectKey("snapshot.storage.k8s.io", "volumesnapshots", "shop", "s"))
+    assert not is_tracked(ObjectKey("metrics.k8s.io", "pods", "shop", "p"))
 
 
 def test_names_are_dns_subdomains_and_stay_unique() -> None:
@@ -70,18 +67,22 @@ def test_summaries() -> None:
     assert summary(ev("delete")) == "deleted"
     assert summary(ev("patch", {"spec": {"replicas": 3}}, code=403)) == "failed (403)"
     assert summary(ev("patch", {"spec": {"replicas": 3}})) == "spec.replicas: 3"
-    assert summary(ev("patch", {"spec": {"replicas": 3}}), {"spec.replicas": 2}) == "spec.replicas: 2 -> 3"
-    assert summary(ev("patch", {"spec": {"backup": None}}), {"spec.backup": "daily"}) == "spec.backup: daily -> removed"
+    assert summary(ev("patch", {"spec": {"replicas": 3}}), {"spec": {"replicas": 2}}) == "spec.replicas: 2 -> 3"
+    assert summary(ev("patch", {"spec": {"backup": None}}), {"spec": {"backup": "daily"}}) == (
+        "spec.backup: daily -> removed")
     assert summary(ev("patch", [{"op": "replace", "path": "/spec/replicas", "value": 5}]),
-                   {"spec.replicas": 3}) == "spec.replicas: 3 -> 5"
+                   {"spec": {"replicas": 3}}) == "spec.replicas: 3 -> 5"
     full = {"apiVersion": "example.com/v1", "kind": "Database", "metadata": {"name": "orders", "resourceVersion": "9"},
             "spec": {"replicas": 4, "version": "16"}}
-    before = {"apiVersion": "example.com/v1", "kind": "Database", "metadata.name": "orders",
-              "metadata.resourceVersion": "8", "spec.replicas": 3, "spec.version": "16", "status.ready": True}
+    before = {"apiVersion": "example.com/v1", "kind": "Database", "metadata": {"name": "orders",
+              "resourceVersion": "8"}, "spec": {"replicas": 3, "version": "16"}, "status": {"ready": True}}
     assert summary(ev("update", full), before) == "spec.replicas: 3 -> 4"
     assert summary(ev("update", full)) == "updated"
     assert summary(ev("patch", {"status": {"ready": False}}, sub="status"), before) == "status.ready: true -> false"
-    assert summary(ev("patch", {"spec": {"replicas": 3}}), {"spec.replicas": 3}) == "no change"
+    assert summary(ev("patch", {"spec": {"replicas": 3}}), {"spec": {"replicas": 3}}) == "no change"
+    # a JSON patch that does not apply to the known state still says what it asked for
+    assert summary(ev("patch", [{"op": "replace", "path": "/spec/nope/x", "value": 1}]),
+                   {"spec": {"replicas": 3}}) == "spec.nope.x: 1"
     assert summary(ev("patch")) == "patched"
 
 
@@ -98,9 +99,11 @@ def test_state_follows_the_object() -> None:
            "spec": {"replicas": 2}}
     created = ev("create", obj, code=201, response=obj)
     state = state_after(created, view(created), None)
-    assert state is not None and state["spec.replicas"] == 2
+    assert state is not None and state["spec"]["replicas"] == 2
     patched = ev("patch", {"spec": {"replicas": 3}})
-    assert state_after(patched, view(patched), state)["spec.replicas"] == 3
+    assert state_after(patched, view(patched), state)["spec"]["replicas"] == 3
+    failed = ev("patch", {"spec": {"replicas": 9}}, code=422)
+    assert state_after(failed, view(failed), state) is state
     assert state_after(ev("delete"), view(ev("delete")), state) is None
     assert owner_reference(obj) == {"apiVersion": "example.com/v1", "kind": "Database", "name": "orders", "uid": "u1"}
     assert owner_reference({"kind": "Status"}) is None

@@ -111,7 +111,8 @@ def test_describe_change_in_words() -> None:
     old = {"metadata": {"resourceVersion": "1", "labels": {"a": "1"}}, "spec": {"replicas": 2, "image": "web:1"}}
     new = {"metadata": {"resourceVersion": "2", "labels": {}}, "spec": {"replicas": 3, "image": "web:1", "x": True},
            "status": {"ready": 1}}
-    assert describe_change(old, new) == "metadata.labels.a removed, spec.replicas: 2 -> 3, spec.x: true"
+    # the words of the ConfigMap entries (one summariser): "path: old -> removed"
+    assert describe_change(old, new) == "metadata.labels.a: 1 -> removed, spec.replicas: 2 -> 3, spec.x: true"
     assert describe_change(None, new) == "created" and describe_change(old, None) == "deleted"
     assert describe_change(old, old) == "no change"
     assert describe_change({"spec": {"a": "x" * 200}}, {"spec": {"a": "y"}}, width=30).endswith("…")

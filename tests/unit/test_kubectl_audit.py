@@ -1,0 +1,112 @@
+"""kubectl audit: one parser with kubectl's conventions, one-line errors, and only the imports it needs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kubectl_audit import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+NEVER = ("tailer", "aiohttp", "psycopg", "watchdog", "prometheus_client", "forwarder", "fluent_forward")
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:9"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u, namespace: shop}},
+           {name: other, context: {cluster: c, user: u}}]
+current-context: c
+"""
+
+
+def modules_after(*argv: str, env: dict[str, str] | None = None) -> tuple[int, set[str], str]:
+    """Run the plugin in a fresh interpreter; the top-level modules it loaded, its exit status, stderr."""
+    code = ("import sys, json\nfrom kubectl_audit.cli import main\n"
+            f"try:\n    rc = main({list(argv)!r})\nexcept SystemExit as e:\n    rc = e.code\n"
+            "sys.stdout.flush()\nprint('\\n' + json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules})]))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=env)
+    rc, mods = json.loads(proc.stdout.strip().splitlines()[-1])
+    return rc, set(mods), proc.stderr
+
+
+def test_help_lists_every_command_and_imports_no_client_library() -> None:
+    rc, mods, _ = modules_after("--help")
+    assert rc == 0
+    assert not mods & {"httpx", "yaml", "kubernetes", "orjson", "kube_audit", *NEVER}, mods
+    out = subprocess.run([sys.executable, "-m", "kubectl_audit.cli", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60).stdout
+    for command in cli.COMMANDS:
+        assert f"    {command} " in out, command
+
+
+@pytest.mark.parametrize("argv", [
+    ("databases", "orders", "-n", "shop"),  # the ConfigMap view: the kubeconfig, the Kubernetes client
+    ("history", "-n", "shop", "--server", "http://127.0.0.1:9"),  # the API: httpx
+    ("history", "deployments", "web", "--server", "http://127.0.0.1:9"),  # namespace from the kubeconfig
+])
+def test_commands_never_import_the_tailer_or_its_libraries(tmp_path: Path, argv: tuple[str, ...]) -> None:
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(KUBECONFIG)
+    rc, mods, err = modules_after(*argv, "--kubeconfig", str(kubeconfig))
+    assert rc == 1 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert not mods & set(NEVER), mods & set(NEVER)
+
+
+@pytest.mark.parametrize("content", ["garbage: [", "- a\n", "contexts: 5\n", "current-context: nope\ncontexts: []\n"])
+@pytest.mark.parametrize("argv", [("databases", "orders"),
+                                  ("history", "deployments", "web", "--server", "http://127.0.0.1:9")])
+def test_a_broken_kubeconfig_is_one_line_and_exit_1(tmp_path: Path, content: str, argv: tuple[str, ...]) -> None:
+    """Regression: a kubeconfig that is not YAML (or not a kubeconfig) ended in a traceback."""
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(content)
+    rc, _, err = modules_after(*argv, "--kubeconfig", str(kubeconfig))
+    assert rc == 1 and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+
+
+def test_usage_errors_exit_1_like_kubectl(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["databases"], ["history", "--limit", "x"], [], ["diff", "deployments"],
+                 ["history", "-n", "a", "-A"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        assert exc.value.code == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+
+
+def test_flags_go_before_or_after_the_command() -> None:
+    parser = cli.build_parser()
+
+    def parse(*argv: str) -> argparse.Namespace:
+        return parser.parse_args(cli.normalize(parser, list(argv)))
+
+    a = parse("-n", "shop", "history", "deployments", "web", "-o", "json")
+    assert (a.command, a.namespace, a.resource, a.name, a.output) == ("history", "shop", "deployments", "web", "json")
+    a = parse("-n", "shop", "databases", "orders")
+    assert (a.command, a.namespace, a.resource, a.name) == ("show", "shop", "databases", "orders")
+    a = parse("--context=x", "diff", "deployments", "web", "--from", "2")
+    assert (a.command, a.context, a.start) == ("diff", "x", 2)
+    a = parse("show", "history", "h1")  # a resource called like a command is reachable through show
+    assert (a.command, a.resource, a.name) == ("show", "history", "h1")
+
+
+def test_namespace_comes_from_the_kubeconfig_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(KUBECONFIG)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    def ns(*argv: str) -> str:
+        parser = cli.build_parser()
+        return cli.namespace(parser.parse_args(["history", *argv, "--kubeconfig", str(kubeconfig)]))
+
+    assert ns() == "shop" and ns("-n", "x") == "x" and ns("--context", "other") == "default"
+    with pytest.raises(cli.CommandError, match="nope"):
+        ns("--context", "nope")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    assert cli.namespace(cli.build_parser().parse_args(["history"])) == "default"  # no kubeconfig at all
