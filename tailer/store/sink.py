@@ -12,7 +12,7 @@ from tailer.metrics import TailerMetrics
 from tailer.store.retention import retention_loop
 
 __all__ = ["StoreSink", "health_loop", "retention_loop"]
-PROBE_EVERY = 5.0  # seconds between test writes while the store refuses writes
+PROBE_EVERY = 1.0  # seconds between test writes while the store refuses writes
 
 
 class StoreSink:
@@ -51,4 +51,4 @@ async def health_loop(store: Any, metrics: TailerMetrics, every: float = PROBE_E
                 await store.probe()
             except Exception:  # still refused; said once above
                 pass
-        await asyncio.sleep(every if not store.healthy else 1.0)
+        await asyncio.sleep(every)
