@@ -15,7 +15,7 @@ from tailer.ingest.pipeline import Observer, Pipeline, Sink
 from tailer.ingest.stdout import StdoutSink
 from tailer.metrics import TailerMetrics
 from tailer.settings import Settings
-from tailer.store.sink import StoreSink, retention_loop
+from tailer.store.sink import StoreSink, health_loop, retention_loop
 
 log = get_logger(component="tailer")
 
@@ -38,7 +38,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> int:
     pipeline = Pipeline(sinks, metrics, observers)
     forward = ForwardServer(settings.forward, pipeline, metrics)
     ready = False
-    web_app = build_app(metrics.registry, ready=lambda: ready)
+    # not ready while the store refuses writes (a full disk, PostgreSQL down): every chunk would be refused
+    web_app = build_app(metrics.registry, ready=lambda: ready and (store is None or store.healthy))
     for api in apis:
         api.add_routes(web_app)
     http = HttpServer(web_app, settings.http.host, settings.http.port)
@@ -75,7 +76,7 @@ async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sin
 
     authorizer = build(settings.api.auth, settings.api.token_file, settings.configmaps.kubeconfig)
     try:
-        store = await Store.open(settings.store.target)
+        store = await Store.open(settings.store.target, settings.store.readers, settings.store.query_timeout)
     except Exception as exc:  # the owning module's errors and OS errors alike: say which store
         where = settings.store.target.split("@")[-1]  # no password in the log
         raise StoreUnavailable(f"cannot open the audit store {where}: {exc}") from exc
@@ -84,6 +85,7 @@ async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sin
     queries = QueryPool(settings.api.query_workers, timeout=settings.api.query_timeout, metrics=metrics)
     api = AuditApi(store, authorizer, hub, metrics, settings.api.watch_poll, settings.api.watch_write_timeout,
                    queries)
-    task = asyncio.create_task(retention_loop(store, settings.store, metrics), name="store-retention")
+    tasks = [asyncio.create_task(retention_loop(store, settings.store, metrics), name="store-retention"),
+             asyncio.create_task(health_loop(store, metrics), name="store-health")]
     log.info("store_opened", store=store.kind, api_auth=settings.api.auth)
-    return store, [api], [task]
+    return store, [api], tasks

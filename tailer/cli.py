@@ -119,6 +119,10 @@ def add_store_flags(p: EnvParser) -> None:
                    help="keep at most this much stored event JSON, e.g. 10Gi, oldest dropped first (default unlimited)")
     p.add_argument("--retention-interval", type=parse_duration, default=300.0,
                    help="time between retention runs (default 5m)")
+    p.add_argument("--store-readers", type=int, default=4,
+                   help="reader threads (PostgreSQL: pooled connections) for API queries (default 4)")
+    p.add_argument("--store-query-timeout", type=parse_duration, default=10.0,
+                   help="an API query that runs longer is stopped and answered 503 (default 10s)")
     p.add_argument("--api-auth", choices=("auto", "token-file", "kubernetes", "none"), default="auto",
                    help="audit API access: token-file, kubernetes (TokenReview + SubjectAccessReview), none (open); "
                         "auto = token-file with --token-file, else the API is disabled (default auto)")
@@ -139,6 +143,8 @@ def store_settings(parser: EnvParser, args: argparse.Namespace) -> tuple[StoreSe
         target = os.path.join(args.data_dir, "audit.db")
     elif target is not None and not target.startswith(("postgresql://", "postgres://")):
         parser.error(f"--store must be sqlite, none or a postgresql:// URL, got {args.store!r}")
+    if args.store_readers < 1:
+        parser.error("--store-readers must be at least 1")
     auth = args.api_auth
     if auth == "auto":
         auth = "token-file" if args.token_file else "disabled"
@@ -149,7 +155,8 @@ def store_settings(parser: EnvParser, args: argparse.Namespace) -> tuple[StoreSe
     if args.token_file and not os.path.isfile(args.token_file):
         parser.error(f"--token-file {args.token_file} does not exist")
     return (StoreSettings(target=target, retention_age=args.retention_age, retention_bytes=args.retention_bytes,
-                          retention_interval=max(args.retention_interval, 1.0)),
+                          retention_interval=max(args.retention_interval, 1.0), readers=args.store_readers,
+                          query_timeout=max(args.store_query_timeout, 0.1)),
             ApiSettings(auth=auth, token_file=args.token_file, watch_poll=max(args.watch_poll, 0.05),
                         watch_write_timeout=args.watch_write_timeout, query_workers=args.api_query_workers,
                         query_timeout=max(args.api_query_timeout, 0.1)))

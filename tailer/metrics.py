@@ -33,6 +33,8 @@ class TailerMetrics:
         self.store_skipped = Counter("tailer_store_skipped", "Records without auditID or stage, not stored", registry=r)
         self.store_commit = Histogram("tailer_store_commit_seconds", "Time to commit one chunk to the store", registry=r)
         self.store_pruned = Counter("tailer_store_pruned", "Events deleted by retention", ["reason"], registry=r)
+        self.store_healthy = Gauge("tailer_store_healthy", "1 while the store takes writes, 0 while it refuses them "
+                                   "(/readyz answers 503)", registry=r)
         self.api_requests = Counter("tailer_api_requests", "Audit API requests", ["route", "code"], registry=r)
         self.watchers = Gauge("tailer_api_watchers", "Open watch streams", registry=r)
         self.watchers_cut_off = Counter("tailer_api_watchers_cut_off", "Watch streams closed for reading too slowly",

@@ -48,6 +48,8 @@ class StoreSettings:
     retention_age: float = 30 * 86400.0  # seconds an event is kept; 0 = forever
     retention_bytes: int = 0  # bytes of stored event JSON kept, oldest dropped first; 0 = unlimited
     retention_interval: float = 300.0  # seconds between retention runs
+    readers: int = 4  # reader threads (PostgreSQL: pooled reader connections) for API queries
+    query_timeout: float = 10.0  # seconds one API query may run before it is stopped
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The store as a gating sink of the ingest pipeline, and the retention loop."""
+"""The store as a gating sink of the ingest pipeline, and the task that finds a failed store back."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ from typing import Any
 from kube_audit.model.audit import AuditEvent, Rejected
 from kube_audit.runtime.observability import get_logger
 from tailer.metrics import TailerMetrics
+from tailer.store.retention import retention_loop
+
+__all__ = ["StoreSink", "health_loop", "retention_loop"]
+PROBE_EVERY = 1.0  # seconds between test writes while the store refuses writes
 
 
 class StoreSink:
-    """Commits each chunk to the audit store in one transaction, then wakes the API's watchers."""
+    """Commits each chunk to the audit store (group commit), then wakes the API's watchers."""
 
     name = "store"
 
@@ -29,16 +33,22 @@ class StoreSink:
             self.on_commit()
 
 
-async def retention_loop(store: Any, settings: Any, metrics: TailerMetrics) -> None:
-    """Apply --retention-age and --retention-bytes now and every --retention-interval."""
-    log = get_logger(component="retention")
+async def health_loop(store: Any, metrics: TailerMetrics, every: float = PROBE_EVERY) -> None:
+    """While the store refuses writes the tailer is not ready (/readyz), so no chunk may come to prove
+    it is back: try a small write every ``every`` seconds instead."""
+    log = get_logger(component="store")
+    was = True
     while True:
-        try:
-            by_age, by_size = await store.prune(settings.retention_age or None, settings.retention_bytes or None)
-            metrics.store_pruned.labels("age").inc(by_age)
-            metrics.store_pruned.labels("size").inc(by_size)
-            if by_age or by_size:
-                log.info("store_pruned", by_age=by_age, by_size=by_size)
-        except Exception as exc:  # the database may be back next time
-            log.error("store_prune_failed", error=str(exc))
-        await asyncio.sleep(settings.retention_interval)
+        metrics.store_healthy.set(1 if store.healthy else 0)
+        if store.healthy != was:
+            was = store.healthy
+            if was:
+                log.info("store_writable")
+            else:
+                log.error("store_refuses_writes", error=store.last_error)
+        if not store.healthy:
+            try:
+                await store.probe()
+            except Exception:  # still refused; said once above
+                pass
+        await asyncio.sleep(every)

@@ -111,6 +111,7 @@ def test_a_failed_store_commit_writes_nothing_to_stdout(start_tailer, postgres) 
 
     url = postgres.new_database()
     tailer = start_tailer("--store", url)
+    wait_for(lambda: tailer.metric("tailer_store_healthy") == 1, what="store healthy")
     with psycopg.connect(url, autocommit=True) as conn:  # the database refuses the next inserts
         conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
                      "$$ BEGIN RAISE EXCEPTION 'disk full'; END $$")
@@ -120,8 +121,12 @@ def test_a_failed_store_commit_writes_nothing_to_stdout(start_tailer, postgres) 
             sender.send_chunk(SCENARIO[:3])
     assert tailer.metric("tailer_sink_errors_total", sink="store") == 2
     assert tailer.records() == []
+    ready = f"http://127.0.0.1:{tailer.http_port}/readyz"
+    assert httpx.get(ready).status_code == 503  # every chunk would be refused: not ready
+    wait_for(lambda: tailer.metric("tailer_store_healthy") == 0, what="store unhealthy")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DROP TRIGGER refuse ON audit_events")
+    wait_for(lambda: httpx.get(ready).status_code == 200, what="ready again after a test write")
     with Sender("127.0.0.1", tailer.port) as sender:
         sender.send_chunk(SCENARIO[:3])
     assert tailer.records() == SCENARIO[:3]

@@ -15,8 +15,8 @@ ALLOWED = {
     "kubectl_audit": {"kube_audit"},
 }
 # one module owns each outside system
-OWNERS = {"kubernetes": {"kube_audit/kube.py", "forwarder/kube.py"}, "watchdog": {"forwarder/follow.py"},
-          "psycopg": {"tailer/store/__init__.py"}, "sqlite3": {"tailer/store/__init__.py"}, "socket": set()}
+OWNERS = {"psycopg_pool": {"tailer/store/postgres.py"}, "kubernetes": {"kube_audit/kube.py", "forwarder/kube.py"}, "watchdog": {"forwarder/follow.py"},
+          "psycopg": {"tailer/store/postgres.py"}, "sqlite3": {"tailer/store/sqlite.py"}, "socket": set()}
 
 
 def imports(path: Path) -> set[str]:

@@ -1,0 +1,90 @@
+"""The PostgreSQL store, shared by several tailer replicas. The only importer of psycopg.
+
+One writer connection and a pool of reader connections (psycopg_pool), each reader with a
+``statement_timeout``. Every write transaction takes one transaction-scoped advisory lock first, so
+sequence numbers become visible in commit order across replicas: a reader that has seen ``seq`` N never
+later finds a new row below N (watchers resume by sequence without gaps), and ``hw`` stays non-decreasing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from tailer.store import schema
+from tailer.store.base import Store, StoreError
+
+WRITE_LOCK_KEY = 0x6B617564  # pg_advisory_xact_lock key: serialises writes across replicas
+
+
+class PostgresStore(Store):
+    kind = "postgresql"
+    ph = "%s"
+    errors = (psycopg.Error,)
+
+    def __init__(self, target: str, readers: int = 4, query_timeout: float = 10.0) -> None:
+        super().__init__(target, readers, query_timeout)
+        self._wconn: psycopg.Connection[Any] | None = None
+        self._pool: ConnectionPool[Any] | None = None
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.target, autocommit=True, connect_timeout=10)
+
+    def _setup(self) -> None:
+        with self._transaction() as conn:
+            found: Any = conn.execute("SELECT to_regclass('schema_version'), to_regclass('audit_events')").fetchone()
+            current = 0
+            if found[0] is not None:
+                current = int(conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])  # type: ignore[index]
+            elif found[1] is not None:
+                current = 1  # the layout from before versioning
+            if current > schema.VERSION:
+                raise StoreError(f"postgresql: schema version {current} is newer than this tailer's "
+                                 f"{schema.VERSION}: run a newer tailer")
+            for statement in schema.plan(current, schema.POSTGRES):
+                conn.execute(statement)
+        timeout = int(self.query_timeout * 1000)
+
+        def configure(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(f"SET statement_timeout = {timeout}")
+
+        self._pool = ConnectionPool(self.target, min_size=1, max_size=self.readers, open=False,
+                                    kwargs={"autocommit": True, "connect_timeout": 10}, configure=configure,
+                                    name="store-read")
+        self._pool.open(wait=True, timeout=10)
+
+    def _close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        if self._wconn is not None:
+            self._wconn.close()
+            self._wconn = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._wconn is None:
+            self._wconn = self._connect()
+        conn = self._wconn
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+            yield conn
+
+    @contextmanager
+    def _reading(self) -> Iterator[psycopg.Connection[Any]]:
+        assert self._pool is not None
+        with self._pool.connection(timeout=self.query_timeout) as conn:
+            yield conn
+
+    def _after_error(self) -> None:
+        conn = self._wconn  # a broken connection is reopened on next use
+        if conn is not None and (conn.broken or conn.closed):
+            self._wconn = None
+
+    def _executemany(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
+        with conn.cursor() as cur:
+            cur.executemany(sql, params)
+            return int(cur.rowcount)

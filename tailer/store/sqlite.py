@@ -1,0 +1,109 @@
+"""The SQLite store: one file in WAL mode, one writer connection, one connection per reader thread
+(WAL readers run concurrently with each other and with the writer). The only importer of sqlite3."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tailer.store import schema
+from tailer.store.base import Store, StoreError
+
+RECLAIM_PAGES = 4096  # pages (16 MiB at 4 KiB) given back to the file system per retention batch
+
+
+class SqliteStore(Store):
+    kind = "sqlite"
+    ph = "?"
+    errors = (sqlite3.Error,)
+
+    def __init__(self, target: str, readers: int = 4, query_timeout: float = 10.0) -> None:
+        super().__init__(target, readers, query_timeout)
+        self._wconn: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._rconns: list[sqlite3.Connection] = []
+
+    def _connect(self, write: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.target, isolation_level=None, check_same_thread=False, timeout=30)
+        if write:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect on a new file, before WAL
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")  # an ack means the commit is on disk
+        if not write:
+            conn.execute("PRAGMA query_only=1")
+        return conn
+
+    def _setup(self) -> None:
+        Path(self.target).parent.mkdir(parents=True, exist_ok=True)
+        self._wconn = self._connect(True)
+        with self._transaction() as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            current = 0
+            if "schema_version" in tables:
+                current = int(conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
+            elif "audit_events" in tables:
+                current = 1  # the layout from before versioning
+            if current > schema.VERSION:
+                raise StoreError(f"sqlite: {self.target} has schema version {current}, newer than this "
+                                 f"tailer's {schema.VERSION}: run a newer tailer")
+            for statement in schema.plan(current, schema.SQLITE):
+                conn.execute(statement)
+
+    def _close(self) -> None:
+        for conn in [self._wconn, *self._rconns]:
+            if conn is not None:
+                conn.close()
+        self._wconn = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._wconn
+        if conn is None:
+            conn = self._wconn = self._connect(True)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            # SQLite rolls back by itself on some errors (a full disk): a second ROLLBACK would fail with
+            # "cannot rollback - no transaction is active" and hide the error that matters.
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect(False)
+            self._rconns.append(conn)
+        deadline = time.monotonic() + self.query_timeout
+        # every ~10k virtual machine steps (~0.1 ms): abort the statement once past the deadline
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        try:
+            yield conn
+        except sqlite3.OperationalError as exc:
+            if time.monotonic() > deadline and "interrupt" in str(exc):
+                raise sqlite3.OperationalError(
+                    f"query stopped after {self.query_timeout:g}s (--store-query-timeout): narrow the filter") from exc
+            raise
+        finally:
+            conn.set_progress_handler(None, 0)
+
+    def _executemany(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
+        return int(conn.executemany(sql, params).rowcount)
+
+    async def reclaim(self) -> None:
+        def vacuum() -> None:
+            with self._transaction() as conn:
+                conn.execute(f"PRAGMA incremental_vacuum({RECLAIM_PAGES})").fetchall()  # one page per step
+
+        await self._write(vacuum)
