@@ -20,6 +20,17 @@ from .codec import (
 from .errors import FluentForwardError, HandshakeError, ProtocolError
 from .handshake import ClientHandshake, ServerHandshake, digest
 from .model import Ack, Entry, EventBatch, EventTime, Heartbeat, Helo, Message, Options, Ping, Pong, Record
+from .session import (
+    NEED_DATA,
+    Acked,
+    Authenticated,
+    AuthRefused,
+    ClientSession,
+    PeerClosed,
+    ServerSession,
+    SessionError,
+    State,
+)
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES", "HEARTBEAT", "Decoder", "encode_ack", "encode_entry", "encode_forward",
@@ -27,4 +38,6 @@ __all__ = [
     "gzip_compress", "to_event_time", "unpack_entries", "FluentForwardError", "HandshakeError",
     "ProtocolError", "ClientHandshake", "ServerHandshake", "digest", "Ack", "Entry", "EventBatch",
     "EventTime", "Heartbeat", "Helo", "Message", "Options", "Ping", "Pong", "Record",
+    "NEED_DATA", "Acked", "Authenticated", "AuthRefused", "ClientSession", "PeerClosed", "ServerSession",
+    "SessionError", "State",
 ]

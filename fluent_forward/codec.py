@@ -149,27 +149,42 @@ class Decoder:
         self.max_message_bytes = max_message_bytes
         self._unpacker = _unpacker(max_message_bytes)
         self._start = 0  # stream offset where the message being decoded began
+        self._received = 0  # stream offset of the end of the bytes received
 
-    def feed(self, data: bytes) -> list[Message]:
+    def receive(self, data: bytes) -> None:
+        """Buffer ``data``; take the messages out with ``next_message``."""
+        self._received += len(data)
         try:
             self._unpacker.feed(data)
         except msgpack.BufferFull as exc:
             raise ProtocolError(
                 "message_too_large", f"a message exceeds {self.max_message_bytes} bytes"
             ) from exc
+
+    def next_message(self) -> Message | None:
+        """The next complete message, or None until more bytes arrive."""
+        try:
+            obj = self._unpacker.unpack()
+        except msgpack.OutOfData:
+            return None
+        except ProtocolError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise ProtocolError("malformed_msgpack", str(exc)) from exc
+        end = self._unpacker.tell()
+        wire_bytes, self._start = end - self._start, end
+        return self._classify(obj, wire_bytes)
+
+    def buffered(self) -> int:
+        """Bytes received and not yet part of a returned message."""
+        return self._received - self._start
+
+    def feed(self, data: bytes) -> list[Message]:
+        self.receive(data)
         messages: list[Message] = []
-        while True:
-            try:
-                obj = self._unpacker.unpack()
-            except msgpack.OutOfData:
-                return messages
-            except ProtocolError:
-                raise
-            except (ValueError, TypeError) as exc:
-                raise ProtocolError("malformed_msgpack", str(exc)) from exc
-            end = self._unpacker.tell()
-            wire_bytes, self._start = end - self._start, end
-            messages.append(self._classify(obj, wire_bytes))
+        while (message := self.next_message()) is not None:
+            messages.append(message)
+        return messages
 
     def _classify(self, obj: Any, wire_bytes: int) -> Message:
         if obj is None:

@@ -17,14 +17,22 @@ from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
-from fluent_forward import Ack, ClientHandshake, Decoder, FluentForwardError, Helo, Pong
+from fluent_forward import (
+    NEED_DATA,
+    Acked,
+    ClientSession,
+    FluentForwardError,
+    HandshakeError,
+    PeerClosed,
+    State,
+)
 from kube_audit.runtime.tls import ReloadingContext, client_context
 
 from .batcher import Chunk
 from .errors import AckTimeout, TransportError
 from .metrics import ForwarderMetrics
 from .settings import ClientSettings
-from .transport import Route, describe, open_route
+from .transport import Route, Streams, describe, open_route
 
 RETRYABLE = (TransportError, AckTimeout, FluentForwardError, ConnectionError, OSError)
 
@@ -32,8 +40,11 @@ RETRYABLE = (TransportError, AckTimeout, FluentForwardError, ConnectionError, OS
 class ForwardClient:
     def __init__(self, settings: ClientSettings, metrics: ForwarderMetrics, log: Any,
                  on_ack: Callable[[Chunk], None],
-                 resolve: Callable[[], Awaitable[tuple[str, int]]] | None = None) -> None:
+                 resolve: Callable[[], Awaitable[tuple[str, int]]] | None = None,
+                 open_connection: Callable[[Route, ReloadingContext | None, ReloadingContext | None],
+                                           Awaitable[Streams]] = open_route) -> None:
         self.s = settings
+        self.open_connection = open_connection  # transport.open_route; tests pass an in-memory pipe
         self.resolve = resolve  # looks the tailer's address up again before each connection (kube.py)
         self.route = settings.route  # the route of the current (or last) connection
         self.metrics = metrics
@@ -135,17 +146,17 @@ class ForwardClient:
 
     async def _connect_and_serve(self, stop: asyncio.Event) -> None:
         self.route = await self._route()
-        reader, writer = await open_route(self.route, self.tailer_tls, self.proxy_tls)
+        reader, writer = await self.open_connection(self.route, self.tailer_tls, self.proxy_tls)
         try:
-            decoder = Decoder()
-            if self.s.shared_key is not None:
-                await self._handshake(reader, writer, decoder)
+            session = ClientSession(self.s.hostname, self.s.shared_key, self.s.username, self.s.password)
+            if session.state is not State.READY:
+                await self._handshake(reader, writer, session)
             was = self._state
             self._set_state("connected")
             self.log.info("connected", tailer=f"{self.route.tailer_host}:{self.route.tailer_port}",
                           proxy=self.route.proxy_kind, after_failures=self._failures if was == "failing" else 0,
                           resending=sum(1 for c in self.pending if c.message))
-            await self._serve(reader, writer, decoder, stop)
+            await self._serve(reader, writer, session, stop)
         finally:
             writer.close()
             try:
@@ -153,38 +164,37 @@ class ForwardClient:
             except (TimeoutError, OSError, asyncio.CancelledError):
                 pass
 
-    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, decoder: Decoder) -> None:
-        assert self.s.shared_key is not None
-        shake = ClientHandshake(self.s.shared_key, self.s.hostname, self.s.username, self.s.password)
-        helo = await self._next_message(reader, decoder, "HELO")
-        if not isinstance(helo, Helo):
-            raise TransportError("handshake", f"expected HELO from the tailer, got {type(helo).__name__}")
-        writer.write(shake.ping(helo))
-        await writer.drain()
-        pong = await self._next_message(reader, decoder, "PONG")
-        if not isinstance(pong, Pong):
-            raise TransportError("handshake", f"expected PONG from the tailer, got {type(pong).__name__}")
-        shake.check(pong)  # raises HandshakeError (retried: the key may be fixed on either side)
+    def _next_event(self, session: ClientSession, step: str) -> Any:
+        """The session's next event; its protocol errors become transport errors of ``step``."""
+        try:
+            return session.next_event()
+        except HandshakeError as exc:
+            raise TransportError("handshake", str(exc)) from exc
+        except FluentForwardError as exc:
+            raise TransportError(step, f"{describe(self.route)} broke the protocol: {exc}") from exc
 
-    async def _next_message(self, reader: asyncio.StreamReader, decoder: Decoder, what: str) -> Any:
-        buffered: list[Any] = []
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         session: ClientSession) -> None:
+        what = "HELO"
         try:
             async with asyncio.timeout(self.route.timeout):
-                while not buffered:
-                    data = await reader.read(65536)
-                    if not data:
+                while session.state is not State.READY:
+                    what = "HELO" if session.state is State.AWAIT_HELO else "PONG"
+                    event = self._next_event(session, "handshake")
+                    if (out := session.data_to_send()):
+                        writer.write(out)  # the PING, in one write (Fluent Bit reads it in one read)
+                        await writer.drain()
+                    if isinstance(event, PeerClosed):
                         raise TransportError("handshake", f"tailer closed the connection before {what}")
-                    buffered = decoder.feed(data)
+                    if event is NEED_DATA:
+                        session.receive_data(await reader.read(65536))
         except TimeoutError:
             raise TransportError("handshake", f"no {what} from the tailer (is --shared-key set on both?)") from None
-        if len(buffered) > 1:
-            raise TransportError("handshake", f"unexpected data after {what}")
-        return buffered[0]
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, decoder: Decoder,
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: ClientSession,
                      stop: asyncio.Event) -> None:
-        sender = asyncio.create_task(self._send_loop(writer), name="forward-send")
-        acker = asyncio.create_task(self._ack_loop(reader, decoder), name="forward-ack")
+        sender = asyncio.create_task(self._send_loop(writer, session), name="forward-send")
+        acker = asyncio.create_task(self._ack_loop(reader, session), name="forward-ack")
         stopper = asyncio.create_task(stop.wait(), name="forward-stop")
         try:
             done, _ = await asyncio.wait([sender, acker, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -196,16 +206,17 @@ class ForwardClient:
             if task in done and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
 
-    async def _send_loop(self, writer: asyncio.StreamWriter) -> None:
+    async def _send_loop(self, writer: asyncio.StreamWriter, session: ClientSession) -> None:
         self._session += 1
-        session = self._session
+        number = self._session
         while True:
             self._changed.clear()
             for chunk in list(self.pending):
-                if chunk.message and chunk.sent_on != session:
-                    writer.write(chunk.message)
+                if chunk.message and chunk.sent_on != number:
+                    session.send_chunk(chunk.chunk_id, chunk.message)
+                    writer.write(session.data_to_send())
                     chunk.sent_at = time.monotonic()
-                    chunk.sent_on = session
+                    chunk.sent_on = number
                     self.metrics.chunks_sent.inc()
                     self.metrics.bytes_sent.inc(len(chunk.message))
             try:
@@ -214,24 +225,23 @@ class ForwardClient:
                 raise TransportError("send", f"{describe(self.route)} was lost: {exc}") from exc
             await self._changed.wait()
 
-    async def _ack_loop(self, reader: asyncio.StreamReader, decoder: Decoder) -> None:
+    async def _ack_loop(self, reader: asyncio.StreamReader, session: ClientSession) -> None:
         tick = min(1.0, self.s.ack_timeout / 4)
         while True:
+            event = self._next_event(session, "receive")
+            if isinstance(event, Acked):
+                self._acked(event.chunk)
+                continue
+            if isinstance(event, PeerClosed):
+                raise TransportError("receive", f"{describe(self.route)} closed")
+            self._check_ack_deadline()
             try:
                 data = await asyncio.wait_for(reader.read(65536), tick)
             except TimeoutError:
-                self._check_ack_deadline()
                 continue
             except (ConnectionError, OSError) as exc:
                 raise TransportError("receive", f"{describe(self.route)} was lost: {exc}") from exc
-            if not data:
-                raise TransportError("receive", f"{describe(self.route)} closed")
-            for message in decoder.feed(data):
-                if isinstance(message, Ack):
-                    self._acked(message.chunk)
-                elif isinstance(message, Helo):
-                    raise TransportError("handshake", "the tailer asks for a shared key; set --shared-key")
-            self._check_ack_deadline()
+            session.receive_data(data)
 
     def _check_ack_deadline(self) -> None:
         head = next((c for c in self.pending if c.message), None)

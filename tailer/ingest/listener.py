@@ -7,13 +7,14 @@ import ssl
 from typing import Any
 
 from fluent_forward import (
-    Decoder,
+    NEED_DATA,
+    Authenticated,
+    AuthRefused,
     EventBatch,
-    Heartbeat,
-    Ping,
+    PeerClosed,
     ProtocolError,
-    ServerHandshake,
-    encode_ack,
+    ServerSession,
+    State,
 )
 from kube_audit.runtime.observability import get_logger
 from kube_audit.runtime.tls import ReloadingContext, server_context
@@ -23,6 +24,10 @@ from tailer.settings import ForwardSettings
 
 READ_SIZE = 256 * 1024
 log = get_logger(component="forward_server")
+
+
+class _NotAcked(Exception):
+    """The pipeline refused a batch: close without an ack, the sender resends."""
 
 
 class ForwardServer:
@@ -91,101 +96,98 @@ class ForwardServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         s = self.settings
-        decoder = Decoder(s.max_message_bytes)
-        pending: list[Any] = []
+        session = ServerSession(s.hostname, s.shared_key, s.users, max_message_bytes=s.max_message_bytes)
         try:
-            if self.tls is not None:
-                # start_tls must run in this task's first step, before the loop reads the
-                # ClientHello into the plain stream buffer (so no wait_for, which adds a task).
-                try:
-                    async with asyncio.timeout(s.handshake_timeout):
-                        await writer.start_tls(self.tls.get())
-                except (ssl.SSLError, TimeoutError, ConnectionError, OSError) as exc:
-                    reason = getattr(exc, "reason", None) or type(exc).__name__
-                    self.metrics.auth_failures.labels("tls").inc()
-                    log.warning("tls_handshake_failed", peer=peer, reason=str(reason), error=str(exc))
-                    return
-            if s.shared_key is not None:
-                after_ping = await self._handshake(reader, writer, decoder, peer)
-                if after_ping is None:
-                    return
-                pending = after_ping
-            log.debug("connection_open", peer=peer)
+            if self.tls is not None and not await self._start_tls(writer, peer):
+                return
+            deadline = asyncio.get_running_loop().time() + s.handshake_timeout
+            writer.write(session.data_to_send())  # the HELO, with a shared key
             while True:
-                for message in pending:
-                    await self._handle(message, writer, peer)
-                await writer.drain()
-                data = await self._read(reader)
-                if not data:
+                event = session.next_event()
+                if event is NEED_DATA:
+                    writer.write(session.data_to_send())
+                    await writer.drain()
+                    data = await self._read(reader, session, deadline, peer)
+                    if data is None:
+                        return
+                    session.receive_data(data)
+                elif isinstance(event, EventBatch):
+                    await self._deliver(event, session, writer)
+                elif isinstance(event, Authenticated):
+                    writer.write(session.data_to_send())  # the PONG
+                    log.debug("connection_open", peer=peer, client=event.peer)
+                elif isinstance(event, AuthRefused):
+                    writer.write(session.data_to_send())  # the PONG saying why, then close
+                    await writer.drain()
+                    self.metrics.auth_failures.labels(event.reason).inc()
+                    log.warning("handshake_failed", peer=peer, reason=event.detail, client=event.peer or None)
                     return
-                self.metrics.bytes.inc(len(data))
-                pending = decoder.feed(data)
+                elif isinstance(event, PeerClosed):
+                    if session.state is State.AWAIT_PING:
+                        self._refuse_handshake(peer, "no_ping", "connection closed before PING")
+                    elif event.truncated:
+                        log.info("connection_lost", peer=peer, error="closed in the middle of a message")
+                    return
         except ProtocolError as exc:
             self.metrics.bad_frames.labels(exc.reason).inc()
             log.warning("bad_frame", peer=peer, reason=exc.reason, error=str(exc))
+        except _NotAcked as exc:  # a sink refused the chunk (counted in Pipeline.deliver): no ack, and
+            # closing makes the forwarder resend it (was an unlogged "Unhandled exception" traceback)
+            cause = exc.__cause__
+            log.error("chunk_not_acked", peer=peer, error=str(cause) or type(cause).__name__)
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             log.info("connection_lost", peer=peer, error=str(exc) or type(exc).__name__)
-        except Exception as exc:  # a sink refused the chunk (counted in Pipeline.deliver): no ack, and
-            # closing makes the forwarder resend it (was an unlogged "Unhandled exception" traceback)
-            log.error("chunk_not_acked", peer=peer, error=str(exc) or type(exc).__name__)
 
-    async def _read(self, reader: asyncio.StreamReader) -> bytes:
+    async def _start_tls(self, writer: asyncio.StreamWriter, peer: str) -> bool:
+        assert self.tls is not None
+        # start_tls must run in this task's first step, before the loop reads the
+        # ClientHello into the plain stream buffer (so no wait_for, which adds a task).
+        try:
+            async with asyncio.timeout(self.settings.handshake_timeout):
+                await writer.start_tls(self.tls.get())
+        except (ssl.SSLError, TimeoutError, ConnectionError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            self.metrics.auth_failures.labels("tls").inc()
+            log.warning("tls_handshake_failed", peer=peer, reason=str(reason), error=str(exc))
+            return False
+        return True
+
+    def _refuse_handshake(self, peer: str, reason: str, detail: str) -> None:
+        self.metrics.auth_failures.labels(reason).inc()
+        log.warning("handshake_failed", peer=peer, reason=detail)
+
+    async def _read(self, reader: asyncio.StreamReader, session: ServerSession, deadline: float,
+                    peer: str) -> bytes | None:
+        """The next bytes (b"" at EOF), or None when the connection must end now (stopping, no PING in time)."""
         task = asyncio.current_task()
         assert task is not None
         if self._closing:
-            return b""
+            return None
         self._idle.add(task)
         try:
-            return await reader.read(READ_SIZE)
+            if session.state is not State.AWAIT_PING:
+                data = await reader.read(READ_SIZE)
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        data = await reader.read(READ_SIZE)
+                except TimeoutError:
+                    self._refuse_handshake(peer, "timeout", "no PING in time")
+                    return None
         finally:
             self._idle.discard(task)
+        if session.state is State.READY:
+            self.metrics.bytes.inc(len(data))
+        return data
 
-    async def _handshake(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, decoder: Decoder, peer: str
-    ) -> list[Any] | None:
-        s = self.settings
-        assert s.shared_key is not None
-        shake = ServerHandshake(s.shared_key, s.hostname, s.users)
-        writer.write(shake.helo())
-        await writer.drain()
-        messages: list[Any] = []
+    async def _deliver(self, batch: EventBatch, session: ServerSession, writer: asyncio.StreamWriter) -> None:
+        records = [record for _, record in batch.entries]
         try:
-            async with asyncio.timeout(s.handshake_timeout):
-                while not messages:
-                    data = await reader.read(READ_SIZE)
-                    if not data:
-                        self.metrics.auth_failures.labels("no_ping").inc()
-                        log.warning("handshake_failed", peer=peer, reason="connection closed before PING")
-                        return None
-                    messages = decoder.feed(data)
-        except TimeoutError:
-            self.metrics.auth_failures.labels("timeout").inc()
-            log.warning("handshake_failed", peer=peer, reason="no PING in time")
-            return None
-        ping, rest = messages[0], messages[1:]
-        if not isinstance(ping, Ping):
-            self.metrics.auth_failures.labels("no_ping").inc()
-            log.warning("handshake_failed", peer=peer, reason=f"expected PING, got {type(ping).__name__}")
-            return None
-        pong, failure = shake.answer(ping)
-        writer.write(pong)
-        await writer.drain()
-        if failure is not None:
-            self.metrics.auth_failures.labels("shared_key").inc()
-            log.warning("handshake_failed", peer=peer, reason=failure, client=ping.hostname)
-            return None
-        return rest
-
-    async def _handle(self, message: Any, writer: asyncio.StreamWriter, peer: str) -> None:
-        if isinstance(message, EventBatch):
-            records = [record for _, record in message.entries]
             await self.pipeline.deliver(records)
-            self.metrics.events.inc(len(records))
-            self.metrics.chunks.labels(message.mode).inc()
-            if message.options.chunk is not None:
-                writer.write(encode_ack(message.options.chunk))
-                self.metrics.acks.inc()
-        elif isinstance(message, Heartbeat):
-            return
-        else:
-            raise ProtocolError("unexpected_message", f"{type(message).__name__} after the handshake")
+        except Exception as exc:  # (an OSError of a sink is not a lost connection)
+            raise _NotAcked() from exc
+        self.metrics.events.inc(len(records))
+        self.metrics.chunks.labels(batch.mode).inc()
+        if session.ack(batch):
+            writer.write(session.data_to_send())
+            self.metrics.acks.inc()

@@ -1,0 +1,221 @@
+"""The tailer's listener and the forwarder's client as the thin loops they are, over an in-memory
+stream that delivers one byte per read (tests/helpers/mockstream.py): no sockets, no processes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+import fluent_forward as ff
+from forwarder.batcher import Chunk
+from forwarder.client import ForwardClient
+from forwarder.metrics import ForwarderMetrics
+from forwarder.settings import ClientSettings
+from forwarder.transport import Route
+from tailer.ingest.listener import ForwardServer
+from tailer.ingest.pipeline import Pipeline
+from tailer.metrics import TailerMetrics
+from tailer.settings import ForwardSettings
+from tests.helpers.mockstream import MockReader, MockWriter, pipe
+
+T = ff.EventTime(1_763_629_200, 1)
+
+
+class RecordingSink:
+    name = "stdout"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.fail = fail
+
+    async def write(self, records: Sequence[dict[str, Any]]) -> None:
+        if self.fail:
+            raise OSError("disk full")
+        self.records.extend(records)
+
+
+def value(metrics: Any, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels or None) or 0.0
+
+
+class Tailer:
+    """A ForwardServer with a recording sink, taking connections over mock pipes."""
+
+    def __init__(self, sink: RecordingSink | None = None, **settings: Any) -> None:
+        self.metrics = TailerMetrics()
+        self.sink = sink or RecordingSink()
+        self.server = ForwardServer(ForwardSettings(hostname="tailer-0", **settings), Pipeline([self.sink], self.metrics),
+                                    self.metrics)
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def connect(self, max_read: int = 1) -> tuple[MockReader, MockWriter]:
+        client, server = pipe(max_read)
+        self.tasks.append(asyncio.create_task(self.server._on_connection(*server)))  # type: ignore[arg-type]
+        return client
+
+    async def open_route(self, route: Route, *_: Any) -> tuple[MockReader, MockWriter]:
+        return self.connect()
+
+    def metric(self, name: str, **labels: str) -> float:
+        return value(self.metrics, name, **labels)
+
+
+async def receive(reader: MockReader, decoder: ff.Decoder, count: int = 1) -> list[ff.Message]:
+    out: list[ff.Message] = []
+    async with asyncio.timeout(10):
+        while len(out) < count:
+            data = await reader.read(65536)
+            if not data:
+                raise ConnectionError("closed")
+            out.extend(decoder.feed(data))
+    return out
+
+
+async def closed(reader: MockReader) -> bool:
+    async with asyncio.timeout(10):
+        while await reader.read(65536):
+            pass
+    return True
+
+
+def packed_chunk(cid: str, n: int, compress: bool = False, **fields: Any) -> bytes:
+    packed = b"".join(ff.encode_entry(ff.EventTime(1, i), {**fields, "i": i}) for i in range(n))
+    return ff.encode_packed_forward("audit", packed, chunk=cid, size=n, compress=compress)
+
+
+async def test_chunks_sent_back_to_back_are_acked_in_order_byte_by_byte() -> None:
+    tailer = Tailer()
+    reader, writer = tailer.connect()
+    ids = [uuid.uuid4().hex for _ in range(6)]
+    for n, cid in enumerate(ids):  # all of them before reading a single ack
+        writer.write(packed_chunk(cid, 5, compress=n % 2 == 0, chunk_no=n))
+    assert await receive(reader, ff.Decoder(), len(ids)) == [ff.Ack(cid) for cid in ids]
+    assert [(r["chunk_no"], r["i"]) for r in tailer.sink.records] == [(n, i) for n in range(6) for i in range(5)]
+    assert tailer.metric("tailer_acks_sent_total") == 6 and tailer.metric("tailer_events_received_total") == 30
+
+
+async def test_garbage_closes_only_that_connection() -> None:
+    tailer = Tailer()
+    good_r, good_w = tailer.connect()
+    bad_r, bad_w = tailer.connect(max_read=65536)
+    with capture_logs() as logs:
+        bad_w.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await closed(bad_r)
+        good_w.write(packed_chunk("c1", 1, auditID="x"))
+        assert await receive(good_r, ff.Decoder()) == [ff.Ack("c1")]
+    assert tailer.sink.records == [{"auditID": "x", "i": 0}]
+    assert tailer.metric("tailer_bad_frames_total", reason="not_an_array") == 1
+    assert any(e["event"] == "bad_frame" and e["reason"] == "not_an_array" for e in logs)
+
+
+async def test_oversized_message_is_refused() -> None:
+    tailer = Tailer(max_message_bytes=64 * 1024)
+    reader, writer = tailer.connect(max_read=4096)
+    writer.write(ff.encode_message("t", T, {"blob": "x" * 200_000}, ff.Options(chunk="big")))
+    assert await closed(reader)
+    assert tailer.metric("tailer_bad_frames_total", reason="message_too_large") == 1
+    assert tailer.sink.records == []
+
+
+async def test_a_failing_sink_means_no_ack_and_a_closed_connection() -> None:
+    tailer = Tailer(RecordingSink(fail=True))
+    reader, writer = tailer.connect(max_read=65536)
+    with capture_logs() as logs:
+        writer.write(packed_chunk("c1", 2))
+        assert await closed(reader)
+    assert tailer.metric("tailer_acks_sent_total") == 0
+    assert any(e["event"] == "chunk_not_acked" and "disk full" in e["error"] for e in logs)
+
+
+async def test_shared_key_handshake_and_wrong_key() -> None:
+    tailer = Tailer(shared_key="s3cret")
+    reader, writer = tailer.connect()
+    decoder = ff.Decoder()
+    [helo] = await receive(reader, decoder)
+    client = ff.ClientHandshake("s3cret", "fwd-0")
+    writer.write(client.ping(helo))  # type: ignore[arg-type]
+    [pong] = await receive(reader, decoder)
+    client.check(pong)  # type: ignore[arg-type]
+    writer.write(packed_chunk("ok", 1, ok=1))
+    assert await receive(reader, decoder) == [ff.Ack("ok")]
+
+    reader, writer = tailer.connect()
+    decoder = ff.Decoder()
+    [helo] = await receive(reader, decoder)
+    writer.write(ff.ClientHandshake("wrong", "fwd-1").ping(helo))  # type: ignore[arg-type]
+    [pong] = await receive(reader, decoder)
+    assert isinstance(pong, ff.Pong) and not pong.auth_ok and pong.reason == "shared_key mismatch"
+    assert await closed(reader)  # closed right after the refusal
+    assert tailer.metric("tailer_auth_failures_total", reason="shared_key") == 1
+    assert tailer.sink.records == [{"ok": 1, "i": 0}]
+
+
+async def test_data_instead_of_a_ping_is_refused() -> None:
+    tailer = Tailer(shared_key="k")
+    reader, writer = tailer.connect(max_read=65536)
+    writer.write(packed_chunk("c", 1))
+    assert await closed(reader)
+    assert tailer.metric("tailer_auth_failures_total", reason="no_ping") == 1
+    assert tailer.sink.records == []
+
+
+# ---- our client against our listener ------------------------------------------------------------
+
+
+def make_client(tailer: Tailer, acked: list[str], **settings: Any) -> ForwardClient:
+    s = ClientSettings(route=Route("tailer", 24224, timeout=5.0), hostname="fwd-0", ack_timeout=5.0,
+                       backoff_initial=0.01, backoff_max=0.05, **settings)
+    return ForwardClient(s, ForwarderMetrics(), _NullLog(), lambda c: acked.append(c.chunk_id),
+                         open_connection=tailer.open_route)
+
+
+class _NullLog:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **kw: self.lines.append((event, kw))
+
+
+def chunk(n: int) -> Chunk:
+    cid = f"chunk-{n}"
+    return Chunk(cid, packed_chunk(cid, 3, seq=n), 3, None, 0)
+
+
+@pytest.mark.parametrize("shared_key", [None, "k"])
+async def test_forward_client_and_listener_byte_by_byte(shared_key: str | None) -> None:
+    tailer = Tailer(shared_key=shared_key)
+    acked: list[str] = []
+    client = make_client(tailer, acked, shared_key=shared_key)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(client.run(stop))
+    for n in range(5):
+        await client.submit(chunk(n))
+    assert await client.drain(10)
+    stop.set()
+    await asyncio.wait_for(runner, 10)
+    assert acked == [f"chunk-{n}" for n in range(5)]
+    assert [(r["seq"], r["i"]) for r in tailer.sink.records] == [(n, i) for n in range(5) for i in range(3)]
+
+
+async def test_forward_client_with_a_wrong_key_retries_and_reports_the_handshake_step() -> None:
+    tailer = Tailer(shared_key="right")
+    acked: list[str] = []
+    client = make_client(tailer, acked, shared_key="wrong")
+    stop = asyncio.Event()
+    runner = asyncio.create_task(client.run(stop))
+    await client.submit(chunk(0))
+    async with asyncio.timeout(10):
+        while tailer.metric("tailer_auth_failures_total", reason="shared_key") < 2:
+            await asyncio.sleep(0.01)  # polling a counter, not synchronisation
+    stop.set()
+    await asyncio.wait_for(runner, 10)
+    assert acked == [] and len(client.pending) == 1  # kept, not lost
+    warnings = [kw for event, kw in client.log.lines if event == "tailer_unavailable"]  # type: ignore[attr-defined]
+    assert warnings and warnings[0]["step"] == "handshake" and "shared_key mismatch" in warnings[0]["error"]
+    assert len(warnings) == 1  # once per state change, not once per attempt
