@@ -33,10 +33,11 @@ class RecordingSink:
         self.records: list[dict[str, Any]] = []
         self.fail = fail
 
-    async def write(self, records: Sequence[dict[str, Any]]) -> None:
+    async def write(self, records: Sequence[Any]) -> None:
+        """Records as received: the pipeline hands sinks parsed records (AuditEvent or Rejected)."""
         if self.fail:
             raise OSError("disk full")
-        self.records.extend(records)
+        self.records.extend(r.record for r in records)
 
 
 def value(metrics: Any, name: str, **labels: str) -> float:
