@@ -185,11 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kube_audit.runtime import lifecycle
     from kube_audit.runtime.observability import setup_logging
 
-    from .app import serve
+    from .app import start
 
     setup_logging(settings.log_level)
     try:
-        return lifecycle.run(lambda stop: serve(settings, stop))
+        return lifecycle.run(lambda rt: start(settings, rt), settings.shutdown_timeout)
     except Exception as exc:  # configuration errors found at start-up
         from kube_audit.runtime.observability import get_logger
 

@@ -11,7 +11,6 @@ A namespace of "" below means the cluster scope: queries across namespaces or on
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import hashlib
 import io
@@ -46,13 +45,13 @@ class Authorizer(Protocol):
 
 
 class AccessReviews(Protocol):
-    """Blocking Kubernetes calls, supplied by kube_audit/kube.py (``kube.access_reviews()``)."""
+    """Kubernetes calls (async, on the loop), supplied by kube_audit/kube.py (``kube.access_reviews()``)."""
 
-    def token_review(self, token: str) -> tuple[str, tuple[str, ...]] | None:
+    async def token_review(self, token: str) -> tuple[str, tuple[str, ...]] | None:
         """(username, groups) of an authenticated token, None when not authenticated."""
         ...
 
-    def subject_access_review(self, user: str, groups: tuple[str, ...], namespace: str) -> bool:
+    async def subject_access_review(self, user: str, groups: tuple[str, ...], namespace: str) -> bool:
         """Whether user/groups may ``get`` ``auditevents.audit.kube-audit-forwarder.io`` in namespace
         ("" = all namespaces)."""
         ...
@@ -150,7 +149,7 @@ class KubernetesAuthorizer:
         hit = self._cache.get(key)
         if hit and hit[0] > now:
             return hit[1]
-        value = await asyncio.to_thread(call)
+        value = await call()
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
         self._cache[key] = (now + self.ttl, value)

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 import msgpack
@@ -44,15 +45,16 @@ class StdoutSink:
 
     name = "stdout"
 
-    def __init__(self, metrics: TailerMetrics, fd: int = 1) -> None:
+    def __init__(self, metrics: TailerMetrics, fd: int = 1, executor: Executor | None = None) -> None:
         self.metrics = metrics
         self.fd = fd
+        self.executor = executor  # the stage's own thread (the runtime's "stdout" executor)
         self._lock = asyncio.Lock()
 
     async def write(self, records: Sequence[Record]) -> None:
         data = b"".join(encode_line(r, self.metrics) for r in records)
         async with self._lock:
-            await asyncio.to_thread(self._write_all, data)
+            await asyncio.get_running_loop().run_in_executor(self.executor, self._write_all, data)
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)

@@ -49,7 +49,8 @@ CREATE INDEX IF NOT EXISTS audit_events_namespace ON audit_events (namespace, se
 CREATE INDEX IF NOT EXISTS audit_events_user ON audit_events (username, seq);
 CREATE INDEX IF NOT EXISTS audit_events_ts ON audit_events (ts);
 CREATE TABLE IF NOT EXISTS audit_pruned (id INTEGER PRIMARY KEY, max_seq BIGINT NOT NULL);
-INSERT INTO audit_pruned (id, max_seq) VALUES (1, 0) ON CONFLICT (id) DO NOTHING
+INSERT INTO audit_pruned (id, max_seq) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS audit_cursors (name TEXT PRIMARY KEY, seq BIGINT NOT NULL)
 """
 
 
@@ -345,6 +346,20 @@ class Store:
             return [(int(seq), str(g), orjson.loads(body)) for seq, _, g, body in reversed(rows)], omitted
 
         return await self._run(self._reader, query)
+
+    # ---- cursors of the projections that follow the store (tailer/configmaps) ----
+
+    async def load_cursor(self, name: str) -> int:
+        """The sequence a projection has durably processed up to (0 when it never saved one)."""
+        sql = self._sql("SELECT seq FROM audit_cursors WHERE name = ?")
+        return await self._run(self._reader, lambda: int(
+            (self._read_conn().execute(sql, (name,)).fetchone() or (0,))[0]))
+
+    async def save_cursor(self, name: str, seq: int) -> None:
+        """Durably record that projection ``name`` has processed every event up to ``seq``."""
+        sql = self._sql("INSERT INTO audit_cursors (name, seq) VALUES (?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET seq = excluded.seq")
+        await self._run(self._writer, lambda: self._write_conn().execute(sql, (name, seq)) and None)
 
     async def count(self) -> int:
         return await self._run(self._reader, lambda: int(
