@@ -16,13 +16,12 @@ COPY tailer/ tailer/
 COPY kubectl_audit/ kubectl_audit/
 # Every dependency ships binary wheels for amd64 and arm64; a platform without them would need
 # build-essential here, never in the final stage.
-# The kubernetes client ships an asyncio copy of itself (kubernetes/aio, ~68 MB with bytecode, a third of the
-# venv); kube_audit/kube.py uses the blocking client in a thread, so the copy goes (tests/unit/test_deploy.py
-# checks that nothing imports it).
+# The daemons use the kubernetes client's asyncio flavour (kubernetes/aio, kube_audit/kube/aio.py), so it
+# stays; the blocking copy loads kubeconfigs for kubectl audit (kube_audit/kube/blocking.py) and the
+# package's __init__ imports it anyway (tests/unit/test_deploy.py checks who imports what).
 RUN pip wheel --wheel-dir /wheels ".[postgres]" \
  && python -m venv --without-pip /opt/kaf \
- && pip --python /opt/kaf/bin/python install --no-index --find-links /wheels "kube-audit-forwarder[postgres]" \
- && rm -rf /opt/kaf/lib/python3*/site-packages/kubernetes/aio
+ && pip --python /opt/kaf/bin/python install --no-index --find-links /wheels "kube-audit-forwarder[postgres]"
 
 # --- final: the slim base, the venv, an unprivileged user; no compilers, no pip cache, no wheels ---
 FROM ${PYTHON_IMAGE}

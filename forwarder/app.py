@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
 from fluent_forward import EventTime
-from kube_audit.runtime import lifecycle
+from kube_audit.errors import KubeError, KubeUnconfigured
 from kube_audit.runtime.http import HttpServer, build_app
+from kube_audit.runtime.lifecycle import Deadline, Runtime
 from kube_audit.runtime.observability import get_logger
 
 from . import checkpoint
 from .batcher import Batcher, Chunk
 from .client import ForwardClient
+from .errors import ConfigError, TransportError
 from .follow import FINGERPRINT_BYTES, Follower, Read, Source
 from .lines import BadLine, Line, to_entry
 from .metrics import ForwarderMetrics
@@ -36,8 +38,6 @@ class Forwarder:
         self.batcher = Batcher(b.tag, b.chunk_events, b.chunk_bytes, b.compress)
         self.resolver = None
         if settings.client.tailer_service:
-            from .kube import ServiceResolver
-
             self.resolver = ServiceResolver(settings.client.tailer_service, settings.client.kubeconfig)
         self.client = ForwardClient(settings.client, self.metrics, log, self._on_ack, self.resolver)
         self._bad_kinds_logged: set[str] = set()
@@ -177,50 +177,79 @@ class Forwarder:
             self._dead_letter.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
             self._dead_letter.flush()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.follower.close()
         if self.resolver is not None:
-            self.resolver.close()
+            await self.resolver.close()
         if self._dead_letter is not None:
             self._dead_letter.close()
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> int:
+class ServiceResolver:
+    """--tailer-service: the tailer's address from its Service, looked up again before every
+    connection so that a changed Service is followed. A failed lookup is a TransportError, retried
+    with the forwarder's backoff like any other step of reaching the tailer."""
+
+    def __init__(self, service: tuple[str, str], kubeconfig: str | None) -> None:
+        self.namespace, self.name = service
+        self.kubeconfig = kubeconfig
+        self.kube: Any = None
+
+    async def open(self) -> None:
+        from kube_audit.kube.aio import AsyncKube
+
+        try:
+            self.kube = await AsyncKube.connect(self.kubeconfig)
+        except KubeUnconfigured as exc:
+            hint = "" if self.kubeconfig else " (outside a cluster --tailer-service needs --kubeconfig)"
+            raise ConfigError(f"--tailer-service: cannot load the Kubernetes configuration: {exc}{hint}") from exc
+
+    async def __call__(self) -> tuple[str, int]:
+        if self.kube is None:
+            await self.open()
+        try:
+            return await self.kube.service_address(self.namespace, self.name)
+        except KubeError as exc:
+            raise TransportError("tailer_service", str(exc)) from exc
+
+    async def close(self) -> None:
+        if self.kube is not None:
+            await self.kube.close()
+            self.kube = None
+
+
+async def start(settings: Settings, rt: Runtime) -> None:
+    """Start the stages; ``rt`` stops them in reverse order: reader, flush, drain, HTTP, files."""
     fwd = Forwarder(settings)
+    rt.on_exit("files", fwd.close)
+    if fwd.resolver is not None:
+        await fwd.resolver.open()
     fwd.start_files()
     fwd.follower.watch()
     http = HttpServer(build_app(fwd.metrics.registry), settings.http_host, settings.http_port)
     await http.start()
+    rt.on_shutdown("http", http.stop)
     client_stop = asyncio.Event()
-    client_task = asyncio.create_task(fwd.client.run(client_stop), name="forward-client")
-    reader_task = asyncio.create_task(fwd.read_loop(stop), name="file-reader")
-    watch_task = asyncio.create_task(
-        fwd.follower.watch_loop(stop, settings.follow.stat_interval, fwd.after_poll), name="file-watch")
+    rt.spawn(fwd.client.run(client_stop), "forward-client")
+    reader = rt.spawn(fwd.read_loop(rt.stop), "file-reader")
+    rt.spawn(fwd.follower.watch_loop(rt.stop, settings.follow.stat_interval, fwd.after_poll), "file-watch")
+
+    async def drain(deadline: Deadline) -> None:
+        """Let the reader finish its read, send what is batched, wait for acks until the deadline."""
+        log.info("forwarder_stopping", unacked_chunks=len(fwd.client.pending))
+        await asyncio.wait([reader], timeout=deadline.left())
+        if reader.done() and not reader.cancelled() and reader.exception() is None:
+            try:
+                async with asyncio.timeout(deadline.left()):
+                    await fwd.flush()
+            except TimeoutError:
+                pass
+        drained = await fwd.client.drain(deadline.left())
+        client_stop.set()
+        log.info("forwarder_stopped", all_acked=drained, unacked_chunks=len(fwd.client.pending),
+                 note="unacked lines are re-read from the checkpoint on the next start")
+
+    rt.on_shutdown("drain", drain)
     log.info("forwarder_started", audit_log=settings.follow.audit_log_path, http_port=http.port,
              tailer=f"{settings.client.route.tailer_host}:{settings.client.route.tailer_port}",
              tailer_service="/".join(settings.client.tailer_service or ()) or None)
-    status = 0
-    try:
-        await lifecycle.wait_stop_or_death(stop, [client_task, reader_task, watch_task])
-    except lifecycle.TaskDied:
-        status = 1
-    stop.set()
-    deadline = time.monotonic() + settings.shutdown_timeout
-    log.info("forwarder_stopping", unacked_chunks=len(fwd.client.pending))
-    try:
-        async with asyncio.timeout(settings.shutdown_timeout):
-            await reader_task
-            await fwd.flush()
-    except (TimeoutError, Exception) as exc:  # noqa: BLE001 - shutdown goes on whatever happened
-        if not isinstance(exc, TimeoutError):
-            log.error("reader_failed", error=repr(exc))
-    drained = await fwd.client.drain(max(0.0, deadline - time.monotonic()))
-    client_stop.set()
-    await lifecycle.cancel_all([client_task, reader_task, watch_task], 2.0)
-    await http.stop()
-    fwd.close()
-    log.info("forwarder_stopped", all_acked=drained, unacked_chunks=len(fwd.client.pending),
-             note="unacked lines are re-read from the checkpoint on the next start")
-    return status
-
-

@@ -194,12 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kube_audit.runtime.observability import get_logger, setup_logging
     from kube_audit.runtime.tls import TLSConfigError
 
-    from .app import serve
+    from .app import start
     from .errors import ConfigError
 
     setup_logging(settings.log_level)
     try:
-        return lifecycle.run(lambda stop: serve(settings, stop))
+        return lifecycle.run(lambda rt: start(settings, rt), settings.shutdown_timeout)
     except (TLSConfigError, ConfigError) as exc:
         get_logger().error("config_error", error=str(exc))
         return 2

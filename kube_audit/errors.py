@@ -1,4 +1,4 @@
-"""Errors of the shared Kubernetes module (kube_audit/kube.py), translated there from the kubernetes
+"""Errors of the shared Kubernetes module (kube_audit/kube/), translated there from the kubernetes
 client and urllib3 with the cause kept. 404 -> NotFound and 409 -> Conflict are normal outcomes."""
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ def namespace(args: argparse.Namespace) -> str:
     if args.namespace:
         return str(args.namespace)
     from kube_audit.errors import KubeUnconfigured
-    from kube_audit.kube import context_namespace
+    from kube_audit.kube.blocking import context_namespace
 
     try:
         return context_namespace(args.kubeconfig, args.context) or "default"

@@ -1,7 +1,7 @@
 """kubectl audit [show] RESOURCE NAME: the object's audit ConfigMap as a table, JSON or YAML.
 
 Finds the ConfigMap through the annotation the tailer put on the object, so it needs nothing but read
-access to the object and the ConfigMap. Every API call goes through kube_audit/kube.py. The parser is
+access to the object and the ConfigMap. Every API call goes through kube_audit/kube/. The parser is
 kubectl_audit/cli.py.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from kube_audit.contract import ANNOTATION, decode_entries
 from kube_audit.errors import KubeError, KubeUnconfigured, NotFound
-from kube_audit.kube import Kube
+from kube_audit.kube.blocking import Kube
 from kubectl_audit.cli import CommandError
 from kubectl_audit.printer import dump, table
 

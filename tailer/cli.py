@@ -84,7 +84,7 @@ def add_configmap_flags(p: EnvParser) -> None:
     p.add_argument("--configmap-max-bytes", type=parse_size, default=512 * 1024,
                    help="largest entries.json of one ConfigMap; oldest entries leave first (default 512Ki)")
     p.add_argument("--configmap-max-pending", type=int, default=10_000,
-                   help="entries waiting for the API, all objects together; more are dropped (default 10000)")
+                   help="entries waiting for the API, all objects together; then the store projection waits (without a store: more are dropped) (default 10000)")
     p.add_argument("--configmap-retry-max-wait", type=parse_duration, default=30.0,
                    help="cap of the backoff between ConfigMap write attempts (default 30s)")
 
@@ -199,11 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kube_audit.runtime import lifecycle
     from kube_audit.runtime.observability import setup_logging
 
-    from .app import serve
+    from .app import start
 
     setup_logging(settings.log_level)
     try:
-        return lifecycle.run(lambda stop: serve(settings, stop))
+        return lifecycle.run(lambda rt: start(settings, rt), settings.shutdown_timeout)
     except Exception as exc:  # configuration errors found at start-up
         from kube_audit.runtime.observability import get_logger
 

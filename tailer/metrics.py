@@ -24,6 +24,8 @@ class TailerMetrics:
         self.configmap_pending = Gauge("tailer_configmap_pending_entries", "Entries waiting for their ConfigMap", registry=r)
         self.configmap_dropped = Counter("tailer_configmap_dropped_entries", "Entries that never reached a ConfigMap",
                                          ["reason"], registry=r)
+        self.configmap_cursor = Gauge("tailer_configmap_cursor", "Store sequence up to which every entry is in its "
+                                      "ConfigMap (the projection's durable cursor)", registry=r)
         self.configmap_trimmed = Counter("tailer_configmap_trimmed_entries", "Oldest entries moved out of a full ConfigMap",
                                          registry=r)
         # audit store and API

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
+from .lifecycle import Deadline
 from .observability import render_metrics
 
 
@@ -51,7 +52,11 @@ class HttpServer:
             if sockets:
                 self.port = sockets[0].getsockname()[1]
 
-    async def stop(self) -> None:
+    async def stop(self, deadline: Deadline | None = None) -> None:
+        """Stop listening, let running requests finish until ``deadline``, then cancel them."""
         if self._runner is not None:
+            if deadline is not None:
+                # aiohttp takes the graceful period when the runner is built; ours is known only now
+                self._runner._shutdown_timeout = deadline.left()
             await self._runner.cleanup()
             self._runner = None

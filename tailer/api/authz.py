@@ -5,13 +5,12 @@ Two authorizers behind one interface:
     ``{token, user, namespaces}``); ``*`` means cluster-wide. Re-read when the file changes.
   - ``KubernetesAuthorizer``: TokenReview + SubjectAccessReview (verb ``get`` on ``auditevents`` in group
     ``audit.kube-audit-forwarder.io``, in the namespace asked about; cluster-wide queries are checked
-    without a namespace). The Kubernetes calls come from kube_audit/kube.py through ``AccessReviews``.
+    without a namespace). The Kubernetes calls come from kube_audit/kube/ through ``AccessReviews``.
 A namespace of "" below means the cluster scope: queries across namespaces or on cluster-scoped objects.
 """
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import hashlib
 import io
@@ -46,13 +45,13 @@ class Authorizer(Protocol):
 
 
 class AccessReviews(Protocol):
-    """Blocking Kubernetes calls, supplied by kube_audit/kube.py (``kube.access_reviews()``)."""
+    """Kubernetes calls (async, on the loop), supplied by kube_audit/kube/ (``kube.access_reviews()``)."""
 
-    def token_review(self, token: str) -> tuple[str, tuple[str, ...]] | None:
+    async def token_review(self, token: str) -> tuple[str, tuple[str, ...]] | None:
         """(username, groups) of an authenticated token, None when not authenticated."""
         ...
 
-    def subject_access_review(self, user: str, groups: tuple[str, ...], namespace: str) -> bool:
+    async def subject_access_review(self, user: str, groups: tuple[str, ...], namespace: str) -> bool:
         """Whether user/groups may ``get`` ``auditevents.audit.kube-audit-forwarder.io`` in namespace
         ("" = all namespaces)."""
         ...
@@ -150,7 +149,7 @@ class KubernetesAuthorizer:
         hit = self._cache.get(key)
         if hit and hit[0] > now:
             return hit[1]
-        value = await asyncio.to_thread(call)
+        value = await call()
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
         self._cache[key] = (now + self.ttl, value)
@@ -185,9 +184,9 @@ def build(mode: str, token_file: str | None, kubeconfig: str | None = None) -> A
         return Anyone()
     if mode == "kubernetes":
         try:
-            from kube_audit import kube
+            from kube_audit.kube import aio as kube
         except ImportError as exc:
-            raise AuthzConfigError("--api-auth kubernetes is not available in this build (no kube_audit/kube.py)") from exc
+            raise AuthzConfigError("--api-auth kubernetes is not available in this build (no kube_audit/kube/)") from exc
         try:
             return KubernetesAuthorizer(kube.access_reviews(kubeconfig))
         except Exception as exc:  # no cluster: a configuration error, said once at start-up

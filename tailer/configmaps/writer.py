@@ -1,8 +1,9 @@
 """Audit ConfigMaps: one per tracked object, named in an annotation on the object.
 
 Top half, pure: which objects are tracked, the ConfigMap's name and the size-bounded merge of entries
-(the entry itself and its change summary are kube_audit/model/entry.py). Bottom half: ``ConfigMapWriter``, the
-pipeline Observer that batches entries per object and writes them through kube_audit/kube.py.
+(the entry itself and its change summary are kube_audit/model/entry.py). Bottom half: ``ConfigMapWriter``,
+which batches entries per object and writes them through kube_audit/kube/. It is fed by the projection
+that follows the store (projection.py), or, without a store, offered records as a pipeline Observer.
 
 ConfigMap layout: ``data["entries.json"]`` is a JSON list of entries sorted by (time, auditID), one entry
 per line. Writers merge by auditID, so two tailer replicas never lose or duplicate an entry.
@@ -16,7 +17,7 @@ import hashlib
 import random
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ from tenacity import (
 
 from fluent_forward import Record
 from kube_audit.contract import ANNOTATION, DATA_KEY, MANAGED_BY, decode_entries, dumps_entry, encode_entries  # noqa: F401
-from kube_audit.kube import AsyncKube
+from kube_audit.kube.aio import AsyncKube
 from kube_audit.model.audit import MUTATING_VERBS, EventView, ObjectKey, redact, view
 from kube_audit.model.change import CHANGE_LIMIT  # noqa: F401  (moved to the model)
 from kube_audit.model.entry import make_entry, state_after, summarize  # noqa: F401  (moved to the model)
@@ -111,6 +112,7 @@ class _Batch:
     owner: dict[str, str] | None = None
     deleted: bool = False
     entries: list[dict[str, Any]] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)  # store sequences of the entries (projection only)
 
 
 async def connect_writer(settings: ConfigMapSettings, metrics: TailerMetrics) -> ConfigMapWriter | None:
@@ -124,19 +126,23 @@ async def connect_writer(settings: ConfigMapSettings, metrics: TailerMetrics) ->
         log.warning("configmaps_off", reason="no in-cluster service account and no usable kubeconfig",
                     error=str(exc))
         return None
-    log.info("configmaps_on", server=kube.sync.host, service_account=settings.service_account,
+    log.info("configmaps_on", server=kube.host, service_account=settings.service_account,
              track=[f"{g}/{r}" for g, r in settings.track] or "custom resources")
     return ConfigMapWriter(kube, settings, metrics)
 
 
 class ConfigMapWriter:
-    """Pipeline Observer: ``offer`` never blocks; ``run`` writes batches at most once per interval."""
+    """``take``/``offer`` never block; ``run`` writes batches at most once per interval.
+
+    ``on_written(seqs)`` is called with the store sequences of entries that are done with: written,
+    or given up for good (object gone, a refused write). Entries still pending at shutdown are not
+    reported, so the projection reads them again after a restart."""
 
     name = "configmaps"
 
     def __init__(self, kube: Any, settings: ConfigMapSettings, metrics: TailerMetrics,
-                 retry_initial: float = 0.5) -> None:
-        self.kube = kube  # kube_audit.kube.AsyncKube or anything with its methods
+                 retry_initial: float = 0.5, on_written: Callable[[list[int]], None] | None = None) -> None:
+        self.kube = kube  # kube_audit.kube.aio.AsyncKube or anything with its methods
         self.settings = settings
         self.metrics = metrics
         self._backoff = wait_exponential(multiplier=retry_initial, max=settings.retry_max_wait) + wait_random(
@@ -149,21 +155,29 @@ class ConfigMapWriter:
         self._stopping = asyncio.Event()
         self._dropping = False
         self._behind = False
+        self.on_written = on_written
+        self.room = asyncio.Event()  # set whenever the backlog has room again
+        self.room.set()
 
     # intake (called from the ack path: no awaits, no exceptions out) --------------------------
     def offer(self, records: Sequence[Record]) -> None:
         for record in records:
             if isinstance(record, dict):
-                self._take(record)
+                self.take(record)
+
+    @property
+    def full(self) -> bool:
+        return self._count >= self.settings.max_pending
 
     def wants(self, ev: EventView) -> bool:
         return (ev.stage == "ResponseComplete" and ev.verb in MUTATING_VERBS and ev.object is not None
                 and ev.user != self.settings.service_account and is_tracked(ev.object, self.settings.track))
 
-    def _take(self, record: dict[str, Any]) -> None:
+    def take(self, record: dict[str, Any], seq: int | None = None) -> bool:
+        """Queue the record's entry if it makes one (True); False when it does not or was dropped."""
         ev = view(record)
         if not self.wants(ev):
-            return
+            return False
         key = ev.object
         assert key is not None
         event = redact(record)  # Secret values never reach a ConfigMap
@@ -176,7 +190,7 @@ class ConfigMapWriter:
             if not self._dropping:
                 self._dropping = True
                 log.warning("configmap_backlog_full", pending=self._count, max_pending=self.settings.max_pending)
-            return
+            return False
         if self._dropping:
             self._dropping = False
             log.info("configmap_backlog_accepting", pending=self._count)
@@ -184,11 +198,16 @@ class ConfigMapWriter:
         if batch is None:
             batch = self._pending[key] = _Batch(key, ev.api_version.rpartition("/")[2])
         batch.entries.append(entry)
+        if seq is not None:
+            batch.seqs.append(seq)
         for field_name in ("responseObject", "requestObject"):
             batch.owner = batch.owner or owner_reference(event.get(field_name))
         batch.deleted = ev.verb == "delete" and not ev.subresource and (ev.code or 200) < 300
         self._count += 1
         self.metrics.configmap_pending.set(self._count)
+        if self.full:
+            self.room.clear()
+        return True
 
     @staticmethod
     def _remember(cache: OrderedDict[ObjectKey, Any], key: ObjectKey, value: Any) -> None:
@@ -202,7 +221,8 @@ class ConfigMapWriter:
         """Every flush interval, start a write for each object with entries and none in flight."""
         while not self._stopping.is_set():
             try:
-                await asyncio.wait_for(self._stopping.wait(), self.settings.flush_interval)
+                async with asyncio.timeout(self.settings.flush_interval):  # not wait_for: see projection._sleep
+                    await self._stopping.wait()
             except TimeoutError:
                 self._launch()
 
@@ -272,18 +292,27 @@ class ConfigMapWriter:
             if self._behind:
                 self._behind = False
                 log.info("configmap_api_recovered", pending=self._count - size)
+            self._done(batch)
         except KubeError as exc:
             self.metrics.configmap_writes.labels("error").inc()
             self.metrics.configmap_dropped.labels("error").inc(len(batch.entries))
             log.error("configmap_write_failed", namespace=batch.key.namespace, resource=batch.key.resource,
                       name=batch.key.name, error=str(exc), entries=len(batch.entries))
+            self._done(batch)
         except Exception as exc:  # a bug here must not stop the writer
             self.metrics.configmap_writes.labels("error").inc()
             self.metrics.configmap_dropped.labels("error").inc(len(batch.entries))
             log.exception("configmap_write_crashed", name=batch.key.name, error=repr(exc))
+            self._done(batch)
         finally:
             self._count -= size
             self.metrics.configmap_pending.set(self._count)
+            if not self.full:
+                self.room.set()
+
+    def _done(self, batch: _Batch) -> None:
+        if self.on_written is not None and batch.seqs:
+            self.on_written(batch.seqs)
 
     def _absorb(self, batch: _Batch) -> int:
         """Take entries that arrived for this object while we were retrying."""
@@ -291,6 +320,7 @@ class ConfigMapWriter:
         if more is None:
             return 0
         batch.entries.extend(more.entries)
+        batch.seqs.extend(more.seqs)
         batch.owner = batch.owner or more.owner
         batch.deleted = more.deleted
         return len(more.entries)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 from kube_audit.model.audit import AuditEvent, Rejected, dumps
@@ -35,16 +35,17 @@ class StdoutSink:
 
     name = "stdout"
 
-    def __init__(self, metrics: TailerMetrics, fd: int = 1) -> None:
+    def __init__(self, metrics: TailerMetrics, fd: int = 1, executor: Executor | None = None) -> None:
         self.metrics = metrics
         self.fd = fd
+        # the stage's own thread (the runtime's "stdout" executor); never the loop's default executor
+        self.executor = executor or ThreadPoolExecutor(1, thread_name_prefix="stdout")
         self._lock = asyncio.Lock()
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="stdout")
 
     async def write(self, items: Sequence[AuditEvent | Rejected]) -> None:
         data = b"".join(line(i, self.metrics) for i in items)
         async with self._lock:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._write_all, data)
+            await asyncio.get_running_loop().run_in_executor(self.executor, self._write_all, data)
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)

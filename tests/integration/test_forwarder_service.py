@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
+from forwarder.app import ServiceResolver
 from forwarder.errors import ConfigError, TransportError
-from forwarder.kube import ServiceResolver
 from tests.conftest import wait_for
 from tests.helpers.auditlog import event
 from tests.helpers.fakekube import FakeKube
@@ -28,11 +29,14 @@ def kube(tmp_path: Path):
 
 
 def lookup(kube: FakeKube) -> tuple[str, int]:
-    resolver = ServiceResolver((NS, NAME), str(kube.kubeconfig))
-    try:
-        return resolver.lookup()
-    finally:
-        resolver.close()
+    async def go() -> tuple[str, int]:
+        resolver = ServiceResolver((NS, NAME), str(kube.kubeconfig))
+        try:
+            return await resolver()
+        finally:
+            await resolver.close()
+
+    return asyncio.run(go())
 
 
 def test_the_port_named_forward_else_the_only_port(kube: FakeKube) -> None:
@@ -63,10 +67,12 @@ def test_an_unavailable_api_is_a_transport_error(kube: FakeKube) -> None:
         lookup(kube)
 
 
-def test_no_kubeconfig_outside_a_cluster_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_kubeconfig_outside_a_cluster_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(ConfigError, match="needs --kubeconfig"):
-        ServiceResolver((NS, NAME), None)
+        asyncio.run(ServiceResolver((NS, NAME), None).open())
 
 
 def test_the_forwarder_follows_the_service(kube: FakeKube, start_tailer, start_forwarder, tmp_path: Path) -> None:

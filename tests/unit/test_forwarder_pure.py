@@ -102,10 +102,10 @@ def test_checkpoint_round_trip_atomic_and_versioned(tmp_path) -> None:
 
 def test_settings_from_flags_and_env(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("AUDIT_FORWARDER_CHUNK_EVENTS", "250")
-    monkeypatch.setenv("AUDIT_FORWARDER_TAILER", "kube_audit.kube-audit.svc:24224")
+    monkeypatch.setenv("AUDIT_FORWARDER_TAILER", "tailer.kube-audit.svc:24224")
     s = parse(["--audit-log-path", str(tmp_path / "audit.log"), "--proxy", "unix:///run/konnectivity.sock"])
     assert s.batch.chunk_events == 250
-    assert (s.client.route.tailer_host, s.client.route.tailer_port) == ("kube_audit.kube-audit.svc", 24224)
+    assert (s.client.route.tailer_host, s.client.route.tailer_port) == ("tailer.kube-audit.svc", 24224)
     assert s.client.route.proxy_kind == "unix" and s.client.route.proxy_path == "/run/konnectivity.sock"
     assert s.follow.position_file == str(tmp_path / "audit-forwarder.pos")
     s = parse(["--tailer", "10.0.0.1:24224", "--proxy", "http-connect://vpn-seed-server:9443"])

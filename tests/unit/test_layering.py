@@ -15,7 +15,7 @@ ALLOWED = {
     "kubectl_audit": {"kube_audit"},
 }
 # one module owns each outside system
-OWNERS = {"psycopg_pool": {"tailer/store/postgres.py"}, "kubernetes": {"kube_audit/kube.py", "forwarder/kube.py"}, "watchdog": {"forwarder/follow.py"},
+OWNERS = {"psycopg_pool": {"tailer/store/postgres.py"}, "kubernetes": {"kube_audit/kube/aio.py", "kube_audit/kube/blocking.py"}, "watchdog": {"forwarder/follow.py"},
           "psycopg": {"tailer/store/postgres.py"}, "sqlite3": {"tailer/store/sqlite.py"}, "socket": set()}
 
 
