@@ -3,6 +3,9 @@
 #   docker build -t kube-audit-forwarder:0.1.0 .
 #   docker run --rm kube-audit-forwarder:0.1.0 audit-forwarder --help
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Which programs the image holds (extras of pyproject.toml). The default holds all three; the apiserver
+# sidecar image needs only the forwarder: docker build --build-arg EXTRAS=forwarder -t ...-forwarder .
+ARG EXTRAS=forwarder,tailer,postgres,plugin
 
 # --- build: wheels for the project and its dependencies, installed into a venv without pip ---
 FROM ${PYTHON_IMAGE} AS build
@@ -19,9 +22,10 @@ COPY kubectl_audit/ kubectl_audit/
 # The daemons use the kubernetes client's asyncio flavour (kubernetes/aio, kube_audit/kube/aio.py), so it
 # stays; the blocking copy loads kubeconfigs for kubectl audit (kube_audit/kube/blocking.py) and the
 # package's __init__ imports it anyway (tests/unit/test_deploy.py checks who imports what).
-RUN pip wheel --wheel-dir /wheels ".[postgres]" \
+ARG EXTRAS
+RUN pip wheel --wheel-dir /wheels ".[${EXTRAS}]" \
  && python -m venv --without-pip /opt/kaf \
- && pip --python /opt/kaf/bin/python install --no-index --find-links /wheels "kube-audit-forwarder[postgres]"
+ && pip --python /opt/kaf/bin/python install --no-index --find-links /wheels "kube-audit-forwarder[${EXTRAS}]"
 
 # --- final: the slim base, the venv, an unprivileged user; no compilers, no pip cache, no wheels ---
 FROM ${PYTHON_IMAGE}
