@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from aiohttp import web
+
 from kube_audit.runtime.http import HttpServer, build_app
 from kube_audit.runtime.lifecycle import wait_stop_or_death
 from kube_audit.runtime.observability import get_logger
@@ -39,14 +41,16 @@ async def serve(settings: Settings, stop: asyncio.Event) -> int:
     forward = ForwardServer(settings.forward, pipeline, metrics)
     ready = False
     web_app = build_app(metrics.registry, ready=lambda: ready)
-    for api in apis:
-        api.add_routes(web_app)
     http = HttpServer(web_app, settings.http.host, settings.http.port)
+    api_http = api_server(settings, apis, web_app)
     await http.start()
+    if api_http is not None:
+        await api_http.start()
     await forward.start()
     tasks = [asyncio.create_task(configmaps.run(), name="configmap-writer")] if configmaps else []
     ready = True
-    log.info("tailer_started", forward_port=forward.port, http_port=http.port)
+    log.info("tailer_started", forward_port=forward.port, http_port=http.port,
+             api_port=api_http.port if api_http is not None else http.port)
     await wait_stop_or_death(stop, tasks + store_tasks)
     ready = False
     log.info("tailer_stopping")
@@ -55,6 +59,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> int:
         await configmaps.stop(settings.shutdown_timeout)
     for api in apis:
         api.close()  # open watches end now, query workers stop: neither holds the shutdown
+    if api_http is not None:
+        await api_http.stop()
     await http.stop()
     for task in store_tasks:
         task.cancel()
@@ -68,12 +74,14 @@ async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sin
     """The store as a gating sink, its retention task and the API routes over it (none with --store none)."""
     if settings.store.target is None:
         return None, [], []
+    from tailer.api.authn import FrontProxy
     from tailer.api.authz import build
     from tailer.api.queries import QueryPool
     from tailer.api.routes import AuditApi, WatchHub
     from tailer.store import Store
 
-    authorizer = build(settings.api.auth, settings.api.token_file, settings.configmaps.kubeconfig)
+    authorizer = build(settings.api.auth, settings.api.token_file, settings.configmaps.kubeconfig,
+                       on_error=lambda reason: metrics.api_token_file_errors.labels(reason).inc())
     try:
         store = await Store.open(settings.store.target)
     except Exception as exc:  # the owning module's errors and OS errors alike: say which store
@@ -82,8 +90,24 @@ async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sin
     hub = WatchHub()
     sinks.append(StoreSink(store, metrics, on_commit=hub.notify))
     queries = QueryPool(settings.api.query_workers, timeout=settings.api.query_timeout, metrics=metrics)
-    api = AuditApi(store, authorizer, hub, metrics, settings.api.watch_poll, settings.api.watch_write_timeout,
-                   queries)
+    a = settings.api
+    proxy = FrontProxy(a.allowed_names, a.username_headers, a.group_headers, a.extra_prefixes) if a.client_ca else None
+    api = AuditApi(store, authorizer, hub, metrics, a.watch_poll, a.watch_write_timeout, queries, proxy,
+                   a.watch_recheck)
     task = asyncio.create_task(retention_loop(store, settings.store, metrics), name="store-retention")
     log.info("store_opened", store=store.kind, api_auth=settings.api.auth)
     return store, [api], [task]
+
+
+def api_server(settings: Settings, apis: list[Any], plain: web.Application) -> HttpServer | None:
+    """The API's routes: on their own HTTPS port with --api-tls-cert, else on the health/metrics port."""
+    if settings.api.tls is None or not apis:
+        for api in apis:
+            api.add_routes(plain)
+        return None
+    from tailer.api.authn import api_tls
+
+    app = web.Application()
+    for api in apis:
+        api.add_routes(app)
+    return HttpServer(app, settings.api.host, settings.api.port, api_tls(settings.api.tls, settings.api.client_ca))
