@@ -137,6 +137,7 @@ class AuditApi:
         await self._authorize(request, scope, "watch" if watch else "list")
         version = resource.table_version(request.headers.get("Accept", ""))
         include = resource.include_object(q)
+        timeout = uint(q["timeoutSeconds"], "timeoutSeconds") if q.get("timeoutSeconds") else None
 
         def encode(seq: int, event: dict[str, Any]) -> dict[str, Any]:
             if version:
@@ -145,7 +146,6 @@ class AuditApi:
 
         if watch:
             rv = q.get("resourceVersion")
-            timeout = uint(q["timeoutSeconds"], "timeoutSeconds") if q.get("timeoutSeconds") else None
             bookmarks = bookmarks or q.get("allowWatchBookmarks", "").lower() == "true"
             return await self.watches.serve(request, query.store, uint(rv, "resourceVersion") if rv else None,
                                             timeout, self._still_allowed(request, scope, "watch"), encode,
