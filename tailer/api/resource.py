@@ -181,14 +181,15 @@ def plan(sel: Selection, now: float | None = None) -> Query:
 
 
 def item(seq: int, event: dict[str, Any]) -> dict[str, Any]:
-    """One list item: the audit event as stored, with Kubernetes object metadata."""
+    """One list item: the audit.k8s.io/v1 Event as stored, as an AuditEvent of our group (kubectl maps every
+    item's kind through discovery) with Kubernetes object metadata."""
     meta: dict[str, Any] = {"name": _str(event.get("auditID")), "resourceVersion": str(seq)}
     namespace = _at(event, "objectRef", "namespace")
     if namespace:
         meta["namespace"] = str(namespace)
     if event.get("stageTimestamp"):
         meta["creationTimestamp"] = str(event["stageTimestamp"])
-    return {**event, "metadata": meta}
+    return {**event, "kind": "AuditEvent", "apiVersion": API_VERSION, "metadata": meta}
 
 
 def event_list(items: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:

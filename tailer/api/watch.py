@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from kube_audit.contract import API_VERSION
 from kube_audit.runtime.observability import get_logger
 from tailer.api.errors import ApiError, status
 from tailer.metrics import TailerMetrics
@@ -156,7 +157,7 @@ class Watches:
             if len(rows) == WATCH_BATCH:
                 continue
             if not kept and bookmarks and time.monotonic() - quiet_since > BOOKMARK_EVERY:  # finds gone clients
-                bookmark = {"type": "BOOKMARK", "object": {"kind": "Event", "apiVersion": "audit.k8s.io/v1",
+                bookmark = {"type": "BOOKMARK", "object": {"kind": "AuditEvent", "apiVersion": API_VERSION,
                                                            "metadata": {"resourceVersion": str(last)}}}
                 async with asyncio.timeout(self.write_timeout):
                     await response.write(orjson.dumps(bookmark) + b"\n")

@@ -54,7 +54,7 @@ async def test_filters_as_query_parameters_and_field_selectors(api: Api) -> None
     assert ids(await api.get(EVENTS, fieldSelector="stage=RequestReceived")) == ["01"]
     item = (await api.get(EVENTS, fieldSelector="metadata.name=dave-1"))["items"][0]
     assert item["metadata"]["name"] == "dave-1" and item["metadata"]["namespace"] == "dev"
-    assert item["kind"] == "Event" and item["apiVersion"] == "audit.k8s.io/v1"
+    assert item["kind"] == "AuditEvent" and item["apiVersion"] == f"{API_GROUP}/v1alpha1"
 
 
 @pytest.mark.parametrize("params", [
