@@ -94,9 +94,29 @@ async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sin
     proxy = FrontProxy(a.allowed_names, a.username_headers, a.group_headers, a.extra_prefixes) if a.client_ca else None
     api = AuditApi(store, authorizer, hub, metrics, a.watch_poll, a.watch_write_timeout, queries, proxy,
                    a.watch_recheck)
-    task = asyncio.create_task(retention_loop(store, settings.store, metrics), name="store-retention")
+    tasks = [asyncio.create_task(retention_loop(store, settings.store, metrics), name="store-retention")]
+    if a.requestheader_from_cluster and proxy is not None:
+        tasks.append(await follow_requestheader(settings, api, proxy))
     log.info("store_opened", store=store.kind, api_auth=settings.api.auth)
-    return store, [api], [task]
+    return store, [api], tasks
+
+
+async def follow_requestheader(settings: Settings, api: Any, base: Any) -> asyncio.Task[None]:
+    """--requestheader-from-cluster: the front proxy's CA and headers now, then a task that refreshes them."""
+    import os
+
+    from tailer.api.requestheader import ClusterRequestHeader
+
+    assert settings.api.client_ca is not None
+    os.makedirs(os.path.dirname(settings.api.client_ca) or ".", exist_ok=True)
+    loader = ClusterRequestHeader(settings.configmaps.kubeconfig, settings.api.client_ca, base)
+    api.authn.front_proxy = await loader.load()  # a cluster without an aggregation layer: fail at start-up
+    api.on_close.append(loader.close)
+
+    def apply(proxy: Any) -> None:
+        api.authn.front_proxy = proxy
+
+    return asyncio.create_task(loader.follow(apply), name="api-requestheader")
 
 
 def api_server(settings: Settings, apis: list[Any], plain: web.Application) -> HttpServer | None:

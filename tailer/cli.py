@@ -140,6 +140,9 @@ def add_api_flags(p: EnvParser) -> None:
     p.add_argument("--api-tls-key", help="API serving key (PEM)")
     p.add_argument("--requestheader-client-ca-file", metavar="FILE",
                    help="CA of the front proxy (kube-aggregator) client certificate; enables X-Remote-User")
+    p.add_argument("--requestheader-from-cluster", type=parse_bool, default=False, metavar="BOOL",
+                   help="read the front proxy's CA and header names from kube-system/extension-apiserver-"
+                        "authentication, as aggregated API servers do, at start and every 5m (default false)")
     p.add_argument("--requestheader-allowed-names", type=parse_names, default=(), metavar="NAMES",
                    help="common names the front proxy certificate may have, comma-separated (default: any)")
     p.add_argument("--requestheader-username-headers", type=parse_names, default=("X-Remote-User",),
@@ -173,8 +176,9 @@ def store_settings(parser: EnvParser, args: argparse.Namespace) -> StoreSettings
 
 def api_settings(parser: EnvParser, args: argparse.Namespace) -> ApiSettings:
     auth = args.api_auth
+    front = bool(args.requestheader_client_ca_file or args.requestheader_from_cluster)
     if auth == "auto":
-        auth = "token-file" if args.token_file else "kubernetes" if args.requestheader_client_ca_file else "disabled"
+        auth = "token-file" if args.token_file else "kubernetes" if front else "disabled"
     if auth == "token-file" and not args.token_file:
         parser.error("--api-auth token-file needs --token-file")
     if args.api_query_workers < 1:
@@ -187,14 +191,19 @@ def api_settings(parser: EnvParser, args: argparse.Namespace) -> ApiSettings:
         if not (args.api_tls_cert and args.api_tls_key):
             parser.error("--api-tls-cert and --api-tls-key go together")
         tls = TLSFiles(cert=args.api_tls_cert, key=args.api_tls_key)
-    if args.requestheader_client_ca_file and tls is None:
-        parser.error("--requestheader-client-ca-file needs --api-tls-cert and --api-tls-key (client certificates "
-                     "come over TLS)")
+    if front and tls is None:
+        parser.error("--requestheader-client-ca-file and --requestheader-from-cluster need --api-tls-cert and "
+                     "--api-tls-key (client certificates come over TLS)")
+    client_ca = args.requestheader_client_ca_file
+    if args.requestheader_from_cluster:
+        if client_ca:
+            parser.error("--requestheader-from-cluster and --requestheader-client-ca-file exclude each other")
+        client_ca = os.path.join(args.data_dir, "requestheader-client-ca.crt")
     return ApiSettings(
         auth=auth, token_file=args.token_file, watch_poll=max(args.watch_poll, 0.05),
         watch_write_timeout=args.watch_write_timeout, query_workers=args.api_query_workers,
         query_timeout=max(args.api_query_timeout, 0.1), host=args.api_listen[0], port=args.api_listen[1], tls=tls,
-        client_ca=args.requestheader_client_ca_file, allowed_names=args.requestheader_allowed_names,
+        client_ca=client_ca, requestheader_from_cluster=args.requestheader_from_cluster, allowed_names=args.requestheader_allowed_names,
         username_headers=args.requestheader_username_headers, group_headers=args.requestheader_group_headers,
         extra_prefixes=args.requestheader_extra_headers_prefix, watch_recheck=max(args.watch_recheck, 0.05))
 

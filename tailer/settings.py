@@ -63,6 +63,7 @@ class ApiSettings:
     port: int = 8443
     tls: TLSFiles | None = None  # serving certificate and key, reloaded when they change
     client_ca: str | None = None  # request-header CA: front-proxy client certificates (X-Remote-User)
+    requestheader_from_cluster: bool = False  # client_ca and header names from kube-system's ConfigMap
     allowed_names: tuple[str, ...] = ()  # common names of the front proxy's certificate; empty: any
     username_headers: tuple[str, ...] = ("X-Remote-User",)
     group_headers: tuple[str, ...] = ("X-Remote-Group",)

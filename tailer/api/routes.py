@@ -57,6 +57,7 @@ class AuditApi:
         self.authn = Authenticator(authorizer, front_proxy)
         self.watches = Watches(store, hub, metrics, poll, write_timeout, watch_recheck)
         self.queries = queries or QueryPool(metrics=metrics)
+        self.on_close: list[Callable[[], None]] = []
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -75,8 +76,8 @@ class AuditApi:
         self.hub.close()
         self.queries.close()
         close = getattr(self.authorizer, "close", None)
-        if close is not None:
-            close()
+        for hook in [*self.on_close, *([close] if close else [])]:
+            hook()
 
     def _document(self, body: bytes) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:

@@ -224,3 +224,26 @@ def test_an_open_watch_does_not_hold_the_shutdown(setup: Setup) -> None:
         setup.tailer.proc.send_signal(signal.SIGTERM)
         assert setup.tailer.proc.wait(20) == 0  # the 10 s default --shutdown-timeout is not even needed
         assert list(resp.iter_lines()) == []  # the stream ended
+
+
+def test_the_front_proxy_settings_from_the_cluster(start_tailer: Any, pki: Any, tmp_path: Path) -> None:
+    """--requestheader-from-cluster: CA and header names from kube-system/extension-apiserver-authentication."""
+    front_ca = make_ca("front-proxy-ca", tmp_path / "front-proxy-ca.crt")
+    proxy = issue(front_ca, "aggregator", tmp_path, server=False)
+    with FakeKube() as fake:
+        fake.create("", "v1", "configmaps", "kube-system", "extension-apiserver-authentication", {"data": {
+            "requestheader-client-ca-file": (tmp_path / "front-proxy-ca.crt").read_text(),
+            "requestheader-allowed-names": '["aggregator"]', "requestheader-username-headers": '["X-Who"]',
+            "requestheader-group-headers": '["X-Teams"]', "requestheader-extra-headers-prefix": '["X-Extra-"]'}})
+        fake.allowed.add(("group:auditors", "list", "auditevents", "*"))
+        api_port = free_port()
+        tailer = start_tailer(
+            "--stdout", "false", "--configmaps", "false",
+            "--kubeconfig", str(fake.write_kubeconfig(tmp_path / "fake-kubeconfig")),
+            "--api-listen", f"127.0.0.1:{api_port}", "--api-tls-cert", str(pki.server.cert),
+            "--api-tls-key", str(pki.server.key), "--requestheader-from-cluster", "true")
+        tailer.api_port = api_port
+        s = Setup(tmp_path, tailer, fake, pki, {})
+        assert proxy_get(s, proxy, {"X-Who": "eve", "X-Teams": "auditors"}, "/auditevents").status_code == 200
+        assert proxy_get(s, proxy, {"X-Remote-User": "eve", "X-Remote-Group": "auditors"},
+                         "/auditevents").status_code == 401  # the cluster's header names, not the defaults
