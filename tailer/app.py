@@ -54,11 +54,13 @@ async def serve(settings: Settings, stop: asyncio.Event) -> int:
     await wait_stop_or_death(stop, tasks + store_tasks)
     ready = False
     log.info("tailer_stopping")
+    for api in apis:
+        api.hub.close()  # open watches end now (clients resume): none holds the shutdown
     await forward.stop(settings.shutdown_timeout)
     if configmaps is not None:
         await configmaps.stop(settings.shutdown_timeout)
     for api in apis:
-        api.close()  # open watches end now, query workers stop: neither holds the shutdown
+        api.close()  # query workers stop, a long replay included
     if api_http is not None:
         await api_http.stop()
     await http.stop()

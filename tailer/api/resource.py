@@ -16,10 +16,13 @@ silently ignore would answer "everything".
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+import orjson
 
 from kube_audit.contract import API_VERSION
 from tailer.api.errors import ApiError, bad_request, parse_time, uint
@@ -192,8 +195,8 @@ def item(seq: int, event: dict[str, Any]) -> dict[str, Any]:
     return {**event, "kind": "AuditEvent", "apiVersion": API_VERSION, "metadata": meta}
 
 
-def event_list(items: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": "AuditEventList", "apiVersion": API_VERSION, "metadata": meta, "items": items}
+def event_list(items: list[dict[str, Any]], meta: dict[str, Any]) -> bytes:
+    return list_body({"kind": "AuditEventList", "apiVersion": API_VERSION, "metadata": meta}, "items", items)
 
 
 # ---- server-side printing (kubectl's Accept: application/json;as=Table;g=meta.k8s.io;v=v1) ----
@@ -235,6 +238,12 @@ def table(version: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> dic
             "columnDefinitions": TABLE_COLUMNS, "rows": rows}
 
 
+def table_body(version: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> bytes:
+    head = table(version, [], meta)
+    del head["rows"]
+    return list_body(head, "rows", rows)
+
+
 def check_query_values(query: Mapping[str, str]) -> None:
     """Values Kubernetes clients send that we must not misread."""
     if query.get("resourceVersionMatch") not in (None, "", "NotOlderThan", "Exact"):
@@ -242,3 +251,30 @@ def check_query_values(query: Mapping[str, str]) -> None:
     if query.get("sendInitialEvents", "").lower() == "true":
         raise ApiError(400, "BadRequest", "sendInitialEvents is not supported: list, then watch from the list's "
                        "resourceVersion")
+
+
+# ---- encoding: one odd row never breaks a page or a watch ----
+
+def dump(obj: Any) -> bytes:
+    """JSON of one item. orjson refuses nesting deeper than 255 (an event stored before ingest bounded
+    depth); the standard library takes it; deeper still, the item says so instead of failing the page."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        pass
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8", "replace")
+    except (RecursionError, ValueError, TypeError):
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        return orjson.dumps({"kind": "AuditEvent", "apiVersion": API_VERSION, "metadata": meta or {},
+                             "auditID": obj.get("auditID") if isinstance(obj, dict) else None,
+                             "unencodable": "the stored event is nested too deeply to encode"})
+
+
+def list_body(head: dict[str, Any], key: str, entries: Sequence[Any]) -> bytes:
+    """``head`` plus ``key: entries``, each entry encoded on its own."""
+    return orjson.dumps(head)[:-1] + b',"' + key.encode() + b'":[' + b",".join(dump(e) for e in entries) + b"]}"
+
+
+def watch_line(kind: str, obj: Any) -> bytes:
+    return b'{"type":"' + kind.encode() + b'","object":' + dump(obj) + b"}\n"

@@ -39,8 +39,8 @@ SCAN_BATCH = 1000  # events read per store query when a filter is checked here (
 MAX_SCAN = 50_000  # events read for one page at most; then a short page with a continue token
 
 
-def json_response(body: Any, code: int = 200, content_type: str = "application/json") -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=code, headers={"Content-Type": content_type})
+def json_response(body: Any, code: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=code, content_type="application/json")
 
 
 def split_resource(name: str) -> tuple[str, str | None]:
@@ -159,9 +159,11 @@ class AuditApi:
         if more is not None:
             meta["continue"] = encode_continue(more)
         if version:
-            body = resource.table(version, [resource.row(s, e, include) for s, e in rows], meta)
-            return json_response(body, content_type=f"application/json;as=Table;v={version};g=meta.k8s.io")
-        return json_response(resource.event_list([resource.item(s, e) for s, e in rows], meta))
+            body = resource.table_body(version, [resource.row(s, e, include) for s, e in rows], meta)
+            return web.Response(body=body, headers={"Content-Type": f"application/json;as=Table;v={version};"
+                                                                    "g=meta.k8s.io"})
+        return web.Response(body=resource.event_list([resource.item(s, e) for s, e in rows], meta),
+                            content_type="application/json")
 
     async def _page(self, query: resource.Query, after: int, limit: int) -> tuple[list[tuple[int, Any]], int | None]:
         """Up to ``limit`` matching events after ``after``, and where the next page starts (None: no more)."""

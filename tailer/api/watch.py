@@ -29,6 +29,7 @@ from aiohttp import web
 from kube_audit.contract import API_VERSION
 from kube_audit.runtime.observability import get_logger
 from tailer.api.errors import ApiError, status
+from tailer.api.resource import watch_line
 from tailer.metrics import TailerMetrics
 from tailer.store import EventFilter, Store
 
@@ -146,7 +147,7 @@ class Watches:
             if rows:
                 last = rows[-1][0]
             if kept:
-                data = b"".join(orjson.dumps({"type": "ADDED", "object": encode(s, e)}) + b"\n" for s, e in kept)
+                data = b"".join(watch_line("ADDED", encode(s, e)) for s, e in kept)
                 try:
                     async with asyncio.timeout(self.write_timeout):
                         await response.write(data)

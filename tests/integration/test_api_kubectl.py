@@ -68,6 +68,8 @@ def setup(start_tailer: Any, pki: Any, tmp_path: Path) -> Any:
     with FakeKube() as fake:
         fake.tokens["admin-token"] = ("admin", ["system:masters"])
         fake.tokens["shop-token"] = ("shopper", ["shop-team"])
+        fake.tokens["list-token"] = ("lister", ["listers"])
+        fake.allowed.add(("group:listers", "list", "auditevents", "shop"))
         for verb in VERBS:
             fake.allowed.add(("group:system:masters", verb, "auditevents", "*"))
             fake.allowed.add(("group:shop-team", verb, "auditevents", "shop"))
@@ -247,3 +249,15 @@ def test_the_front_proxy_settings_from_the_cluster(start_tailer: Any, pki: Any, 
         assert proxy_get(s, proxy, {"X-Who": "eve", "X-Teams": "auditors"}, "/auditevents").status_code == 200
         assert proxy_get(s, proxy, {"X-Remote-User": "eve", "X-Remote-Group": "auditors"},
                          "/auditevents").status_code == 401  # the cluster's header names, not the defaults
+
+
+def test_the_review_names_the_verb(setup: Setup) -> None:
+    """SubjectAccessReview with verb list for lists, watch for watches, get for object views."""
+    headers = {"Authorization": "Bearer list-token"}
+    assert proxy_get(setup, None, headers).status_code == 200
+    with httpx.Client(verify=tls(setup), timeout=10) as http:
+        watch = http.get(setup.url + PREFIX + "/namespaces/shop/auditevents", headers=headers,
+                         params={"watch": "true"})
+        assert watch.status_code == 403 and 'cannot watch resource "auditevents"' in watch.json()["message"]
+    view = proxy_get(setup, None, headers, "/namespaces/shop/deployments.apps/web/versions")
+    assert view.status_code == 403 and "cannot get" in view.json()["message"]
