@@ -65,12 +65,15 @@ _LIST_SCHEMA = {
     "x-kubernetes-group-version-kind": [{"group": API_GROUP, "version": VERSION, "kind": "AuditEventList"}],
 }
 _DEF = f"{API_GROUP.split('.')[0]}.{VERSION}"  # the definition name prefix kube-apiserver would use
+# on each operation: what kubectl explain looks up to go from the resource to its schema
+_OPERATION = {"x-kubernetes-action": "list",
+              "x-kubernetes-group-version-kind": {"group": API_GROUP, "version": VERSION, "kind": "AuditEvent"}}
 
 
 def openapi_v2() -> dict[str, Any]:
     definitions = {f"{_DEF}.AuditEvent": _SCHEMA,
                    f"{_DEF}.AuditEventList": _fix_refs(_LIST_SCHEMA, "#/definitions/")}
-    path = {"get": {"operationId": "listAuditEvents", "produces": ["application/json"],
+    path = {"get": {**_OPERATION, "operationId": "listAuditEvents", "produces": ["application/json"],
                     "responses": {"200": {"description": "OK",
                                           "schema": {"$ref": f"#/definitions/{_DEF}.AuditEventList"}}}}}
     return {"swagger": "2.0", "info": {"title": "kube-audit-forwarder audit API", "version": VERSION},
@@ -88,8 +91,9 @@ def openapi_v3_group() -> dict[str, Any]:
     ok = {"200": {"description": "OK", "content": {"application/json": {"schema": {
         "$ref": f"#/components/schemas/{_DEF}.AuditEventList"}}}}}
     return {"openapi": "3.0.0", "info": {"title": "kube-audit-forwarder audit API", "version": VERSION},
-            "paths": {f"/apis/{API_VERSION}/namespaces/{{namespace}}/auditevents": {"get": {"responses": ok}},
-                      f"/apis/{API_VERSION}/auditevents": {"get": {"responses": ok}}},
+            "paths": {f"/apis/{API_VERSION}/namespaces/{{namespace}}/auditevents": {"get": {**_OPERATION,
+                                                                                             "responses": ok}},
+                      f"/apis/{API_VERSION}/auditevents": {"get": {**_OPERATION, "responses": ok}}},
             "components": {"schemas": schemas}}
 
 

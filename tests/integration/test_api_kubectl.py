@@ -150,6 +150,8 @@ def test_kubectl_api_resources(setup: Setup) -> None:
     out = setup.kubectl("api-resources", f"--api-group={API_GROUP}").stdout.splitlines()
     assert out[0].split() == ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]
     assert [line.split() for line in out[1:]] == [["auditevents", "ae", f"{API_GROUP}/v1alpha1", "true", "AuditEvent"]]
+    explained = setup.kubectl("explain", "auditevents.user").stdout  # from /openapi/v3
+    assert "KIND:       AuditEvent" in explained and "username" in explained
 
 
 def test_a_namespace_scoped_user_is_forbidden_elsewhere(setup: Setup) -> None:
