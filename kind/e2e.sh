@@ -2,7 +2,8 @@
 # End to end on a real cluster (kind), everything in the cluster, from the image this repository builds:
 #   1. a kind cluster whose apiserver writes an audit log (kind/cluster.yaml, kind/audit-policy.yaml)
 #   2. the image (Dockerfile), built and loaded into the kind node
-#   3. the tailer's namespace, RBAC (kind/tailer-rbac.yaml), Deployment and Service (kind/tailer.yaml),
+#   3. the tailer's namespace, RBAC (kind/tailer-rbac.yaml), its aggregated API (kind/api-install.sh:
+#      certificate, kind/tailer-api.yaml, caBundle), Deployment and Service (kind/tailer.yaml),
 #      the forwarder on the control-plane node reading the apiserver's audit log (kind/forwarder.yaml)
 #   4. a CRD and a custom resource, created, patched, deleted
 #   5. checks: the tailer printed the events, the audit ConfigMap holds them (ownerReference, annotation),
@@ -52,6 +53,7 @@ kind load docker-image "$IMAGE" --name "$CLUSTER"
 
 echo "e2e: tailer, forwarder, CRD"
 kubectl apply -f kind/tailer-rbac.yaml -f kind/example-crd.yaml
+kind/api-install.sh
 kubectl apply -f kind/tailer.yaml -f kind/forwarder.yaml
 kubectl wait --for condition=established --timeout=60s crd/databases.example.com
 kubectl -n kube-audit rollout status deployment/kube-audit-tailer --timeout=120s || fail "tailer not ready"
@@ -87,6 +89,17 @@ eventually "kubectl audit showing the create" audit_shows "create +created"
 kubectl patch database orders --type merge -p '{"spec":{"replicas":3}}'
 eventually "the tailer printing the patch" tailer_printed patch
 eventually "kubectl audit showing the patch" audit_shows "patch +spec.replicas: 1 -> 3"
+
+echo "e2e: the aggregated API"
+api_available() { [ "$(kubectl get apiservice v1alpha1.audit.kube-audit-forwarder.io \
+  -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" = True ]; }
+eventually "the APIService available" api_available
+api_lists() { kubectl get auditevents -n default --field-selector objectRef.name=orders 2>/dev/null | grep -q patch; }
+eventually "kubectl get auditevents listing the patch" api_lists
+kubectl get auditevents -n default --field-selector objectRef.resource=databases
+kubectl api-resources --api-group=audit.kube-audit-forwarder.io | grep -q auditevents || fail "api-resources"
+kubectl get --raw /apis/audit.kube-audit-forwarder.io/v1alpha1/namespaces/default/databases.example.com/orders/versions \
+  > /dev/null || fail "object versions through the aggregator"
 
 echo "e2e: the ConfigMap"
 CM=$(kubectl get database orders -o jsonpath='{.metadata.annotations.audit\.kube-audit-forwarder\.io/configmap}')

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Coroutine
 from typing import Any
+
+from aiohttp import web
 
 from kube_audit.runtime.http import HttpServer, build_app
 from kube_audit.runtime.lifecycle import Deadline, Runtime
@@ -47,15 +51,17 @@ async def start(settings: Settings, rt: Runtime) -> None:
     forward = ForwardServer(settings.forward, pipeline, metrics)
     # not ready while the store refuses writes (a full disk, PostgreSQL down): every chunk would be refused
     web_app = build_app(metrics.registry, ready=lambda: state["ready"] and (store is None or store.healthy))
-    for api in apis:
-        api.add_routes(web_app)
     http = HttpServer(web_app, settings.http.host, settings.http.port)
+    api_http = api_server(settings, apis, web_app)
     await http.start()
     rt.on_shutdown("http", http.stop)  # the last stage to stop: /healthz and /metrics answer meanwhile
+    if api_http is not None:
+        await api_http.start()
+        rt.on_shutdown("api-http", api_http.stop)
 
     async def close_apis(_: Deadline) -> None:
         for api in apis:
-            api.close()  # open watches end now, query workers stop: neither holds the http stop
+            api.close()  # query workers stop, a long replay included
 
     rt.on_shutdown("api", close_apis)
     if configmaps is not None:
@@ -67,10 +73,13 @@ async def start(settings: Settings, rt: Runtime) -> None:
     async def not_ready(_: Deadline) -> None:
         state["ready"] = False
         log.info("tailer_stopping")
+        for api in apis:
+            api.hub.close()  # open watches end now (clients resume): none holds the shutdown
 
     rt.on_shutdown("readiness", not_ready)
     state["ready"] = True
-    log.info("tailer_started", forward_port=forward.port, http_port=http.port)
+    log.info("tailer_started", forward_port=forward.port, http_port=http.port,
+             api_port=api_http.port if api_http is not None else http.port)
 
 
 def _both(first: Any, second: Any) -> Any:
@@ -87,12 +96,14 @@ async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sin
     """The store as a gating sink, its retention task and the API routes over it (none with --store none)."""
     if settings.store.target is None:
         return None, [], None
+    from tailer.api.authn import FrontProxy
     from tailer.api.authz import build
     from tailer.api.queries import QueryPool
     from tailer.api.routes import AuditApi, WatchHub
     from tailer.store import Store
 
-    authorizer = build(settings.api.auth, settings.api.token_file, settings.configmaps.kubeconfig)
+    authorizer = build(settings.api.auth, settings.api.token_file, settings.configmaps.kubeconfig,
+                       on_error=lambda reason: metrics.api_token_file_errors.labels(reason).inc())
     try:
         store = await Store.open(settings.store.target)
     except Exception as exc:  # the owning module's errors and OS errors alike: say which store
@@ -110,9 +121,43 @@ async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sin
     sink = StoreSink(store, metrics, on_commit=hub.notify)
     sinks.append(sink)
     queries = QueryPool(settings.api.query_workers, timeout=settings.api.query_timeout, metrics=metrics)
-    api = AuditApi(store, authorizer, hub, metrics, settings.api.watch_poll, settings.api.watch_write_timeout,
-                   queries)
+    a = settings.api
+    proxy = FrontProxy(a.allowed_names, a.username_headers, a.group_headers, a.extra_prefixes) if a.client_ca else None
+    api = AuditApi(store, authorizer, hub, metrics, a.watch_poll, a.watch_write_timeout, queries, proxy,
+                   a.watch_recheck)
     rt.spawn(retention_loop(store, settings.store, metrics), "store-retention")
     rt.spawn(health_loop(store, metrics), "store-health")
+    if a.requestheader_from_cluster and proxy is not None:
+        rt.spawn(await follow_requestheader(settings, api, proxy), "api-requestheader")
     log.info("store_opened", store=store.kind, api_auth=settings.api.auth)
     return store, [api], sink
+
+
+async def follow_requestheader(settings: Settings, api: Any, base: Any) -> Coroutine[Any, Any, None]:
+    """--requestheader-from-cluster: the front proxy's CA and headers now, then a loop that refreshes them."""
+    from tailer.api.requestheader import ClusterRequestHeader
+
+    assert settings.api.client_ca is not None
+    os.makedirs(os.path.dirname(settings.api.client_ca) or ".", exist_ok=True)
+    loader = ClusterRequestHeader(settings.configmaps.kubeconfig, settings.api.client_ca, base)
+    api.authn.front_proxy = await loader.load()  # a cluster without an aggregation layer: fail at start-up
+    api.on_close.append(loader.close)
+
+    def apply(proxy: Any) -> None:
+        api.authn.front_proxy = proxy
+
+    return loader.follow(apply)
+
+
+def api_server(settings: Settings, apis: list[Any], plain: web.Application) -> HttpServer | None:
+    """The API's routes: on their own HTTPS port with --api-tls-cert, else on the health/metrics port."""
+    if settings.api.tls is None or not apis:
+        for api in apis:
+            api.add_routes(plain)
+        return None
+    from tailer.api.authn import api_tls
+
+    app = web.Application()
+    for api in apis:
+        api.add_routes(app)
+    return HttpServer(app, settings.api.host, settings.api.port, api_tls(settings.api.tls, settings.api.client_ca))

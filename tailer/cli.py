@@ -123,21 +123,52 @@ def add_store_flags(p: EnvParser) -> None:
                    help="reader threads (PostgreSQL: pooled connections) for API queries (default 4)")
     p.add_argument("--store-query-timeout", type=parse_duration, default=10.0,
                    help="an API query that runs longer is stopped and answered 503 (default 10s)")
+    add_api_flags(p)
+
+
+def parse_names(value: str) -> tuple[str, ...]:
+    """A comma-separated list (kube-apiserver's form for --requestheader-* flags)."""
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def add_api_flags(p: EnvParser) -> None:
     p.add_argument("--api-auth", choices=("auto", "token-file", "kubernetes", "none"), default="auto",
                    help="audit API access: token-file, kubernetes (TokenReview + SubjectAccessReview), none (open); "
-                        "auto = token-file with --token-file, else the API is disabled (default auto)")
+                        "auto = token-file with --token-file, kubernetes with --requestheader-client-ca-file, else "
+                        "the API is disabled (default auto)")
     p.add_argument("--token-file", help="API bearer tokens: CSV token,user,namespace[,...] or YAML; * = cluster-wide")
+    p.add_argument("--api-listen", type=parse_hostport, default=("0.0.0.0", 8443),
+                   help="HTTPS address of the audit API with --api-tls-cert (default 0.0.0.0:8443); without TLS "
+                        "the API is served on --http-listen")
+    p.add_argument("--api-tls-cert", help="API serving certificate (PEM), reloaded when it changes")
+    p.add_argument("--api-tls-key", help="API serving key (PEM)")
+    p.add_argument("--requestheader-client-ca-file", metavar="FILE",
+                   help="CA of the front proxy (kube-aggregator) client certificate; enables X-Remote-User")
+    p.add_argument("--requestheader-from-cluster", type=parse_bool, default=False, metavar="BOOL",
+                   help="read the front proxy's CA and header names from kube-system/extension-apiserver-"
+                        "authentication, as aggregated API servers do, at start and every 5m (default false)")
+    p.add_argument("--requestheader-allowed-names", type=parse_names, default=(), metavar="NAMES",
+                   help="common names the front proxy certificate may have, comma-separated (default: any)")
+    p.add_argument("--requestheader-username-headers", type=parse_names, default=("X-Remote-User",),
+                   metavar="HEADERS", help="headers holding the user name (default X-Remote-User)")
+    p.add_argument("--requestheader-group-headers", type=parse_names, default=("X-Remote-Group",),
+                   metavar="HEADERS", help="headers holding the groups (default X-Remote-Group)")
+    p.add_argument("--requestheader-extra-headers-prefix", type=parse_names, default=("X-Remote-Extra-",),
+                   metavar="PREFIXES", help="header prefixes of user extras (default X-Remote-Extra-)")
     p.add_argument("--watch-poll", type=parse_duration, default=1.0,
                    help="how often an idle watch re-reads the store, for other replicas' writes (default 1s)")
     p.add_argument("--watch-write-timeout", type=parse_duration, default=10.0,
                    help="a watch client that takes longer to read one batch is cut off (default 10s)")
+    p.add_argument("--watch-recheck", type=parse_duration, default=60.0,
+                   help="how often an open watch's authorization is checked again; revoked: ends with 403 "
+                        "(default 1m)")
     p.add_argument("--api-query-workers", type=int, default=2,
                    help="processes computing object views (versions, diff, bisect), off the event loop (default 2)")
     p.add_argument("--api-query-timeout", type=parse_duration, default=60.0,
                    help="an object view taking longer answers 504 (default 60s)")
 
 
-def store_settings(parser: EnvParser, args: argparse.Namespace) -> tuple[StoreSettings, ApiSettings]:
+def store_settings(parser: EnvParser, args: argparse.Namespace) -> StoreSettings:
     target = None if args.store == "none" else args.store
     if target == "sqlite":
         target = os.path.join(args.data_dir, "audit.db")
@@ -145,21 +176,43 @@ def store_settings(parser: EnvParser, args: argparse.Namespace) -> tuple[StoreSe
         parser.error(f"--store must be sqlite, none or a postgresql:// URL, got {args.store!r}")
     if args.store_readers < 1:
         parser.error("--store-readers must be at least 1")
+    return StoreSettings(target=target, retention_age=args.retention_age, retention_bytes=args.retention_bytes,
+                         retention_interval=max(args.retention_interval, 1.0), readers=args.store_readers,
+                         query_timeout=max(args.store_query_timeout, 0.1))
+
+
+def api_settings(parser: EnvParser, args: argparse.Namespace) -> ApiSettings:
     auth = args.api_auth
+    front = bool(args.requestheader_client_ca_file or args.requestheader_from_cluster)
     if auth == "auto":
-        auth = "token-file" if args.token_file else "disabled"
+        auth = "token-file" if args.token_file else "kubernetes" if front else "disabled"
     if auth == "token-file" and not args.token_file:
         parser.error("--api-auth token-file needs --token-file")
     if args.api_query_workers < 1:
         parser.error("--api-query-workers must be at least 1")
-    if args.token_file and not os.path.isfile(args.token_file):
-        parser.error(f"--token-file {args.token_file} does not exist")
-    return (StoreSettings(target=target, retention_age=args.retention_age, retention_bytes=args.retention_bytes,
-                          retention_interval=max(args.retention_interval, 1.0), readers=args.store_readers,
-                          query_timeout=max(args.store_query_timeout, 0.1)),
-            ApiSettings(auth=auth, token_file=args.token_file, watch_poll=max(args.watch_poll, 0.05),
-                        watch_write_timeout=args.watch_write_timeout, query_workers=args.api_query_workers,
-                        query_timeout=max(args.api_query_timeout, 0.1)))
+    for path in (args.token_file, args.api_tls_cert, args.api_tls_key, args.requestheader_client_ca_file):
+        if path and not os.path.isfile(path):
+            parser.error(f"{path} does not exist")
+    tls = None
+    if args.api_tls_cert or args.api_tls_key:
+        if not (args.api_tls_cert and args.api_tls_key):
+            parser.error("--api-tls-cert and --api-tls-key go together")
+        tls = TLSFiles(cert=args.api_tls_cert, key=args.api_tls_key)
+    if front and tls is None:
+        parser.error("--requestheader-client-ca-file and --requestheader-from-cluster need --api-tls-cert and "
+                     "--api-tls-key (client certificates come over TLS)")
+    client_ca = args.requestheader_client_ca_file
+    if args.requestheader_from_cluster:
+        if client_ca:
+            parser.error("--requestheader-from-cluster and --requestheader-client-ca-file exclude each other")
+        client_ca = os.path.join(args.data_dir, "requestheader-client-ca.crt")
+    return ApiSettings(
+        auth=auth, token_file=args.token_file, watch_poll=max(args.watch_poll, 0.05),
+        watch_write_timeout=args.watch_write_timeout, query_workers=args.api_query_workers,
+        query_timeout=max(args.api_query_timeout, 0.1), host=args.api_listen[0], port=args.api_listen[1], tls=tls,
+        client_ca=client_ca, requestheader_from_cluster=args.requestheader_from_cluster, allowed_names=args.requestheader_allowed_names,
+        username_headers=args.requestheader_username_headers, group_headers=args.requestheader_group_headers,
+        extra_prefixes=args.requestheader_extra_headers_prefix, watch_recheck=max(args.watch_recheck, 0.05))
 
 
 def parse(argv: Sequence[str] | None = None) -> Settings:
@@ -178,7 +231,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         tls = TLSFiles(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
     if args.tls_verify_client and not (tls and args.tls_ca):
         parser.error("--tls-verify-client needs --tls-cert, --tls-key and --tls-ca")
-    store, api = store_settings(parser, args)
+    store, api = store_settings(parser, args), api_settings(parser, args)
     return Settings(
         forward=ForwardSettings(
             host=args.listen[0], port=args.listen[1], tls=tls, verify_client=args.tls_verify_client,

@@ -53,3 +53,6 @@ class TailerMetrics:
                                            registry=r)
         self.api_query_rejected = Counter("tailer_api_queries_rejected", "Object views refused or abandoned",
                                           ["reason"], registry=r)
+        self.api_token_file_errors = Counter("tailer_api_token_file_errors", "Times the API token file became "
+                                             "unusable (every request refused until it is valid)", ["reason"],
+                                             registry=r)

@@ -60,6 +60,16 @@ class ApiSettings:
     watch_write_timeout: float = 10.0  # seconds a watcher may take to read one batch before it is cut off
     query_workers: int = 2  # processes computing object views (versions, diff, ...), off the event loop
     query_timeout: float = 60.0  # seconds one object view may take before the request answers 504
+    watch_recheck: float = 60.0  # seconds between re-authorizations of an open watch (revoked: ERROR 403)
+    host: str = "0.0.0.0"  # the HTTPS API address, used when ``tls`` is set (else the API is on HttpSettings)
+    port: int = 8443
+    tls: TLSFiles | None = None  # serving certificate and key, reloaded when they change
+    client_ca: str | None = None  # request-header CA: front-proxy client certificates (X-Remote-User)
+    requestheader_from_cluster: bool = False  # client_ca and header names from kube-system's ConfigMap
+    allowed_names: tuple[str, ...] = ()  # common names of the front proxy's certificate; empty: any
+    username_headers: tuple[str, ...] = ("X-Remote-User",)
+    group_headers: tuple[str, ...] = ("X-Remote-Group",)
+    extra_prefixes: tuple[str, ...] = ("X-Remote-Extra-",)
 
 
 @dataclass(frozen=True)

@@ -253,8 +253,9 @@ class LazyReviews:
     async def token_review(self, token: str) -> tuple[str, tuple[str, ...]] | None:
         return await (await self._client()).token_review(token)
 
-    async def subject_access_review(self, user: str, groups: tuple[str, ...], namespace: str) -> bool:
-        return await (await self._client()).subject_access_review(user, groups, namespace)
+    async def subject_access_review(self, user: str, groups: tuple[str, ...], namespace: str,
+                                    verb: str = "get") -> bool:
+        return await (await self._client()).subject_access_review(user, groups, namespace, verb)
 
     async def close(self) -> None:
         if self._kube is not None:

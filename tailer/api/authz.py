@@ -2,11 +2,15 @@
 
 Two authorizers behind one interface:
   - ``StaticTokens``: a token file (CSV ``token,user,namespace[,namespace...]`` or YAML list of
-    ``{token, user, namespaces}``); ``*`` means cluster-wide. Re-read when the file changes.
-  - ``KubernetesAuthorizer``: TokenReview + SubjectAccessReview (verb ``get`` on ``auditevents`` in group
-    ``audit.kube-audit-forwarder.io``, in the namespace asked about; cluster-wide queries are checked
-    without a namespace). The Kubernetes calls come from kube_audit/kube/ through ``AccessReviews``.
-A namespace of "" below means the cluster scope: queries across namespaces or on cluster-scoped objects.
+    ``{token, user, namespaces}``); ``*`` means cluster-wide. Re-read when the file changes. A file that
+    is missing or malformed fails closed: logged once, counted, every request refused (503) until a
+    valid file is back (keeping the last good tokens would keep a revoked token valid).
+  - ``KubernetesAuthorizer``: TokenReview + SubjectAccessReview (``get``, ``list`` or ``watch`` on
+    ``auditevents`` in group ``audit.kube-audit-forwarder.io``, in the namespace asked about; cluster-wide
+    queries are checked without a namespace). The Kubernetes calls come from kube_audit/kube/ through
+    ``AccessReviews``, async on the loop (kubernetes.aio).
+Identities from the front proxy (authn.py) are authorized the same way. A namespace of "" below means the
+cluster scope: queries across namespaces or on cluster-scoped objects.
 """
 
 from __future__ import annotations
@@ -16,31 +20,40 @@ import hashlib
 import io
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import yaml
 
+from kube_audit.runtime.observability import get_logger
+
 API_GROUP = "audit.kube-audit-forwarder.io"
 RESOURCE = "auditevents"
 CLUSTER = ""
+log = get_logger(component="api")
 
 
 class AuthzConfigError(ValueError):
     """The token file is missing or malformed."""
 
 
+class TokensUnusable(RuntimeError):
+    """The token file cannot be used right now: every request is refused until it can."""
+
+
 @dataclass(frozen=True)
 class Identity:
     user: str
     groups: tuple[str, ...] = ()
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()  # from X-Remote-Extra-* (front proxy)
 
 
 class Authorizer(Protocol):
     async def authenticate(self, token: str) -> Identity | None: ...
 
-    async def allowed(self, who: Identity, namespace: str) -> bool:
-        """May ``who`` read audit events in ``namespace`` ("" = cluster-wide)?"""
+    async def allowed(self, who: Identity, namespace: str, verb: str = "get") -> bool:
+        """May ``who`` ``verb`` (get, list, watch) audit events in ``namespace`` ("" = cluster-wide)?"""
         ...
 
 
@@ -51,8 +64,8 @@ class AccessReviews(Protocol):
         """(username, groups) of an authenticated token, None when not authenticated."""
         ...
 
-    async def subject_access_review(self, user: str, groups: tuple[str, ...], namespace: str) -> bool:
-        """Whether user/groups may ``get`` ``auditevents.audit.kube-audit-forwarder.io`` in namespace
+    async def subject_access_review(self, user: str, groups: tuple[str, ...], namespace: str, verb: str = "get") -> bool:
+        """Whether user/groups may ``verb`` ``auditevents.audit.kube-audit-forwarder.io`` in namespace
         ("" = all namespaces)."""
         ...
 
@@ -103,12 +116,15 @@ def parse_token_file(text: str, path: str) -> dict[str, tuple[Identity, frozense
 
 
 class StaticTokens:
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, on_error: Callable[[str], None] = lambda reason: None) -> None:
+        self.path, self.on_error = path, on_error
         self._stamp: tuple[int, int, int] | None = None
         self._tokens: dict[str, tuple[Identity, frozenset[str]]] = {}
         self._namespaces: dict[str, frozenset[str]] = {}
+        self.error: str | None = None
         self._load()
+        if self.error:
+            raise AuthzConfigError(self.error)
 
     def _load(self) -> None:
         try:
@@ -118,21 +134,35 @@ class StaticTokens:
                 return
             with open(self.path, encoding="utf-8") as fh:
                 text = fh.read()
-        except OSError as exc:
-            raise AuthzConfigError(f"cannot read token file {self.path}: {exc.strerror}") from exc
-        self._tokens = parse_token_file(text, self.path)
-        self._namespaces = {ident.user: ns for ident, ns in self._tokens.values()}
-        self._stamp = stamp
+            tokens = parse_token_file(text, self.path)
+        except (OSError, AuthzConfigError, UnicodeDecodeError) as exc:
+            error = (f"cannot read token file {self.path}: {exc.strerror}" if isinstance(exc, OSError)
+                     else str(exc))
+            self._fail(error, "missing" if isinstance(exc, OSError) else "malformed")
+            return
+        self._tokens, self._stamp = tokens, stamp
+        self._namespaces = {ident.user: ns for ident, ns in tokens.values()}
+        if self.error:
+            log.info("token_file_recovered", file=self.path, tokens=len(tokens))
+        self.error = None
+
+    def _fail(self, error: str, reason: str) -> None:
+        """Fail closed: no token is valid until the file is good again. Said once per distinct error."""
+        self._tokens, self._namespaces, self._stamp = {}, {}, None
+        if error != self.error:
+            log.error("token_file_unusable", file=self.path, error=error)
+            self.on_error(reason)
+        self.error = error
 
     async def authenticate(self, token: str) -> Identity | None:
-        try:
-            self._load()
-        except AuthzConfigError:
-            pass  # keep the last good tokens while the file is being replaced
+        self._load()
+        if self.error:
+            raise TokensUnusable(f"the API's token file is unusable, every request is refused: {self.error}")
         entry = self._tokens.get(_digest(token))
         return entry[0] if entry else None
 
-    async def allowed(self, who: Identity, namespace: str) -> bool:
+    async def allowed(self, who: Identity, namespace: str, verb: str = "get") -> bool:
+        self._load()
         namespaces = self._namespaces.get(who.user, frozenset())
         return "*" in namespaces or (namespace != CLUSTER and namespace in namespaces)
 
@@ -159,9 +189,12 @@ class KubernetesAuthorizer:
         found = await self._cached(("token", _digest(token)), lambda: self.reviews.token_review(token))
         return Identity(found[0], tuple(found[1])) if found else None
 
-    async def allowed(self, who: Identity, namespace: str) -> bool:
-        return bool(await self._cached(("sar", who, namespace),
-                                       lambda: self.reviews.subject_access_review(who.user, who.groups, namespace)))
+    async def allowed(self, who: Identity, namespace: str, verb: str = "get") -> bool:
+        return bool(await self._cached(("sar", who, namespace, verb), lambda: self.reviews.subject_access_review(
+            who.user, who.groups, namespace, verb)))
+
+    def close(self) -> None:
+        """Nothing to stop: the reviews are async calls of kube_audit.kube.aio (closed with the store)."""
 
 
 class Anyone:
@@ -170,16 +203,17 @@ class Anyone:
     async def authenticate(self, token: str) -> Identity | None:
         return Identity("anonymous")
 
-    async def allowed(self, who: Identity, namespace: str) -> bool:
+    async def allowed(self, who: Identity, namespace: str, verb: str = "get") -> bool:
         return True
 
 
-def build(mode: str, token_file: str | None, kubeconfig: str | None = None) -> Authorizer | None:
+def build(mode: str, token_file: str | None, kubeconfig: str | None = None,
+          on_error: Callable[[str], None] = lambda reason: None) -> Authorizer | None:
     """The authorizer for ``--api-auth``; None means the API is disabled (it answers 503)."""
     if mode == "token-file":
         if not token_file:
             raise AuthzConfigError("--api-auth token-file needs --token-file")
-        return StaticTokens(token_file)
+        return StaticTokens(token_file, on_error)
     if mode == "none":
         return Anyone()
     if mode == "kubernetes":

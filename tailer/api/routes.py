@@ -1,9 +1,9 @@
-"""The audit HTTP API on the tailer's aiohttp app: the route table, authorization and the failure policy.
+"""The audit HTTP API: the route table, authentication and authorization, and the failure policy.
 
-    GET {PREFIX}/events                         ?namespace&user&verb&resource&name&since&until&level&code
-    GET {PREFIX}/namespaces/{ns}/events           &limit&continue  |  &watch=true&resourceVersion
-    GET {PREFIX}/namespaces/{ns}/{resource}/{name}/versions|spechistory|diff|bisect   ?limit (newest changes)
-    GET {PREFIX}/{resource}/{name}/versions|...   cluster-scoped objects
+    GET /apis, /apis/{group}, {PREFIX}, /openapi/v2, /openapi/v3[/apis/{group}/{version}]   discovery
+    GET {PREFIX}/[namespaces/{ns}/]auditevents   list (Table or AuditEventList) | ?watch=true   (resource.py)
+    GET {PREFIX}/[namespaces/{ns}/]events        the same, as the first API had it (the plugin's path)
+    GET {PREFIX}/[namespaces/{ns}/]{resource}/{name}/versions|spechistory|diff|bisect   (queries.py)
 
 ``resource`` is the plural, optionally ``plural.group`` (kubectl style, e.g. ``databases.example.com``);
 a bare plural matches any group and is refused (409) when two groups have such an object.
@@ -16,7 +16,6 @@ a counter; nothing here can hold up or fail ingest.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,45 +24,67 @@ from aiohttp import web
 
 from kube_audit.contract import API_GROUP, API_VERSION, PREFIX
 from kube_audit.runtime.observability import get_logger
-from tailer.api.authz import CLUSTER, Anyone, Authorizer, Identity
-from tailer.api.errors import ApiError, decode_continue, encode_continue, parse_time, status, uint
-from tailer.api.queries import MAX_LIMIT, VERSIONS_LIMIT, QueryPool
-from tailer.api.watch import Watches, WatchHub, with_rv
+from tailer.api import discovery, resource
+from tailer.api.authn import Authenticator, FrontProxy
+from tailer.api.authz import CLUSTER, Authorizer, Identity
+from tailer.api.errors import ApiError, decode_continue, encode_continue, status, uint
+from tailer.api.queries import MAX_LIMIT, VERSIONS_LIMIT, VIEW_ALIASES, QueryPool
+from tailer.api.watch import Watches, WatchHub
 from tailer.metrics import TailerMetrics
-from tailer.store import EventFilter, Store, StoreError
+from tailer.store import Store, StoreError
 
 __all__ = ["PREFIX", "AuditApi", "WatchHub"]
 log = get_logger(component="api")
+SCAN_BATCH = 1000  # events read per store query when a filter is checked here (several verbs, groups, !=)
+MAX_SCAN = 50_000  # events read for one page at most; then a short page with a continue token
 
 
 def json_response(body: Any, code: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=code, content_type="application/json")
 
 
-def split_resource(resource: str) -> tuple[str, str | None]:
+def split_resource(name: str) -> tuple[str, str | None]:
     """``databases.example.com`` -> (databases, example.com); ``pods`` -> (pods, None = any group)."""
-    plural, _, group = resource.partition(".")
+    plural, _, group = name.partition(".")
     return plural, (group if group else None)
 
 
 class AuditApi:
     def __init__(self, store: Store, authorizer: Authorizer | None, hub: WatchHub, metrics: TailerMetrics,
-                 poll: float = 1.0, write_timeout: float = 10.0, queries: QueryPool | None = None) -> None:
+                 poll: float = 1.0, write_timeout: float = 10.0, queries: QueryPool | None = None,
+                 front_proxy: FrontProxy | None = None, watch_recheck: float = 60.0) -> None:
         self.store, self.authorizer, self.hub, self.metrics = store, authorizer, hub, metrics
-        self.watches = Watches(store, hub, metrics, poll, write_timeout)
+        self.authn = Authenticator(authorizer, front_proxy)
+        self.watches = Watches(store, hub, metrics, poll, write_timeout, watch_recheck)
         self.queries = queries or QueryPool(metrics=metrics)
+        self.on_close: list[Callable[[], None]] = []
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
-        r.add_get(PREFIX, self._wrap("discovery", self.discovery))
-        r.add_get(PREFIX + "/events", self._wrap("events", self.events))
-        r.add_get(PREFIX + "/namespaces/{namespace}/events", self._wrap("events", self.events))
+        static = {"/apis": discovery.api_group_list(), f"/apis/{API_GROUP}": discovery.api_group(),
+                  PREFIX: discovery.api_resource_list(), "/openapi/v2": discovery.openapi_v2(),
+                  "/openapi/v3": discovery.openapi_v3_index(), f"/openapi/v3/apis/{API_VERSION}": discovery.openapi_v3_group()}
+        for path, body in static.items():
+            r.add_get(path, self._wrap("discovery", self._document(orjson.dumps(body))))
+        for ns in ("", "/namespaces/{namespace}"):
+            r.add_get(PREFIX + ns + "/auditevents", self._wrap("events", self.events))
+            r.add_get(PREFIX + ns + "/events", self._wrap("events", self.legacy_events))
         r.add_get(PREFIX + "/namespaces/{namespace}/{resource}/{name}/{view}", self._wrap("object", self.object))
         r.add_get(PREFIX + "/{resource}/{name}/{view}", self._wrap("object", self.object))
 
     def close(self) -> None:
         self.hub.close()
         self.queries.close()
+        close = getattr(self.authorizer, "close", None)
+        for hook in [*self.on_close, *([close] if close else [])]:
+            hook()
+
+    def _document(self, body: bytes) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            # Static and without data: served to anyone, as the aggregator's availability checks need
+            return web.Response(body=body, content_type="application/json")
+
+        return handler
 
     def _wrap(self, route: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
         async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -84,61 +105,85 @@ class AuditApi:
 
         return wrapped
 
-    async def _authorize(self, request: web.Request, namespace: str) -> Identity:
-        if self.authorizer is None:
-            raise ApiError(503, "ServiceUnavailable", "the audit API is disabled: start the tailer with "
-                           "--token-file, --api-auth kubernetes or --api-auth none")
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if isinstance(self.authorizer, Anyone):
-            who: Identity | None = Identity("anonymous")
-        elif scheme.lower() == "bearer" and token.strip():
-            who = await self.authorizer.authenticate(token.strip())
-        else:
-            who = None
-        if who is None:
-            raise ApiError(401, "Unauthorized", "a valid bearer token is required")
-        if not await self.authorizer.allowed(who, namespace):
+    async def _authorize(self, request: web.Request, namespace: str, verb: str) -> Identity:
+        who = await self.authn.identify(request)
+        if not await self.authn.allowed(who, namespace, verb):
             where = f'in the namespace "{namespace}"' if namespace != CLUSTER else "at the cluster scope"
-            raise ApiError(403, "Forbidden", f'user "{who.user}" cannot get auditevents.{API_GROUP} {where}')
+            raise ApiError(403, "Forbidden", f'auditevents.{API_GROUP} is forbidden: User "{who.user}" cannot {verb} '
+                           f'resource "auditevents" in API group "{API_GROUP}" {where}')
         return who
 
-    async def discovery(self, request: web.Request) -> web.Response:
-        return json_response({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": API_VERSION,
-                              "resources": [{"name": "events", "namespaced": True, "kind": "Event",
-                                             "verbs": ["get", "list", "watch"]}]})
+    def _still_allowed(self, request: web.Request, namespace: str, verb: str) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            try:
+                await self._authorize(request, namespace, verb)
+            except ApiError:
+                return False
+            return True
+
+        return check
 
     # ---- events ----
 
-    def _filter(self, request: web.Request) -> EventFilter:
-        q = request.query
-        namespace = request.match_info.get("namespace", q.get("namespace"))
-        resource, group = split_resource(q["resource"]) if q.get("resource") else (None, None)
-        now = time.time()
-        code = q.get("code")
-        return EventFilter(
-            namespace=namespace, user=q.get("user"), verb=q.get("verb"), resource=resource, group=group,
-            name=q.get("name"), level=q.get("level"), code=uint(code, "code") if code else None,
-            since=parse_time(q["since"], now) if q.get("since") else None,
-            until=parse_time(q["until"], now) if q.get("until") else None,
-        )
+    async def legacy_events(self, request: web.Request) -> web.StreamResponse:
+        return await self.events(request, bookmarks=True)
 
-    async def events(self, request: web.Request) -> web.StreamResponse:
-        flt = self._filter(request)
-        await self._authorize(request, flt.namespace or CLUSTER)
+    async def events(self, request: web.Request, bookmarks: bool = False) -> web.StreamResponse:
         q = request.query
-        if q.get("watch", "").lower() in ("true", "1"):
+        resource.check_params(q, resource.LIST_PARAMS | resource.FILTER_PARAMS)
+        resource.check_query_values(q)
+        query = resource.plan(resource.selection(q, q.getall, request.match_info.get("namespace")))
+        watch = q.get("watch", "").lower() in ("true", "1")
+        scope = query.namespace or CLUSTER
+        await self._authorize(request, scope, "watch" if watch else "list")
+        version = resource.table_version(request.headers.get("Accept", ""))
+        include = resource.include_object(q)
+        timeout = uint(q["timeoutSeconds"], "timeoutSeconds") if q.get("timeoutSeconds") else None
+
+        def encode(seq: int, event: dict[str, Any]) -> dict[str, Any]:
+            if version:
+                return resource.table(version, [resource.row(seq, event, include)], {})
+            return resource.item(seq, event)
+
+        if watch:
             rv = q.get("resourceVersion")
-            return await self.watches.serve(request, flt, uint(rv, "resourceVersion") if rv else None)
+            bookmarks = bookmarks or q.get("allowWatchBookmarks", "").lower() == "true"
+            return await self.watches.serve(request, query.store, uint(rv, "resourceVersion") if rv else None,
+                                            timeout, self._still_allowed(request, scope, "watch"), encode,
+                                            query.keep, bookmarks)
         limit = max(1, min(uint(q.get("limit") or "500", "limit"), MAX_LIMIT))
         after = decode_continue(q["continue"]) if q.get("continue") else 0
         head = await self.store.head()
-        rows = await self.store.events(flt, after, limit)
+        rows, more = await self._page(query, after, limit)
         meta: dict[str, Any] = {"resourceVersion": str(max([head, *(s for s, _ in rows)]))}
-        if len(rows) == limit:
-            meta["continue"] = encode_continue(rows[-1][0])
-        return json_response({"kind": "AuditEventList", "apiVersion": API_VERSION, "metadata": meta,
-                              "items": [with_rv(seq, ev) for seq, ev in rows]})
+        if more is not None:
+            meta["continue"] = encode_continue(more)
+        if version:
+            body = resource.table_body(version, [resource.row(s, e, include) for s, e in rows], meta)
+            return web.Response(body=body, headers={"Content-Type": f"application/json;as=Table;v={version};"
+                                                                    "g=meta.k8s.io"})
+        return web.Response(body=resource.event_list([resource.item(s, e) for s, e in rows], meta),
+                            content_type="application/json")
+
+    async def _page(self, query: resource.Query, after: int, limit: int) -> tuple[list[tuple[int, Any]], int | None]:
+        """Up to ``limit`` matching events after ``after``, and where the next page starts (None: no more)."""
+        if query.keep is None:
+            rows = await self.store.events(query.store, after, limit)
+            return rows, (rows[-1][0] if len(rows) == limit else None)
+        out: list[tuple[int, Any]] = []
+        scanned, cursor = 0, after
+        while True:
+            batch = await self.store.events(query.store, cursor, SCAN_BATCH)
+            for seq, event in batch:
+                if query.keep(event):
+                    out.append((seq, event))
+                    if len(out) == limit:
+                        return out, seq
+            if len(batch) < SCAN_BATCH:
+                return out, None
+            cursor, scanned = batch[-1][0], scanned + len(batch)
+            if scanned >= MAX_SCAN:
+                return out, cursor
 
     # ---- provenance ----
 
@@ -146,7 +191,9 @@ class AuditApi:
         m = request.match_info
         namespace = m.get("namespace", CLUSTER)
         plural, group = split_resource(m["resource"])
-        await self._authorize(request, namespace)
+        resource.check_params(request.query, resource.VIEW_PARAMS)
+        await self._authorize(request, namespace, "get")
+        view = VIEW_ALIASES.get(m["view"], m["view"])
         limit = min(uint(request.query.get("limit") or str(VERSIONS_LIMIT), "limit", minimum=1), MAX_LIMIT)
         # A Lease-like object may have 100,000 changes: rebuild only the newest ``limit``, say how many
         # older ones were left out, and number versions as if all were there.
@@ -159,5 +206,5 @@ class AuditApi:
             raise ApiError(409, "Conflict", f"{plural} {where} exists in groups {', '.join(groups) or '(core)'}; "
                            f"name it as {plural}.<group>")
         ref = {"group": groups[0], "resource": plural, "namespace": namespace, "name": m["name"]}
-        code, body = await self.queries.object_view(rows, omitted, ref, m["view"], dict(request.query), limit)
+        code, body = await self.queries.object_view(rows, omitted, ref, view, dict(request.query), limit)
         return web.Response(body=body, status=code, content_type="application/json")

@@ -26,8 +26,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from kube_audit.contract import API_VERSION
 from kube_audit.runtime.observability import get_logger
 from tailer.api.errors import ApiError, status
+from tailer.api.resource import watch_line
 from tailer.metrics import TailerMetrics
 from tailer.store import EventFilter, Store
 
@@ -82,8 +84,8 @@ class Watches:
         self.poll, self.write_timeout, self.recheck = poll, write_timeout, recheck
 
     async def serve(self, request: web.Request, flt: EventFilter, rv: int | None, timeout: float | None = None,
-                    still_allowed: Callable[[], Awaitable[bool]] | None = None,
-                    encode: Encode = with_rv) -> web.StreamResponse:
+                    still_allowed: Callable[[], Awaitable[bool]] | None = None, encode: Encode = with_rv,
+                    keep: Callable[[dict[str, Any]], bool] | None = None, bookmarks: bool = True) -> web.StreamResponse:
         if self.hub.closed:
             raise ApiError(503, "ServiceUnavailable", "the tailer is shutting down")
         last = rv if rv is not None else await self.store.head()
@@ -99,7 +101,7 @@ class Watches:
         try:
             await self.stream(response, flt, last, flag, pruned, deadline=deadline, still_allowed=still_allowed,
                               gone=lambda: request.transport is None or request.transport.is_closing(),
-                              encode=encode)
+                              encode=encode, keep=keep, bookmarks=bookmarks)
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception as exc:  # the store failed, or a bookmark could not be written: end cleanly
@@ -113,8 +115,10 @@ class Watches:
 
     async def stream(self, response: web.StreamResponse, flt: EventFilter, last: int, flag: asyncio.Event,
                      pruned: int = 0, gone: Callable[[], bool] = lambda: False, deadline: float | None = None,
-                     still_allowed: Callable[[], Awaitable[bool]] | None = None, encode: Encode = with_rv) -> None:
-        """``pruned``: the retention mark the watcher started with (what it accepted as gone)."""
+                     still_allowed: Callable[[], Awaitable[bool]] | None = None, encode: Encode = with_rv,
+                     keep: Callable[[dict[str, Any]], bool] | None = None, bookmarks: bool = True) -> None:
+        """``pruned``: the retention mark the watcher started with (what it accepted as gone); ``keep``:
+        the part of the filter the store cannot apply; ``bookmarks``: send one every 30 s when quiet."""
         quiet_since = checked = time.monotonic()
         while not gone():  # aiohttp does not cancel handlers when the client leaves; we look each poll
             if self.hub.closed or (deadline is not None and time.monotonic() >= deadline):
@@ -139,9 +143,11 @@ class Watches:
                 log.warning("watch_expired", resource_version=last, pruned=mark)
                 return
             pruned = mark
+            kept = [(s, e) for s, e in rows if keep(e)] if keep is not None else rows
             if rows:
-                data = b"".join(orjson.dumps({"type": "ADDED", "object": encode(s, e)}) + b"\n" for s, e in rows)
                 last = rows[-1][0]
+            if kept:
+                data = b"".join(watch_line("ADDED", encode(s, e)) for s, e in kept)
                 try:
                     async with asyncio.timeout(self.write_timeout):
                         await response.write(data)
@@ -149,10 +155,10 @@ class Watches:
                     await self.cut_off(response, last)
                     return
                 quiet_since = time.monotonic()
-                if len(rows) == WATCH_BATCH:
-                    continue
-            elif time.monotonic() - quiet_since > BOOKMARK_EVERY:  # also finds clients that went away
-                bookmark = {"type": "BOOKMARK", "object": {"kind": "Event", "apiVersion": "audit.k8s.io/v1",
+            if len(rows) == WATCH_BATCH:
+                continue
+            if not kept and bookmarks and time.monotonic() - quiet_since > BOOKMARK_EVERY:  # finds gone clients
+                bookmark = {"type": "BOOKMARK", "object": {"kind": "AuditEvent", "apiVersion": API_VERSION,
                                                            "metadata": {"resourceVersion": str(last)}}}
                 async with asyncio.timeout(self.write_timeout):
                     await response.write(orjson.dumps(bookmark) + b"\n")

@@ -24,13 +24,14 @@ SHOP = {"Authorization": "Bearer shop-token"}
 
 
 class Api:
-    def __init__(self, client: TestClient, store: Store, hub: WatchHub, api: AuditApi) -> None:
+    def __init__(self, client: TestClient, store: Store, hub: WatchHub, api: AuditApi, tokens: Path) -> None:
         self.client, self.store, self.hub, self.api = client, store, hub, api
+        self.tokens = tokens  # the token file: edit it to change who may read
 
     async def get(self, path: str, headers: dict[str, str] = ADMIN, expect: int = 200, **params: Any) -> Any:
         resp = await self.client.get(path, headers=headers, params=params)
         body = await resp.json()
-        assert resp.status == expect, body
+        assert resp.status == expect, str(body)[:2000]
         return body
 
     async def insert(self, events: list[dict[str, Any]]) -> None:
@@ -59,7 +60,7 @@ async def api_fixture(store_target: str, tmp_path: Path) -> AsyncIterator[Api]:
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
-        yield Api(client, store, hub, audit)
+        yield Api(client, store, hub, audit, tokens)
     finally:
         await client.close()
         audit.close()

@@ -132,7 +132,8 @@ async def test_tokens_and_namespaces(api: Api) -> None:
     await api.get(PREFIX + "/events", headers={}, expect=401)
     await api.get(PREFIX + "/events", headers={"Authorization": "Bearer wrong"}, expect=401)
     body = await api.get(PREFIX + "/events", headers=SHOP, expect=403)  # cluster-wide needs "*"
-    assert body["message"] == 'user "shopper" cannot get auditevents.audit.kube-audit-forwarder.io at the cluster scope'
+    assert body["message"] == ('auditevents.audit.kube-audit-forwarder.io is forbidden: User "shopper" cannot list '
+                               'resource "auditevents" in API group "audit.kube-audit-forwarder.io" at the cluster scope')
     assert len((await api.get(PREFIX + "/events", headers=SHOP, namespace="shop"))["items"]) == len(SCENARIO)
     assert len((await api.get(PREFIX + "/namespaces/shop/events", headers=SHOP))["items"]) == len(SCENARIO)
     await api.get(PREFIX + "/namespaces/kube-system/events", headers=SHOP, expect=403)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 import pytest
 
 from tailer.api.routes import PREFIX
@@ -100,3 +101,29 @@ async def test_open_watches_end_when_the_tailer_stops(api: Api) -> None:
     assert len(lines) == len(SCENARIO)  # every event, then a clean end of the stream
     await api.get(PREFIX + "/events", expect=503, watch="true")  # no new watch while stopping
     assert len(await api.store.events(EventFilter(), 0, 100)) == len(SCENARIO)
+
+
+def nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": True}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [300, 700])
+async def test_one_deeply_nested_event_never_breaks_a_page_or_a_watch(api: Api, depth: int) -> None:
+    """Regression: one stored event nested 300 levels deep made every list page and watch batch holding
+    it answer 500 / ERROR (orjson stops at 255 levels), so a watcher could never get past it."""
+    deep = {**SCENARIO[1], "auditID": "deep", "requestObject": nested(depth)}
+    await api.store.insert([SCENARIO[0], deep, SCENARIO[2]])
+    body = await api.get(PREFIX + "/events")
+    assert [e["auditID"] for e in body["items"]] == [SCENARIO[0]["auditID"], "deep", SCENARIO[2]["auditID"]]
+    table = await api.client.get(PREFIX + "/auditevents", headers={
+        "Authorization": "Bearer admin-token", "Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+        params={"includeObject": "Object"})
+    assert table.status == 200 and len((await table.json())["rows"]) == 3
+    resp = await api.client.get(PREFIX + "/events", headers={"Authorization": "Bearer admin-token"},
+                                params={"watch": "true", "resourceVersion": "0", "timeoutSeconds": "1"})
+    async with asyncio.timeout(20):
+        lines = [orjson.loads(line) for line in (await resp.content.read()).splitlines()]
+    assert [line["object"]["auditID"] for line in lines] == [e["auditID"] for e in body["items"]]

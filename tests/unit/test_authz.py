@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from tailer import cli
-from tailer.api.authz import AuthzConfigError, Identity, StaticTokens, parse_token_file
+from tailer.api.authz import AuthzConfigError, Identity, StaticTokens, TokensUnusable, parse_token_file
 
 
 def test_token_file_formats(tmp_path) -> None:
@@ -60,6 +60,33 @@ async def test_a_user_listed_twice_never_widens_a_token(tmp_path) -> None:
     path = tmp_path / "tokens.csv"
     path.write_text("ci-dev,ci,dev\n")
     tokens = StaticTokens(str(path))
-    path.write_text("ci-dev,ci,dev\nci-admin,ci,*\n")  # a bad edit: the last good tokens stay
     ci = await tokens.authenticate("ci-dev")
-    assert ci is not None and not await tokens.allowed(ci, "") and await tokens.authenticate("ci-admin") is None
+    assert ci is not None and not await tokens.allowed(ci, "")
+    path.write_text("ci-dev,ci,dev\nci-admin,ci,*\n")  # a bad edit: refused as a whole, nothing widened
+    with pytest.raises(TokensUnusable):
+        await tokens.authenticate("ci-admin")
+    assert not await tokens.allowed(ci, "") and not await tokens.allowed(ci, "dev")
+
+
+async def test_a_bad_or_missing_token_file_fails_closed_until_it_is_valid_again(tmp_path) -> None:
+    """Regression: a malformed edit was ignored (the old tokens stayed valid) and a deleted file kept every
+    token valid, silently. Now: logged once, counted, every request refused until the file is good."""
+    path = tmp_path / "tokens.csv"
+    path.write_text("t1,alice,shop\n")
+    errors: list[str] = []
+    tokens = StaticTokens(str(path), on_error=errors.append)
+    assert await tokens.authenticate("t1") == Identity("alice")
+    path.write_text("t1,alice\n")  # malformed
+    for _ in range(3):
+        with pytest.raises(TokensUnusable, match="expected token,user,namespace"):
+            await tokens.authenticate("t1")
+    assert errors == ["malformed"]  # once, not per request
+    path.unlink()  # deleted: a revoked file must not keep its tokens
+    with pytest.raises(TokensUnusable, match="cannot read token file"):
+        await tokens.authenticate("t1")
+    assert not await tokens.allowed(Identity("alice"), "shop")
+    assert errors == ["malformed", "missing"]
+    path.write_text("t2,bob,dev\n")  # valid again
+    assert await tokens.authenticate("t1") is None and await tokens.authenticate("t2") == Identity("bob")
+    with pytest.raises(AuthzConfigError):
+        StaticTokens(str(tmp_path / "absent.csv"))  # at start-up: a configuration error

@@ -133,4 +133,51 @@ def test_tailer_service_ports_follow_the_contract() -> None:
     assert pod["serviceAccountName"] == "kube-audit-tailer"
     assert deployment["metadata"]["namespace"] == "kube-audit"
     ports = {(p["name"], p["containerPort"]) for p in pod["containers"][0]["ports"]}
-    assert ports == {("forward", 24224), ("http", 8080)}
+    assert ports == {("forward", 24224), ("http", 8080), ("api", 8443)}
+
+
+def test_the_api_service_reaches_the_tailer_over_tls() -> None:
+    """The APIService names the Service, whose port targets the container port the tailer serves HTTPS on,
+    with a certificate from the mounted Secret that kind/api-install.sh creates."""
+    from kube_audit.contract import API_GROUP, API_VERSION
+    from tailer import cli
+
+    (apiservice,) = [d for _, _, d in DOCS if d.get("kind") == "APIService"]
+    assert apiservice["metadata"]["name"] == f"{API_VERSION.rpartition('/')[2]}.{API_GROUP}"
+    ref = apiservice["spec"]["service"]
+    service = next(d for _, _, d in DOCS if d.get("kind") == "Service" and d["metadata"]["name"] == ref["name"])
+    assert service["metadata"]["namespace"] == ref["namespace"]
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == ref["port"]]
+    deployment = next(d for _, _, d in DOCS if d.get("kind") == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    (target,) = [p for p in container["ports"] if p["name"] == port["targetPort"]]
+    args = cli.build_parser().parse_args(container["args"])  # the files exist only in the pod
+    assert args.api_listen[1] == target["containerPort"] and args.api_tls_key
+    assert args.requestheader_from_cluster and args.api_auth == "auto"  # auto: kubernetes (TokenReview, SAR)
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert args.api_tls_cert.startswith(mounts["api-tls"]) and secrets["api-tls"] == "kube-audit-api-tls"
+    bindings = {(d["kind"], d["roleRef"]["name"]) for _, _, d in DOCS if d.get("kind", "").endswith("Binding")}
+    assert {("ClusterRoleBinding", "system:auth-delegator"),
+            ("RoleBinding", "extension-apiserver-authentication-reader")} <= bindings
+    viewer = next(d for _, _, d in DOCS if d.get("kind") == "ClusterRole" and d["metadata"]["name"] == "audit-viewer")
+    assert viewer["rules"] == [{"apiGroups": [API_GROUP], "resources": ["auditevents"],
+                                "verbs": ["get", "list", "watch"]}]
+
+
+def test_api_certs_script_makes_a_certificate_the_aggregator_accepts(tmp_path: Path) -> None:
+    import shutil
+    import ssl
+    import subprocess
+
+    from cryptography import x509
+
+    assert shutil.which("openssl"), "openssl is needed by kind/api-certs.sh"
+    subprocess.run([str(ROOT / "kind" / "api-certs.sh"), str(tmp_path), "kube-audit"], check=True, timeout=60)
+    cert = x509.load_pem_x509_certificate((tmp_path / "tls.crt").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "kube-audit-api.kube-audit.svc" in names  # what the kube-aggregator dials and checks
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    ctx.load_cert_chain(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))  # the key matches
+    assert not (tmp_path / "ca.key").exists()

@@ -1,0 +1,280 @@
+"""``auditevents`` as a Kubernetes resource: query parameters, field selectors, list items and Tables.
+
+Filters, as query parameters (the pull-based audit KEP's) or as a field selector (kubectl's):
+
+    user=alice              user.username=alice        group=dev (repeatable: any of them)
+    verb=patch / verbs=create,update (any of them)     verb=patch
+    resource=deployments[.apps]   apiGroup=apps        objectRef.resource= / objectRef.apiGroup=
+    name=web                objectRef.name=web         namespace=shop (or the path), objectRef.namespace=
+    code=422                responseStatus.code=422    level=, stage=, since=, until= (RFC 3339 or 2h)
+
+What the store indexes (one value per column) goes into its EventFilter; the rest (several verbs, groups,
+``!=``, stage) is a predicate on the events read, so a page may hold fewer than ``limit`` items and still
+carry a ``continue`` token, as Kubernetes allows. A parameter we do not know is a 400: a filter we would
+silently ignore would answer "everything".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+
+from kube_audit.contract import API_VERSION
+from tailer.api.errors import ApiError, bad_request, parse_time, uint
+from tailer.store import EventFilter
+
+# Parameters of every list/watch (Kubernetes' ListOptions; harmless ones are accepted and ignored).
+LIST_PARAMS = {"limit", "continue", "watch", "resourceVersion", "resourceVersionMatch", "timeoutSeconds",
+               "allowWatchBookmarks", "fieldSelector", "labelSelector", "includeObject", "pretty", "timeout",
+               "sendInitialEvents"}
+FILTER_PARAMS = {"namespace", "user", "group", "verb", "verbs", "resource", "apiGroup", "name", "since", "until",
+                 "level", "code", "stage"}
+VIEW_PARAMS = {"limit", "field", "start", "end", "value", "pretty", "timeout"}
+# field selector -> filter parameter
+FIELDS = {"metadata.namespace": "namespace", "objectRef.namespace": "namespace", "user.username": "user",
+          "user.groups": "group", "verb": "verb", "objectRef.resource": "resource", "objectRef.apiGroup": "apiGroup",
+          "objectRef.name": "name", "responseStatus.code": "code", "level": "level", "stage": "stage",
+          "metadata.name": "auditID", "auditID": "auditID"}
+TABLE_COLUMNS = [
+    {"name": "Time", "type": "string", "format": "date-time", "description": "stageTimestamp", "priority": 0},
+    {"name": "User", "type": "string", "format": "", "description": "user.username", "priority": 0},
+    {"name": "Verb", "type": "string", "format": "", "description": "verb", "priority": 0},
+    {"name": "Resource", "type": "string", "format": "", "description": "objectRef.resource[/subresource]",
+     "priority": 0},
+    {"name": "Name", "type": "string", "format": "", "description": "objectRef.name", "priority": 0},
+    {"name": "Code", "type": "integer", "format": "", "description": "responseStatus.code", "priority": 0},
+]
+
+
+def check_params(query: Mapping[str, str], allowed: set[str]) -> None:
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        raise bad_request(f"unknown query parameter {', '.join(unknown)}; this endpoint takes "
+                          f"{', '.join(sorted(allowed))}")
+
+
+def _at(event: dict[str, Any], *path: str) -> Any:
+    for key in path:
+        event = event.get(key) if isinstance(event, dict) else None  # type: ignore[assignment]
+    return event
+
+
+def _str(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+# What each filter reads from an event (for the predicate and ``!=``).
+READ: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "namespace": lambda e: _str(_at(e, "objectRef", "namespace")), "user": lambda e: _str(_at(e, "user", "username")),
+    "verb": lambda e: _str(e.get("verb")), "resource": lambda e: _str(_at(e, "objectRef", "resource")),
+    "apiGroup": lambda e: _str(_at(e, "objectRef", "apiGroup")), "name": lambda e: _str(_at(e, "objectRef", "name")),
+    "code": lambda e: _str(_at(e, "responseStatus", "code")), "level": lambda e: _str(e.get("level")),
+    "stage": lambda e: _str(e.get("stage")), "auditID": lambda e: _str(e.get("auditID")),
+}
+
+
+@dataclass
+class Selection:
+    """Equalities (one value each, or a set for verbs/groups) and inequalities, before the store split."""
+
+    equal: dict[str, str] = field(default_factory=dict)
+    verbs: set[str] = field(default_factory=set)
+    groups: set[str] = field(default_factory=set)
+    not_equal: list[tuple[str, str]] = field(default_factory=list)
+
+    def set(self, key: str, value: str) -> None:
+        if key == "group":
+            self.groups.add(value)
+        elif key == "verb":
+            self.verbs.add(value)
+        elif self.equal.get(key, value) != value:
+            raise bad_request(f"{key} is given twice with different values ({self.equal[key]!r}, {value!r})")
+        else:
+            self.equal[key] = value
+
+
+def parse_field_selector(raw: str, into: Selection) -> None:
+    for term in filter(None, (t.strip() for t in raw.split(","))):
+        if "!=" in term:
+            key, value, negate = *term.split("!=", 1), True
+        elif "=" in term:
+            key, value = term.replace("==", "=", 1).split("=", 1)
+            negate = False
+        else:
+            raise bad_request(f"bad field selector term {term!r}: expected field=value or field!=value")
+        key = key.strip()
+        if key not in FIELDS:
+            raise bad_request(f'field label not supported: "{key}"; supported: {", ".join(sorted(FIELDS))}')
+        if negate:
+            into.not_equal.append((FIELDS[key], value.strip()))
+        else:
+            into.set(FIELDS[key], value.strip())
+
+
+def selection(query: Mapping[str, str], getall: Callable[[str], list[str]], namespace: str | None) -> Selection:
+    sel = Selection()
+    if namespace is not None:
+        sel.set("namespace", namespace)
+    for key in sorted(FILTER_PARAMS & set(query)):
+        for value in getall(key):
+            if key == "verbs":
+                for verb in filter(None, (v.strip() for v in value.split(","))):
+                    sel.set("verb", verb)
+            elif key == "resource" and "." in value:  # kubectl style: deployments.apps
+                plural, _, group = value.partition(".")
+                sel.set("resource", plural)
+                sel.set("apiGroup", group)
+            elif value != "" or key in ("apiGroup", "namespace"):  # "" = the core group / no namespace
+                sel.set(key, value)
+    if query.get("fieldSelector"):
+        parse_field_selector(query["fieldSelector"], sel)
+    if query.get("labelSelector"):
+        raise bad_request("audit events have no labels: use fieldSelector (e.g. user.username=alice)")
+    return sel
+
+
+@dataclass(frozen=True)
+class Query:
+    """A selection split into what the store filters and what is checked on each event read."""
+
+    store: EventFilter
+    keep: Callable[[dict[str, Any]], bool] | None  # None: the store filter says everything
+
+    @property
+    def namespace(self) -> str | None:
+        return self.store.namespace
+
+
+def plan(sel: Selection, now: float | None = None) -> Query:
+    now = time.time() if now is None else now
+    eq = dict(sel.equal)
+    since, until = (parse_time(eq.pop(k), now) if k in eq else None for k in ("since", "until"))
+    code = uint(eq.pop("code"), "code") if "code" in eq else None
+    residue: dict[str, str] = {k: eq.pop(k) for k in ("stage", "auditID") if k in eq}
+    verbs = set(sel.verbs)
+    store = EventFilter(namespace=eq.get("namespace"), user=eq.get("user"), resource=eq.get("resource"),
+                        group=eq.get("apiGroup"), name=eq.get("name"), level=eq.get("level"), code=code,
+                        since=since, until=until)
+    if len(verbs) == 1:
+        store = replace(store, verb=verbs.pop())
+    groups, not_equal = set(sel.groups), list(sel.not_equal)
+    for key, value in not_equal:
+        if key == "code":
+            uint(value, "responseStatus.code")
+    if not (verbs or groups or not_equal or residue):
+        return Query(store, None)
+
+    def keep(event: dict[str, Any]) -> bool:
+        if verbs and READ["verb"](event) not in verbs:
+            return False
+        if groups:
+            member = _at(event, "user", "groups")
+            if not isinstance(member, list) or not groups & {str(g) for g in member}:
+                return False
+        if any(READ[k](event) != v for k, v in residue.items()):
+            return False
+        return all(READ[k](event) != v for k, v in not_equal)
+
+    return Query(store, keep)
+
+
+def item(seq: int, event: dict[str, Any]) -> dict[str, Any]:
+    """One list item: the audit.k8s.io/v1 Event as stored, as an AuditEvent of our group (kubectl maps every
+    item's kind through discovery) with Kubernetes object metadata."""
+    meta: dict[str, Any] = {"name": _str(event.get("auditID")), "resourceVersion": str(seq)}
+    namespace = _at(event, "objectRef", "namespace")
+    if namespace:
+        meta["namespace"] = str(namespace)
+    if event.get("stageTimestamp"):
+        meta["creationTimestamp"] = str(event["stageTimestamp"])
+    return {**event, "kind": "AuditEvent", "apiVersion": API_VERSION, "metadata": meta}
+
+
+def event_list(items: list[dict[str, Any]], meta: dict[str, Any]) -> bytes:
+    return list_body({"kind": "AuditEventList", "apiVersion": API_VERSION, "metadata": meta}, "items", items)
+
+
+# ---- server-side printing (kubectl's Accept: application/json;as=Table;g=meta.k8s.io;v=v1) ----
+
+def table_version(accept: str) -> str | None:
+    """The meta.k8s.io version of the Table the client asks for first, None when it wants objects."""
+    for media in accept.split(","):
+        params = dict(p.strip().partition("=")[::2] for p in media.split(";")[1:])
+        if params.get("as") == "Table" and params.get("g") == "meta.k8s.io" and params.get("v") in ("v1", "v1beta1"):
+            return params["v"]
+    return None
+
+
+def include_object(query: Mapping[str, str]) -> str:
+    mode = query.get("includeObject") or "Metadata"
+    if mode not in ("None", "Metadata", "Object"):
+        raise bad_request(f"includeObject must be None, Metadata or Object, not {mode[:20]!r}")
+    return mode
+
+
+def row(seq: int, event: dict[str, Any], include: str) -> dict[str, Any]:
+    found = event.get("objectRef")
+    ref: dict[str, Any] = found if isinstance(found, dict) else {}
+    resource = _str(ref.get("resource")) + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+    code = _at(event, "responseStatus", "code")
+    out: dict[str, Any] = {"cells": [_str(event.get("stageTimestamp")), _str(_at(event, "user", "username")),
+                                     _str(event.get("verb")), resource, _str(ref.get("name")),
+                                     code if isinstance(code, int) else None]}
+    full = item(seq, event)
+    if include == "Object":
+        out["object"] = full
+    elif include == "Metadata":
+        out["object"] = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": full["metadata"]}
+    return out
+
+
+def table(version: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "Table", "apiVersion": f"meta.k8s.io/{version}", "metadata": meta,
+            "columnDefinitions": TABLE_COLUMNS, "rows": rows}
+
+
+def table_body(version: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> bytes:
+    head = table(version, [], meta)
+    del head["rows"]
+    return list_body(head, "rows", rows)
+
+
+def check_query_values(query: Mapping[str, str]) -> None:
+    """Values Kubernetes clients send that we must not misread."""
+    if query.get("resourceVersionMatch") not in (None, "", "NotOlderThan", "Exact"):
+        raise bad_request("resourceVersionMatch must be NotOlderThan or Exact")
+    if query.get("sendInitialEvents", "").lower() == "true":
+        raise ApiError(400, "BadRequest", "sendInitialEvents is not supported: list, then watch from the list's "
+                       "resourceVersion")
+
+
+# ---- encoding: one odd row never breaks a page or a watch ----
+
+def dump(obj: Any) -> bytes:
+    """JSON of one item. orjson refuses nesting deeper than 255 (an event stored before ingest bounded
+    depth); the standard library takes it; deeper still, the item says so instead of failing the page."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        pass
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8", "replace")
+    except (RecursionError, ValueError, TypeError):
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        return orjson.dumps({"kind": "AuditEvent", "apiVersion": API_VERSION, "metadata": meta or {},
+                             "auditID": obj.get("auditID") if isinstance(obj, dict) else None,
+                             "unencodable": "the stored event is nested too deeply to encode"})
+
+
+def list_body(head: dict[str, Any], key: str, entries: Sequence[Any]) -> bytes:
+    """``head`` plus ``key: entries``, each entry encoded on its own."""
+    return orjson.dumps(head)[:-1] + b',"' + key.encode() + b'":[' + b",".join(dump(e) for e in entries) + b"]}"
+
+
+def watch_line(kind: str, obj: Any) -> bytes:
+    return b'{"type":"' + kind.encode() + b'","object":' + dump(obj) + b"}\n"
