@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .codec import DEFAULT_MAX_MESSAGE_BYTES, Decoder, encode_ack
+from .entries import DEFAULT_MAX_ENTRIES
 from .errors import FluentForwardError, HandshakeError, ProtocolError
 from .handshake import ClientHandshake, ServerHandshake
 from .model import Ack, EventBatch, Heartbeat, Helo, Message, Ping, Pong
@@ -84,9 +85,9 @@ class SessionError(FluentForwardError):
 
 
 class _Session:
-    def __init__(self, state: State, max_message_bytes: int) -> None:
+    def __init__(self, state: State, max_message_bytes: int, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self.state = state
-        self._decoder = Decoder(max_message_bytes)
+        self._decoder = Decoder(max_message_bytes, max_entries)
         self._out = bytearray()
         self._eof = False
 
@@ -131,9 +132,9 @@ class ServerSession(_Session):
 
     def __init__(self, hostname: str = "", shared_key: str | None = None,
                  users: Mapping[str, str] | None = None, *,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES,
                  nonce: bytes | None = None, auth_salt: bytes | None = None) -> None:
-        super().__init__(State.READY if shared_key is None else State.AWAIT_PING, max_message_bytes)
+        super().__init__(State.READY if shared_key is None else State.AWAIT_PING, max_message_bytes, max_entries)
         self._shake: ServerHandshake | None = None
         if shared_key is not None:
             self._shake = ServerHandshake(shared_key, hostname, users, nonce=nonce, auth_salt=auth_salt)

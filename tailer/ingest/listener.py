@@ -96,7 +96,8 @@ class ForwardServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         s = self.settings
-        session = ServerSession(s.hostname, s.shared_key, s.users, max_message_bytes=s.max_message_bytes)
+        session = ServerSession(s.hostname, s.shared_key, s.users, max_message_bytes=s.max_message_bytes,
+                                max_entries=s.max_entries)
         try:
             if self.tls is not None and not await self._start_tls(writer, peer):
                 return
@@ -181,7 +182,7 @@ class ForwardServer:
         return data
 
     async def _deliver(self, batch: EventBatch, session: ServerSession, writer: asyncio.StreamWriter) -> None:
-        records = [record for _, record in batch.entries]
+        records = batch.records()  # a list of records, with .tag, .times and .metadata beside them
         try:
             await self.pipeline.deliver(records)
         except Exception as exc:  # (an OSError of a sink is not a lost connection)

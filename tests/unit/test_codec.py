@@ -105,7 +105,8 @@ def test_several_messages_in_one_feed_and_split_across_feeds() -> None:
         (msgpack.packb(["t", 1, "not-a-map"]), "bad_record"),
         (msgpack.packb(["t", [[1]]]), "bad_entry"),
         (msgpack.packb(["t", b"\x00garbage", {"compressed": "gzip"}], use_bin_type=True), "bad_gzip"),
-        (msgpack.packb(["t", b"", {"compressed": "zstd"}], use_bin_type=True), "bad_options"),
+        (msgpack.packb(["t", b"", {"compressed": "lz4"}], use_bin_type=True), "bad_options"),
+        (msgpack.packb(["t", b"\x00garbage", {"compressed": "zstd"}], use_bin_type=True), "bad_zstd"),
         (msgpack.packb(["t", 1, {}, "opts"]), "bad_options"),
         (b"\xc1", "malformed_msgpack"),
     ],
@@ -136,6 +137,11 @@ def test_gzip_bomb_is_refused_by_the_size_limit() -> None:
     data = msgpack.packb(["t", bomb, {"compressed": "gzip"}], use_bin_type=True)
     with pytest.raises(ProtocolError) as err:
         Decoder(max_message_bytes=1024 * 1024).feed(data)
+    assert err.value.reason == "bad_entry"  # decoded as it inflates: refused at the first byte
+    entries = gzip.compress(b"\x92\x00\x80" * (7 * 1024 * 1024))  # 7 Mi valid entries [0, {}], 21 MiB inflated
+    data = msgpack.packb(["t", entries, {"compressed": "gzip"}], use_bin_type=True)
+    with pytest.raises(ProtocolError) as err:
+        Decoder(max_message_bytes=1024 * 1024, max_entries=10**8).feed(data)
     assert err.value.reason == "message_too_large"
 
 
