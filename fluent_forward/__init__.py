@@ -1,4 +1,4 @@
-"""Fluent forward protocol v1, sans-I/O. Imports only msgpack and the standard library."""
+"""Fluent forward protocol v1, sans-I/O. Imports only msgpack, zstandard (for zstd payloads) and the standard library."""
 
 from .codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
