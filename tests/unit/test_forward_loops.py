@@ -52,6 +52,7 @@ class Tailer:
         self.server = ForwardServer(ForwardSettings(hostname="tailer-0", **settings), Pipeline([self.sink], self.metrics),
                                     self.metrics)
         self.tasks: list[asyncio.Task[None]] = []
+        self.client_ends: list[tuple[MockReader, MockWriter]] = []  # what ForwardClients connected with
 
     def connect(self, max_read: int = 1) -> tuple[MockReader, MockWriter]:
         client, server = pipe(max_read)
@@ -59,7 +60,8 @@ class Tailer:
         return client
 
     async def open_route(self, route: Route, *_: Any) -> tuple[MockReader, MockWriter]:
-        return self.connect()
+        self.client_ends.append(self.connect())
+        return self.client_ends[-1]
 
     def metric(self, name: str, **labels: str) -> float:
         return value(self.metrics, name, **labels)
@@ -201,6 +203,9 @@ async def test_forward_client_and_listener_byte_by_byte(shared_key: str | None) 
     await asyncio.wait_for(runner, 10)
     assert acked == [f"chunk-{n}" for n in range(5)]
     assert [(r["seq"], r["i"]) for r in tailer.sink.records] == [(n, i) for n in range(5) for i in range(3)]
+    if shared_key is not None:  # the PING is one write with nothing else in it (Fluent Bit reads it in one
+        first = tailer.client_ends[0][1].writes[0]  # read and drops data written with it)
+        assert isinstance(ff.Decoder().feed(first)[0], ff.Ping) and len(ff.Decoder().feed(first)) == 1
 
 
 async def test_forward_client_with_a_wrong_key_retries_and_reports_the_handshake_step() -> None:

@@ -215,3 +215,14 @@ def test_fluentd_style_helo_bin_nonce_and_no_auth_and_a_bin_pong_digest() -> Non
     digest = ff.digest(ping.shared_key_salt, "srv", b"N" * 16, "k")
     pong = msgpack.packb(["PONG", True, "", "srv", digest.encode()], use_bin_type=True)  # digest as bin
     assert events(client, pong) == [Authenticated("srv")]
+
+
+def test_users_file_format(tmp_path) -> None:
+    from tailer.cli import read_users  # (the flag itself: tests/integration/test_fluent_bit_replay.py)
+
+    path = tmp_path / "users"
+    path.write_text("# Fluent Bit's security.users\nalice s3cret-pass\n\nbob  two words\n")
+    assert read_users(str(path)) == {"alice": "s3cret-pass", "bob": "two words"}
+    path.write_text("alice\n")
+    with pytest.raises(ValueError, match="expected 'USER PASSWORD'"):
+        read_users(str(path))
