@@ -37,7 +37,8 @@ def replay(tailer, cases: list[Case], **handshake: str) -> None:
             for frame in data_frames(case):
                 send(sender, frame)
                 expected.extend(record for _, record, _ in expected_entries(frame))
-                wait_for(lambda n=len(expected): len(tailer.records()) >= n, what=f"{case.name} on stdout")
+                want = len(expected)
+                wait_for(lambda: len(tailer.records()) >= want, what=f"{case.name} on stdout")  # noqa: B023
     assert tailer.records() == expected
 
 
