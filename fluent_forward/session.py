@@ -35,6 +35,9 @@ class State(enum.Enum):
     ERROR = "error"  # the peer broke the protocol: close
 
 
+DEFAULT_PRE_AUTH_BYTES = 16 * 1024  # a PING is a few hundred bytes
+
+
 class NeedData:
     """``next_event`` has nothing more until ``receive_data`` is called again."""
 
@@ -104,6 +107,10 @@ class _Session:
         out, self._out = bytes(self._out), bytearray()
         return out
 
+    def buffered(self) -> int:
+        """Bytes received that are not yet a whole message (what this session holds in memory)."""
+        return self._decoder.buffered()
+
     def _guard(self, step: Callable[..., _T], *args: Any) -> _T:
         """Run a step of the decoder or handshake; an error moves the session to ERROR."""
         try:
@@ -133,8 +140,10 @@ class ServerSession(_Session):
     def __init__(self, hostname: str = "", shared_key: str | None = None,
                  users: Mapping[str, str] | None = None, *,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES,
+                 pre_auth_bytes: int = DEFAULT_PRE_AUTH_BYTES,
                  nonce: bytes | None = None, auth_salt: bytes | None = None) -> None:
         super().__init__(State.READY if shared_key is None else State.AWAIT_PING, max_message_bytes, max_entries)
+        self.pre_auth_bytes = pre_auth_bytes  # what an unauthenticated peer may make us hold
         self._shake: ServerHandshake | None = None
         if shared_key is not None:
             self._shake = ServerHandshake(shared_key, hostname, users, nonce=nonce, auth_salt=auth_salt)
@@ -142,6 +151,9 @@ class ServerSession(_Session):
 
     def next_event(self) -> ServerEvent:
         message = self._next_message()
+        if isinstance(message, NeedData) and self.state is State.AWAIT_PING \
+                and self._decoder.buffered() > self.pre_auth_bytes:
+            raise self._fail(ProtocolError("pre_auth_limit", f"more than {self.pre_auth_bytes} bytes before the PING"))
         if isinstance(message, (NeedData, PeerClosed)):
             return message
         if self.state is State.AWAIT_PING:

@@ -54,6 +54,14 @@ def build_parser() -> EnvParser:
                    help="our name in the handshake (default audit-tailer@<host>)")
     p.add_argument("--max-message-bytes", type=parse_size, default=64 * 1024 * 1024,
                    help="largest single forward message, also after gzip (default 64Mi)")
+    p.add_argument("--max-connections", type=int, default=512,
+                   help="forward connections open at once; more are closed at once, counted and logged once "
+                        "per burst (default 512)")
+    p.add_argument("--idle-timeout", type=parse_duration, default=600.0,
+                   help="close a forward connection that sent nothing for this long; 0 never (default 600s)")
+    p.add_argument("--max-buffered-bytes", type=parse_size, default=256 * 1024 * 1024,
+                   help="partial messages of all connections together; the read that goes over closes its "
+                        "connection, the sender retries (default 256Mi)")
     p.add_argument("--max-entries", type=int, default=100_000,
                    help="most entries in one forward message; more closes the connection (default 100000)")
     p.add_argument("--stdout", type=parse_bool, default=True, metavar="BOOL",
@@ -188,10 +196,15 @@ def forward_settings(parser: EnvParser, args: argparse.Namespace, shared_key: st
             parser.error(f"--users-file: {exc}")
     if args.max_entries <= 0:
         parser.error("--max-entries must be positive")
+    if args.max_connections <= 0:
+        parser.error("--max-connections must be positive")
+    if args.max_buffered_bytes < args.max_message_bytes:
+        parser.error("--max-buffered-bytes must be at least --max-message-bytes")
     return ForwardSettings(
         host=args.listen[0], port=args.listen[1], tls=tls, verify_client=args.tls_verify_client,
         shared_key=shared_key, users=users, hostname=args.hostname, max_message_bytes=args.max_message_bytes,
-        max_entries=args.max_entries,
+        max_entries=args.max_entries, max_connections=args.max_connections, idle_timeout=args.idle_timeout,
+        max_buffered_bytes=args.max_buffered_bytes,
     )
 
 
