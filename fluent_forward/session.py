@@ -196,6 +196,12 @@ class ClientSession(_Session):
         if shared_key is not None:
             self._shake = ClientHandshake(shared_key, hostname, username, password, salt=salt)
         self.in_flight: deque[str] = deque()  # chunk ids sent and not acked, oldest first
+        self._head = b""  # the first bytes from the server, to recognise an HTTP server
+
+    def receive_data(self, data: bytes) -> None:
+        if len(self._head) < 5:
+            self._head += data[: 5 - len(self._head)]
+        super().receive_data(data)
 
     def send_chunk(self, chunk_id: str | None, message: bytes) -> None:
         """Queue an encoded event message; ``chunk_id`` (its ``chunk`` option) when it expects an ack."""
@@ -206,7 +212,12 @@ class ClientSession(_Session):
             self.in_flight.append(chunk_id)
 
     def next_event(self) -> ClientEvent:
-        message = self._next_message()
+        try:
+            message = self._next_message()
+        except ProtocolError as exc:
+            if self._head and b"HTTP/".startswith(self._head[:5]):
+                raise ProtocolError("http", "this port speaks HTTP, not the forward protocol") from exc
+            raise
         if isinstance(message, (NeedData, PeerClosed)):
             return message
         if self.state is State.AWAIT_HELO:

@@ -160,3 +160,23 @@ async def test_forward_client_with_a_wrong_key_retries_and_reports_the_handshake
     warnings = [kw for event, kw in client.log.lines if event == "tailer_unavailable"]  # type: ignore[attr-defined]
     assert warnings and warnings[0]["step"] == "handshake" and "shared_key mismatch" in warnings[0]["error"]
     assert len(warnings) == 1  # once per state change, not once per attempt
+
+
+async def test_an_idle_connection_closed_by_the_tailer_is_reopened_quietly_when_there_is_work() -> None:
+    tailer = Tailer(idle_timeout=0.05)
+    acked: list[str] = []
+    client = make_client(tailer, acked)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(client.run(stop))
+    await client.submit(chunk(0))
+    assert await client.drain(10)
+    async with asyncio.timeout(10):
+        while tailer.metric("tailer_connections_idle_closed_total") < 1:
+            await asyncio.sleep(0.01)  # polling a counter, not synchronisation
+    await client.submit(chunk(1))
+    assert await client.drain(10)
+    stop.set()
+    await asyncio.wait_for(runner, 10)
+    assert acked == ["chunk-0", "chunk-1"] and len(tailer.client_ends) == 2
+    events = [event for event, _ in client.log.lines]  # type: ignore[attr-defined]
+    assert "tailer_unavailable" not in events and events.count("connected") == 1
