@@ -66,6 +66,7 @@ class ForwardClient:
         self._last_error = ""
         self._heard = False  # the tailer sent something on the current connection
         self._proven = False  # ... and answered a handshake or acked a chunk on it
+        self._connected_to: Route | None = None  # the route of the last "connected" line
         self.tailer_tls = ReloadingContext(settings.tls, client_context) if settings.tls else None
         self.proxy_tls = ReloadingContext(settings.proxy_tls, client_context) if settings.proxy_tls else None
 
@@ -190,8 +191,9 @@ class ForwardClient:
     def _connected(self) -> None:
         """The tailer answered like a tailer (handshake or first ack): one log line per state change."""
         self._proven = True
-        if self._state == "connected":
+        if self._state == "connected" and self.route == self._connected_to:
             return
+        self._connected_to = self.route
         was = self._state
         self._set_state("connected")
         self.log.info("connected", tailer=f"{self.route.tailer_host}:{self.route.tailer_port}",
