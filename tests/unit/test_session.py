@@ -226,3 +226,13 @@ def test_users_file_format(tmp_path) -> None:
     path.write_text("alice\n")
     with pytest.raises(ValueError, match="expected 'USER PASSWORD'"):
         read_users(str(path))
+
+
+def test_our_nonces_and_salts_are_16_printable_bytes_like_fluent_bits() -> None:
+    server, client = ServerSession("s", "k", {"u": "p"}), ClientSession("c", "k", "u", "p")
+    helo = ff.Decoder().feed(server.data_to_send())[0]
+    events(client, ServerSession("s", "k").data_to_send())
+    ping = ff.Decoder().feed(client.data_to_send())[0]
+    for value in (helo.nonce, helo.auth_salt, ping.shared_key_salt):
+        assert len(value) == 16 and value.decode("ascii").isprintable()
+    assert len({ServerSession("s", "k").data_to_send() for _ in range(20)}) == 20  # fresh every time
