@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import msgpack
 
+from .entries import (
+    DEFAULT_MAX_ENTRIES,
+    compression_of,
+    entry,
+    msgpack_error,
+    packed_entries,
+    unpacker,
+)
 from .errors import ProtocolError
 from .model import (
     EVENT_TIME_EXT,
@@ -18,34 +26,16 @@ from .model import (
     Heartbeat,
     Helo,
     Message,
+    Metadata,
     Options,
     Ping,
     Pong,
+    Record,
     TimeLike,
 )
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 HEARTBEAT = b"\xc0"  # msgpack nil
-
-
-def _ext_hook(code: int, data: bytes) -> Any:
-    if code == EVENT_TIME_EXT:
-        try:
-            return EventTime.from_bytes(data)
-        except ValueError as exc:
-            raise ProtocolError("bad_time", str(exc)) from exc
-    return msgpack.ExtType(code, data)
-
-
-def _unpacker(max_bytes: int) -> msgpack.Unpacker:
-    # surrogateescape: old clients send packed entries as msgpack "str"; we recover the bytes.
-    return msgpack.Unpacker(
-        raw=False,
-        unicode_errors="surrogateescape",
-        strict_map_key=False,
-        ext_hook=_ext_hook,
-        max_buffer_size=max_bytes,
-    )
 
 
 def _as_bytes(value: Any, what: str) -> bytes:
@@ -64,40 +54,6 @@ def _as_str(value: Any, what: str) -> str:
     raise ProtocolError(f"bad_{what}", f"expected a string, got {type(value).__name__}")
 
 
-def to_event_time(value: Any) -> EventTime:
-    if isinstance(value, EventTime):
-        return value
-    if isinstance(value, bool):
-        raise ProtocolError("bad_time", "boolean is not a time")
-    if isinstance(value, int):
-        return EventTime(value, 0)
-    if isinstance(value, float):
-        return EventTime.from_float(value)
-    raise ProtocolError("bad_time", f"expected EventTime, int or float, got {type(value).__name__}")
-
-
-def gunzip(data: bytes, limit: int) -> bytes:
-    """Inflate one or more concatenated gzip members, refusing output beyond ``limit`` bytes."""
-    out: list[bytes] = []
-    total = 0
-    while data:
-        inflater = zlib.decompressobj(wbits=31)
-        try:
-            while data:
-                piece = inflater.decompress(data, limit - total + 1)
-                total += len(piece)
-                if total > limit:
-                    raise ProtocolError("message_too_large", f"gzip payload inflates beyond {limit} bytes")
-                out.append(piece)
-                data = inflater.unconsumed_tail
-            if not inflater.eof:
-                raise ProtocolError("bad_gzip", "truncated gzip member")
-        except zlib.error as exc:
-            raise ProtocolError("bad_gzip", str(exc)) from exc
-        data = inflater.unused_data
-    return b"".join(out)
-
-
 def _options(value: Any) -> Options:
     if value is None:
         return Options()
@@ -108,6 +64,9 @@ def _options(value: Any) -> Options:
         raise ProtocolError("bad_options", "size must be an integer")
     chunk = value.get("chunk")
     compressed = value.get("compressed")
+    metadata = value.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ProtocolError("bad_metadata", f"the metadata option must be a map, got {type(metadata).__name__}")
     extra = {k: v for k, v in value.items() if k not in ("size", "chunk", "compressed")}
     return Options(
         size=size,
@@ -117,27 +76,6 @@ def _options(value: Any) -> Options:
     )
 
 
-def _entry(item: Any) -> Entry:
-    if not isinstance(item, list) or len(item) != 2:
-        raise ProtocolError("bad_entry", "an entry is [time, record]")
-    record = item[1]
-    if not isinstance(record, dict):
-        raise ProtocolError("bad_record", f"record must be a map, got {type(record).__name__}")
-    return to_event_time(item[0]), record
-
-
-def unpack_entries(data: bytes, limit: int) -> list[Entry]:
-    """Decode the concatenated [time, record] entries of a PackedForward payload."""
-    unpacker = _unpacker(max(limit, len(data)))
-    unpacker.feed(data)
-    try:
-        return [_entry(item) for item in unpacker]
-    except ProtocolError:
-        raise
-    except (ValueError, TypeError) as exc:
-        raise ProtocolError("malformed_msgpack", f"packed entries: {exc}") from exc
-
-
 class Decoder:
     """Incremental decoder: ``feed`` bytes as they arrive, get the complete messages back.
 
@@ -145,9 +83,11 @@ class Decoder:
     ``ProtocolError("message_too_large")``; after any ``ProtocolError`` the stream is unusable.
     """
 
-    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self.max_message_bytes = max_message_bytes
-        self._unpacker = _unpacker(max_message_bytes)
+        self.max_entries = max_entries
+        self._unpacker = unpacker(max_message_bytes, max_entries)
         self._start = 0  # stream offset where the message being decoded began
         self._received = 0  # stream offset of the end of the bytes received
 
@@ -170,7 +110,7 @@ class Decoder:
         except ProtocolError:
             raise
         except (ValueError, TypeError) as exc:
-            raise ProtocolError("malformed_msgpack", str(exc)) from exc
+            raise msgpack_error(exc, "message") from exc
         end = self._unpacker.tell()
         wire_bytes, self._start = end - self._start, end
         return self._classify(obj, wire_bytes)
@@ -222,30 +162,40 @@ class Decoder:
             raise ProtocolError("bad_tag", f"tag must be a string, got {type(head).__name__}")
         if len(obj) < 2:
             raise ProtocolError("bad_message", "no events after the tag")
+        return self._events(head, obj, wire_bytes)
+
+    def _events(self, tag: str, obj: list[Any], wire_bytes: int) -> EventBatch:
         body = obj[1]
         if isinstance(body, list):  # Forward mode
             if len(obj) > 3:
                 raise ProtocolError("bad_message", "Forward mode has at most 3 elements")
-            options = _options(obj[2] if len(obj) == 3 else None)
-            return EventBatch(head, [_entry(e) for e in body], options, "forward", wire_bytes)
+            return self._batch(tag, map(entry, body), _options(obj[2] if len(obj) == 3 else None), "forward",
+                               wire_bytes)
         if isinstance(body, (bytes, str)):  # PackedForward / CompressedPackedForward
             if len(obj) > 3:
                 raise ProtocolError("bad_message", "PackedForward mode has at most 3 elements")
             options = _options(obj[2] if len(obj) == 3 else None)
             payload = _as_bytes(body, "entries")
-            mode = "packed"
-            if options.compressed == "gzip":
-                payload = gunzip(payload, self.max_message_bytes)
-                mode = "compressed"
-            elif options.compressed not in (None, "text"):
-                raise ProtocolError("bad_options", f"unknown compression {options.compressed!r}")
-            return EventBatch(head, unpack_entries(payload, self.max_message_bytes), options, mode, wire_bytes)
-        # Message mode: [tag, time, record, option?]
+            codec = compression_of(payload, options.compressed)
+            entries = packed_entries(payload, codec, self.max_message_bytes, self.max_entries)
+            return self._batch(tag, entries, options, "packed" if codec is None else "compressed", wire_bytes)
+        # Message mode: [tag, time, record, option?]; the metadata, if any, is an option
         if len(obj) not in (3, 4):
             raise ProtocolError("bad_message", "Message mode is [tag, time, record, option?]")
-        entry = _entry([body, obj[2]])
         options = _options(obj[3] if len(obj) == 4 else None)
-        return EventBatch(head, [entry], options, "message", wire_bytes)
+        time, record, metadata = entry([body, obj[2]])
+        batch = self._batch(tag, iter([(time, record, options.extra.get("metadata") or metadata)]), options,
+                            "message", wire_bytes)
+        return batch
+
+    def _batch(self, tag: str, entries: Iterator[tuple[EventTime, Record, Metadata]], options: Options, mode: str,
+               wire_bytes: int) -> EventBatch:
+        pairs: list[Entry] = []
+        metadata: list[Metadata] = []
+        for time, record, meta in entries:
+            pairs.append((time, record))
+            metadata.append(meta)
+        return EventBatch(tag, pairs, options, mode, wire_bytes, metadata)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,18 +263,37 @@ def encode_ack(chunk: str) -> bytes:
     return msgpack.packb({"ack": chunk}, use_bin_type=True)
 
 
+def _str_of_bytes(data: bytes) -> bytes:
+    """``data`` as a msgpack str whatever it holds: Fluent Bit wants every handshake field as str,
+    and its own nonces and salts are raw bytes in str (msgpack-python would pack bytes as bin)."""
+    n = len(data)
+    if n < 32:
+        head = bytes([0xA0 | n])
+    elif n < 2**8:
+        head = b"\xd9" + n.to_bytes(1, "big")
+    elif n < 2**16:
+        head = b"\xda" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdb" + n.to_bytes(4, "big")
+    return head + data
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
 def encode_helo(helo: Helo) -> bytes:
-    return msgpack.packb(
-        ["HELO", {"nonce": helo.nonce, "auth": helo.auth_salt, "keepalive": helo.keepalive}],
-        use_bin_type=True,
-    )
+    """``["HELO", {"nonce": str, "auth": str, "keepalive": bool}]`` (Fluentd sends keepalive, Fluent Bit does not;
+    both out_forwards accept it)."""
+    return (b"\x92" + _pack("HELO") + b"\x83" + _pack("nonce") + _str_of_bytes(helo.nonce)
+            + _pack("auth") + _str_of_bytes(helo.auth_salt) + _pack("keepalive") + _pack(helo.keepalive))
 
 
 def encode_ping(ping: Ping) -> bytes:
-    return msgpack.packb(
-        ["PING", ping.hostname, ping.shared_key_salt, ping.shared_key_digest, ping.username, ping.password_digest],
-        use_bin_type=True,
-    )
+    """``["PING", hostname, salt, digest, username, password_digest]``, all six str (Fluent Bit's
+    in_forward closes the connection on a bin salt)."""
+    return (b"\x96" + _pack("PING") + _pack(ping.hostname) + _str_of_bytes(ping.shared_key_salt)
+            + _pack(ping.shared_key_digest) + _pack(ping.username) + _pack(ping.password_digest))
 
 
 def encode_pong(pong: Pong) -> bytes:

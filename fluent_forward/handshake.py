@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
+import secrets
 from collections.abc import Mapping
 
 from .codec import encode_helo, encode_ping, encode_pong
@@ -20,6 +20,12 @@ from .model import Helo, Ping, Pong
 
 def _b(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+def _random() -> bytes:
+    """A fresh nonce or salt: 16 bytes, as long as Fluent Bit's, but printable (96 random bits in base64url)
+    so that every peer's msgpack decoder takes it as a valid UTF-8 str."""
+    return secrets.token_urlsafe(12).encode("ascii")
 
 
 def digest(*parts: str | bytes) -> str:
@@ -41,8 +47,8 @@ class ServerHandshake:
         self.shared_key = shared_key
         self.hostname = hostname
         self.users = dict(users or {})
-        self.nonce = nonce if nonce is not None else os.urandom(16)
-        self.auth_salt = (auth_salt if auth_salt is not None else os.urandom(16)) if self.users else b""
+        self.nonce = nonce if nonce is not None else _random()
+        self.auth_salt = (auth_salt if auth_salt is not None else _random()) if self.users else b""
 
     def helo(self) -> bytes:
         return encode_helo(Helo(nonce=self.nonce, auth_salt=self.auth_salt, keepalive=True))
@@ -50,13 +56,15 @@ class ServerHandshake:
     def answer(self, ping: Ping) -> tuple[bytes, str | None]:
         """The PONG to send, and the failure reason (None when the client is authenticated)."""
         reason = self._check(ping)
+        if reason is not None:  # as Fluent Bit and Fluentd refuse: no hostname, no digest
+            return encode_pong(Pong(auth_ok=False, reason=reason, hostname="", shared_key_digest="")), reason
         pong = Pong(
-            auth_ok=reason is None,
-            reason=reason or "",
+            auth_ok=True,
+            reason="",
             hostname=self.hostname,
             shared_key_digest=digest(ping.shared_key_salt, self.hostname, self.nonce, self.shared_key),
         )
-        return encode_pong(pong), reason
+        return encode_pong(pong), None
 
     def _check(self, ping: Ping) -> str | None:
         if ping.hostname == self.hostname:
@@ -90,7 +98,7 @@ class ClientHandshake:
         self.hostname = hostname
         self.username = username
         self.password = password
-        self.salt = salt if salt is not None else os.urandom(16)
+        self.salt = salt if salt is not None else _random()
         self._nonce: bytes | None = None
 
     def ping(self, helo: Helo) -> bytes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 import time as _time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,7 @@ class EventTime:
 
 Record = dict[str, Any]
 Entry = tuple[EventTime, Record]
+Metadata = Mapping[str, Any]  # Fluent Bit's per-record metadata map (empty for most inputs)
 TimeLike = EventTime | int | float
 
 
@@ -57,7 +59,13 @@ class Options:
     size: int | None = None
     chunk: str | None = None
     compressed: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # fluent_signal, metadata, anything else
+
+    @property
+    def signal(self) -> int:
+        """Fluent Bit's ``fluent_signal``: 0 (or absent) for logs, else metrics or traces."""
+        value = self.extra.get("fluent_signal", 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +73,9 @@ class EventBatch:
     """Events of one message, whatever mode carried them.
 
     ``mode`` is one of "message", "forward", "packed", "compressed"; ``wire_bytes`` is the size
-    of the message on the wire (before decompression).
+    of the message on the wire (before decompression); ``metadata`` holds each entry's metadata
+    (``[[time, metadata], record]`` entries, or the ``metadata`` option in Message mode), in the
+    order of ``entries``, an empty map where there was none.
     """
 
     tag: str
@@ -73,6 +83,21 @@ class EventBatch:
     options: Options
     mode: str
     wire_bytes: int
+    metadata: list[Metadata] = field(default_factory=list)
+
+    def records(self) -> Records:
+        return Records(self)
+
+
+class Records(list[Record]):
+    """The records of one message, as the list the sinks take, with what came beside them: the
+    tag, and each record's time and metadata (same order) for a sink that keeps them (the store)."""
+
+    def __init__(self, batch: EventBatch) -> None:
+        super().__init__(record for _, record in batch.entries)
+        self.tag = batch.tag
+        self.times = [time for time, _ in batch.entries]
+        self.metadata = batch.metadata or [{} for _ in batch.entries]
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .codec import DEFAULT_MAX_MESSAGE_BYTES, Decoder, encode_ack
+from .entries import DEFAULT_MAX_ENTRIES
 from .errors import FluentForwardError, HandshakeError, ProtocolError
 from .handshake import ClientHandshake, ServerHandshake
 from .model import Ack, EventBatch, Heartbeat, Helo, Message, Ping, Pong
@@ -32,6 +33,9 @@ class State(enum.Enum):
     READY = "ready"
     CLOSED = "closed"  # the handshake was refused: send what is pending, then close
     ERROR = "error"  # the peer broke the protocol: close
+
+
+DEFAULT_PRE_AUTH_BYTES = 16 * 1024  # a PING is a few hundred bytes
 
 
 class NeedData:
@@ -84,9 +88,9 @@ class SessionError(FluentForwardError):
 
 
 class _Session:
-    def __init__(self, state: State, max_message_bytes: int) -> None:
+    def __init__(self, state: State, max_message_bytes: int, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self.state = state
-        self._decoder = Decoder(max_message_bytes)
+        self._decoder = Decoder(max_message_bytes, max_entries)
         self._out = bytearray()
         self._eof = False
 
@@ -102,6 +106,10 @@ class _Session:
     def data_to_send(self) -> bytes:
         out, self._out = bytes(self._out), bytearray()
         return out
+
+    def buffered(self) -> int:
+        """Bytes received that are not yet a whole message (what this session holds in memory)."""
+        return self._decoder.buffered()
 
     def _guard(self, step: Callable[..., _T], *args: Any) -> _T:
         """Run a step of the decoder or handshake; an error moves the session to ERROR."""
@@ -131,9 +139,11 @@ class ServerSession(_Session):
 
     def __init__(self, hostname: str = "", shared_key: str | None = None,
                  users: Mapping[str, str] | None = None, *,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES,
+                 pre_auth_bytes: int = DEFAULT_PRE_AUTH_BYTES,
                  nonce: bytes | None = None, auth_salt: bytes | None = None) -> None:
-        super().__init__(State.READY if shared_key is None else State.AWAIT_PING, max_message_bytes)
+        super().__init__(State.READY if shared_key is None else State.AWAIT_PING, max_message_bytes, max_entries)
+        self.pre_auth_bytes = pre_auth_bytes  # what an unauthenticated peer may make us hold
         self._shake: ServerHandshake | None = None
         if shared_key is not None:
             self._shake = ServerHandshake(shared_key, hostname, users, nonce=nonce, auth_salt=auth_salt)
@@ -141,6 +151,9 @@ class ServerSession(_Session):
 
     def next_event(self) -> ServerEvent:
         message = self._next_message()
+        if isinstance(message, NeedData) and self.state is State.AWAIT_PING \
+                and self._decoder.buffered() > self.pre_auth_bytes:
+            raise self._fail(ProtocolError("pre_auth_limit", f"more than {self.pre_auth_bytes} bytes before the PING"))
         if isinstance(message, (NeedData, PeerClosed)):
             return message
         if self.state is State.AWAIT_PING:
@@ -183,6 +196,12 @@ class ClientSession(_Session):
         if shared_key is not None:
             self._shake = ClientHandshake(shared_key, hostname, username, password, salt=salt)
         self.in_flight: deque[str] = deque()  # chunk ids sent and not acked, oldest first
+        self._head = b""  # the first bytes from the server, to recognise an HTTP server
+
+    def receive_data(self, data: bytes) -> None:
+        if len(self._head) < 5:
+            self._head += data[: 5 - len(self._head)]
+        super().receive_data(data)
 
     def send_chunk(self, chunk_id: str | None, message: bytes) -> None:
         """Queue an encoded event message; ``chunk_id`` (its ``chunk`` option) when it expects an ack."""
@@ -193,7 +212,12 @@ class ClientSession(_Session):
             self.in_flight.append(chunk_id)
 
     def next_event(self) -> ClientEvent:
-        message = self._next_message()
+        try:
+            message = self._next_message()
+        except ProtocolError as exc:
+            if self._head and b"HTTP/".startswith(self._head[:5]):
+                raise ProtocolError("http", "this port speaks HTTP, not the forward protocol") from exc
+            raise
         if isinstance(message, (NeedData, PeerClosed)):
             return message
         if self.state is State.AWAIT_HELO:

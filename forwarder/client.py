@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from fluent_forward import (
     FluentForwardError,
     HandshakeError,
     PeerClosed,
+    ProtocolError,
     State,
 )
 from kube_audit.runtime.tls import ReloadingContext, client_context
@@ -35,6 +37,10 @@ from .settings import ClientSettings
 from .transport import Route, Streams, describe, open_route
 
 RETRYABLE = (TransportError, AckTimeout, FluentForwardError, ConnectionError, OSError)
+
+
+class _IdleClosed(Exception):
+    """The tailer closed a connection that had nothing in flight (its idle timeout): not a failure."""
 
 
 class ForwardClient:
@@ -58,6 +64,9 @@ class ForwardClient:
         self._session = 0  # connection number; a chunk records the one it was last sent on
         self._state = "disconnected"
         self._last_error = ""
+        self._heard = False  # the tailer sent something on the current connection
+        self._proven = False  # ... and answered a handshake or acked a chunk on it
+        self._connected_to: Route | None = None  # the route of the last "connected" line
         self.tailer_tls = ReloadingContext(settings.tls, client_context) if settings.tls else None
         self.proxy_tls = ReloadingContext(settings.proxy_tls, client_context) if settings.proxy_tls else None
 
@@ -108,9 +117,24 @@ class ForwardClient:
         )
         async for attempt in retrying:
             with attempt:
-                if not stop.is_set():
-                    await self._connect_and_serve(stop)
+                while not stop.is_set():
+                    try:
+                        await self._connect_and_serve(stop)
+                    except _IdleClosed:  # the tailer's --idle-timeout: reconnect when there is work, quietly
+                        self.log.debug("tailer_closed_idle_connection")
+                        await self._wait_for_work(stop)
         self._set_state("stopped")
+
+    async def _wait_for_work(self, stop: asyncio.Event) -> None:
+        while not stop.is_set() and not any(c.message for c in self.pending):
+            self._changed.clear()
+            waiter = asyncio.ensure_future(self._changed.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                stopper.cancel()
 
     def _backoff(self, _: RetryCallState) -> float:
         cap = min(self.s.backoff_max, self.s.backoff_initial * 2 ** min(self._failures - 1, 30))
@@ -147,15 +171,15 @@ class ForwardClient:
     async def _connect_and_serve(self, stop: asyncio.Event) -> None:
         self.route = await self._route()
         reader, writer = await self.open_connection(self.route, self.tailer_tls, self.proxy_tls)
+        self._heard = False  # nothing from the tailer yet on this connection
+        self._proven = False  # the tailer has not yet answered like a tailer on it
         try:
             session = ClientSession(self.s.hostname, self.s.shared_key, self.s.username, self.s.password)
             if session.state is not State.READY:
                 await self._handshake(reader, writer, session)
-            was = self._state
-            self._set_state("connected")
-            self.log.info("connected", tailer=f"{self.route.tailer_host}:{self.route.tailer_port}",
-                          proxy=self.route.proxy_kind, after_failures=self._failures if was == "failing" else 0,
-                          resending=sum(1 for c in self.pending if c.message))
+            if session.state is State.READY and (self.s.shared_key is not None
+                                                 or not any(c.message for c in self.pending)):
+                self._connected()  # proven by the handshake, or nothing to prove it with yet
             await self._serve(reader, writer, session, stop)
         finally:
             writer.close()
@@ -164,12 +188,47 @@ class ForwardClient:
             except (TimeoutError, OSError, asyncio.CancelledError):
                 pass
 
+    def _connected(self) -> None:
+        """The tailer answered like a tailer (handshake or first ack): one log line per state change."""
+        self._proven = True
+        if self._state == "connected" and self.route == self._connected_to:
+            return
+        self._connected_to = self.route
+        was = self._state
+        self._set_state("connected")
+        self.log.info("connected", tailer=f"{self.route.tailer_host}:{self.route.tailer_port}",
+                      proxy=self.route.proxy_kind, after_failures=self._failures if was == "failing" else 0,
+                      resending=sum(1 for c in self.pending if c.message))
+
+    def _lost(self, exc: BaseException | None, step: str = "receive") -> TransportError:
+        """Why the tailer went away, in words a user acts on when the cause is clear."""
+        where = describe(self.route)
+        if not self._heard and not self._proven and self.tailer_tls is not None \
+                and isinstance(exc, (ConnectionResetError, ssl.SSLError)):
+            cert = self.tailer_tls.files.cert
+            if not cert:
+                return TransportError("tailer_tls", f"{where} wants a client certificate and we sent none: "
+                                                    "set --tls-cert and --tls-key")
+            return TransportError("tailer_tls", f"{where} refused our client certificate {cert}: it must be "
+                                                "signed by a CA in the tailer's --tls-ca")
+        if not self._heard and not self._proven and exc is None and self.tailer_tls is None:
+            return TransportError(step, f"{where} closed the connection without answering our first chunk: "
+                                             "if the tailer speaks TLS, set --tls-ca (its log says why it closed)")
+        if exc is None:
+            return TransportError(step, f"{where} closed")
+        return TransportError(step, f"{where} was lost: {exc}")
+
     def _next_event(self, session: ClientSession, step: str) -> Any:
         """The session's next event; its protocol errors become transport errors of ``step``."""
         try:
             return session.next_event()
         except HandshakeError as exc:
             raise TransportError("handshake", str(exc)) from exc
+        except ProtocolError as exc:
+            if exc.reason == "http":
+                raise TransportError(step, f"{describe(self.route)} speaks HTTP, not the forward protocol: point "
+                                           "--tailer at the tailer's forward port (24224), not its HTTP port") from exc
+            raise TransportError(step, f"{describe(self.route)} broke the protocol: {exc}") from exc
         except FluentForwardError as exc:
             raise TransportError(step, f"{describe(self.route)} broke the protocol: {exc}") from exc
 
@@ -187,9 +246,14 @@ class ForwardClient:
                     if isinstance(event, PeerClosed):
                         raise TransportError("handshake", f"tailer closed the connection before {what}")
                     if event is NEED_DATA:
-                        session.receive_data(await reader.read(65536))
+                        data = await reader.read(65536)
+                        self._heard = self._heard or bool(data)
+                        session.receive_data(data)
         except TimeoutError:
-            raise TransportError("handshake", f"no {what} from the tailer (is --shared-key set on both?)") from None
+            hint = "it has no --shared-key (then unset ours), or it speaks TLS (then set --tls-ca)" \
+                if what == "HELO" and self.tailer_tls is None else "is --shared-key set on both?"
+            raise TransportError("handshake", f"no {what} from the tailer within {self.route.timeout:g}s: {hint}") \
+                from None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: ClientSession,
                      stop: asyncio.Event) -> None:
@@ -222,7 +286,7 @@ class ForwardClient:
             try:
                 await writer.drain()
             except (ConnectionError, OSError) as exc:
-                raise TransportError("send", f"{describe(self.route)} was lost: {exc}") from exc
+                raise self._lost(exc, "send") from exc
             await self._changed.wait()
 
     async def _ack_loop(self, reader: asyncio.StreamReader, session: ClientSession) -> None:
@@ -233,14 +297,17 @@ class ForwardClient:
                 self._acked(event.chunk)
                 continue
             if isinstance(event, PeerClosed):
-                raise TransportError("receive", f"{describe(self.route)} closed")
+                if not session.in_flight and self._proven:
+                    raise _IdleClosed()
+                raise self._lost(None)
             self._check_ack_deadline()
             try:
                 data = await asyncio.wait_for(reader.read(65536), tick)
             except TimeoutError:
                 continue
             except (ConnectionError, OSError) as exc:
-                raise TransportError("receive", f"{describe(self.route)} was lost: {exc}") from exc
+                raise self._lost(exc) from exc
+            self._heard = self._heard or bool(data)
             session.receive_data(data)
 
     def _check_ack_deadline(self) -> None:
@@ -252,6 +319,7 @@ class ForwardClient:
         if not self.pending or self.pending[0].chunk_id != chunk_id:
             raise TransportError("ack", f"ack for unexpected chunk {chunk_id}")
         chunk = self.pending.popleft()
+        self._connected()
         self._failures = 0
         self.metrics.chunks_acked.inc()
         self.metrics.events_acked.inc(chunk.events)

@@ -63,6 +63,29 @@ def _proxy_tls_error(route: Route, proxy_tls: ReloadingContext | None, exc: Base
     return TransportError("proxy_tls", f"TLS with the proxy {hop}: {reason}")
 
 
+def _tailer_tls_error(route: Route, tailer_tls: ReloadingContext, name: str, exc: BaseException) -> TransportError:
+    """Say what is wrong in words a user acts on: its certificate, ours, or no TLS at all on that port."""
+    where = describe(route)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        ca = tailer_tls.files.ca or "the system CAs"
+        return TransportError("tailer_tls", f"the tailer's certificate is not valid for {name} (checked against "
+                                            f"{ca}): {exc.verify_message}")
+    reason = _tls_reason(exc)
+    if any(alert in reason for alert in _CLIENT_CERT_ALERTS):
+        cert = tailer_tls.files.cert
+        if not cert:
+            return TransportError("tailer_tls", f"{where} wants a client certificate and we sent none: "
+                                                "set --tls-cert and --tls-key")
+        return TransportError("tailer_tls", f"{where} refused our client certificate {cert}: it must be signed "
+                                            "by a CA in the tailer's --tls-ca")
+    # a plain-text server reads our ClientHello as garbage and closes, or answers in plain text
+    if "WRONG_VERSION_NUMBER" in reason or isinstance(exc, (ssl.SSLEOFError, ConnectionResetError)) \
+            or "EOF" in reason or not reason.strip():
+        return TransportError("tailer_tls", f"{where} does not speak TLS on this port: drop --tls-ca, --tls-cert "
+                                            "and --tls-key, or point --tailer at its TLS port")
+    return TransportError("tailer_tls", f"TLS with the tailer ({name}): {reason}")
+
+
 async def open_route(route: Route, tailer_tls: ReloadingContext | None, proxy_tls: ReloadingContext | None) -> Streams:
     reader, writer = await _connect(route, proxy_tls)
     try:
@@ -80,7 +103,7 @@ async def open_route(route: Route, tailer_tls: ReloadingContext | None, proxy_tl
             except TimeoutError:
                 raise TransportError("tailer_tls", f"TLS handshake with the tailer ({name}) timed out") from None
             except (ssl.SSLError, ConnectionError, OSError) as exc:
-                raise TransportError("tailer_tls", f"TLS with the tailer ({name}): {_tls_reason(exc)}") from exc
+                raise _tailer_tls_error(route, tailer_tls, name, exc) from exc
     except BaseException:
         writer.close()
         raise

@@ -47,10 +47,23 @@ def build_parser() -> EnvParser:
                    help="require a client certificate signed by --tls-ca (default false)")
     p.add_argument("--shared-key", help="shared key for the HELO/PING/PONG handshake")
     p.add_argument("--shared-key-file", help="file holding the shared key (wins over --shared-key)")
+    p.add_argument("--users-file", metavar="FILE",
+                   help="handshake users, one 'USER PASSWORD' per line as in Fluent Bit's security.users; "
+                        "needs --shared-key")
     p.add_argument("--hostname", default=f"audit-tailer@{socket.gethostname()}",
                    help="our name in the handshake (default audit-tailer@<host>)")
     p.add_argument("--max-message-bytes", type=parse_size, default=64 * 1024 * 1024,
                    help="largest single forward message, also after gzip (default 64Mi)")
+    p.add_argument("--max-connections", type=int, default=512,
+                   help="forward connections open at once; more are closed at once, counted and logged once "
+                        "per burst (default 512)")
+    p.add_argument("--idle-timeout", type=parse_duration, default=600.0,
+                   help="close a forward connection that sent nothing for this long; 0 never (default 600s)")
+    p.add_argument("--max-buffered-bytes", type=parse_size, default=256 * 1024 * 1024,
+                   help="partial messages of all connections together; the read that goes over closes its "
+                        "connection, the sender retries (default 256Mi)")
+    p.add_argument("--max-entries", type=int, default=100_000,
+                   help="most entries in one forward message; more closes the connection (default 100000)")
     p.add_argument("--stdout", type=parse_bool, default=True, metavar="BOOL",
                    help="print each audit event as one JSON line on stdout (default true)")
     p.add_argument("--shutdown-timeout", type=parse_duration, default=10.0,
@@ -215,6 +228,53 @@ def api_settings(parser: EnvParser, args: argparse.Namespace) -> ApiSettings:
         extra_prefixes=args.requestheader_extra_headers_prefix, watch_recheck=max(args.watch_recheck, 0.05))
 
 
+def read_users(path: str) -> dict[str, str]:
+    """``USER PASSWORD`` per line (Fluent Bit's ``security.users``); blank lines and ``#`` comments skipped."""
+    users: dict[str, str] = {}
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split(None, 1)
+            if len(parts) != 2:
+                raise ValueError(f"{path}:{number}: expected 'USER PASSWORD'")
+            users[parts[0]] = parts[1].strip()
+    if not users:
+        raise ValueError(f"{path} holds no user")
+    return users
+
+
+def forward_settings(parser: EnvParser, args: argparse.Namespace, shared_key: str | None) -> ForwardSettings:
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            parser.error("--tls-cert and --tls-key go together")
+        tls = TLSFiles(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    if args.tls_verify_client and not (tls and args.tls_ca):
+        parser.error("--tls-verify-client needs --tls-cert, --tls-key and --tls-ca")
+    users: dict[str, str] = {}
+    if args.users_file:
+        if shared_key is None:
+            parser.error("--users-file needs --shared-key or --shared-key-file (as Fluent Bit's security.users)")
+        try:
+            users = read_users(args.users_file)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--users-file: {exc}")
+    if args.max_entries <= 0:
+        parser.error("--max-entries must be positive")
+    if args.max_connections <= 0:
+        parser.error("--max-connections must be positive")
+    if args.max_buffered_bytes < args.max_message_bytes:
+        parser.error("--max-buffered-bytes must be at least --max-message-bytes")
+    return ForwardSettings(
+        host=args.listen[0], port=args.listen[1], tls=tls, verify_client=args.tls_verify_client,
+        shared_key=shared_key, users=users, hostname=args.hostname, max_message_bytes=args.max_message_bytes,
+        max_entries=args.max_entries, max_connections=args.max_connections, idle_timeout=args.idle_timeout,
+        max_buffered_bytes=args.max_buffered_bytes,
+    )
+
+
 def parse(argv: Sequence[str] | None = None) -> Settings:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -224,19 +284,10 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         parser.error(str(exc))
     if shared_key == "":
         parser.error("the shared key is empty")
-    tls = None
-    if args.tls_cert or args.tls_key:
-        if not (args.tls_cert and args.tls_key):
-            parser.error("--tls-cert and --tls-key go together")
-        tls = TLSFiles(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
-    if args.tls_verify_client and not (tls and args.tls_ca):
-        parser.error("--tls-verify-client needs --tls-cert, --tls-key and --tls-ca")
+    forward = forward_settings(parser, args, shared_key)
     store, api = store_settings(parser, args), api_settings(parser, args)
     return Settings(
-        forward=ForwardSettings(
-            host=args.listen[0], port=args.listen[1], tls=tls, verify_client=args.tls_verify_client,
-            shared_key=shared_key, hostname=args.hostname, max_message_bytes=args.max_message_bytes,
-        ),
+        forward=forward,
         http=HttpSettings(host=args.http_listen[0], port=args.http_listen[1]),
         stdout=args.stdout,
         log_level=args.log_level,

@@ -17,6 +17,10 @@ class TailerMetrics:
         self.auth_failures = Counter("tailer_auth_failures", "Failed TLS or shared-key handshakes", ["reason"], registry=r)
         self.connections = Counter("tailer_connections", "Connections accepted", registry=r)
         self.open_connections = Gauge("tailer_connections_open", "Connections open now", registry=r)
+        self.connections_refused = Counter("tailer_connections_refused", "Connections closed at once (tailer full)",
+                                           ["reason"], registry=r)
+        self.idle_closed = Counter("tailer_connections_idle_closed", "Connections closed after --idle-timeout",
+                                   registry=r)
         self.unencodable = Counter("tailer_records_unencodable", "Records that needed the slow JSON fallback", registry=r)
         self.sink_errors = Counter("tailer_sink_errors", "Chunks a sink failed to take (not acked)", ["sink"], registry=r)
         # audit ConfigMaps (tailer/configmaps/writer.py)

@@ -14,11 +14,15 @@ class ForwardSettings:
     tls: TLSFiles | None = None  # server certificate and key; ``ca`` verifies clients
     verify_client: bool = False  # require a client certificate signed by tls.ca
     shared_key: str | None = None  # HELO/PING/PONG handshake when set
-    users: dict[str, str] = field(default_factory=dict)  # optional username -> password
+    users: dict[str, str] = field(default_factory=dict)  # optional username -> password (--users-file)
     hostname: str = "kube-audit-tailer"  # our name in the handshake
     max_message_bytes: int = 64 * 1024 * 1024  # one message, also after decompression
+    max_entries: int = 100_000  # entries in one message (a small gzip message can inflate to millions)
     handshake_timeout: float = 10.0  # seconds for TLS + PING
-    idle_timeout: float = 0.0  # seconds without data before closing; 0 = never
+    idle_timeout: float = 600.0  # seconds without data before closing; 0 = never
+    max_connections: int = 512  # more are closed at once (counted, logged once per burst)
+    pre_auth_bytes: int = 16 * 1024  # bytes an unauthenticated peer may send before its PING
+    max_buffered_bytes: int = 256 * 1024 * 1024  # partial messages of all connections together
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from fluent_forward import (
 )
 from kube_audit.runtime.observability import get_logger
 from kube_audit.runtime.tls import ReloadingContext, server_context
+from tailer.ingest.admission import Admission
 from tailer.ingest.pipeline import Pipeline
 from tailer.metrics import TailerMetrics
 from tailer.settings import ForwardSettings
@@ -43,8 +44,10 @@ class ForwardServer:
         self._idle: set[asyncio.Task[Any]] = set()  # waiting for bytes: safe to cancel on stop
         self._closing = False
         self.port = settings.port
+        self.admission = Admission(settings.max_connections, settings.max_buffered_bytes, metrics)
 
     async def start(self) -> None:
+        self.admission.raise_file_limit()
         self._server = await asyncio.start_server(
             self._on_connection, self.settings.host, self.settings.port, limit=READ_SIZE
         )
@@ -73,12 +76,12 @@ class ForwardServer:
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if self._closing:
-            writer.close()
-            return
-        self._handlers.add(task)
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
+        if self._closing or not self.admission.admit(peer):
+            writer.close()  # (refusals are counted and logged by Admission, once per burst)
+            return
+        self._handlers.add(task)
         self.metrics.connections.inc()
         self.metrics.open_connections.inc()
         try:
@@ -86,6 +89,7 @@ class ForwardServer:
         except asyncio.CancelledError:
             pass
         finally:
+            self.admission.release()
             self.metrics.open_connections.dec()
             self._handlers.discard(task)
             writer.close()
@@ -96,7 +100,9 @@ class ForwardServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         s = self.settings
-        session = ServerSession(s.hostname, s.shared_key, s.users, max_message_bytes=s.max_message_bytes)
+        session = ServerSession(s.hostname, s.shared_key, s.users, max_message_bytes=s.max_message_bytes,
+                                max_entries=s.max_entries, pre_auth_bytes=s.pre_auth_bytes)
+        held = 0  # this connection's share of the admission budget
         try:
             if self.tls is not None and not await self._start_tls(writer, peer):
                 return
@@ -107,10 +113,12 @@ class ForwardServer:
                 if event is NEED_DATA:
                     writer.write(session.data_to_send())
                     await writer.drain()
+                    held = self._hold(held, session.buffered())
                     data = await self._read(reader, session, deadline, peer)
                     if data is None:
                         return
                     session.receive_data(data)
+                    held = self._hold(held, session.buffered())
                 elif isinstance(event, EventBatch):
                     await self._deliver(event, session, writer)
                 elif isinstance(event, Authenticated):
@@ -137,6 +145,14 @@ class ForwardServer:
             log.error("chunk_not_acked", peer=peer, error=str(cause) or type(cause).__name__)
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             log.info("connection_lost", peer=peer, error=str(exc) or type(exc).__name__)
+        finally:
+            self.admission.hold(held, 0)
+
+    def _hold(self, held: int, now: int) -> int:
+        if not self.admission.hold(held, now):
+            raise ProtocolError("memory_budget", f"partial messages of all connections exceed "
+                                                 f"{self.admission.max_buffered_bytes} bytes; try again later")
+        return now
 
     async def _start_tls(self, writer: asyncio.StreamWriter, peer: str) -> bool:
         assert self.tls is not None
@@ -164,13 +180,20 @@ class ForwardServer:
         if self._closing:
             return None
         self._idle.add(task)
+        idle = self.settings.idle_timeout
         try:
             if session.state is not State.AWAIT_PING:
-                data = await reader.read(READ_SIZE)
+                try:
+                    async with asyncio.timeout(idle if idle > 0 else None):
+                        data = await reader.read(READ_SIZE)
+                except TimeoutError:
+                    self.metrics.idle_closed.inc()
+                    log.info("connection_idle_closed", peer=peer, idle_timeout=idle)
+                    return None
             else:
                 try:
                     async with asyncio.timeout_at(deadline):
-                        data = await reader.read(READ_SIZE)
+                        data = await reader.read(session.pre_auth_bytes)  # little before the PING
                 except TimeoutError:
                     self._refuse_handshake(peer, "timeout", "no PING in time")
                     return None
@@ -181,7 +204,7 @@ class ForwardServer:
         return data
 
     async def _deliver(self, batch: EventBatch, session: ServerSession, writer: asyncio.StreamWriter) -> None:
-        records = [record for _, record in batch.entries]
+        records = batch.records()  # a list of records, with .tag, .times and .metadata beside them
         try:
             await self.pipeline.deliver(records)
         except Exception as exc:  # (an OSError of a sink is not a lost connection)

@@ -13,7 +13,8 @@ import fluent_forward as ff
 
 class Sender:
     def __init__(self, host: str, port: int, *, shared_key: str | None = None, tls: ssl.SSLContext | None = None,
-                 server_name: str | None = None, hostname: str = "test-sender", timeout: float = 30.0) -> None:
+                 server_name: str | None = None, hostname: str = "test-sender", timeout: float = 30.0,
+                 username: str = "", password: str = "") -> None:
         sock = socket.create_connection((host, port), timeout=timeout)
         try:
             self.sock: socket.socket = tls.wrap_socket(sock, server_hostname=server_name or host) if tls else sock
@@ -24,13 +25,12 @@ class Sender:
         self.inbox: list[ff.Message] = []
         if shared_key is not None:
             try:
-                self._handshake(shared_key, hostname)
+                self._handshake(ff.ClientHandshake(shared_key, hostname, username, password))
             except BaseException:
                 self.sock.close()
                 raise
 
-    def _handshake(self, shared_key: str, hostname: str) -> None:
-        shake = ff.ClientHandshake(shared_key, hostname)
+    def _handshake(self, shake: ff.ClientHandshake) -> None:
         helo = self.receive()
         assert isinstance(helo, ff.Helo), helo
         self.sock.sendall(shake.ping(helo))

@@ -62,7 +62,8 @@ def test_mutual_tls(start_tailer, pki) -> None:
 @pytest.mark.parametrize(
     "args",
     [["--listen", "nope"], ["--tls-cert", "/x.crt"], ["--tls-verify-client", "true"], ["--shared-key-file", "/nonexistent"],
-     ["--max-message-bytes", "-3"]],
+     ["--max-message-bytes", "-3"], ["--users-file", "/nonexistent", "--shared-key", "k"],
+     ["--users-file", "/etc/hostname"], ["--max-entries", "0"]],
 )
 def test_bad_flags_are_one_line_errors_with_status_2(args) -> None:
     import subprocess

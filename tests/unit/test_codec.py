@@ -105,7 +105,8 @@ def test_several_messages_in_one_feed_and_split_across_feeds() -> None:
         (msgpack.packb(["t", 1, "not-a-map"]), "bad_record"),
         (msgpack.packb(["t", [[1]]]), "bad_entry"),
         (msgpack.packb(["t", b"\x00garbage", {"compressed": "gzip"}], use_bin_type=True), "bad_gzip"),
-        (msgpack.packb(["t", b"", {"compressed": "zstd"}], use_bin_type=True), "bad_options"),
+        (msgpack.packb(["t", b"", {"compressed": "lz4"}], use_bin_type=True), "bad_options"),
+        (msgpack.packb(["t", b"\x00garbage", {"compressed": "zstd"}], use_bin_type=True), "bad_zstd"),
         (msgpack.packb(["t", 1, {}, "opts"]), "bad_options"),
         (b"\xc1", "malformed_msgpack"),
     ],
@@ -136,6 +137,11 @@ def test_gzip_bomb_is_refused_by_the_size_limit() -> None:
     data = msgpack.packb(["t", bomb, {"compressed": "gzip"}], use_bin_type=True)
     with pytest.raises(ProtocolError) as err:
         Decoder(max_message_bytes=1024 * 1024).feed(data)
+    assert err.value.reason == "bad_entry"  # decoded as it inflates: refused at the first byte
+    entries = gzip.compress(b"\x92\x00\x80" * (7 * 1024 * 1024))  # 7 Mi valid entries [0, {}], 21 MiB inflated
+    data = msgpack.packb(["t", entries, {"compressed": "gzip"}], use_bin_type=True)
+    with pytest.raises(ProtocolError) as err:
+        Decoder(max_message_bytes=1024 * 1024, max_entries=10**8).feed(data)
     assert err.value.reason == "message_too_large"
 
 
@@ -186,3 +192,77 @@ def test_random_bytes_never_raise_anything_but_protocol_error(data: bytes) -> No
         Decoder(max_message_bytes=4096).feed(data)
     except ProtocolError:
         pass
+
+
+def test_zstd_by_option_and_by_magic_bytes() -> None:
+    import zstandard
+
+    packed = b"".join(ff.encode_entry(T, {"i": i}) for i in range(20))
+    payload = zstandard.ZstdCompressor().compress(packed[:60]) + zstandard.ZstdCompressor().compress(packed[60:])
+    for options in ({"compressed": "zstd"}, {}, {"compressed": "gzip"}):  # the magic bytes win, as in Fluent Bit
+        batch = only_batch(feed_bytewise(msgpack.packb(["t", payload, options], use_bin_type=True)))
+        assert [r["i"] for _, r in batch.entries] == list(range(20)) and batch.mode == "compressed"
+    gz = gzip.compress(packed)
+    assert len(only_batch(Decoder().feed(msgpack.packb(["t", gz, {"compressed": "zstd"}]))).entries) == 20
+
+
+def test_zstd_bomb_is_refused_by_the_size_limit() -> None:
+    import zstandard
+
+    bomb = zstandard.ZstdCompressor().compress(b"\x92\x00\x80" * (2 * 1024 * 1024))
+    with pytest.raises(ProtocolError) as err:
+        Decoder(max_message_bytes=1024 * 1024, max_entries=10**8).feed(msgpack.packb(["t", bomb]))
+    assert err.value.reason == "message_too_large"
+
+
+@pytest.mark.parametrize("mode", ["forward", "packed", "compressed"])
+def test_entries_with_metadata_and_map32_headers(mode: str) -> None:
+    """Fluent Bit's default entries: [[EventTime, metadata], record], maps with map32 headers."""
+    def map32(d: dict) -> bytes:
+        return b"\xdf" + len(d).to_bytes(4, "big") + b"".join(msgpack.packb(k) + msgpack.packb(v) for k, v in d.items())
+
+    t = b"\xd7\x00" + T.to_bytes()
+    entries = [b"\x92\x92" + t + map32({"k8s": {"ns": "prod"}}) + map32(REC), b"\xdd\x00\x00\x00\x02" + t + map32({"a": 1})]
+    body = b"".join(entries)
+    if mode == "forward":
+        data = b"\x92\xa1t" + b"\xdd" + len(entries).to_bytes(4, "big") + body
+    else:
+        payload = gzip.compress(body) if mode == "compressed" else body
+        data = b"\x92\xa1t" + msgpack.packb(payload, use_bin_type=True)
+    batch = only_batch(feed_bytewise(data))
+    assert batch.entries == [(T, REC), (T, {"a": 1})]
+    assert batch.metadata == [{"k8s": {"ns": "prod"}}, {}]
+    records = batch.records()
+    assert records == [REC, {"a": 1}] and records.metadata == batch.metadata and records.tag == "t"
+    assert records.times == [T, T]
+
+
+def test_message_mode_metadata_option_and_fluent_signal() -> None:
+    data = ff.encode_message("t", T, REC, Options(chunk="c", extra={"fluent_signal": 0, "metadata": {"m": 1}}))
+    batch = only_batch(Decoder().feed(data))
+    assert batch.metadata == [{"m": 1}] and batch.options.signal == 0 and batch.options.chunk == "c"
+
+
+def test_entry_amplification_is_refused_after_max_entries() -> None:
+    """30 KB of gzip that inflates to 10 million tiny entries: refused at the 100,001st, never built."""
+    import tracemalloc
+
+    bomb = gzip.compress(b"\x92\x00\x80" * 10_000_000, 9)
+    assert len(bomb) < 100_000
+    data = msgpack.packb(["t", bomb, {"compressed": "gzip"}], use_bin_type=True)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError) as err:
+            Decoder().feed(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert err.value.reason == "too_many_entries"
+    assert peak < 200 * 1024 * 1024  # the old decoder built all 10 million entries (gigabytes)
+
+
+def test_forward_mode_with_too_many_entries_is_refused_at_the_array_header() -> None:
+    data = b"\x92\xa1t\xdd" + (200_000).to_bytes(4, "big") + b"\x92\x00\x80" * 10
+    with pytest.raises(ProtocolError) as err:
+        Decoder().feed(data)
+    assert err.value.reason == "too_many_entries"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -17,71 +16,9 @@ from forwarder.client import ForwardClient
 from forwarder.metrics import ForwarderMetrics
 from forwarder.settings import ClientSettings
 from forwarder.transport import Route
-from tailer.ingest.listener import ForwardServer
-from tailer.ingest.pipeline import Pipeline
-from tailer.metrics import TailerMetrics
-from tailer.settings import ForwardSettings
-from tests.helpers.mockstream import MockReader, MockWriter, pipe
+from tests.helpers.inprocess import RecordingSink, Tailer, closed, receive
 
 T = ff.EventTime(1_763_629_200, 1)
-
-
-class RecordingSink:
-    name = "stdout"
-
-    def __init__(self, fail: bool = False) -> None:
-        self.records: list[dict[str, Any]] = []
-        self.fail = fail
-
-    async def write(self, records: Sequence[Any]) -> None:
-        """Records as received: the pipeline hands sinks parsed records (AuditEvent or Rejected)."""
-        if self.fail:
-            raise OSError("disk full")
-        self.records.extend(r.record for r in records)
-
-
-def value(metrics: Any, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels or None) or 0.0
-
-
-class Tailer:
-    """A ForwardServer with a recording sink, taking connections over mock pipes."""
-
-    def __init__(self, sink: RecordingSink | None = None, **settings: Any) -> None:
-        self.metrics = TailerMetrics()
-        self.sink = sink or RecordingSink()
-        self.server = ForwardServer(ForwardSettings(hostname="tailer-0", **settings), Pipeline([self.sink], self.metrics),
-                                    self.metrics)
-        self.tasks: list[asyncio.Task[None]] = []
-
-    def connect(self, max_read: int = 1) -> tuple[MockReader, MockWriter]:
-        client, server = pipe(max_read)
-        self.tasks.append(asyncio.create_task(self.server._on_connection(*server)))  # type: ignore[arg-type]
-        return client
-
-    async def open_route(self, route: Route, *_: Any) -> tuple[MockReader, MockWriter]:
-        return self.connect()
-
-    def metric(self, name: str, **labels: str) -> float:
-        return value(self.metrics, name, **labels)
-
-
-async def receive(reader: MockReader, decoder: ff.Decoder, count: int = 1) -> list[ff.Message]:
-    out: list[ff.Message] = []
-    async with asyncio.timeout(10):
-        while len(out) < count:
-            data = await reader.read(65536)
-            if not data:
-                raise ConnectionError("closed")
-            out.extend(decoder.feed(data))
-    return out
-
-
-async def closed(reader: MockReader) -> bool:
-    async with asyncio.timeout(10):
-        while await reader.read(65536):
-            pass
-    return True
 
 
 def packed_chunk(cid: str, n: int, compress: bool = False, **fields: Any) -> bytes:
@@ -202,6 +139,9 @@ async def test_forward_client_and_listener_byte_by_byte(shared_key: str | None) 
     await asyncio.wait_for(runner, 10)
     assert acked == [f"chunk-{n}" for n in range(5)]
     assert [(r["seq"], r["i"]) for r in tailer.sink.records] == [(n, i) for n in range(5) for i in range(3)]
+    if shared_key is not None:  # the PING is one write with nothing else in it (Fluent Bit reads it in one
+        first = tailer.client_ends[0][1].writes[0]  # read and drops data written with it)
+        assert isinstance(ff.Decoder().feed(first)[0], ff.Ping) and len(ff.Decoder().feed(first)) == 1
 
 
 async def test_forward_client_with_a_wrong_key_retries_and_reports_the_handshake_step() -> None:
@@ -220,3 +160,23 @@ async def test_forward_client_with_a_wrong_key_retries_and_reports_the_handshake
     warnings = [kw for event, kw in client.log.lines if event == "tailer_unavailable"]  # type: ignore[attr-defined]
     assert warnings and warnings[0]["step"] == "handshake" and "shared_key mismatch" in warnings[0]["error"]
     assert len(warnings) == 1  # once per state change, not once per attempt
+
+
+async def test_an_idle_connection_closed_by_the_tailer_is_reopened_quietly_when_there_is_work() -> None:
+    tailer = Tailer(idle_timeout=0.05)
+    acked: list[str] = []
+    client = make_client(tailer, acked)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(client.run(stop))
+    await client.submit(chunk(0))
+    assert await client.drain(10)
+    async with asyncio.timeout(10):
+        while tailer.metric("tailer_connections_idle_closed_total") < 1:
+            await asyncio.sleep(0.01)  # polling a counter, not synchronisation
+    await client.submit(chunk(1))
+    assert await client.drain(10)
+    stop.set()
+    await asyncio.wait_for(runner, 10)
+    assert acked == ["chunk-0", "chunk-1"] and len(tailer.client_ends) == 2
+    events = [event for event, _ in client.log.lines]  # type: ignore[attr-defined]
+    assert "tailer_unavailable" not in events and events.count("connected") == 1

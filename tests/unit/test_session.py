@@ -162,3 +162,77 @@ def test_pong_of_a_server_without_our_key_fails_the_client() -> None:
     forged = ff.encode_pong(ff.Pong(True, "", "s", "00" * 64))
     with pytest.raises(ff.HandshakeError, match="shared_key mismatch"):
         events(client, forged)
+
+
+def _decoded(data: bytes) -> list:
+    import msgpack
+
+    return msgpack.unpackb(data, raw=False, unicode_errors="surrogateescape")  # bin would stay bytes
+
+
+def test_every_handshake_field_we_send_is_a_msgpack_str() -> None:
+    """Fluent Bit's in_forward closes the connection on a bin salt, out_forward wants str digests."""
+    server = ServerSession("tailer-0", "k", {"alice": "pw"})
+    client = ClientSession("fwd-0", "k", "alice", "pw", salt=bytes(range(200, 216)))  # raw, not UTF-8
+    helo = server.data_to_send()
+    _tag, options = _decoded(helo)
+    assert all(isinstance(options[k], str) for k in ("nonce", "auth")) and options["keepalive"] is True
+    events(client, helo)
+    ping = client.data_to_send()
+    assert all(isinstance(field, str) for field in _decoded(ping))
+    assert events(server, ping)[0] == Authenticated("fwd-0", "alice")  # the raw salt survives as str
+    pong = _decoded(server.data_to_send())
+    assert pong[1] is True and all(isinstance(pong[i], str) for i in (0, 2, 3, 4))
+    refusing = ServerSession("tailer-0", "other-key")
+    other = ClientSession("fwd-0", "k")
+    events(other, refusing.data_to_send())
+    events(refusing, other.data_to_send())
+    assert _decoded(refusing.data_to_send()) == ["PONG", False, "shared_key mismatch", "", ""]
+
+
+def test_users_both_ways() -> None:
+    for password, ok in (("pw", True), ("nope", False)):
+        server = ServerSession("tailer-0", "k", {"alice": "pw"})
+        client = ClientSession("fwd-0", "k", "alice", password)
+        events(client, server.data_to_send())
+        [event] = events(server, client.data_to_send())
+        assert isinstance(event, Authenticated if ok else AuthRefused)
+        if ok:
+            assert events(client, server.data_to_send()) == [Authenticated("tailer-0")]
+        else:
+            with pytest.raises(ff.HandshakeError, match="username/password mismatch"):
+                events(client, server.data_to_send())
+
+
+def test_fluentd_style_helo_bin_nonce_and_no_auth_and_a_bin_pong_digest() -> None:
+    import msgpack
+
+    client = ClientSession("fwd-0", "k")
+    helo = msgpack.packb(["HELO", {"nonce": b"N" * 16, "auth": b"", "keepalive": True}], use_bin_type=True)
+    events(client, helo)
+    ping = ff.Decoder().feed(client.data_to_send())[0]
+    assert ping.password_digest == ""
+    digest = ff.digest(ping.shared_key_salt, "srv", b"N" * 16, "k")
+    pong = msgpack.packb(["PONG", True, "", "srv", digest.encode()], use_bin_type=True)  # digest as bin
+    assert events(client, pong) == [Authenticated("srv")]
+
+
+def test_users_file_format(tmp_path) -> None:
+    from tailer.cli import read_users  # (the flag itself: tests/integration/test_fluent_bit_replay.py)
+
+    path = tmp_path / "users"
+    path.write_text("# Fluent Bit's security.users\nalice s3cret-pass\n\nbob  two words\n")
+    assert read_users(str(path)) == {"alice": "s3cret-pass", "bob": "two words"}
+    path.write_text("alice\n")
+    with pytest.raises(ValueError, match="expected 'USER PASSWORD'"):
+        read_users(str(path))
+
+
+def test_our_nonces_and_salts_are_16_printable_bytes_like_fluent_bits() -> None:
+    server, client = ServerSession("s", "k", {"u": "p"}), ClientSession("c", "k", "u", "p")
+    helo = ff.Decoder().feed(server.data_to_send())[0]
+    events(client, ServerSession("s", "k").data_to_send())
+    ping = ff.Decoder().feed(client.data_to_send())[0]
+    for value in (helo.nonce, helo.auth_salt, ping.shared_key_salt):
+        assert len(value) == 16 and value.decode("ascii").isprintable()
+    assert len({ServerSession("s", "k").data_to_send() for _ in range(20)}) == 20  # fresh every time
