@@ -13,6 +13,7 @@ from kube_audit.runtime.flags import (
     parse_bool,
     parse_duration,
     parse_hostport,
+    parse_limit,
     parse_size,
     read_secret,
 )
@@ -115,8 +116,9 @@ def add_store_flags(p: EnvParser) -> None:
     p.add_argument("--data-dir", default="/var/lib/audit-tailer", help="where the SQLite store lives")
     p.add_argument("--retention-age", type=parse_duration, default=30 * 86400.0,
                    help="delete stored events older than this, e.g. 30d; 0 keeps them (default 30d)")
-    p.add_argument("--retention-bytes", type=parse_size, default=0,
-                   help="keep at most this much stored event JSON, e.g. 10Gi, oldest dropped first (default unlimited)")
+    p.add_argument("--retention-bytes", type=parse_limit, default=0,
+                   help="keep at most this much stored event JSON, e.g. 10Gi, oldest dropped first; "
+                        "0 or unlimited: no limit (default unlimited)")
     p.add_argument("--retention-interval", type=parse_duration, default=300.0,
                    help="time between retention runs (default 5m)")
     p.add_argument("--api-auth", choices=("auto", "token-file", "kubernetes", "none"), default="auto",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 
-from demo import writer
+from kube_audit import writer
 
 
 def test_writes_events_and_rotates_like_the_apiserver(tmp_path: Path) -> None:
