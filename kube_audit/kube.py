@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import urllib3
+import yaml
 from kubernetes import client, config
 
 from kube_audit.contract import API_GROUP as AUDIT_GROUP
@@ -123,8 +124,10 @@ class Kube:
                     contexts, _ = config.list_kube_config_contexts(kubeconfig)
                     chosen: dict[str, Any] = next((c for c in contexts if c.get("name") == context), {})
                     namespace = chosen.get("context", {}).get("namespace")
+        except yaml.YAMLError as exc:  # the kubernetes client parses the kubeconfig with PyYAML and lets this out
+            raise KubeUnconfigured(f"the kubeconfig is not valid YAML: {' '.join(str(exc).split())}") from exc
         except (config.ConfigException, OSError, TypeError, ValueError) as exc:
-            raise KubeUnconfigured(str(exc) or type(exc).__name__) from exc
+            raise KubeUnconfigured(" ".join(str(exc).split()) or type(exc).__name__) from exc
         cfg.retries = False  # we retry ourselves (tenacity), with backoff and Retry-After
         return cls(client.ApiClient(cfg), namespace)
 
