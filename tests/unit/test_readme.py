@@ -70,7 +70,9 @@ COMMANDS = shell_commands()
 ELSEWHERE = {"./run demo": "tests/integration/test_demo.py", "./run test": "CI (.ci/run)",
              "kubectl audit": "tests/integration/test_readme_examples.py", "export": "the same",
              "docker compose": "tests/unit/test_deploy.py and tests/integration/test_compose_loopback.py",
-             "kind/e2e.sh": "needs Docker", "docker build": "needs Docker"}
+             "kind/e2e.sh": "needs Docker", "docker build": "needs Docker",
+             "python -m tools.krew": "tests/integration/test_krew.py",
+             "kubectl krew install": "no krew here: tests/integration/test_krew.py installs as krew does"}
 
 
 def test_every_shell_example_is_covered() -> None:
