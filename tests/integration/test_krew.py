@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT
 from tools import krew
 
 
