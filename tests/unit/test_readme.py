@@ -72,7 +72,8 @@ ELSEWHERE = {"./run demo": "tests/integration/test_demo.py", "./run test": "CI (
              "docker compose": "tests/unit/test_deploy.py and tests/integration/test_compose_loopback.py",
              "kind/e2e.sh": "needs Docker", "docker build": "needs Docker",
              "python -m tools.krew": "tests/integration/test_krew.py",
-             "kubectl krew install": "no krew here: tests/integration/test_krew.py installs as krew does"}
+             "kubectl krew install": "no krew here: tests/integration/test_krew.py installs as krew does",
+             "helm install": "no helm here: tests/unit/test_chart.py renders and validates the chart"}
 
 
 def test_every_shell_example_is_covered() -> None:
