@@ -119,20 +119,20 @@ class Demo:
         if action == "rotate":
             self.log.rotate()
             newest = max(p.name for p in (self.out / "log").glob("audit-*.log"))
-            say(f"   -- the apiserver rotates its log: audit.log -> {newest}")
+            say(f"   -- the apiserver rotates audit.log -> {newest}")
         elif action == "kill_forwarder" and self.forwarder:
             say("   -- kill -9 audit-forwarder; the apiserver keeps writing")
             self.forwarder.send_signal(signal.SIGKILL)
             self.forwarder.wait(20)
         elif action == "start_forwarder":
-            say("   -- audit-forwarder starts again: it resumes after the last acked line (its checkpoint)")
+            say("   -- audit-forwarder starts again: it resumes after the last acked line")
             self.start_forwarder()
         elif action == "stop_tailer" and self.tailer:
-            say("   -- audit-tailer stops (SIGTERM); the forwarder keeps the events in the files and retries")
+            say("   -- audit-tailer stops (SIGTERM); the forwarder retries")
             self.tailer.terminate()
             self.tailer.wait(30)
         elif action == "start_tailer":
-            say("   -- audit-tailer starts again; the forwarder reconnects and sends what was not acked")
+            say("   -- audit-tailer starts again; the forwarder resends what was not acked")
             self.start_tailer()
 
     def stored(self) -> set[str]:
@@ -146,16 +146,18 @@ class Demo:
 
     def run(self) -> int:
         out = self.out
-        say(f"demo: everything runs on this machine (loopback, no cluster); its files stay in {out}")
-        say(f"demo: audit-tailer starts: forward protocol on 127.0.0.1:{self.port}, API and /metrics on "
-            f"127.0.0.1:{self.thttp}, SQLite store {out}/audit.db")
+        say("demo: everything runs on this machine (loopback, no cluster); its files stay in")
+        say(f"      {out}")
+        say(f"demo: audit-tailer starts: forward protocol on 127.0.0.1:{self.port}, API on :{self.thttp},")
+        say("      store in audit.db")
         self.start_tailer()
         wait(lambda: self.ready(self.thttp, "/readyz"), 60, "audit-tailer to be ready")
-        say(f"demo: audit-forwarder starts: follows {out}/log/audit.log (checkpoint beside it) and sends to the tailer")
+        say("demo: audit-forwarder starts: follows log/audit.log, sends to the tailer")
         self.start_forwarder()
         wait(lambda: self.ready(self.fhttp, "/healthz"), 60, "audit-forwarder to start")
-        say(f"demo: an apiserver-like writer appends {TOTAL} audit events; each row is one event the tailer printed:")
-        say(f"{'':8}{'TIME (UTC)':<14}{'USER':<23}{'VERB':<8}{'OBJECT':<46}CODE")
+        say(f"demo: an apiserver-like writer appends {TOTAL} audit events to log/audit.log;")
+        say("      each row is one event as the tailer printed it:")
+        say(f"{'':8}{'TIME (UTC)':<13}{'USER':<22}{'VERB':<7}{'OBJECT':<26}CODE")
         written: set[str] = set()
         for planned in plan():
             action = ACTIONS.get(planned.index)
@@ -174,11 +176,13 @@ class Demo:
         resent = self.view.lines - len(self.view.seen)
         again = f"{resent} sent twice after a restart, stored once" if resent else "none sent twice"
         say(f"demo: {len(written)} events written, {len(self.view.seen)} printed by the tailer, {len(stored)} in its "
-            f"store: {'none' if not lost else lost} lost, {again}")
+            f"store: {'none' if not lost else lost} lost,")
+        say(f"      {again}")
         self.kubectl_audit("history", "databases.example.com", "orders", "-n", "shop")
         self.kubectl_audit("diff", "databases.example.com", "orders", "-n", "shop", "--from", "1", "--to", "3")
-        say(f"demo: kept in {out}: events.jsonl (the {self.view.lines} JSON lines the tailer printed), log/ (the "
-            "audit log and its backups), tailer.log, forwarder.log, audit.db")
+        say(f"demo: kept in {out}:")
+        say(f"      events.jsonl (the {self.view.lines} JSON lines the tailer printed), log/ (the audit log")
+        say("      and its backups), tailer.log, forwarder.log, audit.db (the store)")
         return 0 if not lost else 1
 
     def stop(self) -> None:

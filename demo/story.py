@@ -69,15 +69,17 @@ def plan(seed: int = 14) -> list[Planned]:
 
 
 def row(event: dict[str, Any]) -> str:
-    """One event as the live view shows it: time, user, verb, object, code."""
+    """One event as the live view shows it, in 80 columns: time, user (a service account by its name), verb,
+    object (resource namespace/name), code."""
     ref = event.get("objectRef") or {}
-    group = ref.get("apiGroup")
-    kind = f"{ref.get('resource', '?')}.{group}" if group else ref.get("resource", "?")
     where = f"{ref['namespace']}/" if ref.get("namespace") else ""
     stamp = str(event.get("requestReceivedTimestamp", ""))
     time = stamp[11:23] if len(stamp) >= 23 else stamp
     user = str((event.get("user") or {}).get("username", "?"))
-    if len(user) > 22:
-        user = user[:21] + "…"
+    if user.startswith("system:serviceaccount:"):  # its name is what a reader needs here; the rest is in the file
+        user = user.rsplit(":", 1)[-1]
+    if len(user) > 21:
+        user = user[:20] + "…"
     code = (event.get("responseStatus") or {}).get("code", "")
-    return f"{time}  {user:<22} {event.get('verb', '?'):<7} {kind + ' ' + where + ref.get('name', ''):<45} {code}"
+    obj = f"{ref.get('resource', '?')} {where}{ref.get('name', '')}"
+    return f"{time} {user:<21} {event.get('verb', '?'):<6} {obj:<25} {code}"
