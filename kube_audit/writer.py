@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -34,36 +34,54 @@ VERBS = ["create", "patch", "update", "patch", "delete"]
 CODES = {"create": 201, "patch": 200, "update": 200, "delete": 200}
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _stamp(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def audit_event(rng: random.Random, seq: int) -> dict[str, Any]:
-    """One ResponseComplete event; ``seq`` rides along in an annotation so a reader can check for gaps."""
-    user, groups = rng.choice(USERS)
-    group, version, resource, kind, namespace, name = rng.choice(OBJECTS)
-    verb = rng.choice(VERBS)
+def make_event(user: str, groups: list[str], verb: str, obj: tuple[str, str, str, str, str, str],
+               spec: dict[str, Any] | None = None, state: dict[str, Any] | None = None, code: int | None = None,
+               audit_id: str | None = None, received: datetime | None = None) -> dict[str, Any]:
+    """One ResponseComplete event as the apiserver logs it at level RequestResponse.
+
+    ``obj`` is (group, version, resource, kind, namespace, name); ``spec`` the request's spec (of a create or
+    update; for a patch the merge patch of the spec), ``state`` the object's spec after it (default ``spec``),
+    logged as the response object. ``requestReceivedTimestamp`` is ``received`` (default: now), and
+    ``stageTimestamp`` a few milliseconds later, as the apiserver's response takes.
+    """
+    group, version, resource, kind, namespace, name = obj
+    received = received or datetime.now(UTC)
     prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
     uri = f"{prefix}/namespaces/{namespace}/{resource}" + ("" if verb == "create" else f"/{name}")
     ref = {"resource": resource, "namespace": namespace, "name": name, "apiVersion": version}
     if group:
         ref["apiGroup"] = group
-    stamp = _now()
     event: dict[str, Any] = {
         "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "RequestResponse",
-        "auditID": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "stage": "ResponseComplete",
+        "auditID": audit_id or str(uuid.uuid4()), "stage": "ResponseComplete",
         "requestURI": uri, "verb": verb, "user": {"username": user, "groups": [*groups, "system:authenticated"]},
         "sourceIPs": ["10.0.0.7"], "userAgent": "kubectl/v1.31.0", "objectRef": ref,
-        "responseStatus": {"metadata": {}, "code": CODES[verb]},
-        "requestReceivedTimestamp": stamp, "stageTimestamp": stamp,
-        "annotations": {"demo.kube-audit-forwarder.io/seq": str(seq)},
+        "responseStatus": {"metadata": {}, "code": code or CODES.get(verb, 200)},
+        "requestReceivedTimestamp": _stamp(received),
+        "stageTimestamp": _stamp(received + timedelta(milliseconds=3 + len(uri) % 7)),
     }
-    if verb in ("create", "update", "patch"):
-        spec = {"replicas": rng.randint(1, 5), "version": rng.choice(["15", "16"])}
-        body = {"kind": kind, "apiVersion": f"{group}/{version}" if group else version,
-                "metadata": {"name": name, "namespace": namespace}, "spec": spec}
-        event["requestObject"] = {"spec": spec} if verb == "patch" else body
-        event["responseObject"] = body
+    if spec is not None and verb in ("create", "update", "patch"):
+        def body(s: dict[str, Any]) -> dict[str, Any]:
+            return {"kind": kind, "apiVersion": f"{group}/{version}" if group else version,
+                    "metadata": {"name": name, "namespace": namespace}, "spec": s}
+
+        event["requestObject"] = {"spec": spec} if verb == "patch" else body(spec)
+        event["responseObject"] = body(spec if state is None else state)
+    return event
+
+
+def audit_event(rng: random.Random, seq: int) -> dict[str, Any]:
+    """One random ResponseComplete event; ``seq`` rides along in an annotation so a reader can check for gaps."""
+    user, groups = rng.choice(USERS)
+    obj = rng.choice(OBJECTS)
+    verb = rng.choice(VERBS)
+    spec = {"replicas": rng.randint(1, 5), "version": rng.choice(["15", "16"])}
+    event = make_event(user, groups, verb, obj, spec, audit_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)))
+    event["annotations"] = {"demo.kube-audit-forwarder.io/seq": str(seq)}
     return event
 
 

@@ -164,4 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the imported module, not this __main__ copy: the commands raise kubectl_audit.cli.CommandError,
+    # which is another class than __main__.CommandError
+    from kubectl_audit.cli import main as imported_main
+
+    sys.exit(imported_main())

@@ -13,6 +13,7 @@ from kube_audit.runtime.flags import (
     parse_bool,
     parse_duration,
     parse_hostport,
+    parse_limit,
     parse_size,
     read_secret,
 )
@@ -58,7 +59,7 @@ def build_parser() -> EnvParser:
                    help="forward connections open at once; more are closed at once, counted and logged once "
                         "per burst (default 512)")
     p.add_argument("--idle-timeout", type=parse_duration, default=600.0,
-                   help="close a forward connection that sent nothing for this long; 0 never (default 600s)")
+                   help="close a forward connection that sent nothing for this long; 0 never (default 10m)")
     p.add_argument("--max-buffered-bytes", type=parse_size, default=256 * 1024 * 1024,
                    help="partial messages of all connections together; the read that goes over closes its "
                         "connection, the sender retries (default 256Mi)")
@@ -128,8 +129,9 @@ def add_store_flags(p: EnvParser) -> None:
     p.add_argument("--data-dir", default="/var/lib/audit-tailer", help="where the SQLite store lives")
     p.add_argument("--retention-age", type=parse_duration, default=30 * 86400.0,
                    help="delete stored events older than this, e.g. 30d; 0 keeps them (default 30d)")
-    p.add_argument("--retention-bytes", type=parse_size, default=0,
-                   help="keep at most this much stored event JSON, e.g. 10Gi, oldest dropped first (default unlimited)")
+    p.add_argument("--retention-bytes", type=parse_limit, default=0,
+                   help="keep at most this much stored event JSON, e.g. 10Gi, oldest dropped first; "
+                        "0 or unlimited: no limit (default unlimited)")
     p.add_argument("--retention-interval", type=parse_duration, default=300.0,
                    help="time between retention runs (default 5m)")
     p.add_argument("--store-readers", type=int, default=4,
@@ -178,7 +180,7 @@ def add_api_flags(p: EnvParser) -> None:
     p.add_argument("--api-query-workers", type=int, default=2,
                    help="processes computing object views (versions, diff, bisect), off the event loop (default 2)")
     p.add_argument("--api-query-timeout", type=parse_duration, default=60.0,
-                   help="an object view taking longer answers 504 (default 60s)")
+                   help="an object view taking longer answers 504 (default 1m)")
 
 
 def store_settings(parser: EnvParser, args: argparse.Namespace) -> StoreSettings:

@@ -68,13 +68,17 @@ def _size(value: int) -> str:
 
 
 def _duration(value: float) -> str:
+    """As the help texts say it: the largest unit that is a whole number (30d, 5m, 10s, 200ms)."""
+    for suffix, factor in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if value >= factor and value % factor == 0:
+            return f"{value / factor:g}{suffix}"
     if value and value < 1:
         return f"{round(value * 1000)}ms"
     return f"{value:g}s"
 
 
 def _default(action: argparse.Action) -> str:
-    from kube_audit.runtime.flags import parse_duration, parse_size
+    from kube_audit.runtime.flags import parse_duration, parse_limit, parse_size
 
     value = action.default
     if value is None or value == [] or value is argparse.SUPPRESS:
@@ -83,9 +87,13 @@ def _default(action: argparse.Action) -> str:
         return '""'
     if isinstance(value, bool):
         text = str(value).lower()
-    elif isinstance(value, tuple) and len(value) == 2:
+    elif isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):  # host:port
         text = f"{value[0]}:{value[1]}"
-    elif action.type is parse_size and isinstance(value, int):
+    elif isinstance(value, tuple):  # a comma-separated list flag
+        text = ",".join(str(v) for v in value)
+    elif action.type is parse_limit and value == 0:
+        text = "unlimited"
+    elif action.type in (parse_size, parse_limit) and isinstance(value, int):
         text = _size(value)
     elif action.type is parse_duration and isinstance(value, int | float):
         text = _duration(value)

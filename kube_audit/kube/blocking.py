@@ -22,6 +22,12 @@ MERGE_PATCH = "application/merge-patch+json"
 CONFIG_ERRORS = (config.ConfigException, OSError, TypeError, ValueError, AttributeError, KeyError, yaml.YAMLError)
 
 
+def _unconfigured(exc: BaseException) -> KubeUnconfigured:
+    if isinstance(exc, yaml.YAMLError):  # the client parses the kubeconfig with PyYAML and lets this out
+        return KubeUnconfigured(f"the kubeconfig is not valid YAML: {one_line(exc)}")
+    return KubeUnconfigured(one_line(exc))
+
+
 def context_namespace(kubeconfig: str | None = None, context: str | None = None) -> str | None:
     """The namespace of a kubeconfig context (the current one by default), or in a pod the pod's; None
     when there is no kubeconfig or the context names none. Reads files only (no credentials, no network).
@@ -39,7 +45,7 @@ def context_namespace(kubeconfig: str | None = None, context: str | None = None)
             raise config.ConfigException(f"context {context!r} not found in the kubeconfig")
         return (chosen.get("context") or {}).get("namespace") or None
     except CONFIG_ERRORS as exc:
-        raise KubeUnconfigured(one_line(exc)) from exc
+        raise _unconfigured(exc) from exc
 
 
 def load(kubeconfig: str | None = None, context: str | None = None) -> client.Configuration:
@@ -52,7 +58,7 @@ def load(kubeconfig: str | None = None, context: str | None = None) -> client.Co
             config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg,
                                     persist_config=False)
     except CONFIG_ERRORS as exc:
-        raise KubeUnconfigured(one_line(exc)) from exc
+        raise _unconfigured(exc) from exc
     return cfg
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 TRUE = {"1", "true", "yes", "on"}
@@ -18,6 +20,29 @@ def parse_bool(value: str) -> bool:
     if lowered in FALSE:
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+class BoolFlag(argparse.Action):
+    """A boolean flag as users type it: ``--flag``, ``--no-flag``, or ``--flag true|false|yes|no|1|0``."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, default: Any = False, help: str | None = None,
+                 **_: Any) -> None:
+        negatives = [f"--no-{o[2:]}" for o in option_strings if o.startswith("--")]
+        super().__init__([*option_strings, *negatives], dest, nargs="?", default=default, help=help,
+                         metavar="BOOL")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
+        negative = bool(option_string and option_string.startswith("--no-"))
+        if values is None:
+            setattr(namespace, self.dest, not negative)
+            return
+        if negative:
+            raise argparse.ArgumentError(self, f"{option_string} takes no value (got {values!r})")
+        try:
+            setattr(namespace, self.dest, parse_bool(str(values)))
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentError(self, str(exc)) from None
 
 
 def parse_hostport(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
@@ -34,9 +59,19 @@ def parse_hostport(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]
     return host, number
 
 
-def parse_size(value: str) -> int:
-    """Bytes with an optional Ki/Mi/Gi (or K/M/G) suffix."""
-    units = {"ki": 1024, "mi": 1024**2, "gi": 1024**3, "k": 1000, "m": 1000**2, "g": 1000**3}
+def _number(text: str, value: str, example: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {example}, got {value!r}") from None
+    if not math.isfinite(number):  # float() takes inf and nan; neither is a size or a duration
+        raise argparse.ArgumentTypeError(f"expected a finite number like {example.split()[-1]}, got {value!r}")
+    return number
+
+
+def _bytes(value: str) -> int:
+    units = {"ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4, "k": 1000, "m": 1000**2, "g": 1000**3,
+             "t": 1000**4}
     text = value.strip().lower().removesuffix("b")
     for suffix, factor in units.items():  # noqa: B007 - factor is used after the break
         if text.endswith(suffix):
@@ -44,13 +79,25 @@ def parse_size(value: str) -> int:
             break
     else:
         number, factor = text, 1
-    try:
-        result = int(float(number) * factor)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size like 64Mi, got {value!r}") from None
+    result = int(_number(number, value, "a size like 64Mi") * factor)
+    if result < 0:
+        raise argparse.ArgumentTypeError(f"size must not be negative, got {value!r}")
+    return result
+
+
+def parse_size(value: str) -> int:
+    """Bytes with an optional Ki/Mi/Gi/Ti (or K/M/G/T) suffix; positive."""
+    result = _bytes(value)
     if result <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive, got {value!r}")
     return result
+
+
+def parse_limit(value: str) -> int:
+    """A size limit like parse_size, where ``0`` or ``unlimited`` means no limit (returned as 0)."""
+    if value.strip().lower() in ("unlimited", "none"):
+        return 0
+    return _bytes(value)
 
 
 def parse_duration(value: str) -> float:
@@ -62,10 +109,7 @@ def parse_duration(value: str) -> float:
             break
     else:
         scale = 1.0
-    try:
-        result = float(text) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a duration like 500ms or 5s, got {value!r}") from None
+    result = _number(text, value, "a duration like 5s") * scale
     if result < 0:
         raise argparse.ArgumentTypeError(f"duration must not be negative, got {value!r}")
     return result
@@ -101,6 +145,16 @@ class EnvParser(argparse.ArgumentParser):
         env = self.env_name(long)
         kwargs["help"] = f"{kwargs.get('help', '')} [env {env}]".strip()
         raw = os.environ.get(env)
+        if kwargs.get("type") is parse_bool:  # a switch as well as a value: --flag, --no-flag, --flag false
+            kwargs.pop("type")
+            kwargs.pop("metavar", None)
+            kwargs["action"] = BoolFlag
+            if raw is not None:
+                try:
+                    kwargs["default"] = parse_bool(raw)
+                except argparse.ArgumentTypeError as exc:
+                    self.error(f"{env}: {exc}")
+            return kwargs
         if raw is None:
             return kwargs
         action = kwargs.get("action")

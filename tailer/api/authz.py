@@ -19,6 +19,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,31 +75,49 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+_YAML_START = re.compile(r"^(-(\s|$)|\[|\{|[A-Za-z_][\w-]*:(\s|$))")
+
+
+def _is_yaml(text: str) -> bool:
+    """Chosen by content, not by the file's name: YAML starts with a list item, a flow list or map, or a key."""
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")), "")
+    return bool(_YAML_START.match(first))
+
+
+def _csv_entries(text: str, path: str) -> list[tuple[str, str, list[str]]]:
+    entries = []
+    for row in csv.reader(io.StringIO(text)):
+        if not row or row[0].strip().startswith("#"):
+            continue
+        if len(row) < 3:
+            raise AuthzConfigError(f"{path}: expected token,user,namespace[,...], got {len(row)} columns")
+        entries.append((row[0].strip(), row[1].strip(), [n.strip() for n in row[2:] if n.strip()]))
+    return entries
+
+
+def _yaml_entries(text: str, path: str) -> list[tuple[str, str, list[str]]]:
+    try:
+        data = yaml.safe_load(text) or []
+    except yaml.YAMLError as exc:
+        raise AuthzConfigError(f"{path}: not YAML: {' '.join(str(exc).split())}") from exc
+    if isinstance(data, dict):
+        data = data.get("tokens") or []
+    if not isinstance(data, list):
+        raise AuthzConfigError(f"{path}: expected a list of {{token, user, namespaces}}")
+    entries = []
+    for item in data:
+        if not isinstance(item, dict) or not item.get("token") or not item.get("user"):
+            raise AuthzConfigError(f"{path}: every entry needs token and user")
+        namespaces = item.get("namespaces", [])
+        if isinstance(namespaces, str):
+            namespaces = [namespaces]
+        entries.append((str(item["token"]), str(item["user"]), [str(n) for n in namespaces]))
+    return entries
+
+
 def parse_token_file(text: str, path: str) -> dict[str, tuple[Identity, frozenset[str]]]:
-    entries: list[tuple[str, str, list[str]]] = []
-    if path.endswith(".csv"):
-        for row in csv.reader(io.StringIO(text)):
-            if not row or row[0].strip().startswith("#"):
-                continue
-            if len(row) < 3:
-                raise AuthzConfigError(f"{path}: expected token,user,namespace[,...], got {len(row)} columns")
-            entries.append((row[0].strip(), row[1].strip(), [n.strip() for n in row[2:] if n.strip()]))
-    else:
-        try:
-            data = yaml.safe_load(text) or []
-        except yaml.YAMLError as exc:
-            raise AuthzConfigError(f"{path}: not YAML: {exc}") from exc
-        if isinstance(data, dict):
-            data = data.get("tokens") or []
-        if not isinstance(data, list):
-            raise AuthzConfigError(f"{path}: expected a list of {{token, user, namespaces}}")
-        for item in data:
-            if not isinstance(item, dict) or not item.get("token") or not item.get("user"):
-                raise AuthzConfigError(f"{path}: every entry needs token and user")
-            namespaces = item.get("namespaces", [])
-            if isinstance(namespaces, str):
-                namespaces = [namespaces]
-            entries.append((str(item["token"]), str(item["user"]), [str(n) for n in namespaces]))
+    """CSV ``token,user,namespace[,...]`` lines or a YAML list of {token, user, namespaces}, told apart by content."""
+    entries = _yaml_entries(text, path) if _is_yaml(text) else _csv_entries(text, path)
     out: dict[str, tuple[Identity, frozenset[str]]] = {}
     scopes: dict[str, frozenset[str]] = {}  # namespaces are looked up by user: one set per user
     for token, user, namespaces in entries:

@@ -40,3 +40,16 @@ def test_write_replaces_only_the_marked_blocks(tmp_path: Path) -> None:
     assert out == "intro\n<!-- flags:tailer:start -->\n| new |\n<!-- flags:tailer:end -->\noutro\n"
     with pytest.raises(ValueError, match="flags:forwarder:start"):
         flagtable.update(text, {"forwarder": "x\n"})
+
+
+def test_defaults_read_as_help_says_them() -> None:
+    """`--help` says "(default 30d)"; the table says 30d, not 2.592e+06s (sizes: 0 is "unlimited", not 0Gi)."""
+    import re
+
+    for name, factory in flagtable.PARSERS.items():
+        for action in factory()._actions:
+            said = re.search(r"\(default ([^\s;,)]+)", action.help or "")
+            if said and action.default is not None:
+                assert flagtable._default(action) == said.group(1).rstrip(":"), (name, action.option_strings, said.group(1))
+    assert flagtable._duration(30 * 86400.0) == "30d" and flagtable._duration(300.0) == "5m"
+    assert flagtable._duration(0.2) == "200ms" and flagtable._duration(90.0) == "90s"
