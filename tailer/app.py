@@ -12,6 +12,7 @@ from tailer.configmaps.writer import connect_writer
 from tailer.errors import StoreUnavailable
 from tailer.ingest.listener import ForwardServer
 from tailer.ingest.pipeline import Observer, Pipeline, Sink
+from tailer.ingest.rejected import RejectedFile
 from tailer.ingest.stdout import StdoutSink
 from tailer.metrics import TailerMetrics
 from tailer.settings import Settings
@@ -30,12 +31,13 @@ async def serve(settings: Settings, stop: asyncio.Event) -> int:
         # lines would repeat on every failed attempt. Committed first, a repeat on stdout happens only
         # when stdout itself failed after the commit, and the store drops the resend by (auditID, stage).
         # The ack still waits for both (Pipeline.deliver).
-        sinks.append(StdoutSink(metrics))
+        sinks.append(StdoutSink(metrics, redact=settings.stdout_redact))
     observers: list[Observer] = []
     configmaps = await connect_writer(settings.configmaps, metrics)
     if configmaps is not None:
         observers.append(configmaps)
-    pipeline = Pipeline(sinks, metrics, observers)
+    rejected = RejectedFile(settings.rejected_file, metrics) if settings.rejected_file else None
+    pipeline = Pipeline(sinks, metrics, observers, rejected)
     forward = ForwardServer(settings.forward, pipeline, metrics)
     ready = False
     web_app = build_app(metrics.registry, ready=lambda: ready)

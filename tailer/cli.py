@@ -53,6 +53,12 @@ def build_parser() -> EnvParser:
                    help="largest single forward message, also after gzip (default 64Mi)")
     p.add_argument("--stdout", type=parse_bool, default=True, metavar="BOOL",
                    help="print each audit event as one JSON line on stdout (default true)")
+    p.add_argument("--stdout-redact", type=parse_bool, default=True, metavar="BOOL",
+                   help="redact Secret values and tokens on stdout as in the store; false prints events "
+                        "unchanged (default true)")
+    p.add_argument("--rejected-file", default="",
+                   help="JSON lines of records that can never be stored as audit events (default "
+                        "<data-dir>/rejected.jsonl; none keeps no file)")
     p.add_argument("--shutdown-timeout", type=parse_duration, default=10.0,
                    help="time to finish in-flight chunks on SIGTERM (default 10s)")
     add_configmap_flags(p)
@@ -172,6 +178,9 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         ),
         http=HttpSettings(host=args.http_listen[0], port=args.http_listen[1]),
         stdout=args.stdout,
+        stdout_redact=args.stdout_redact,
+        rejected_file=None if args.rejected_file == "none" else (
+            args.rejected_file or os.path.join(args.data_dir, "rejected.jsonl")),
         log_level=args.log_level,
         shutdown_timeout=args.shutdown_timeout,
         configmaps=configmap_settings(parser, args),

@@ -18,6 +18,11 @@ class TailerMetrics:
         self.connections = Counter("tailer_connections", "Connections accepted", registry=r)
         self.open_connections = Gauge("tailer_connections_open", "Connections open now", registry=r)
         self.unencodable = Counter("tailer_records_unencodable", "Records that needed the slow JSON fallback", registry=r)
+        self.records_rejected = Counter("tailer_records_rejected", "Records that can never be stored as audit "
+                                        "events: acked, kept raw on stdout and in the rejected-records file",
+                                        ["reason"], registry=r)
+        self.rejected_file_errors = Counter("tailer_rejected_file_errors", "Failed writes to the rejected-records file",
+                                            registry=r)
         self.sink_errors = Counter("tailer_sink_errors", "Chunks a sink failed to take (not acked)", ["sink"], registry=r)
         # audit ConfigMaps (tailer/configmaps/writer.py)
         self.configmap_writes = Counter("tailer_configmap_writes", "ConfigMap writes by result", ["result"], registry=r)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,14 @@ from kube_audit.model.redact import REDACTED, is_secret, redact  # noqa: F401  (
 
 MUTATING_VERBS = frozenset({"create", "update", "patch", "delete"})
 _ORJSON_OPTS = orjson.OPT_NON_STR_KEYS
+MAX_DEPTH = 100  # nested maps and lists; Kubernetes objects stay far below, JSON libraries stop near 255
+MAX_CODE = 2**31 - 1  # responseStatus.code is an int32 in Kubernetes (and an INTEGER column)
+# Longest value of the fields the store indexes, in UTF-8 bytes: Kubernetes names are at most 253
+# characters; the bound keeps a composite index entry under PostgreSQL's 2,704-byte B-tree limit.
+MAX_FIELD = {"auditID": 253, "stage": 64, "verb": 64, "level": 64, "username": 1024, "apiGroup": 253,
+             "resource": 253, "namespace": 253, "name": 1024, "subresource": 253}
+REJECT_REASONS = ("not_a_map", "not_an_audit_event", "bad_shape", "bad_code", "too_deep", "non_string_key",
+                  "invalid_unicode", "non_finite_number", "nul_in_field", "field_too_long", "store_refused")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +67,24 @@ class EventView:
 class Rejected:
     """A record that cannot be stored as an audit event; ``reason`` is a short metric label."""
 
-    record: Any
+    record: Any  # as received
     reason: str
     detail: str
-    json: bytes  # the record as received, as JSON (no newline)
-    unencodable: bool = False  # its JSON needed the slow path
+    json: bytes  # the record as JSON (no newline), Secret values and credentials redacted when it could be
+    unencodable: bool = False  # its JSON needed a slow path
+    redacted: bool = False  # ``json`` differs from the record as received
+
+
+def reject(record: Any, reason: str, detail: str = "") -> Rejected:
+    """A Rejected for ``record``; redaction is tried (a record of an odd shape may defeat it)."""
+    body = record
+    if isinstance(record, dict):
+        try:
+            body = redact(record)
+        except Exception:  # e.g. nesting too deep to copy: kept as it came
+            body = record
+    data, slow = dumps(body)
+    return Rejected(record, reason, detail, data, slow, body is not record)
 
 
 class _Reject(Exception):
@@ -146,19 +168,112 @@ def _fallback(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
+def _plain(obj: Any, depth: int = 0) -> Any:
+    """What JSON can hold, for a record that neither encoder takes (non-string keys such as bytes or
+    tuples, nesting past the encoders' limits): keys become strings, deep values a marker."""
+    if depth > 2 * MAX_DEPTH:
+        return "<nested too deep>"
+    if isinstance(obj, dict):
+        return {(k if isinstance(k, str) else str(_fallback_or_repr(k))): _plain(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v, depth + 1) for v in obj]
+    if isinstance(obj, str):
+        return obj.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if obj is None or isinstance(obj, bool | int | float):
+        return obj
+    return _fallback_or_repr(obj)
+
+
+def _fallback_or_repr(value: Any) -> Any:
+    try:
+        return _fallback(value)
+    except TypeError:
+        return repr(value)
+
+
 def dumps(obj: Any) -> tuple[bytes, bool]:
-    """Compact JSON of ``obj`` (no newline) and whether the slow path was needed (e.g. lone surrogates)."""
+    """Compact JSON of ``obj`` (no newline) and whether a slow path was needed (lone surrogates, odd
+    keys, deep nesting). Never raises."""
     try:
         return orjson.dumps(obj, default=_fallback, option=_ORJSON_OPTS), False
     except TypeError:
-        return json.dumps(obj, default=_fallback, separators=(",", ":")).encode("utf-8"), True
+        pass
+    try:
+        return json.dumps(obj, default=_fallback, separators=(",", ":"), allow_nan=False).encode("utf-8"), True
+    except (TypeError, ValueError, RecursionError):
+        return orjson.dumps(_plain(obj), option=_ORJSON_OPTS), True
+
+
+def _walk(record: dict[str, Any]) -> None:
+    """Depth, map keys, strings and numbers of the whole record; iterative (no recursion limit)."""
+    stack: list[tuple[Any, int]] = [(record, 1)]
+    while stack:
+        value, depth = stack.pop()
+        kind = type(value)
+        if kind is str:
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise _Reject("invalid_unicode", "a string with a lone surrogate (invalid UTF-8)") from None
+        elif kind is dict:
+            if depth > MAX_DEPTH:
+                raise _Reject("too_deep", f"nested deeper than {MAX_DEPTH} levels")
+            for key, item in value.items():
+                if type(key) is not str:
+                    raise _Reject("non_string_key", f"a map key of type {type(key).__name__}")
+                stack.append((key, depth))
+                stack.append((item, depth + 1))
+        elif kind is list or kind is tuple:
+            if depth > MAX_DEPTH:
+                raise _Reject("too_deep", f"nested deeper than {MAX_DEPTH} levels")
+            stack.extend((item, depth + 1) for item in value)
+        elif kind is float and not math.isfinite(value):
+            raise _Reject("non_finite_number", f"a number {value}")
+
+
+def _field(where: dict[str, Any], name: str, path: str) -> None:
+    value = where.get(name)
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise _Reject("bad_shape", f"{path} is a {type(value).__name__}, not a string")
+    if "\x00" in value:
+        raise _Reject("nul_in_field", f"{path} holds a NUL character")
+    limit = MAX_FIELD.get(name)
+    if limit is not None and len(value) > limit // 4 and len(value.encode("utf-8")) > limit:
+        raise _Reject("field_too_long", f"{path} is longer than {limit} bytes")
+
+
+def _map_field(record: dict[str, Any], name: str) -> dict[str, Any]:
+    value = record.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Reject("bad_shape", f"{name} is a {type(value).__name__}, not a map")
+    return value
 
 
 def _check(record: Any) -> None:
     if not isinstance(record, dict):
         raise _Reject("not_a_map", type(record).__name__)
+    _walk(record)
     if not record.get("auditID") or not record.get("stage"):
         raise _Reject("not_an_audit_event", "no auditID or stage")
+    for name in ("auditID", "stage", "verb", "level", "stageTimestamp", "requestURI"):
+        _field(record, name, name)
+    user, ref, status = (_map_field(record, n) for n in ("user", "objectRef", "responseStatus"))
+    _field(user, "username", "user.username")
+    groups = user.get("groups")
+    if groups is not None and not (isinstance(groups, list) and all(isinstance(g, str) for g in groups)):
+        raise _Reject("bad_shape", "user.groups is not a list of strings")
+    for name in ("apiGroup", "apiVersion", "resource", "namespace", "name", "subresource"):
+        _field(ref, name, f"objectRef.{name}")
+    code = status.get("code")
+    if code is not None and (type(code) is not int or not 0 <= code <= MAX_CODE):
+        raise _Reject("bad_code", f"responseStatus.code {str(code)[:24]} is not an HTTP status")
 
 
 def parse(record: Any) -> AuditEvent | Rejected:
@@ -166,8 +281,7 @@ def parse(record: Any) -> AuditEvent | Rejected:
     try:
         _check(record)
     except _Reject as exc:
-        data, slow = dumps(record)
-        return Rejected(record, exc.reason, exc.detail, data, slow)
+        return reject(record, exc.reason, exc.detail)
     v = view(record)
     body = redact(record)
     data, slow = dumps(body)

@@ -53,7 +53,26 @@ INSERT INTO audit_pruned (id, max_seq) VALUES (1, 0) ON CONFLICT (id) DO NOTHING
 
 
 class StoreError(RuntimeError):
-    """The database failed; the chunk is not acked and will be resent."""
+    """The database failed. ``transient`` (it is down, locked, full): the chunk is not acked and will be
+    resent. Not transient: what was sent can never be stored (the sink then finds the records and
+    rejects them, so that the rest is stored and acked)."""
+
+    def __init__(self, message: str, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+# SQLSTATE classes of errors caused by the data, not the database's state: 22 data exception (a NUL
+# byte, a number out of range), 23 integrity constraint, 54 program limit (an index row too large)
+_DETERMINISTIC_SQLSTATE = ("22", "23", "54")
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, psycopg.Error):
+        return not (exc.sqlstate or "").startswith(_DETERMINISTIC_SQLSTATE)
+    if isinstance(exc, sqlite3.Error):
+        return isinstance(exc, sqlite3.OperationalError)  # locked, I/O error, disk full
+    return False  # OverflowError, UnicodeEncodeError, ...: binding the values failed
 
 
 @dataclass(frozen=True)
@@ -146,12 +165,12 @@ class Store:
     async def _run(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, fn)
-        except (sqlite3.Error, psycopg.Error) as exc:
+        except (sqlite3.Error, psycopg.Error, OverflowError, UnicodeError) as exc:
             for name in ("_wconn", "_rconn"):  # a broken PostgreSQL connection is reopened on next use
                 conn = getattr(self, name)
                 if self.postgres and conn is not None and (conn.broken or conn.closed):
                     setattr(self, name, None)
-            raise StoreError(f"{self.kind}: {exc}") from exc
+            raise StoreError(f"{self.kind}: {exc}", is_transient(exc)) from exc
 
     def _sql(self, text: str) -> str:
         return text.replace("?", "%s") if self.postgres else text
