@@ -325,7 +325,7 @@ class Store:
         # the events that can make a version (provenance.makes_version also drops dry runs)
         where = ("resource = ? AND namespace = ? AND name = ? AND stage = 'ResponseComplete' "
                  "AND verb IN ('create', 'update', 'patch', 'delete') AND code >= 200 AND code < 300 "
-                 "AND subresource IN ('', 'status')")
+                 "AND subresource IN ('', 'status', 'scale')")
         args: list[Any] = [resource, namespace, name]
         if group is not None:
             where += " AND api_group = ?"
