@@ -16,7 +16,7 @@ from tests.helpers.sender import Sender
 
 VALUE = "c2VjcmV0LXZhbHVl"  # what must never be seen
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.bearer-token"
-APPLIED = '{"apiVersion":"v1","data":{"password":"%s"},"kind":"Secret"}' % VALUE
+APPLIED = '{"apiVersion":"v1","data":{"password":"' + VALUE + '"},"kind":"Secret"}'
 
 
 def secret(**kw: Any) -> dict[str, Any]:
