@@ -36,7 +36,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> int:
     configmaps = await connect_writer(settings.configmaps, metrics)
     if configmaps is not None:
         observers.append(configmaps)
-    rejected = RejectedFile(settings.rejected_file, metrics) if settings.rejected_file else None
+    rejected = (RejectedFile(settings.rejected_file, metrics, settings.rejected_file_max_bytes)
+                if settings.rejected_file else None)
     pipeline = Pipeline(sinks, metrics, observers, rejected)
     forward = ForwardServer(settings.forward, pipeline, metrics)
     ready = False
