@@ -234,6 +234,30 @@ def _walk(record: dict[str, Any]) -> None:
             raise _Reject("non_finite_number", f"a number {value}")
 
 
+def _containers(record: dict[str, Any]) -> None:
+    """Depth and numbers only: what a strict orjson encoding does not check."""
+    stack: list[tuple[Any, int]] = [(record, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise _Reject("too_deep", f"nested deeper than {MAX_DEPTH} levels")
+        for item in value.values() if type(value) is dict else value:
+            kind = type(item)
+            if kind is dict or kind is list:
+                stack.append((item, depth + 1))
+            elif kind is float and not math.isfinite(item):
+                raise _Reject("non_finite_number", f"a number {item}")
+
+
+def _strict_json(record: dict[str, Any]) -> bytes | None:
+    """The record's JSON when orjson takes it strictly (string keys, valid UTF-8, JSON types, depth under
+    255), which leaves only depth and non-finite numbers to check; else None (the full walk decides)."""
+    try:
+        return orjson.dumps(record)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return None
+
+
 def _field(where: dict[str, Any], name: str, path: str) -> None:
     value = where.get(name)
     if value is None:
@@ -256,10 +280,13 @@ def _map_field(record: dict[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
-def _check(record: Any) -> None:
+def _check(record: Any, strict: bytes | None) -> None:
     if not isinstance(record, dict):
         raise _Reject("not_a_map", type(record).__name__)
-    _walk(record)
+    if strict is None:
+        _walk(record)
+    elif strict.count(b"{") + strict.count(b"[") > MAX_DEPTH or b"null" in strict:  # NaN and inf encode as null
+        _containers(record)
     if not record.get("auditID") or not record.get("stage"):
         raise _Reject("not_an_audit_event", "no auditID or stage")
     for name in ("auditID", "stage", "verb", "level", "stageTimestamp", "requestURI"):
@@ -278,11 +305,12 @@ def _check(record: Any) -> None:
 
 def parse(record: Any) -> AuditEvent | Rejected:
     """The typed view of one received record, or why it cannot be stored."""
+    strict = _strict_json(record) if isinstance(record, dict) else None
     try:
-        _check(record)
+        _check(record, strict)
     except _Reject as exc:
         return reject(record, exc.reason, exc.detail)
     v = view(record)
     body = redact(record)
-    data, slow = dumps(body)
+    data, slow = (strict, False) if body is record and strict is not None else dumps(body)
     return AuditEvent(record, v, body, data, parse_time(v.stage_timestamp), slow)
