@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kube_audit.model.audit import (
     REJECT_REASONS,
@@ -154,3 +157,28 @@ def test_dumps_never_raises() -> None:
     for value in ({b"k": {(1, 2): "x"}}, {"a": "\udcff", 1: float("nan")}, _deep(3000), [b"\xff", 2**70]):
         data, _ = dumps(value)
         json.loads(data)
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(),
+                     st.binary(max_size=8))
+_KEYS = st.one_of(st.text(max_size=8), st.integers(), st.binary(max_size=4), st.sampled_from(
+    ["auditID", "stage", "user", "objectRef", "responseStatus", "code", "groups", "username", "name"]))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+                       max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_KEYS, _VALUES, max_size=8), st.booleans())
+def test_parse_never_raises_and_what_it_accepts_can_be_stored(record: dict, audit: bool) -> None:
+    if audit:
+        record = {**record, "auditID": "a", "stage": "ResponseComplete"}
+    out = parse(record)
+    if isinstance(out, AuditEvent):  # what the store indexes is text of bounded size, the body valid JSON
+        v = out.view
+        for text in (v.audit_id, v.stage, v.verb, v.user, v.group, v.resource, v.namespace, v.name):
+            assert "\x00" not in text and len(text.encode("utf-8")) <= 1024
+        assert v.code is None or 0 <= v.code < 2**31
+        orjson.loads(out.json)  # how the store reads it back: strict (no NaN, valid UTF-8)
+    else:
+        assert out.reason in REJECT_REASONS
+        json.loads(out.json)
