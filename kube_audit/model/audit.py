@@ -40,7 +40,7 @@ class ObjectKey:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every record on the ack path, and frozen init is slow
 class EventView:
     audit_id: str
     stage: str
@@ -258,26 +258,31 @@ def _strict_json(record: dict[str, Any]) -> bytes | None:
         return None
 
 
-def _field(where: dict[str, Any], name: str, path: str) -> None:
-    value = where.get(name)
-    if value is None:
-        return
-    if not isinstance(value, str):
-        raise _Reject("bad_shape", f"{path} is a {type(value).__name__}, not a string")
-    if "\x00" in value:
-        raise _Reject("nul_in_field", f"{path} holds a NUL character")
-    limit = MAX_FIELD.get(name)
-    if limit is not None and len(value) > limit // 4 and len(value.encode("utf-8")) > limit:
-        raise _Reject("field_too_long", f"{path} is longer than {limit} bytes")
+_FIELDS = (("", ("auditID", "stage", "verb", "level", "stageTimestamp", "requestURI")),
+           ("user", ("username",)),
+           ("objectRef", ("apiGroup", "apiVersion", "resource", "namespace", "name", "subresource")))
+_SHORT = {name: limit // 4 for name, limit in MAX_FIELD.items()}  # this many characters always fit
 
 
-def _map_field(record: dict[str, Any], name: str) -> dict[str, Any]:
-    value = record.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _Reject("bad_shape", f"{name} is a {type(value).__name__}, not a map")
-    return value
+def _fields(record: dict[str, Any], nul: bool) -> None:
+    """The string fields the store and the views read: strings, no NUL (when ``nul``), bounded."""
+    for where, names in _FIELDS:
+        holder = record.get(where) if where else record
+        if holder is None:
+            continue
+        if type(holder) is not dict:
+            raise _Reject("bad_shape", f"{where} is a {type(holder).__name__}, not a map")
+        for name in names:
+            value = holder.get(name)
+            if value is None:
+                continue
+            path = f"{where}.{name}" if where else name
+            if type(value) is not str:
+                raise _Reject("bad_shape", f"{path} is a {type(value).__name__}, not a string")
+            if nul and "\x00" in value:
+                raise _Reject("nul_in_field", f"{path} holds a NUL character")
+            if len(value) > _SHORT.get(name, 1 << 62) and len(value.encode("utf-8")) > MAX_FIELD[name]:
+                raise _Reject("field_too_long", f"{path} is longer than {MAX_FIELD[name]} bytes")
 
 
 def _check(record: Any, strict: bytes | None) -> None:
@@ -289,16 +294,14 @@ def _check(record: Any, strict: bytes | None) -> None:
         _containers(record)
     if not record.get("auditID") or not record.get("stage"):
         raise _Reject("not_an_audit_event", "no auditID or stage")
-    for name in ("auditID", "stage", "verb", "level", "stageTimestamp", "requestURI"):
-        _field(record, name, name)
-    user, ref, status = (_map_field(record, n) for n in ("user", "objectRef", "responseStatus"))
-    _field(user, "username", "user.username")
-    groups = user.get("groups")
-    if groups is not None and not (isinstance(groups, list) and all(isinstance(g, str) for g in groups)):
+    _fields(record, strict is None or b"\\u0000" in strict)
+    groups = (record.get("user") or {}).get("groups")
+    if groups is not None and not (type(groups) is list and all(type(g) is str for g in groups)):
         raise _Reject("bad_shape", "user.groups is not a list of strings")
-    for name in ("apiGroup", "apiVersion", "resource", "namespace", "name", "subresource"):
-        _field(ref, name, f"objectRef.{name}")
-    code = status.get("code")
+    status = record.get("responseStatus")
+    if status is not None and type(status) is not dict:
+        raise _Reject("bad_shape", f"responseStatus is a {type(status).__name__}, not a map")
+    code = status.get("code") if status else None
     if code is not None and (type(code) is not int or not 0 <= code <= MAX_CODE):
         raise _Reject("bad_code", f"responseStatus.code {str(code)[:24]} is not an HTTP status")
 
