@@ -182,3 +182,18 @@ def test_parse_never_raises_and_what_it_accepts_can_be_stored(record: dict, audi
     else:
         assert out.reason in REJECT_REASONS
         json.loads(out.json)
+
+
+def test_the_model_is_pure() -> None:
+    """kube_audit/model and kube_audit/contract import no owner of an outside system (issue 10)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys\nimport kube_audit.contract, kube_audit.model.audit, kube_audit.model.provenance, "
+            "kube_audit.model.entry\nprint(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    mods = set(subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                              capture_output=True, text=True, timeout=60, check=True).stdout.split())
+    owners = {"kubernetes", "aiohttp", "httpx", "psycopg", "sqlite3", "watchdog", "prometheus_client", "structlog",
+              "tenacity", "socket", "asyncio", "tailer", "forwarder", "kubectl_audit", "fluent_forward"}
+    assert not mods & owners, mods & owners
