@@ -99,8 +99,6 @@ def event_filters(args: argparse.Namespace) -> dict[str, Any]:
 
 EVENT_HEADER = ["TIME", "STAGE", "USER", "VERB", "RESOURCE", "NAMESPACE", "NAME", "CODE"]
 EVENT_WIDTHS = [27, 17, 20, 6, 20, 12, 16, 4]  # a watch prints rows before it has seen them all
-STAGES = {"RequestReceived": "Received", "ResponseStarted": "Started", "ResponseComplete": "Complete",
-          "Panic": "Panic"}
 
 
 def event_row(ev: dict[str, Any]) -> list[Any]:

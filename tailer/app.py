@@ -15,6 +15,7 @@ from tailer.configmaps.stage import ConfigMapStage
 from tailer.errors import StoreUnavailable
 from tailer.ingest.listener import ForwardServer
 from tailer.ingest.pipeline import Observer, Pipeline, Sink
+from tailer.ingest.rejected import RejectedFile
 from tailer.ingest.stdout import StdoutSink
 from tailer.metrics import TailerMetrics
 from tailer.settings import Settings
@@ -39,7 +40,7 @@ async def start(settings: Settings, rt: Runtime) -> None:
         # lines would repeat on every failed attempt. Committed first, a repeat on stdout happens only
         # when stdout itself failed after the commit, and the store drops the resend by (auditID, stage).
         # The ack still waits for both (Pipeline.deliver).
-        sinks.append(StdoutSink(metrics, executor=rt.executor("stdout", 1)))
+        sinks.append(StdoutSink(metrics, executor=rt.executor("stdout", 1), redact=settings.stdout_redact))
     configmaps = await ConfigMapStage.open(settings.configmaps, metrics, store)
     observers: list[Observer] = []
     if configmaps is not None:
@@ -47,7 +48,9 @@ async def start(settings: Settings, rt: Runtime) -> None:
             observers.append(configmaps.observer)
         if store_sink is not None:
             store_sink.on_commit = _both(store_sink.on_commit, configmaps.notify)
-    pipeline = Pipeline(sinks, metrics, observers)
+    rejected = (RejectedFile(settings.rejected_file, metrics, settings.rejected_file_max_bytes)
+                if settings.rejected_file else None)
+    pipeline = Pipeline(sinks, metrics, observers, rejected)
     forward = ForwardServer(settings.forward, pipeline, metrics)
     # not ready while the store refuses writes (a full disk, PostgreSQL down): every chunk would be refused
     web_app = build_app(metrics.registry, ready=lambda: state["ready"] and (store is None or store.healthy))

@@ -67,6 +67,14 @@ def build_parser() -> EnvParser:
                    help="most entries in one forward message; more closes the connection (default 100000)")
     p.add_argument("--stdout", type=parse_bool, default=True, metavar="BOOL",
                    help="print each audit event as one JSON line on stdout (default true)")
+    p.add_argument("--stdout-redact", type=parse_bool, default=True, metavar="BOOL",
+                   help="redact Secret values and tokens on stdout as in the store; false prints events "
+                        "unchanged (default true)")
+    p.add_argument("--rejected-file", default=None,
+                   help="JSON lines of records that can never be stored as audit events (default "
+                        "<data-dir>/rejected.jsonl; none keeps no file)")
+    p.add_argument("--rejected-file-max-bytes", type=parse_size, default=256 * 1024**2,
+                   help="the rejected-records file stops growing at this size (default 256Mi)")
     p.add_argument("--shutdown-timeout", type=parse_duration, default=10.0,
                    help="time to finish in-flight chunks on SIGTERM (default 10s)")
     add_configmap_flags(p)
@@ -292,6 +300,10 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         forward=forward,
         http=HttpSettings(host=args.http_listen[0], port=args.http_listen[1]),
         stdout=args.stdout,
+        stdout_redact=args.stdout_redact,
+        rejected_file=None if args.rejected_file == "none" else (
+            args.rejected_file or os.path.join(args.data_dir, "rejected.jsonl")),
+        rejected_file_max_bytes=args.rejected_file_max_bytes,
         log_level=args.log_level,
         shutdown_timeout=args.shutdown_timeout,
         configmaps=configmap_settings(parser, args),

@@ -22,6 +22,11 @@ class TailerMetrics:
         self.idle_closed = Counter("tailer_connections_idle_closed", "Connections closed after --idle-timeout",
                                    registry=r)
         self.unencodable = Counter("tailer_records_unencodable", "Records that needed the slow JSON fallback", registry=r)
+        self.records_rejected = Counter("tailer_records_rejected", "Records that can never be stored as audit "
+                                        "events: acked, kept raw on stdout and in the rejected-records file",
+                                        ["reason"], registry=r)
+        self.rejected_file_errors = Counter("tailer_rejected_file_errors", "Rejected records not written to the "
+                                            "rejected-records file", ["reason"], registry=r)
         self.sink_errors = Counter("tailer_sink_errors", "Chunks a sink failed to take (not acked)", ["sink"], registry=r)
         # audit ConfigMaps (tailer/configmaps/writer.py)
         self.configmap_writes = Counter("tailer_configmap_writes", "ConfigMap writes by result", ["result"], registry=r)

@@ -81,6 +81,9 @@ class Settings:
     forward: ForwardSettings = ForwardSettings()
     http: HttpSettings = HttpSettings()
     stdout: bool = True  # one audit event per line on stdout
+    stdout_redact: bool = True  # Secret values and credentials redacted on stdout too
+    rejected_file: str | None = None  # JSON lines of records that can never be stored; None = none kept
+    rejected_file_max_bytes: int = 256 * 1024**2  # the file stops growing here
     log_level: str = "info"
     shutdown_timeout: float = 10.0  # seconds to finish in-flight chunks on SIGTERM
     configmaps: ConfigMapSettings = ConfigMapSettings()

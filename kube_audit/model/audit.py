@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,14 @@ from kube_audit.model.redact import REDACTED, is_secret, redact  # noqa: F401  (
 
 MUTATING_VERBS = frozenset({"create", "update", "patch", "delete"})
 _ORJSON_OPTS = orjson.OPT_NON_STR_KEYS
+MAX_DEPTH = 100  # nested maps and lists; Kubernetes objects stay far below, JSON libraries stop near 255
+MAX_CODE = 2**31 - 1  # responseStatus.code is an int32 in Kubernetes (and an INTEGER column)
+# Longest value of the fields the store indexes, in UTF-8 bytes: Kubernetes names are at most 253
+# characters; the bound keeps a composite index entry under PostgreSQL's 2,704-byte B-tree limit.
+MAX_FIELD = {"auditID": 253, "stage": 64, "verb": 64, "level": 64, "username": 1024, "apiGroup": 253,
+             "resource": 253, "namespace": 253, "name": 1024, "subresource": 253}
+REJECT_REASONS = ("not_a_map", "not_an_audit_event", "bad_shape", "bad_code", "too_deep", "non_string_key",
+                  "invalid_unicode", "non_finite_number", "nul_in_field", "field_too_long", "store_refused")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +40,7 @@ class ObjectKey:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every record on the ack path, and frozen init is slow
 class EventView:
     audit_id: str
     stage: str
@@ -58,11 +67,24 @@ class EventView:
 class Rejected:
     """A record that cannot be stored as an audit event; ``reason`` is a short metric label."""
 
-    record: Any
+    record: Any  # as received
     reason: str
     detail: str
-    json: bytes  # the record as received, as JSON (no newline)
-    unencodable: bool = False  # its JSON needed the slow path
+    json: bytes  # the record as JSON (no newline), Secret values and credentials redacted when it could be
+    unencodable: bool = False  # its JSON needed a slow path
+    redacted: bool = False  # ``json`` differs from the record as received
+
+
+def reject(record: Any, reason: str, detail: str = "") -> Rejected:
+    """A Rejected for ``record``; redaction is tried (a record of an odd shape may defeat it)."""
+    body = record
+    if isinstance(record, dict):
+        try:
+            body = redact(record)
+        except Exception:  # e.g. nesting too deep to copy: kept as it came
+            body = record
+    data, slow = dumps(body)
+    return Rejected(record, reason, detail, data, slow, body is not record)
 
 
 class _Reject(Exception):
@@ -146,29 +168,152 @@ def _fallback(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
+def _plain(obj: Any, depth: int = 0) -> Any:
+    """What JSON can hold, for a record that neither encoder takes (non-string keys such as bytes or
+    tuples, nesting past the encoders' limits): keys become strings, deep values a marker."""
+    if depth > 2 * MAX_DEPTH:
+        return "<nested too deep>"
+    if isinstance(obj, dict):
+        return {(k if isinstance(k, str) else str(_fallback_or_repr(k))): _plain(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v, depth + 1) for v in obj]
+    if isinstance(obj, str):
+        return obj.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if obj is None or isinstance(obj, bool | int | float):
+        return obj
+    return _fallback_or_repr(obj)
+
+
+def _fallback_or_repr(value: Any) -> Any:
+    try:
+        return _fallback(value)
+    except TypeError:
+        return repr(value)
+
+
 def dumps(obj: Any) -> tuple[bytes, bool]:
-    """Compact JSON of ``obj`` (no newline) and whether the slow path was needed (e.g. lone surrogates)."""
+    """Compact JSON of ``obj`` (no newline) and whether a slow path was needed (lone surrogates, odd
+    keys, deep nesting). Never raises."""
     try:
         return orjson.dumps(obj, default=_fallback, option=_ORJSON_OPTS), False
     except TypeError:
-        return json.dumps(obj, default=_fallback, separators=(",", ":")).encode("utf-8"), True
+        pass
+    try:
+        return json.dumps(obj, default=_fallback, separators=(",", ":"), allow_nan=False).encode("utf-8"), True
+    except (TypeError, ValueError, RecursionError):
+        return orjson.dumps(_plain(obj), option=_ORJSON_OPTS), True
 
 
-def _check(record: Any) -> None:
+def _walk(record: dict[str, Any]) -> None:
+    """Depth, map keys, strings and numbers of the whole record; iterative (no recursion limit)."""
+    stack: list[tuple[Any, int]] = [(record, 1)]
+    while stack:
+        value, depth = stack.pop()
+        kind = type(value)
+        if kind is str:
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise _Reject("invalid_unicode", "a string with a lone surrogate (invalid UTF-8)") from None
+        elif kind is dict:
+            if depth > MAX_DEPTH:
+                raise _Reject("too_deep", f"nested deeper than {MAX_DEPTH} levels")
+            for key, item in value.items():
+                if type(key) is not str:
+                    raise _Reject("non_string_key", f"a map key of type {type(key).__name__}")
+                stack.append((key, depth))
+                stack.append((item, depth + 1))
+        elif kind is list or kind is tuple:
+            if depth > MAX_DEPTH:
+                raise _Reject("too_deep", f"nested deeper than {MAX_DEPTH} levels")
+            stack.extend((item, depth + 1) for item in value)
+        elif kind is float and not math.isfinite(value):
+            raise _Reject("non_finite_number", f"a number {value}")
+
+
+def _containers(record: dict[str, Any]) -> None:
+    """Depth and numbers only: what a strict orjson encoding does not check."""
+    stack: list[tuple[Any, int]] = [(record, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise _Reject("too_deep", f"nested deeper than {MAX_DEPTH} levels")
+        for item in value.values() if type(value) is dict else value:
+            kind = type(item)
+            if kind is dict or kind is list:
+                stack.append((item, depth + 1))
+            elif kind is float and not math.isfinite(item):
+                raise _Reject("non_finite_number", f"a number {item}")
+
+
+def _strict_json(record: dict[str, Any]) -> bytes | None:
+    """The record's JSON when orjson takes it strictly (string keys, valid UTF-8, JSON types, depth under
+    255), which leaves only depth and non-finite numbers to check; else None (the full walk decides)."""
+    try:
+        return orjson.dumps(record)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return None
+
+
+_FIELDS = (("", ("auditID", "stage", "verb", "level", "stageTimestamp", "requestURI")),
+           ("user", ("username",)),
+           ("objectRef", ("apiGroup", "apiVersion", "resource", "namespace", "name", "subresource")))
+_SHORT = {name: limit // 4 for name, limit in MAX_FIELD.items()}  # this many characters always fit
+
+
+def _fields(record: dict[str, Any], nul: bool) -> None:
+    """The string fields the store and the views read: strings, no NUL (when ``nul``), bounded."""
+    for where, names in _FIELDS:
+        holder = record.get(where) if where else record
+        if holder is None:
+            continue
+        if type(holder) is not dict:
+            raise _Reject("bad_shape", f"{where} is a {type(holder).__name__}, not a map")
+        for name in names:
+            value = holder.get(name)
+            if value is None:
+                continue
+            path = f"{where}.{name}" if where else name
+            if type(value) is not str:
+                raise _Reject("bad_shape", f"{path} is a {type(value).__name__}, not a string")
+            if nul and "\x00" in value:
+                raise _Reject("nul_in_field", f"{path} holds a NUL character")
+            if len(value) > _SHORT.get(name, 1 << 62) and len(value.encode("utf-8")) > MAX_FIELD[name]:
+                raise _Reject("field_too_long", f"{path} is longer than {MAX_FIELD[name]} bytes")
+
+
+def _check(record: Any, strict: bytes | None) -> None:
     if not isinstance(record, dict):
         raise _Reject("not_a_map", type(record).__name__)
+    if strict is None:
+        _walk(record)
+    elif strict.count(b"{") + strict.count(b"[") > MAX_DEPTH or b"null" in strict:  # NaN and inf encode as null
+        _containers(record)
     if not record.get("auditID") or not record.get("stage"):
         raise _Reject("not_an_audit_event", "no auditID or stage")
+    _fields(record, strict is None or b"\\u0000" in strict)
+    groups = (record.get("user") or {}).get("groups")
+    if groups is not None and not (type(groups) is list and all(type(g) is str for g in groups)):
+        raise _Reject("bad_shape", "user.groups is not a list of strings")
+    status = record.get("responseStatus")
+    if status is not None and type(status) is not dict:
+        raise _Reject("bad_shape", f"responseStatus is a {type(status).__name__}, not a map")
+    code = status.get("code") if status else None
+    if code is not None and (type(code) is not int or not 0 <= code <= MAX_CODE):
+        raise _Reject("bad_code", f"responseStatus.code {str(code)[:24]} is not an HTTP status")
 
 
 def parse(record: Any) -> AuditEvent | Rejected:
     """The typed view of one received record, or why it cannot be stored."""
+    strict = _strict_json(record) if isinstance(record, dict) else None
     try:
-        _check(record)
+        _check(record, strict)
     except _Reject as exc:
-        data, slow = dumps(record)
-        return Rejected(record, exc.reason, exc.detail, data, slow)
+        return reject(record, exc.reason, exc.detail)
     v = view(record)
     body = redact(record)
-    data, slow = dumps(body)
+    data, slow = (strict, False) if body is record and strict is not None else dumps(body)
     return AuditEvent(record, v, body, data, parse_time(v.stage_timestamp), slow)

@@ -1,7 +1,8 @@
 """Provenance of one object from its audit events: versions, field history, diff, bisect. Pure, no I/O.
 
 A version is the object's state after a successful (2xx, stage ResponseComplete) create, update, patch
-or delete on the object itself or its ``status`` subresource. The state comes from, in order:
+or delete on the object itself or its ``status`` or ``scale`` subresource (``kubectl scale``: the
+replicas of the Scale become the object's ``spec.replicas``). The state comes from, in order:
 the response object (level RequestResponse), the request body of a create or update, or the patch in
 the request body applied to the previous known state (kube_audit/model/patch.py says how a patch is
 replayed, and when it cannot be: then the version is ``complete: false`` with a ``reason``).
@@ -22,7 +23,7 @@ from kube_audit.model.fields import MISSING, diff, get_field, parse_field  # noq
 from kube_audit.model.groups import is_builtin_group  # noqa: F401  (re-exported)
 from kube_audit.model.patch import PatchError, apply_patch, json_patch, merge_patch, patch_type  # noqa: F401
 
-VERSION_SUBRESOURCES = ("", "status")
+VERSION_SUBRESOURCES = ("", "status", "scale")
 
 
 # ---- which events make versions -------------------------------------------------------------------
@@ -53,11 +54,41 @@ def clean(obj: dict[str, Any]) -> dict[str, Any]:
 
 # ---- one step ------------------------------------------------------------------------------------
 
+def _scale(event: dict[str, Any], state: dict[str, Any] | None, known: bool,
+           builtin: bool) -> tuple[dict[str, Any] | None, str, str | None]:
+    """A write to the scale subresource: the Scale's ``spec.replicas`` is the object's."""
+    verb, req, resp = str(event.get("verb")), event.get("requestObject"), event.get("responseObject")
+    kind = patch_type(req) if verb == "patch" else None
+    if not known or state is None:
+        return None, "no known state before this scale", kind
+    spec = state.get("spec")
+    if not builtin and not (isinstance(spec, dict) and "replicas" in spec):
+        return None, "scale of a custom resource without spec.replicas: its replicas path is in the CRD", kind
+    current = {"spec": {"replicas": spec.get("replicas") if isinstance(spec, dict) else None}}
+    replicas: Any = MISSING
+    if isinstance(resp, dict) and resp.get("kind") == "Scale":
+        replicas = get_field(resp, "spec.replicas")
+    elif verb == "update" and isinstance(req, dict):
+        replicas = get_field(req, "spec.replicas")
+    elif verb == "patch" and req is not None:
+        scaled, kind, reason = apply_patch(current, req, False)
+        if scaled is None:
+            return None, reason, kind
+        replicas = get_field(scaled, "spec.replicas")
+    if not isinstance(replicas, int) or isinstance(replicas, bool):
+        return None, "scale body not logged (audit level Metadata)", kind
+    new = copy.deepcopy(state)
+    new["spec"] = {**(spec if isinstance(spec, dict) else {}), "replicas": replicas}
+    return new, "", kind
+
+
 def next_state(event: dict[str, Any], state: dict[str, Any] | None, known: bool,
                builtin: bool) -> tuple[dict[str, Any] | None, str, str | None]:
     """The object's state after one version-making ``event``: (state or None, reason when it is not
     known, inferred patch type of a patch). A delete gives None with no reason (the object is gone),
     or the object while finalizers hold it."""
+    if ((event.get("objectRef") or {}).get("subresource") or "") == "scale":
+        return _scale(event, state, known, builtin)
     verb = str(event.get("verb"))
     req, resp = event.get("requestObject"), event.get("responseObject")
     kind = patch_type(req) if verb == "patch" else None

@@ -1,12 +1,20 @@
 """Fan-out of received records to the sinks, each record validated once at this edge.
 
 ``deliver`` parses every record into the typed view of kube_audit/model/audit.py: an ``AuditEvent``,
-or a ``Rejected`` (a record that can never be stored as an audit event: kept raw on stdout, never
-stored). Gating sinks (the store, then stdout: see app.serve for why that order) get the parsed items in
-arrival order and are awaited in order before the chunk is acked; a failure means no ack, so the
-forwarder resends. Observers (audit ConfigMaps, the watch stream) are offered the records of the audit
-events after the gating sinks have them; ``offer`` must never block or raise into the ack path: an
-observer that is behind keeps its own bounded backlog and counts what it drops.
+or a ``Rejected`` (a record that can never be stored as an audit event). Gating sinks (the store, then
+stdout: see app.serve for why that order) get the parsed items in arrival order and are awaited in order
+before the chunk is acked.
+
+Failure policy (Vector's end-to-end acknowledgements, Fluent Bit's RETRY vs ERROR): a sink that raises
+failed transiently (the database is down) and the chunk is not acked, so the forwarder resends it. A
+sink that can take the chunk but not some of its records for good returns those as ``Rejected``
+(reason ``store_refused``). Rejected records are still acked: printed on stdout, appended to the
+rejected-records file, counted in ``tailer_records_rejected_total{reason}`` and logged once per reason;
+one odd record never stalls the stream behind it.
+
+Observers (audit ConfigMaps, the watch stream) are offered the records of the audit events after the
+gating sinks have them; ``offer`` must never block or raise into the ack path: an observer that is
+behind keeps its own bounded backlog and counts what it drops.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ Item = AuditEvent | Rejected
 class Sink(Protocol):
     name: str
 
-    async def write(self, items: Sequence[Item]) -> None: ...
+    async def write(self, items: Sequence[Item]) -> Sequence[Rejected] | None:
+        """Take the chunk durably or raise (transient: no ack); return the records refused for good."""
 
 
 class Observer(Protocol):
@@ -35,21 +44,34 @@ class Observer(Protocol):
     def offer(self, records: Sequence[Record]) -> None: ...
 
 
+class RejectedSink(Protocol):
+    async def write(self, items: Sequence[Rejected]) -> None: ...
+
+
 class Pipeline:
-    def __init__(self, sinks: Sequence[Sink], metrics: TailerMetrics, observers: Sequence[Observer] = ()) -> None:
+    def __init__(self, sinks: Sequence[Sink], metrics: TailerMetrics, observers: Sequence[Observer] = (),
+                 rejected: RejectedSink | None = None) -> None:
         self.sinks = list(sinks)
         self.observers = list(observers)
         self.metrics = metrics
+        self.rejected = rejected
+        self._reasons_logged: set[str] = set()
 
     async def deliver(self, records: Sequence[Record]) -> None:
         """Return once every gating sink has the records durably; raise if one failed."""
-        items = [parse(r) for r in records]
+        items: list[Item] = [parse(r) for r in records]
         for sink in self.sinks:
             try:
-                await sink.write(items)
+                refused = await sink.write(items)
             except Exception:
                 self.metrics.sink_errors.labels(sink.name).inc()
                 raise
+            if refused:
+                by_record = {id(r.record): r for r in refused}
+                items = [by_record.get(id(i.record), i) if isinstance(i, AuditEvent) else i for i in items]
+        rejected = [i for i in items if isinstance(i, Rejected)]
+        if rejected:
+            await self._reject(rejected)
         events = [i.record for i in items if isinstance(i, AuditEvent)]
         for observer in self.observers:
             try:
@@ -57,3 +79,14 @@ class Pipeline:
             except Exception as exc:  # an observer bug must not stop acks
                 self.metrics.sink_errors.labels(observer.name).inc()
                 log.error("observer_failed", observer=observer.name, error=repr(exc))
+
+    async def _reject(self, rejected: Sequence[Rejected]) -> None:
+        for r in rejected:
+            self.metrics.records_rejected.labels(r.reason).inc()
+            if r.reason not in self._reasons_logged:
+                self._reasons_logged.add(r.reason)
+                audit_id = r.record.get("auditID") if isinstance(r.record, dict) else None
+                log.warning("record_rejected", reason=r.reason, detail=r.detail, audit_id=str(audit_id)[:80],
+                            note="kept raw on stdout and in the rejected-records file; logged once per reason")
+        if self.rejected is not None:
+            await self.rejected.write(rejected)

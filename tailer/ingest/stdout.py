@@ -1,4 +1,8 @@
-"""The stdout sink: one compact JSON line per record, gating the ack."""
+"""The stdout sink: one compact JSON line per record, gating the ack.
+
+By default a line is the event with Secret values and credentials redacted (the same JSON the store
+keeps); ``--stdout-redact=false`` prints every record as received.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +17,16 @@ from tailer.metrics import TailerMetrics
 
 
 def encode_line(record: Any, metrics: TailerMetrics | None = None) -> bytes:
-    """The record as compact JSON plus newline; never raises for what msgpack can carry."""
+    """The record as compact JSON plus newline; never raises."""
     data, slow = dumps(record)
     if slow and metrics is not None:
         metrics.unencodable.inc()
     return data + b"\n"
 
 
-def line(item: AuditEvent | Rejected, metrics: TailerMetrics | None = None) -> bytes:
-    """What stdout prints for one parsed record: the event as received."""
-    if isinstance(item, AuditEvent) and item.redacted:
+def line(item: AuditEvent | Rejected, metrics: TailerMetrics | None = None, redact: bool = True) -> bytes:
+    """What stdout prints for one parsed record."""
+    if not redact and item.redacted:
         return encode_line(item.record, metrics)
     if item.unencodable and metrics is not None:
         metrics.unencodable.inc()
@@ -35,15 +39,17 @@ class StdoutSink:
 
     name = "stdout"
 
-    def __init__(self, metrics: TailerMetrics, fd: int = 1, executor: Executor | None = None) -> None:
+    def __init__(self, metrics: TailerMetrics, fd: int = 1, executor: Executor | None = None,
+                 redact: bool = True) -> None:
         self.metrics = metrics
         self.fd = fd
+        self.redact = redact
         # the stage's own thread (the runtime's "stdout" executor); never the loop's default executor
         self.executor = executor or ThreadPoolExecutor(1, thread_name_prefix="stdout")
         self._lock = asyncio.Lock()
 
     async def write(self, items: Sequence[AuditEvent | Rejected]) -> None:
-        data = b"".join(line(i, self.metrics) for i in items)
+        data = b"".join(line(i, self.metrics, self.redact) for i in items)
         async with self._lock:
             await asyncio.get_running_loop().run_in_executor(self.executor, self._write_all, data)
 

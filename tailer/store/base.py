@@ -31,7 +31,13 @@ ObjectRows = list[tuple[int, str, dict[str, Any]]]
 
 
 class StoreError(RuntimeError):
-    """The database failed; the chunk is not acked and will be resent."""
+    """The database failed. ``transient`` (it is down, locked, full): the chunk is not acked and will be
+    resent. Not transient: what was sent can never be stored (the sink then finds the records and
+    rejects them, so that the rest is stored and acked)."""
+
+    def __init__(self, message: str, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class Store:
@@ -102,7 +108,8 @@ class Store:
         try:
             result = await self._call(self._writer, fn)
         except StoreError as exc:
-            self.healthy, self.last_error = False, str(exc)
+            if exc.transient:  # the database's state; a record it refuses for good says nothing about it
+                self.healthy, self.last_error = False, str(exc)
             raise
         self.healthy = True
         return result
@@ -117,12 +124,16 @@ class Store:
     async def _call(self, pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, fn)
-        except self.errors as exc:
+        except self.errors + (OverflowError, UnicodeError) as exc:
             self._after_error()
-            raise StoreError(f"{self.kind}: {self._describe(exc)}") from exc
+            raise StoreError(f"{self.kind}: {self._describe(exc)}", self.is_transient(exc)) from exc
 
     def _describe(self, exc: BaseException) -> str:
         return str(exc).strip() or type(exc).__name__
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """The database's state (down, locked, full: resend later), not the data (never storable)."""
+        return False  # binding the values failed (OverflowError, UnicodeEncodeError, ...)
 
     # ---- writes ----
 
@@ -327,7 +338,7 @@ class Store:
         # the events that can make a version (provenance.makes_version also drops dry runs)
         where = (f"resource = {p} AND namespace = {p} AND name = {p} AND stage = 'ResponseComplete' "
                  "AND verb IN ('create', 'update', 'patch', 'delete') AND code >= 200 AND code < 300 "
-                 "AND subresource IN ('', 'status')")
+                 "AND subresource IN ('', 'status', 'scale')")
         args: list[Any] = [resource, namespace, name]
         if group is not None:
             where += f" AND api_group = {p}"

@@ -26,6 +26,13 @@ class PostgresStore(Store):
     ph = "%s"
     errors = (psycopg.Error,)
 
+    def is_transient(self, exc: BaseException) -> bool:
+        # SQLSTATE classes caused by the data, not the database's state: 22 data exception (a NUL byte, a
+        # number out of range), 23 integrity constraint, 54 program limit (an index row too large)
+        if isinstance(exc, psycopg.Error):
+            return not (exc.sqlstate or "").startswith(("22", "23", "54"))
+        return False
+
     def __init__(self, target: str, readers: int = 4, query_timeout: float = 10.0) -> None:
         super().__init__(target, readers, query_timeout)
         self._wconn: psycopg.Connection[Any] | None = None

@@ -6,9 +6,10 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from kube_audit.model.audit import AuditEvent, Rejected
+from kube_audit.model.audit import AuditEvent, Rejected, reject
 from kube_audit.runtime.observability import get_logger
 from tailer.metrics import TailerMetrics
+from tailer.store.base import StoreError
 from tailer.store.retention import retention_loop
 
 __all__ = ["StoreSink", "health_loop", "retention_loop"]
@@ -23,9 +24,29 @@ class StoreSink:
     def __init__(self, store: Any, metrics: TailerMetrics, on_commit: Any = None) -> None:
         self.store, self.metrics, self.on_commit = store, metrics, on_commit
 
-    async def write(self, records: Sequence[AuditEvent | Rejected]) -> None:
-        with self.metrics.store_commit.time():
-            result = await self.store.insert(records)
+    async def write(self, records: Sequence[AuditEvent | Rejected]) -> list[Rejected]:
+        """Commit the chunk; a transient StoreError goes up (no ack). When the database refuses the chunk
+        for its data, each event is tried alone and those it refuses for good come back rejected."""
+        try:
+            with self.metrics.store_commit.time():
+                self._count(await self.store.insert(records))
+            return []
+        except StoreError as exc:
+            if exc.transient:
+                raise
+        refused: list[Rejected] = []
+        for item in records:
+            if not isinstance(item, AuditEvent):
+                continue
+            try:
+                self._count(await self.store.insert([item]))
+            except StoreError as exc:
+                if exc.transient:
+                    raise
+                refused.append(reject(item.record, "store_refused", str(exc)[:300]))
+        return refused
+
+    def _count(self, result: Any) -> None:
         self.metrics.store_inserted.inc(result.inserted)
         self.metrics.store_duplicates.inc(result.duplicates)
         self.metrics.store_skipped.inc(result.skipped)

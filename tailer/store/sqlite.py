@@ -22,6 +22,9 @@ class SqliteStore(Store):
     ph = "?"
     errors = (sqlite3.Error,)
 
+    def is_transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError)  # locked, I/O error, disk full
+
     def __init__(self, target: str, readers: int = 4, query_timeout: float = 10.0) -> None:
         super().__init__(target, readers, query_timeout)
         self._wconn: sqlite3.Connection | None = None

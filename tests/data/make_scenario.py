@@ -72,7 +72,7 @@ def scenario() -> list[dict[str, Any]]:
               response=after_label, user="bob@example.com"),
         event(9, "patch", request={"spec": {"template": {"spec": {"containers": [
             {"name": "sidecar", "$patch": "delete"}]}}}}),  # strategic merge directive
-        event(10, "patch", subresource="scale", request={"spec": {"replicas": 4}}),  # not the object itself
+        event(10, "patch", subresource="scale", request={"spec": {"replicas": 4}}),  # kubectl scale: a version
         event(11, "update", request=deployment(5, "web:2.0", {"tier": "frontend"})),
         event(12, "patch", request={"spec": {"replicas": 2, "paused": None},
                                     "metadata": {"labels": {"tier": None}}}, user="bob@example.com"),

@@ -41,13 +41,14 @@ async def test_scenario_versions(api: Api) -> None:
         (5, "patch", "bob", True, None, "merge", 3, "web:1.2", False),
         (6, "patch", "alice", False, "strategic merge directive '$patch' cannot be replayed", "strategic",
          None, None, False),
-        (7, "update", "alice", True, None, None, 5, "web:2.0", False),
-        (8, "patch", "bob", True, None, "merge", 2, "web:2.0", False),
-        (9, "delete", "alice", True, None, None, None, None, True),
+        (7, "patch", "alice", False, "no known state before this scale", "merge", None, None, False),  # scale
+        (8, "update", "alice", True, None, None, 5, "web:2.0", False),
+        (9, "patch", "bob", True, None, "merge", 2, "web:2.0", False),
+        (10, "delete", "alice", True, None, None, None, None, True),
     ]
     v5 = body["items"][4]["object"]
     assert "managedFields" not in v5["metadata"] and v5["metadata"]["labels"] == {"app": "web", "tier": "frontend"}
-    v8 = body["items"][7]["object"]
+    v8 = body["items"][8]["object"]
     assert v8["metadata"]["labels"] == {"app": "web"} and "paused" not in v8["spec"]
     # the same answer for the bare plural (one group has such an object)
     bare = await api.get(PREFIX + "/namespaces/shop/deployments/web/versions")
@@ -63,24 +64,25 @@ async def test_scenario_spechistory_diff_bisect(api: Api) -> None:
         (4, None, None),
         (5, 3, None),
         (6, None, None),
-        (7, 5, None),
-        (8, 2, [{"op": "replace", "path": "spec.replicas", "from": 5, "to": 2}]),
-        (9, None, [{"op": "remove", "path": "spec.replicas", "from": 2}]),
+        (7, None, None),  # kubectl scale, after a state that could not be rebuilt
+        (8, 5, None),
+        (9, 2, [{"op": "replace", "path": "spec.replicas", "from": 5, "to": 2}]),
+        (10, None, [{"op": "remove", "path": "spec.replicas", "from": 2}]),
     ]
     spec = await api.get(WEB + "/spechistory")
-    assert [h["version"] for h in spec["items"]] == [1, 2, 3, 4, 5, 6, 7, 8, 9]  # spec changed each time
+    assert [h["version"] for h in spec["items"]] == list(range(1, 11))  # spec changed each time
 
     d = await api.get(WEB + "/diff", start="2", end="3", field="spec")
     assert d["changes"] == [{"op": "replace", "path": "spec.template.spec.containers[0].image",
                              "from": "web:1.0", "to": "web:1.1"}]
     assert (d["from"]["version"], d["to"]["version"]) == (2, 3)
-    d = await api.get(WEB + "/diff", start="1", end="8", field="spec.replicas")
+    d = await api.get(WEB + "/diff", start="1", end="9", field="spec.replicas")
     assert d["changes"] == [{"op": "replace", "path": "spec.replicas", "from": 1, "to": 2}]
-    d = await api.get(WEB + "/diff", start="7", end="8")
+    d = await api.get(WEB + "/diff", start="8", end="9")
     assert d["changes"] == [{"op": "remove", "path": "metadata.labels.tier", "from": "frontend"},
                             {"op": "replace", "path": "spec.replicas", "from": 5, "to": 2}]
     d = await api.get(WEB + "/diff")  # default: the last two versions
-    assert (d["from"]["version"], d["to"]["version"]) == (8, 9) and d["changes"][0]["op"] == "remove"
+    assert (d["from"]["version"], d["to"]["version"]) == (9, 10) and d["changes"][0]["op"] == "remove"
     bad = await api.get(WEB + "/diff", expect=409, start="3", end="4")
     assert bad["reason"] == "Conflict" and "version 4 cannot be rebuilt" in bad["message"]
     await api.get(WEB + "/diff", expect=400, start="1", end="99")
@@ -91,7 +93,7 @@ async def test_scenario_spechistory_diff_bisect(api: Api) -> None:
     b = await api.get(WEB + "/bisect", field="spec.template.spec.containers[0].image", value="web:1.2")
     assert (b["version"]["version"], b["uncertain"], b["skippedVersions"]) == (5, True, [4])
     b = await api.get(WEB + "/bisect", field="spec.replicas", value="5")
-    assert (b["version"]["version"], b["uncertain"], b["skippedVersions"]) == (7, True, [4, 6])
+    assert (b["version"]["version"], b["uncertain"], b["skippedVersions"]) == (8, True, [4, 6, 7])
     await api.get(WEB + "/bisect", expect=404, field="spec.replicas", value="42")
     await api.get(WEB + "/bisect", expect=400, field="spec.replicas")
     await api.get(PREFIX + "/namespaces/shop/deployments.apps/nope/versions", expect=404)
@@ -293,20 +295,20 @@ async def test_retention_overtaking_a_slow_watcher_ends_its_stream_with_410(api:
 async def test_versions_are_capped_by_limit_and_numbered_as_if_all_were_read(api: Api) -> None:
     """Versions were rebuilt from an object's whole history: a Lease renewed every few seconds made one
     request read and replay all of it. Now the newest ``limit`` changes (default 1000)."""
-    await api.insert(SCENARIO)  # 9 versions and a dry-run patch between them
+    await api.insert(SCENARIO)  # 10 versions and a dry-run patch between them
     full = (await api.get(WEB + "/versions"))["items"]
-    assert [v["version"] for v in full] == list(range(1, 10))
-    for k in range(1, 11):  # the newest k changes: a dry run among them makes no version
+    assert [v["version"] for v in full] == list(range(1, 11))
+    for k in range(1, 12):  # the newest k changes: a dry run among them makes no version
         body = await api.get(WEB + "/versions", limit=str(k))
         n = len(body["items"])
         assert n in (k, k - 1)
-        assert [v["version"] for v in body["items"]] == list(range(10 - n, 10))
-        assert [v["resourceVersion"] for v in body["items"]] == [v["resourceVersion"] for v in full[9 - n:]]
-        assert body["metadata"].get("omittedVersions", 0) == 9 - n
+        assert [v["version"] for v in body["items"]] == list(range(11 - n, 11))
+        assert [v["resourceVersion"] for v in body["items"]] == [v["resourceVersion"] for v in full[10 - n:]]
+        assert body["metadata"].get("omittedVersions", 0) == 10 - n
     d = await api.get(WEB + "/diff", limit="3")
-    assert (d["from"]["version"], d["to"]["version"]) == (8, 9) and d["metadata"]["omittedVersions"] == 6
+    assert (d["from"]["version"], d["to"]["version"]) == (9, 10) and d["metadata"]["omittedVersions"] == 7
     bad = await api.get(WEB + "/diff", expect=400, limit="3", start="2", end="8")
-    assert "go from 7 to 9 (older ones left out by limit=3)" in bad["message"]
+    assert "go from 8 to 10 (older ones left out by limit=3)" in bad["message"]
     await api.get(WEB + "/versions", expect=400, limit="0")
 
     lease = {**SCENARIO[0], "objectRef": {"resource": "leases", "namespace": "shop", "name": "leader",

@@ -84,14 +84,14 @@ def test_kubectl_audit_over_the_api(tailer, capsys, monkeypatch) -> None:
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == ["VERSION", "TIME", "USER", "VERB", "PATCH", "CHANGE"]
-    assert len(lines) == 10 and "unknown: " in lines[4]
+    assert len(lines) == 11 and "unknown: " in lines[4] and "scale" in lines[7]
     assert lines[1].split()[-1] == "created" and "spec." in lines[2] and "->" in lines[2]
     code, out, _ = run("history", "deployments.apps", "web", "-n", "shop", "-o", "json", "--user", "bob@example.com")
-    assert [v["version"] for v in orjson.loads(out)["items"]] == [5, 8]
+    assert [v["version"] for v in orjson.loads(out)["items"]] == [5, 9]
     code, out, _ = run("diff", "deployments", "web", "-n", "shop", "--from", "2", "--to", "3", "--field", "spec")
     assert code == 0 and "spec.template.spec.containers[0].image" in out and '"web:1.1"' in out
     code, out, _ = run("bisect", "deployments", "web", "-n", "shop", "--field", "spec.replicas", "--value", "5")
-    assert code == 0 and out.startswith("version 7 ") and "uncertain: versions 4, 6" in out
+    assert code == 0 and out.startswith("version 8 ") and "uncertain: versions 4, 6, 7" in out
     code, out, _ = run("history", "-n", "shop", "--verb", "update", "-o", "yaml")
     assert code == 0 and "verb: update" in out
     code, _, err = run("history", "-A")

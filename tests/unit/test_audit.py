@@ -1,6 +1,23 @@
 from __future__ import annotations
 
-from kube_audit.model.audit import ObjectKey, dedup_key, redact, view
+import json
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kube_audit.model.audit import (
+    REJECT_REASONS,
+    AuditEvent,
+    ObjectKey,
+    Rejected,
+    dedup_key,
+    dumps,
+    parse,
+    redact,
+    view,
+)
 from tests.conftest import sample_events
 
 
@@ -68,3 +85,115 @@ def test_secret_values_are_redacted_in_patches_lists_tables_and_last_applied() -
     assert patched[1]["value"] == {"token": "<redacted>"}
     assert patched[-1] == json_patch[-1]  # a label is no secret
     assert json_patch[0]["value"] == "c2VjcmV0"  # the input is untouched
+
+
+def test_credentials_are_redacted_everywhere() -> None:
+    """Regression: TokenReview spec.token and TokenRequest status.token were stored and printed."""
+    review = {"objectRef": {"resource": "tokenreviews", "apiGroup": "authentication.k8s.io"},
+              "requestObject": {"kind": "TokenReview", "spec": {"token": "t0k", "audiences": ["a"]}},
+              "responseObject": {"kind": "TokenReview", "spec": {"token": "t0k"}, "status": {"authenticated": True}}}
+    out = redact(review)
+    assert out["requestObject"]["spec"] == {"token": "<redacted>", "audiences": ["a"]}
+    assert out["responseObject"]["spec"]["token"] == "<redacted>" and review["requestObject"]["spec"]["token"] == "t0k"
+    request = {"objectRef": {"resource": "serviceaccounts", "subresource": "token", "name": "app"},
+               "responseObject": {"kind": "TokenRequest", "status": {"token": "t0k", "expirationTimestamp": "x"}}}
+    assert redact(request)["responseObject"]["status"] == {"token": "<redacted>", "expirationTimestamp": "x"}
+    sa = {"objectRef": {"resource": "serviceaccounts", "name": "app"}, "responseObject": {"status": {"token": "x"}}}
+    assert redact(sa) is sa  # only the token subresource carries one
+
+
+GOOD = {"auditID": "a", "stage": "ResponseComplete", "verb": "get", "user": {"username": "u", "groups": ["g"]},
+        "objectRef": {"resource": "pods", "namespace": "n", "name": "x"}, "responseStatus": {"code": 200},
+        "stageTimestamp": "2026-11-20T09:00:00Z"}
+
+
+def _deep(levels: int) -> dict:
+    out: dict = {}
+    for _ in range(levels - 1):
+        out = {"a": out}
+    return out
+
+
+@pytest.mark.parametrize(("record", "reason"), [
+    ({**GOOD, "user": "bob"}, "bad_shape"),
+    ({**GOOD, "objectRef": "x"}, "bad_shape"),
+    ({**GOOD, "responseStatus": 5}, "bad_shape"),
+    ({**GOOD, "user": {"username": "u", "groups": 5}}, "bad_shape"),
+    ({**GOOD, "verb": 5}, "bad_shape"),
+    ({**GOOD, "responseStatus": {"code": 2**63}}, "bad_code"),
+    ({**GOOD, "responseStatus": {"code": True}}, "bad_code"),
+    ({**GOOD, "responseStatus": {"code": -1}}, "bad_code"),
+    ({**GOOD, "objectRef": {"resource": "pods", "name": "a\x00"}}, "nul_in_field"),
+    ({**GOOD, "stageTimestamp": float("nan")}, "non_finite_number"),
+    ({**GOOD, "requestObject": {"x": [float("-inf")]}}, "non_finite_number"),
+    ({**GOOD, 1: "a"}, "non_string_key"),
+    ({**GOOD, "requestObject": {b"k": 1}}, "non_string_key"),
+    ({**GOOD, "requestObject": {(1, 2): 1}}, "non_string_key"),
+    ({**GOOD, "verb": "g\udcff"}, "invalid_unicode"),
+    ({**GOOD, "requestObject": {"k\ud800": 1}}, "invalid_unicode"),
+    ({**GOOD, "requestObject": _deep(100)}, "too_deep"),
+    ({**GOOD, "requestObject": _deep(5000)}, "too_deep"),
+    ({**GOOD, "user": {"username": "é" * 600}}, "field_too_long"),
+    ([GOOD], "not_a_map"),
+    ({"stage": "ResponseComplete"}, "not_an_audit_event"),
+])
+def test_records_of_an_unexpected_shape_are_rejected_with_a_reason(record, reason) -> None:
+    out = parse(record)
+    assert isinstance(out, Rejected) and out.reason == reason and out.reason in REJECT_REASONS, out
+    assert out.json  # it can always be printed and kept raw
+    json.loads(out.json)
+
+
+def test_a_good_record_is_parsed_once_into_the_typed_view() -> None:
+    ev = parse({**GOOD, "requestObject": _deep(98)})
+    assert isinstance(ev, AuditEvent) and ev.key == ("a", "ResponseComplete") and ev.view.code == 200
+    assert (ev.view.namespace, ev.view.resource, ev.view.name) == ("n", "pods", "x")
+    assert ev.ts == 1_795_165_200.0 and not ev.redacted and json.loads(ev.json)["auditID"] == "a"
+    secret = parse({**GOOD, "objectRef": {"resource": "secrets", "name": "s"}, "requestObject": {"data": {"k": "v"}}})
+    assert isinstance(secret, AuditEvent) and secret.redacted and b'"v"' not in secret.json
+
+
+def test_dumps_never_raises() -> None:
+    for value in ({b"k": {(1, 2): "x"}}, {"a": "\udcff", 1: float("nan")}, _deep(3000), [b"\xff", 2**70]):
+        data, _ = dumps(value)
+        json.loads(data)
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(),
+                     st.binary(max_size=8))
+_KEYS = st.one_of(st.text(max_size=8), st.integers(), st.binary(max_size=4), st.sampled_from(
+    ["auditID", "stage", "user", "objectRef", "responseStatus", "code", "groups", "username", "name"]))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+                       max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_KEYS, _VALUES, max_size=8), st.booleans())
+def test_parse_never_raises_and_what_it_accepts_can_be_stored(record: dict, audit: bool) -> None:
+    if audit:
+        record = {**record, "auditID": "a", "stage": "ResponseComplete"}
+    out = parse(record)
+    if isinstance(out, AuditEvent):  # what the store indexes is text of bounded size, the body valid JSON
+        v = out.view
+        for text in (v.audit_id, v.stage, v.verb, v.user, v.group, v.resource, v.namespace, v.name):
+            assert "\x00" not in text and len(text.encode("utf-8")) <= 1024
+        assert v.code is None or 0 <= v.code < 2**31
+        orjson.loads(out.json)  # how the store reads it back: strict (no NaN, valid UTF-8)
+    else:
+        assert out.reason in REJECT_REASONS
+        json.loads(out.json)
+
+
+def test_the_model_is_pure() -> None:
+    """kube_audit/model and kube_audit/contract import no owner of an outside system (issue 10)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys\nimport kube_audit.contract, kube_audit.model.audit, kube_audit.model.provenance, "
+            "kube_audit.model.entry\nprint(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    mods = set(subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                              capture_output=True, text=True, timeout=60, check=True).stdout.split())
+    owners = {"kubernetes", "aiohttp", "httpx", "psycopg", "sqlite3", "watchdog", "prometheus_client", "structlog",
+              "tenacity", "socket", "asyncio", "tailer", "forwarder", "kubectl_audit", "fluent_forward"}
+    assert not mods & owners, mods & owners

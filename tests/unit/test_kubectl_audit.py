@@ -110,3 +110,33 @@ def test_namespace_comes_from_the_kubeconfig_context(tmp_path: Path, monkeypatch
         ns("--context", "nope")
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     assert cli.namespace(cli.build_parser().parse_args(["history"])) == "default"  # no kubeconfig at all
+
+
+def _event(stage: str, user: str, name: str) -> dict:
+    return {"stageTimestamp": "2026-11-20T09:00:01.123456Z", "stage": stage, "verb": "patch",
+            "user": {"username": user}, "objectRef": {"resource": "deployments", "apiGroup": "apps",
+                                                     "namespace": "shop", "name": name},
+            "responseStatus": {"code": 200} if stage == "ResponseComplete" else {}}
+
+
+def test_watch_prints_an_aligned_table_with_the_stage(capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression (issue 14): each watch row was aligned on its own (the columns wandered), and
+    RequestReceived and ResponseComplete rows of one request looked the same (no STAGE column)."""
+    from kubectl_audit import api
+
+    class Client:
+        def stream(self, path: str, params: dict) -> list[dict]:
+            return [{"type": "ADDED", "object": _event("RequestReceived", "a", "web")},
+                    {"type": "BOOKMARK", "object": {}},
+                    {"type": "ADDED", "object": _event("ResponseComplete", "system:serviceaccount:kube-system:x", "w")}]
+
+    args = cli.build_parser().parse_args(["watch", "-n", "shop"])
+    api.watch(Client(), args)  # type: ignore[arg-type]
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["TIME", "STAGE", "USER", "VERB", "RESOURCE", "NAMESPACE", "NAME", "CODE"]
+    starts = [header.index(word) for word in header.split()]
+    assert [r.split()[1] for r in rows] == ["RequestReceived", "ResponseComplete"]
+    for row in rows:
+        for start in starts[:3]:  # TIME, STAGE, USER start where their headings do
+            assert row[start - 1:start] in ("", " ") and row[start] != " ", (row, start)
+    assert rows[0].index("patch") == header.index("VERB")

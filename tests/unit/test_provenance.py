@@ -116,3 +116,29 @@ def test_describe_change_in_words() -> None:
     assert describe_change(None, new) == "created" and describe_change(old, None) == "deleted"
     assert describe_change(old, old) == "no change"
     assert describe_change({"spec": {"a": "x" * 200}}, {"spec": {"a": "y"}}, width=30).endswith("…")
+
+
+def test_kubectl_scale_makes_a_version() -> None:
+    """Regression (issue 14): writes to the scale subresource made no version, so a `kubectl scale` was
+    missing from the history and the versions after it showed the old replicas."""
+    def ev(n, verb, sub, request=None, response=None):
+        return (n, {"stage": "ResponseComplete", "verb": verb, "responseStatus": {"code": 200},
+                    "objectRef": {"resource": "deployments", "apiGroup": "apps", "name": "web",
+                                  **({"subresource": sub} if sub else {})},
+                    "requestObject": request, "responseObject": response})
+
+    deploy = {"kind": "Deployment", "spec": {"replicas": 1, "template": {"x": 1}}}
+    scale = {"kind": "Scale", "apiVersion": "autoscaling/v1", "spec": {"replicas": 4}, "status": {"replicas": 1}}
+    vs = versions([ev(1, "create", "", deploy),
+                   ev(2, "patch", "scale", {"spec": {"replicas": 3}}),  # kubectl scale --replicas 3
+                   ev(3, "update", "scale", {**scale, "spec": {"replicas": 2}}),
+                   ev(4, "patch", "scale", [{"op": "replace", "path": "/spec/replicas", "value": 5}]),
+                   ev(5, "patch", "scale", {"spec": {"replicas": 9}}, response=scale),  # the response wins
+                   ev(6, "get", "scale")], builtin=True)
+    assert [(v["version"], v["subresource"], v["complete"], v["object"]["spec"]["replicas"]) for v in vs] == [
+        (1, "", True, 1), (2, "scale", True, 3), (3, "scale", True, 2), (4, "scale", True, 5), (5, "scale", True, 4)]
+    assert vs[4]["object"]["spec"]["template"] == {"x": 1} and vs[4]["object"]["kind"] == "Deployment"
+    assert [v["change"] for v in vs] == ["created", "spec.replicas: 1 -> 3", "spec.replicas: 3 -> 2",
+                                         "spec.replicas: 2 -> 5", "spec.replicas: 5 -> 4"]
+    alone = versions([ev(1, "patch", "scale", {"spec": {"replicas": 3}})], builtin=True)
+    assert alone[0]["complete"] is False and "no known state" in alone[0]["reason"]
