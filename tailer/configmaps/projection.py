@@ -98,7 +98,8 @@ class Projection:
     async def _pull(self) -> bool:
         """Hand events to the writer until the store has no more (True) or the backlog is full."""
         while True:
-            rows = await self.store.events(EventFilter(), after=self.read, limit=READ_BATCH)
+            limit = max(1, min(READ_BATCH, self.writer.free))
+            rows = await self.store.events(EventFilter(), after=self.read, limit=limit)
             for seq, event in rows:
                 if self.writer.full:
                     return False
@@ -108,7 +109,7 @@ class Projection:
                 if self.writer.take(event, seq):
                     heapq.heappush(self._outstanding, seq)
                 self.read = seq
-            if len(rows) < READ_BATCH:
+            if len(rows) < limit:
                 return True
 
     async def _seed(self, key: ObjectKey, seq: int) -> None:

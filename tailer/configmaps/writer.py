@@ -58,7 +58,8 @@ VALUE_LIMIT = 40  # characters of one value in the summary
 MAX_GROUPS = 16  # user groups kept per entry
 NOISE = ("metadata.resourceVersion", "metadata.managedFields", "metadata.generation", "metadata.uid",
          "metadata.creationTimestamp", "metadata.selfLink")
-MAX_REMEMBERED = 4096  # objects whose last state (for "2 -> 3") and annotation we remember
+MAX_REMEMBERED = 16_384  # objects whose last state (for "2 -> 3") and annotation we remember
+LOW_WATER = 500  # free backlog entries before a full backlog says it has room again
 MAX_CONCURRENT_WRITES = 8
 
 log = get_logger(component="configmaps")
@@ -288,6 +289,15 @@ class ConfigMapWriter:
     def full(self) -> bool:
         return self._count >= self.settings.max_pending
 
+    @property
+    def free(self) -> int:
+        """Entries that may still be queued before the backlog is full."""
+        return max(0, self.settings.max_pending - self._count)
+
+    @property
+    def low_water(self) -> int:
+        return max(1, min(LOW_WATER, self.settings.max_pending // 10))
+
     def wants(self, ev: EventView) -> bool:
         return (ev.stage == "ResponseComplete" and ev.verb in MUTATING_VERBS and ev.object is not None
                 and ev.user != self.settings.service_account and is_tracked(ev.object, self.settings.track))
@@ -457,7 +467,7 @@ class ConfigMapWriter:
         finally:
             self._count -= size
             self.metrics.configmap_pending.set(self._count)
-            if not self.full:
+            if self.free >= self.low_water:  # room for a whole read of the projection, not one entry
                 self.room.set()
 
     def _done(self, batch: _Batch) -> None:
