@@ -15,7 +15,7 @@ ALLOWED = {
     "kubectl_audit": {"kube_audit"},
 }
 # one module owns each outside system
-OWNERS = {"kubernetes": {"kube_audit/kube.py", "forwarder/kube.py"}, "watchdog": {"forwarder/follow.py"},
+OWNERS = {"kubernetes": {"kube_audit/kube.py"}, "watchdog": {"forwarder/follow.py"},
           "psycopg": {"tailer/store/__init__.py"}, "sqlite3": {"tailer/store/__init__.py"}, "socket": set()}
 
 
