@@ -6,7 +6,9 @@ its ConfigMap (or given up for good). A tailer that is killed therefore loses no
 restart it reads again from the saved cursor, and writers merge entries by auditID, so what was
 written twice is still there once. Replicas on one PostgreSQL store each follow every event (merging
 makes that safe) and share the cursor row: any replica's saved cursor means every entry below it was
-written.
+written. Change summaries need the object's state before each event: the first time an object is met
+it comes from the store's history of the object, then it is folded forward in sequence order, so every
+replica, and a restarted tailer, says the same thing.
 
 It never gates an ack: it runs as its own task, wakes on the store's commits (``notify``) and polls
 for other replicas' writes. When the writer's backlog is full it waits; nothing is dropped.
@@ -19,6 +21,7 @@ import heapq
 import time
 from typing import Any
 
+from kube_audit.model.audit import ObjectKey, view
 from kube_audit.runtime.observability import get_logger
 from tailer.configmaps.writer import ConfigMapWriter
 from tailer.metrics import TailerMetrics
@@ -95,15 +98,25 @@ class Projection:
     async def _pull(self) -> bool:
         """Hand events to the writer until the store has no more (True) or the backlog is full."""
         while True:
-            rows = await self.store.events(EventFilter(), after=self.read, limit=READ_BATCH)
+            limit = max(1, min(READ_BATCH, self.writer.free))
+            rows = await self.store.events(EventFilter(), after=self.read, limit=limit)
             for seq, event in rows:
                 if self.writer.full:
                     return False
+                ev = view(event)
+                if ev.object is not None and self.writer.wants(ev) and not self.writer.knows(ev.object):
+                    await self._seed(ev.object, seq)
                 if self.writer.take(event, seq):
                     heapq.heappush(self._outstanding, seq)
                 self.read = seq
-            if len(rows) < READ_BATCH:
+            if len(rows) < limit:
                 return True
+
+    async def _seed(self, key: ObjectKey, seq: int) -> None:
+        """The object's state before ``seq`` from its stored history, so that the change summary is
+        the same whichever replica writes it and whether or not the tailer restarted in between."""
+        rows, _ = await self.store.object_history(key.group, key.resource, key.namespace, key.name)
+        self.writer.seed(key, [event for s, _, event in sorted(rows, key=lambda r: r[0]) if s < seq])
 
     async def _sleep(self, seconds: float) -> None:
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives as

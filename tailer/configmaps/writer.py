@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import heapq
+import itertools
 import random
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,13 +41,15 @@ from kube_audit.model.change import CHANGE_LIMIT  # noqa: F401  (moved to the mo
 from kube_audit.model.entry import make_entry, state_after, summarize  # noqa: F401  (moved to the model)
 from kube_audit.model.fields import flatten  # noqa: F401  (moved to the model)
 from kube_audit.model.groups import BUILTIN_GROUPS, is_custom_group  # noqa: F401  (moved to the model)
+from kube_audit.model.provenance import makes_version
 from kube_audit.runtime.observability import get_logger
 from tailer.errors import Conflict, KubeError, KubeUnconfigured, NotFound, Unavailable
 from tailer.metrics import TailerMetrics
 from tailer.settings import ConfigMapSettings
 
 MAX_NAME = 253  # DNS-1123 subdomain
-MAX_REMEMBERED = 4096  # objects whose last state (for "2 -> 3") and annotation we remember
+MAX_REMEMBERED = 16_384  # objects whose last state (for "2 -> 3") and annotation we remember
+LOW_WATER = 500  # free backlog entries before a full backlog says it has room again
 MAX_CONCURRENT_WRITES = 8
 
 log = get_logger(component="configmaps")
@@ -149,6 +154,10 @@ class ConfigMapWriter:
             0, retry_initial)
         self._pending: dict[ObjectKey, _Batch] = {}
         self._inflight: dict[ObjectKey, asyncio.Task[None]] = {}
+        self._due: list[tuple[float, int, ObjectKey]] = []  # heap: when each pending object may be written
+        self._order = itertools.count()  # ties in the heap, oldest first
+        self._waiting: set[ObjectKey] = set()  # due, but a write of the same object is still in flight
+        self._wake = asyncio.Event()  # a write finished or a new object has entries
         self._count = 0  # entries pending or in flight
         self._states: OrderedDict[ObjectKey, dict[str, Any] | None] = OrderedDict()
         self._annotated: OrderedDict[ObjectKey, None] = OrderedDict()
@@ -169,6 +178,15 @@ class ConfigMapWriter:
     def full(self) -> bool:
         return self._count >= self.settings.max_pending
 
+    @property
+    def free(self) -> int:
+        """Entries that may still be queued before the backlog is full."""
+        return max(0, self.settings.max_pending - self._count)
+
+    @property
+    def low_water(self) -> int:
+        return max(1, min(LOW_WATER, self.settings.max_pending // 10))
+
     def wants(self, ev: EventView) -> bool:
         return (ev.stage == "ResponseComplete" and ev.verb in MUTATING_VERBS and ev.object is not None
                 and ev.user != self.settings.service_account and is_tracked(ev.object, self.settings.track))
@@ -184,7 +202,8 @@ class ConfigMapWriter:
         before = self._states.get(key)
         after = state_after(event, ev, before)
         entry = make_entry(event, ev, before, after)
-        self._remember(self._states, key, after)
+        if makes_version(event):  # the same rule as the store's object history (see seed)
+            self._remember(self._states, key, after)
         if self._count >= self.settings.max_pending:
             self.metrics.configmap_dropped.labels("backlog_full").inc()
             if not self._dropping:
@@ -195,8 +214,10 @@ class ConfigMapWriter:
             self._dropping = False
             log.info("configmap_backlog_accepting", pending=self._count)
         batch = self._pending.get(key)
-        if batch is None:
+        if batch is None:  # written one flush interval after its first entry, to batch what follows
             batch = self._pending[key] = _Batch(key, ev.api_version.rpartition("/")[2])
+            heapq.heappush(self._due, (time.monotonic() + self.settings.flush_interval, next(self._order), key))
+            self._wake.set()
         batch.entries.append(entry)
         if seq is not None:
             batch.seqs.append(seq)
@@ -216,36 +237,65 @@ class ConfigMapWriter:
         while len(cache) > MAX_REMEMBERED:
             cache.popitem(last=False)
 
+    def knows(self, key: ObjectKey) -> bool:
+        """Whether the state before the next entry of ``key`` is known (else ``seed`` it first)."""
+        return key in self._states
+
+    def seed(self, key: ObjectKey, history: Sequence[dict[str, Any]]) -> None:
+        """The object's state from its stored history (the events before the next one, oldest first)."""
+        state: dict[str, Any] | None = None
+        for event in history:
+            if makes_version(event):
+                state = state_after(event, view(event), state)
+        self._remember(self._states, key, state)
+
     # the loop -------------------------------------------------------------------------------
     async def run(self) -> None:
-        """Every flush interval, start a write for each object with entries and none in flight."""
+        """Start each object's write when it is due, keeping MAX_CONCURRENT_WRITES in flight."""
         while not self._stopping.is_set():
+            self._wake.clear()
+            self._launch(time.monotonic())
+            timeout = None
+            if self._due and len(self._inflight) < MAX_CONCURRENT_WRITES:
+                timeout = max(0.0, self._due[0][0] - time.monotonic())
             try:
-                async with asyncio.timeout(self.settings.flush_interval):  # not wait_for: see projection._sleep
-                    await self._stopping.wait()
+                async with asyncio.timeout(timeout):  # asyncio.timeout, not wait_for: see projection._sleep
+                    await self._wake.wait()
             except TimeoutError:
-                self._launch()
+                pass
 
-    def _launch(self) -> None:
-        for key in list(self._pending):
-            if len(self._inflight) >= MAX_CONCURRENT_WRITES:
-                return
-            if key not in self._inflight:
-                batch = self._pending.pop(key)
-                task = asyncio.create_task(self._flush(batch), name=f"configmap-write-{key.resource}-{key.name}")
-                self._inflight[key] = task
-                task.add_done_callback(functools.partial(self._forget, key))
+    def _launch(self, now: float, everything: bool = False) -> None:
+        due = self._due
+        while due and len(self._inflight) < MAX_CONCURRENT_WRITES and (everything or due[0][0] <= now):
+            _, _, key = heapq.heappop(due)
+            if key not in self._pending:
+                continue
+            if key in self._inflight:  # at most one write per object at a time: after this one ends
+                self._waiting.add(key)
+                continue
+            batch = self._pending.pop(key)
+            task = asyncio.create_task(self._flush(batch), name=f"configmap-write-{key.resource}-{key.name}")
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(self._forget, key))
 
     def _forget(self, key: Any, _: object) -> None:
         self._inflight.pop(key, None)
+        if key in self._waiting:
+            self._waiting.discard(key)
+            if key in self._pending:
+                heapq.heappush(self._due, (time.monotonic(), next(self._order), key))
+        self._wake.set()
 
     async def stop(self, deadline: float) -> None:
         """Write what is pending (up to ``deadline`` seconds), then cancel and log what was left."""
         self._stopping.set()
+        self._wake.set()
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
         while (self._pending or self._inflight) and loop.time() < end:
-            self._launch()
+            self._launch(time.monotonic(), everything=True)
+            if not self._inflight:
+                break
             await asyncio.wait(list(self._inflight.values()), timeout=end - loop.time(),
                                return_when=asyncio.FIRST_COMPLETED)
         if self._count:
@@ -307,7 +357,7 @@ class ConfigMapWriter:
         finally:
             self._count -= size
             self.metrics.configmap_pending.set(self._count)
-            if not self.full:
+            if self.free >= self.low_water:  # room for a whole read of the projection, not one entry
                 self.room.set()
 
     def _done(self, batch: _Batch) -> None:

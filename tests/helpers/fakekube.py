@@ -5,7 +5,9 @@ and behaves like the apiserver where our code depends on it: resourceVersion bum
 PUT with a stale resourceVersion is a 409, a POST of an existing name is a 409, objects above 1 MiB are
 a 422, unknown objects a 404 (ConfigMaps and Services are known), a denied (verb, resource) a 403 (our RBAC rule set), bearer token
 required (401). JSON merge patch (RFC 7386) for PATCH. Plus TokenReview, SubjectAccessReview and
-minimal discovery. ``unavailable = True`` answers 503 (with ``retry_after`` if set) to everything.
+minimal discovery. ``unavailable = True`` answers 503 (with ``retry_after`` if set) to everything;
+``hang = True`` answers nothing until ``hang`` is off again (or the fake stops): ``hanging`` counts the
+requests held.
 Connections close after each response (HTTP/1.0), so stopping leaves no handler thread behind.
 """
 
@@ -44,6 +46,9 @@ class FakeKube:
                                                                          ("", "v1", "services"): ("Service", True)}
         self.rv = 100
         self.unavailable = False
+        self.hang = False
+        self.hanging = 0  # requests held by ``hang`` right now
+        self._stopping = threading.Event()
         self.retry_after: str | None = None
         self.denied: set[tuple[str, str]] = set()  # (verb, plural) our identity may not do
         self.tokens: dict[str, tuple[str, list[str]]] = {}  # TokenReview: token -> (user, groups)
@@ -60,6 +65,7 @@ class FakeKube:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # releases held requests
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
@@ -162,6 +168,13 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self) -> None:
             body = self._body()
+            if fake.hang:
+                with fake.lock:
+                    fake.hanging += 1
+                while fake.hang and not fake._stopping.wait(0.01):  # polling the flag, not synchronisation
+                    pass
+                with fake.lock:
+                    fake.hanging -= 1
             if fake.unavailable:
                 extra = {"Retry-After": fake.retry_after} if fake.retry_after else {}
                 return self._answer(503, _status(503, "ServiceUnavailable", "apiserver is shutting down"), extra)

@@ -13,7 +13,7 @@ from tailer.configmaps.projection import CURSOR, Projection
 from tailer.configmaps.stage import ConfigMapStage
 from tailer.configmaps.writer import ConfigMapWriter
 from tailer.metrics import TailerMetrics
-from tailer.store import Store
+from tailer.store import EventFilter, Store
 from tests.conftest import wait_for
 from tests.helpers.fakekube import FakeKube
 from tests.helpers.sender import Sender
@@ -143,3 +143,43 @@ def test_a_killed_tailer_loses_no_configmap_entry(start_tailer, fake: FakeKube, 
     wait_for(lambda: len(entries(fake)) == 12, what="every acked entry after the restart")
     assert [e["auditID"] for e in entries(fake)] == [e["auditID"] for e in events]
     wait_for(lambda: second.metric("tailer_configmap_cursor") >= 12, what="the cursor saved")
+
+
+def database(replicas: int) -> dict[str, Any]:
+    return {"apiVersion": "example.com/v1", "kind": "Database",
+            "metadata": {"name": "orders", "namespace": "shop", "uid": "u-orders"}, "spec": {"replicas": replicas}}
+
+
+async def test_summaries_come_from_the_stored_history_after_a_restart(fake: FakeKube,  # noqa: F811
+                                                                        store_target: str) -> None:
+    fake.create("example.com", "v1", "databases", "shop", "orders")
+    store = await Store.open(store_target)
+    try:
+        events = [audit("create", body=database(0), response=database(0), code=201),
+                  *[audit("patch", body={"spec": {"replicas": i}}) for i in range(1, 6)],
+                  audit("patch", body={"spec": {"replicas": 99}}, code=422),  # failed: changes nothing
+                  audit("patch", body={"spec": {"replicas": 6}})]
+        await store.insert(events)
+        rows = await store.events(EventFilter(), limit=100)
+        await store.save_cursor(CURSOR, rows[3][0])  # as if a tailer had written the first four and died
+        stage = await open_stage(fake, store)
+        await eventually(lambda: len(entries(fake)) == 4, what="the rest of the entries")
+        await stage.stop()
+    finally:
+        await store.close()
+    assert [e["change"] for e in entries(fake)] == [
+        "spec.replicas: 3 -> 4", "spec.replicas: 4 -> 5", "failed (422)", "spec.replicas: 5 -> 6"]
+
+
+def test_two_replicas_on_one_store_say_the_same_thing(start_tailer, fake: FakeKube, postgres: Any) -> None:  # noqa: F811
+    fake.create("example.com", "v1", "databases", "shop", "orders")
+    store = ("--store", postgres.new_database(), "--kubeconfig", str(fake.kubeconfig),
+             "--configmap-flush-interval", "50ms", "--configmap-retry-max-wait", "200ms")
+    a, b = start_tailer(*store), start_tailer(*store)
+    events = [audit("create", body=database(0), response=database(0), code=201),
+              *[audit("patch", body={"spec": {"replicas": i}}) for i in range(1, 41)]]
+    with Sender("127.0.0.1", a.port) as to_a, Sender("127.0.0.1", b.port) as to_b:
+        for i, event in enumerate(events):
+            (to_a if i % 2 else to_b).send_chunk([event])  # each replica receives every other event
+    wait_for(lambda: len(entries(fake)) == len(events), what="every entry")
+    assert [e["change"] for e in entries(fake)] == ["created", *[f"spec.replicas: {i - 1} -> {i}" for i in range(1, 41)]]

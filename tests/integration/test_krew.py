@@ -42,7 +42,7 @@ def test_archive_layout(archive: Path, tmp_path: Path) -> None:
         names = wheel.namelist()
         entry_points = wheel.read(f"kube_audit_forwarder-{krew.version()}.dist-info/entry_points.txt").decode()
     assert "kubectl-audit = kubectl_audit.cli:main" in entry_points
-    assert "kubectl_audit/cli.py" in names and "kube_audit/kube.py" in names
+    assert "kubectl_audit/cli.py" in names and "kube_audit/kube/blocking.py" in names
     assert not any(n.startswith(("tests/", "demo/", "tools/")) for n in names)
 
 

@@ -53,3 +53,19 @@ def test_without_a_cluster_the_sink_is_off_and_the_rest_runs(start_tailer) -> No
     off = [e for e in tailer.logs() if e["event"] == "configmaps_off"]
     assert len(off) == 1 and off[0]["level"] == "warning"
     assert tailer.stop() == 0
+
+
+def test_a_hanging_api_never_delays_an_ack(start_tailer, fake: FakeKube) -> None:  # noqa: F811
+    names = [f"db{i}" for i in range(12)]
+    for name in names:
+        fake.create("example.com", "v1", "databases", "shop", name)
+    fake.hang = True  # every request is held: no answer, no error
+    tailer = start_tailer("--kubeconfig", str(fake.kubeconfig), "--shutdown-timeout", "1s", *FAST)
+    with Sender("127.0.0.1", tailer.port, timeout=10) as sender:
+        sender.send_chunk([audit("patch", name, body={"spec": {"replicas": 1}}) for name in names])
+        wait_for(lambda: fake.hanging >= 6, what="ConfigMap writes stuck in the API")
+        for i in range(5):  # acks keep coming while every write hangs (Sender fails on a 10 s wait)
+            sender.send_chunk([audit("patch", names[i], body={"spec": {"replicas": 2}})])
+    assert len(tailer.records()) == 17
+    assert tailer.metric("tailer_configmap_writes_total", result="ok") == 0
+    assert tailer.stop() == 0  # the shutdown deadline cancels the stuck writes
