@@ -339,6 +339,19 @@ def events(n: int, seed: int = 7, rate: float = 500.0) -> Iterator[dict[str, Any
         yield cluster.event()
 
 
+def many(n: int, seed: int = 7, rate: float = 500.0, pool: int = 20_000, start: float = 0.0
+         ) -> Iterator[dict[str, Any]]:
+    """``n`` events fast, for big stores: ``pool`` generated ones repeated with new auditIDs and times
+    (``rate`` per second from ``start`` seconds after 2026-11-20T09:00Z)."""
+    templates = list(events(min(n, pool), seed, rate))
+    base = START.timestamp()
+    for i in range(n):
+        t = templates[i % len(templates)]
+        when = datetime.fromtimestamp(base + start + i / rate, UTC)
+        yield {**t, "auditID": f"{seed:02x}{i:010x}-{t['auditID'][12:]}", "requestReceivedTimestamp": _ts(when),
+               "stageTimestamp": _ts(when + timedelta(microseconds=800 + i % 9000))}
+
+
 def describe(records: list[dict[str, Any]], chunk: int = 1000) -> dict[str, Any]:
     lines = [orjson.dumps(r) + b"\n" for r in records]
     raw = sum(len(line) for line in lines)

@@ -31,6 +31,10 @@ def _fallback(value: Any) -> Any:
 
 def encode_line(record: Record, metrics: TailerMetrics | None = None) -> bytes:
     """The record as compact JSON plus newline; never raises for what msgpack can carry."""
+    try:  # without OPT_NON_STR_KEYS first: that option makes every dump ~1.5x slower
+        return orjson.dumps(record, default=_fallback, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        pass
     try:
         return orjson.dumps(record, default=_fallback, option=_ORJSON_OPTS)
     except TypeError:  # e.g. lone surrogates from undecodable strings

@@ -5,13 +5,14 @@ newest layout at once; an older one runs each migration after its version, in on
 Version 2: ``hw`` (the highest ``ts`` stored at or below this row's ``seq``: non-decreasing in ``seq``,
 so a time bound becomes a ``seq`` bound by bisection and the ``ts`` index goes), a running row and byte
 total (retention reads it instead of ``SUM(bytes)``), cursors of store followers, bodies as bytes (zstd).
+Version 3: ``audit_dicts``, the zstd dictionaries of the bodies.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-VERSION = 2
+VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ def _support(t: Types) -> list[str]:
     ]
 
 
+def _to_v3(t: Types) -> list[str]:
+    return [f"CREATE TABLE IF NOT EXISTS audit_dicts (id INTEGER PRIMARY KEY, data {t.blob} NOT NULL)"]
+
+
 def create(t: Types) -> list[str]:
     """The newest layout, for an empty database."""
     return [
@@ -56,6 +61,7 @@ def create(t: Types) -> list[str]:
           UNIQUE (audit_id, stage))""",
         *INDEXES, *_support(t),
         "INSERT INTO audit_totals (id, rows, bytes) VALUES (1, 0, 0)",
+        *_to_v3(t),
     ]
 
 
@@ -93,7 +99,7 @@ def _to_v2(t: Types) -> list[str]:
     return steps
 
 
-MIGRATIONS = {2: _to_v2}  # version -> the statements that lead to it from the one before
+MIGRATIONS = {2: _to_v2, 3: _to_v3}  # version -> the statements that lead to it from the one before
 
 
 def plan(current: int, t: Types) -> list[str]:

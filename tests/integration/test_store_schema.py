@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -61,7 +62,7 @@ async def test_an_old_layout_is_migrated_and_keeps_its_events(store_target: str)
         assert [e for _, e in rows] == events
         assert await store.pruned() == 1 and await store.count() == 5
         with raw(store_target) as sql:
-            assert [r[0] for r in sql("SELECT version FROM schema_version ORDER BY version").fetchall()] == [1, 2]
+            assert [r[0] for r in sql("SELECT version FROM schema_version ORDER BY version").fetchall()] == [1, 2, 3]
             # hw: the running maximum of ts (event 1 is the newest by time, so it carries over)
             hws = [r[0] for r in sql("SELECT hw FROM audit_events ORDER BY seq").fetchall()]
             assert hws == [parse_time(f"2026-11-20T09:00:0{s}Z") for s in (3, 3, 3, 4, 5)]
@@ -171,13 +172,46 @@ async def test_time_ranges_find_late_events(store_target: str) -> None:
         await store.close()
 
 
-def test_row_bodies_are_compressed() -> None:
-    from tailer.store.rows import compress, load
+async def test_bodies_are_compressed_with_a_dictionary_trained_on_the_first_events(store_target: str) -> None:
+    from tailer.store.rows import Codec
 
-    event = ev(1, extra={"requestObject": {"data": {"k": "v" * 2000}}})
-    body = orjson.dumps(event)
-    packed = compress(body)
-    assert len(packed) < len(body) / 4 and load(packed) == event and load(body) == event
+    def big(i: int) -> dict[str, Any]:
+        return ev(i, extra={"requestObject": {"kind": "ConfigMap", "data": {"k": f"value {i} " * 40}}})
+
+    store = await Store.open(store_target)
+    try:
+        first = [big(i) for i in range(Codec.TRAIN_AFTER - 1)]
+        await store.insert(first)  # plain JSON: no dictionary yet
+        assert store.codec.current is None
+        await store.insert([big(i) for i in range(Codec.TRAIN_AFTER - 1, Codec.TRAIN_AFTER + 99)])  # trains
+        deadline = time.monotonic() + 30  # training runs beside the writer; the next insert takes it up
+        n = Codec.TRAIN_AFTER + 99
+        while store.codec.current is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            await store.insert([big(n)])
+            n += 1
+        assert store.codec.current == 1
+        await store.insert([big(n)])
+        with raw(store_target) as sql:
+            bodies = [bytes(b) for (b,) in sql("SELECT event FROM audit_events ORDER BY seq").fetchall()]
+        assert bodies[0][:1] == b"{" and bodies[-1][:1] != b"{"
+        assert len(bodies[-1]) * 4 < len(orjson.dumps(first[-1]))
+    finally:
+        await store.close()
+    again = await Store.open(store_target)  # a new process finds the dictionary in the store
+    try:
+        rows = await again.events(EventFilter(), 0, 10_000)
+        assert [e["auditID"] for _, e in rows] == [f"id-{i}" for i in range(n + 1)]
+        assert rows[-1][1] == big(n) and again.codec.current == 1
+    finally:
+        await again.close()
+
+
+def test_lines_with_non_string_keys_are_still_encoded() -> None:
+    from tailer.ingest.stdout import encode_line
+
+    assert encode_line({"a": 1, 2: "b"}) == b'{"a":1,"2":"b"}\n'
+    assert encode_line({"a": b"\xff"}) == b'{"a":"/w=="}\n'
 
 
 async def test_a_full_disk_says_so_and_the_store_is_not_healthy_until_it_writes(tmp_path: Any) -> None:
