@@ -15,7 +15,6 @@ The store is ``healthy`` again after the next write that succeeds (``probe`` tri
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -132,8 +131,7 @@ class Store:
 
     async def insert(self, records: Sequence[Any]) -> InsertResult:
         """Store a chunk durably; repeats of a stored (auditID, stage) are dropped."""
-        now = time.time()
-        rows = [r for r in (to_row(rec, now) for rec in records) if r is not None]
+        rows = [r for r in map(to_row, records) if r is not None]
         skipped = len(records) - len(rows)
         if not rows:
             return InsertResult(0, 0, skipped)
@@ -179,7 +177,7 @@ class Store:
             else:
                 self._keep_dict(trained)
         sql = (f"INSERT INTO audit_events (hw, {', '.join(COLUMNS)}) VALUES ({', '.join([p] * (len(COLUMNS) + 1))}) "
-               "ON CONFLICT (audit_id, stage) DO NOTHING")
+               "ON CONFLICT (ts, audit_id, stage) DO NOTHING")
         with self._transaction() as conn:
             last = conn.execute("SELECT seq, hw FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
             top, hw = (int(last[0]), float(last[1])) if last else (0, float("-inf"))

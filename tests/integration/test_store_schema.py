@@ -42,7 +42,7 @@ def old_database(target: str, events: list[dict[str, Any]]) -> None:
         for statement in schema.v1(types):
             sql(statement)
         for e in events:
-            r = to_row(e, 0.0)
+            r = to_row(e)
             assert r is not None
             values = (*r[:12], r.bytes, r.event.decode())
             sql("INSERT INTO audit_events (audit_id, stage, ts, verb, level, username, api_group, resource, "
@@ -62,12 +62,13 @@ async def test_an_old_layout_is_migrated_and_keeps_its_events(store_target: str)
         assert [e for _, e in rows] == events
         assert await store.pruned() == 1 and await store.count() == 5
         with raw(store_target) as sql:
-            assert [r[0] for r in sql("SELECT version FROM schema_version ORDER BY version").fetchall()] == [1, 2, 3]
+            assert [r[0] for r in sql("SELECT version FROM schema_version ORDER BY version").fetchall()] == [1, 2]
             # hw: the running maximum of ts (event 1 is the newest by time, so it carries over)
             hws = [r[0] for r in sql("SELECT hw FROM audit_events ORDER BY seq").fetchall()]
             assert hws == [parse_time(f"2026-11-20T09:00:0{s}Z") for s in (3, 3, 3, 4, 5)]
         # the dry run, counted apart when it falls outside the newest ``limit``
         await store.insert([ev(6, verb="patch", name="x")])
+        assert await store.head() == 6  # the sequence continues
         _, omitted = await store.object_history("", "pods", "default", "x", limit=2)
         assert omitted == 3  # events 1, 2, 3; the dry run 4 makes no version
         _, late = (await store.events(EventFilter(since=parse_time("2026-11-20T09:00:03Z")), 0, 100))[0]
@@ -79,6 +80,20 @@ async def test_an_old_layout_is_migrated_and_keeps_its_events(store_target: str)
         assert await again.count() == 6
     finally:
         await again.close()
+
+
+async def test_a_migrated_store_whose_events_were_all_pruned_never_reuses_a_sequence(store_target: str) -> None:
+    old_database(store_target, [ev(i) for i in range(1, 6)])
+    with raw(store_target) as sql:
+        sql("DELETE FROM audit_events")
+        sql("UPDATE audit_pruned SET max_seq = 5 WHERE id = 1")
+    store = await Store.open(store_target)
+    try:
+        await store.insert([ev(9)])
+        (seq, _), = await store.events(EventFilter(), 0, 10)
+        assert seq > 5 and await store.pruned() == 5
+    finally:
+        await store.close()
 
 
 async def test_a_newer_schema_is_refused(store_target: str) -> None:
