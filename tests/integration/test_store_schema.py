@@ -266,3 +266,27 @@ async def test_a_slow_query_is_stopped_and_cheap_ones_still_answer(tmp_path: Any
         assert await store.head() == 5000
     finally:
         await store.close()
+
+
+async def test_a_large_prune_lets_chunks_commit_between_its_batches(store_target: str) -> None:
+    from tailer.store.retention import prune
+
+    store = await Store.open(store_target)
+    try:
+        await store.insert([ev(i, ts=f"2026-11-{1 + i // 10:02d}T00:00:00Z") for i in range(60)])
+        done: list[str] = []
+
+        async def pruning() -> None:
+            await prune(store, 1.0, None, now=parse_time("2026-11-06T00:00:01Z"), batch=2)
+            done.append("prune")
+
+        async def chunk() -> None:
+            await asyncio.sleep(0)  # after the prune's first batch was queued
+            await store.insert([ev(100, ts="2026-11-30T00:00:00Z")])
+            done.append("chunk")
+
+        await asyncio.gather(pruning(), chunk())
+        assert done == ["chunk", "prune"]  # committed while 25 batches of 2 were still to go
+        assert await store.count() == 60 - 50 + 1 and await store.pruned() == 50
+    finally:
+        await store.close()
