@@ -166,7 +166,8 @@ class Store:
 
     def _insert(self, groups: list[list[Row]]) -> list[int]:
         p = self.ph
-        if self._training is None and self.codec.wants_training([r.event for rows in groups for r in rows]):
+        if self.codec.current is None and self._training is None and \
+                self.codec.wants_training([r.event for rows in groups for r in rows]):
             self._training = self._trainer.submit(self.codec.train)  # ~1 s of CPU, not on the writer
         elif self._training is not None and self._training.done():
             try:
