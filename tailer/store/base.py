@@ -262,13 +262,14 @@ class Store:
 
         return await prune(self, max_age, max_bytes, now)
 
-    async def first_at(self, t: float) -> int:
-        """The first sequence whose ``hw`` is >= t (head + 1 when none): every row below it is older than t."""
-        def find() -> int:
-            with self._transaction() as conn:
-                return self._first_at(conn, t)
+    async def first_at(self, t: float) -> tuple[int, int]:
+        """(the oldest sequence stored, the first whose ``hw`` is >= t, head + 1 when none): every row
+        below the second is older than t."""
+        def find(conn: Any) -> tuple[int, int]:
+            oldest = conn.execute("SELECT COALESCE(MIN(seq), 0) FROM audit_events").fetchone()[0]
+            return int(oldest), self._first_at(conn, t)
 
-        return await self._write(find)
+        return await self._read(find)
 
     async def totals(self) -> tuple[int, int]:
         """(rows, bytes of event JSON) stored, kept as running totals."""
