@@ -306,7 +306,9 @@ class Store:
 
     def _first_at(self, conn: Any, t: float) -> int:
         """Bisection over ``seq`` (``hw`` is non-decreasing in it): ~log2(rows) primary-key lookups, no index."""
-        lo, hi = conn.execute("SELECT COALESCE(MIN(seq), 1), COALESCE(MAX(seq), 0) + 1 FROM audit_events").fetchone()
+        # two subqueries: SQLite reads MIN or MAX from the primary key only when a query has just one
+        lo, hi = conn.execute("SELECT COALESCE((SELECT MIN(seq) FROM audit_events), 1), "
+                              "COALESCE((SELECT MAX(seq) FROM audit_events), 0) + 1").fetchone()
         lo, hi = int(lo), int(hi)
         step = f"SELECT hw FROM audit_events WHERE seq >= {self.ph} ORDER BY seq LIMIT 1"
         while lo < hi:

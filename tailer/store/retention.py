@@ -28,14 +28,14 @@ async def prune(store: Any, max_age: float | None, max_bytes: int | None, now: f
         oldest, below = await store.first_at((now or time.time()) - max_age)
         while below > oldest and (n := await store.delete_oldest(below, None, batch)) > 0:
             by_age += n
-            await store.reclaim()
     if max_bytes:
         while (excess := (await store.totals())[1] - max_bytes) > 0:
             n = await store.delete_oldest(None, excess, batch)
             if n == 0:
                 break
             by_size += n
-            await store.reclaim()
+    if by_age or by_size:
+        await store.reclaim()  # bounded: the rest of the free pages are reused by new rows or freed next time
     return by_age, by_size
 
 
