@@ -77,7 +77,7 @@ class Store:
         await loop.run_in_executor(self._writer, self._close)
         self._writer.shutdown()
         self._readers.shutdown()
-        self._trainer.shutdown(cancel_futures=True)
+        self._trainer.shutdown(wait=False, cancel_futures=True)  # a training still running is dropped
 
     # ---- driver hooks ----
 
