@@ -15,14 +15,13 @@ The store is ``healthy`` again after the next write that succeeds (``probe`` tri
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any, TypeVar
 
-from tailer.store.rows import COLUMNS, EventFilter, InsertResult, Row, compress, load, to_row
+from tailer.store.rows import COLUMNS, Codec, EventFilter, InsertResult, Row, to_row
 
 T = TypeVar("T")
 GROUP_ROWS = 20_000  # most rows one group commit takes
@@ -55,6 +54,9 @@ class Store:
         self.last_error = ""
         self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.kind}-write")
         self._readers = ThreadPoolExecutor(self.readers, thread_name_prefix=f"{self.kind}-read")
+        self.codec = Codec()
+        self._trainer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.kind}-train")
+        self._training: Future[Any] | None = None
         self._pending: list[tuple[list[Row], asyncio.Future[int]]] = []
         self._drainer: asyncio.Task[None] | None = None
 
@@ -81,6 +83,7 @@ class Store:
         await loop.run_in_executor(self._writer, self._close)
         self._writer.shutdown()
         self._readers.shutdown()
+        self._trainer.shutdown(wait=False, cancel_futures=True)  # a training still running is dropped
 
     # ---- driver hooks ----
 
@@ -139,8 +142,7 @@ class Store:
 
     async def insert(self, records: Sequence[Any]) -> InsertResult:
         """Store a chunk durably; repeats of a stored (auditID, stage) are dropped."""
-        now = time.time()
-        rows = [r for r in (to_row(rec, now) for rec in records) if r is not None]
+        rows = [r for r in map(to_row, records) if r is not None]
         skipped = len(records) - len(rows)
         if not rows:
             return InsertResult(0, 0, skipped)
@@ -175,8 +177,19 @@ class Store:
 
     def _insert(self, groups: list[list[Row]]) -> list[int]:
         p = self.ph
+        if self.codec.current is None and self._training is None and \
+                self.codec.wants_training([r.event for rows in groups for r in rows]):
+            self._training = self._trainer.submit(self.codec.train)  # ~1 s of CPU, not on the writer
+        elif self._training is not None and self._training.done():
+            try:
+                trained = self._training.result()
+            except Exception:  # zstd could not train on these samples: frames without a dictionary
+                self._training = None
+                self.codec.give_up()
+            else:
+                self._keep_dict(trained)
         sql = (f"INSERT INTO audit_events (hw, {', '.join(COLUMNS)}) VALUES ({', '.join([p] * (len(COLUMNS) + 1))}) "
-               "ON CONFLICT (audit_id, stage) DO NOTHING")
+               "ON CONFLICT (ts, audit_id, stage) DO NOTHING")
         with self._transaction() as conn:
             last = conn.execute("SELECT seq, hw FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
             top, hw = (int(last[0]), float(last[1])) if last else (0, float("-inf"))
@@ -185,7 +198,7 @@ class Store:
                 params = []
                 for r in rows:
                     hw = max(hw, r.ts)  # the running maximum: non-decreasing in seq
-                    params.append((hw, *r[:-1], compress(r.event)))
+                    params.append((hw, *r[:-1], self.codec.compress(r.event)))
                 counts.append(self._executemany(conn, sql, params))
             added = sum(counts)
             if added == sum(len(rows) for rows in groups):
@@ -198,6 +211,27 @@ class Store:
 
     def _executemany(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
         raise NotImplementedError
+
+    def _keep_dict(self, trained: Any) -> None:
+        """Store the bodies' zstd dictionary, trained on the first events, then use it (not before it
+        is committed: a row must never name a dictionary the store lacks)."""
+        with self._transaction() as conn:
+            dict_id = int(conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM audit_dicts").fetchone()[0])
+            data = self.codec.with_id(trained, dict_id)
+            conn.execute(f"INSERT INTO audit_dicts (id, data) VALUES ({self.ph}, {self.ph})", (dict_id, data))
+        self.codec.use(dict_id, data)
+        self._training = None
+
+    def _known_dicts(self, conn: Any) -> None:
+        for dict_id, data in conn.execute("SELECT id, data FROM audit_dicts ORDER BY id").fetchall():
+            self.codec.use(int(dict_id), bytes(data))
+
+    def _load(self, conn: Any, body: Any) -> dict[str, Any]:
+        def fetch(dict_id: int) -> bytes | None:
+            row = conn.execute(f"SELECT data FROM audit_dicts WHERE id = {self.ph}", (dict_id,)).fetchone()
+            return bytes(row[0]) if row else None
+
+        return self.codec.load(body, fetch)
 
     async def probe(self) -> None:
         """One small real write (a row inserted and deleted again, committed): the store is healthy
@@ -239,13 +273,14 @@ class Store:
 
         return await prune(self, max_age, max_bytes, now)
 
-    async def first_at(self, t: float) -> int:
-        """The first sequence whose ``hw`` is >= t (head + 1 when none): every row below it is older than t."""
-        def find() -> int:
-            with self._transaction() as conn:
-                return self._first_at(conn, t)
+    async def first_at(self, t: float) -> tuple[int, int]:
+        """(the oldest sequence stored, the first whose ``hw`` is >= t, head + 1 when none): every row
+        below the second is older than t."""
+        def find(conn: Any) -> tuple[int, int]:
+            oldest = conn.execute("SELECT COALESCE(MIN(seq), 0) FROM audit_events").fetchone()[0]
+            return int(oldest), self._first_at(conn, t)
 
-        return await self._write(find)
+        return await self._read(find)
 
     async def totals(self) -> tuple[int, int]:
         """(rows, bytes of event JSON) stored, kept as running totals."""
@@ -282,7 +317,9 @@ class Store:
 
     def _first_at(self, conn: Any, t: float) -> int:
         """Bisection over ``seq`` (``hw`` is non-decreasing in it): ~log2(rows) primary-key lookups, no index."""
-        lo, hi = conn.execute("SELECT COALESCE(MIN(seq), 1), COALESCE(MAX(seq), 0) + 1 FROM audit_events").fetchone()
+        # two subqueries: SQLite reads MIN or MAX from the primary key only when a query has just one
+        lo, hi = conn.execute("SELECT COALESCE((SELECT MIN(seq) FROM audit_events), 1), "
+                              "COALESCE((SELECT MAX(seq) FROM audit_events), 0) + 1").fetchone()
         lo, hi = int(lo), int(hi)
         step = f"SELECT hw FROM audit_events WHERE seq >= {self.ph} ORDER BY seq LIMIT 1"
         while lo < hi:
@@ -319,7 +356,7 @@ class Store:
             if flt.since is not None:  # nothing below the first row whose running maximum reaches ``since``
                 start = max(start, self._first_at(conn, flt.since) - 1)
             rows = conn.execute(sql, (start, *args, limit)).fetchall()
-            return [(int(seq), load(body)) for seq, body in rows]
+            return [(int(seq), self._load(conn, body)) for seq, body in rows]
 
         return await self._read(query)
 
@@ -355,7 +392,7 @@ class Store:
                 seq, ts = rows[-1][0], rows[-1][1]
                 omitted = int(conn.execute(f"SELECT COUNT(*) FROM audit_events WHERE {older} AND dry = 0",
                                            (*args, ts, ts, seq)).fetchone()[0])
-            return [(int(seq), str(g), load(body)) for seq, _, g, body in reversed(rows)], omitted
+            return [(int(seq), str(g), self._load(conn, body)) for seq, _, g, body in reversed(rows)], omitted
 
         return await self._read(query)
 

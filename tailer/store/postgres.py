@@ -54,6 +54,7 @@ class PostgresStore(Store):
                                  f"{schema.VERSION}: run a newer tailer")
             for statement in schema.plan(current, schema.POSTGRES):
                 conn.execute(statement)
+            self._known_dicts(conn)
         timeout = int(self.query_timeout * 1000)
 
         def configure(conn: psycopg.Connection[Any]) -> None:

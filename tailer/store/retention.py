@@ -17,7 +17,7 @@ from typing import Any
 from kube_audit.runtime.observability import get_logger
 from tailer.metrics import TailerMetrics
 
-BATCH = 2_000  # rows per delete transaction
+BATCH = 1_000  # rows per delete transaction
 
 
 async def prune(store: Any, max_age: float | None, max_bytes: int | None, now: float | None = None,
@@ -25,17 +25,17 @@ async def prune(store: Any, max_age: float | None, max_bytes: int | None, now: f
     """Apply both limits once: (deleted by age, deleted by size)."""
     by_age = by_size = 0
     if max_age:
-        below = await store.first_at((now or time.time()) - max_age)
-        while (n := await store.delete_oldest(below, None, batch)) > 0:
+        oldest, below = await store.first_at((now or time.time()) - max_age)
+        while below > oldest and (n := await store.delete_oldest(below, None, batch)) > 0:
             by_age += n
-            await store.reclaim()
     if max_bytes:
         while (excess := (await store.totals())[1] - max_bytes) > 0:
             n = await store.delete_oldest(None, excess, batch)
             if n == 0:
                 break
             by_size += n
-            await store.reclaim()
+    if by_age or by_size:
+        await store.reclaim()  # bounded: the rest of the free pages are reused by new rows or freed next time
     return by_age, by_size
 
 

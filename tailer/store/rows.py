@@ -1,8 +1,8 @@
 """What the store keeps of an event, and how a query asks for events. Pure: no database here.
 
 A row is the columns the API filters on plus the redacted event as compact JSON, compressed with zstd
-(one frame per row: a row must stay readable alone, and a page-level scheme would need our own page
-format). Bodies that start with ``{`` are plain JSON (rows written before compression, or with it off).
+and a dictionary (one frame per row: a row must stay readable alone, and a page-level scheme would need
+our own page format). Bodies that start with ``{`` are plain JSON (rows written before compression).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -19,8 +20,8 @@ import zstandard
 
 from kube_audit.model.audit import AuditEvent, is_dry_run, parse
 
-ZSTD_LEVEL = 3  # ~3x on a 1.5 KB event at ~5 µs; higher levels buy little on rows this small
-_local = threading.local()  # zstd (de)compressors are not thread-safe: one per thread
+ZSTD_LEVEL = 3  # with a dictionary ~10x on a 1.5 KB event; higher levels buy little on rows this small
+_local = threading.local()
 
 
 class Row(NamedTuple):
@@ -98,35 +99,95 @@ def clean(text: str) -> str:
     return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
-def to_row(record: Any, now: float) -> Row | None:
+def event_time(event: dict[str, Any]) -> float:
+    """stageTimestamp, else requestReceivedTimestamp, else 0: part of the idempotence key, so it must be
+    the same for every copy of an event (never the time it arrived)."""
+    for field in ("stageTimestamp", "requestReceivedTimestamp"):
+        stamp = event.get(field)
+        if isinstance(stamp, str) and (t := parse_time(stamp)) is not None:
+            return t
+    return 0.0
+
+
+def to_row(record: Any) -> Row | None:
     """The row of an audit event, parsed once by the pipeline (kube_audit/model/audit.py); a raw record
     is parsed here. None for a record that is not an audit event."""
     ev = record if isinstance(record, AuditEvent) else parse(record)
     if not isinstance(ev, AuditEvent):
         return None
     v = ev.view
-    body = ev.json
     code = v.code if v.code is not None and -(2**63) <= v.code < 2**63 else None  # the column is 64-bit
-    return Row(clean(v.audit_id), clean(v.stage), ev.ts or now, clean(v.verb), clean(v.level), clean(v.user),
-               clean(v.group), clean(v.resource), clean(v.namespace), clean(v.name), clean(v.subresource), code,
-               int(is_dry_run(ev.body)), len(body), body)
+    return Row(clean(v.audit_id), clean(v.stage), ev.ts if ev.ts is not None else event_time(ev.record),
+               clean(v.verb), clean(v.level), clean(v.user), clean(v.group), clean(v.resource), clean(v.namespace),
+               clean(v.name), clean(v.subresource), code, int(is_dry_run(ev.body)), len(ev.json), ev.json)
 
 
-def compress(body: bytes) -> bytes:
-    c = getattr(_local, "c", None)
-    if c is None:
-        c = _local.c = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
-    return c.compress(body)
+class Codec:
+    """Row bodies as zstd frames with a dictionary trained on this store's first events: ~10x on a
+    1.5 KB event where a frame alone gets ~2x, and faster. Until there is a dictionary (the first
+    ``TRAIN_AFTER`` events of a new store) bodies stay plain JSON. Each frame names its dictionary; the
+    dictionaries live in the store (``audit_dicts``) and are never deleted. ``compress`` and ``train``
+    run on the writer thread only; ``load`` on any thread."""
 
+    TRAIN_AFTER = 1_000  # sample bodies to train on (~0.5 s of CPU beside the writer)
+    DICT_BYTES = 64 * 1024
 
-def load(body: bytes | str) -> dict[str, Any]:
-    """The event of a stored body (zstd frame or plain JSON)."""
-    if not (isinstance(body, str) or body[:1] == b"{"):
-        d = getattr(_local, "d", None)
-        if d is None:
-            d = _local.d = zstandard.ZstdDecompressor()
-        body = d.decompress(body)
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:  # lone surrogates, escaped by encode_line's fallback
-        return json.loads(bytes(body) if not isinstance(body, str) else body)
+    def __init__(self, level: int = ZSTD_LEVEL) -> None:
+        self.level = level
+        self.dicts: dict[int, zstandard.ZstdCompressionDict] = {}
+        self.current: int | None = None
+        self._compressor: zstandard.ZstdCompressor | None = None
+        self._samples: list[bytes] = []
+
+    def use(self, dict_id: int, data: bytes) -> None:
+        """Know dictionary ``dict_id``; the newest one known compresses from now on."""
+        self.dicts[dict_id] = zstandard.ZstdCompressionDict(data)
+        if self.current is None or dict_id > self.current:
+            self.current = dict_id
+            self._compressor = zstandard.ZstdCompressor(level=self.level, dict_data=self.dicts[dict_id])
+
+    def give_up(self) -> None:
+        self.current = 0  # frames without a dictionary (~2x)
+        self._compressor = zstandard.ZstdCompressor(level=self.level)
+
+    def wants_training(self, bodies: list[bytes]) -> bool:
+        if self.current is not None:
+            return False
+        self._samples.extend(bodies[: self.TRAIN_AFTER - len(self._samples)])
+        return len(self._samples) >= self.TRAIN_AFTER
+
+    def train(self) -> zstandard.ZstdCompressionDict:
+        samples, self._samples = self._samples, []
+        return zstandard.train_dictionary(self.DICT_BYTES, list[bytes | bytearray | memoryview](samples), level=self.level)
+
+    @staticmethod
+    def with_id(trained: zstandard.ZstdCompressionDict, dict_id: int) -> bytes:
+        """The dictionary's bytes with its id set to ``dict_id`` (the id in the store): a zstd dictionary
+        is magic (4 bytes), id (4 bytes little-endian), then its content."""
+        data = trained.as_bytes()
+        return bytes(data[:4] + dict_id.to_bytes(4, "little") + data[8:])
+
+    def compress(self, body: bytes) -> bytes:
+        return body if self._compressor is None else self._compressor.compress(body)
+
+    def load(self, body: bytes | str, fetch: Callable[[int], bytes | None]) -> dict[str, Any]:
+        """The event of a stored body; ``fetch`` reads a dictionary this process has not seen yet."""
+        if not (isinstance(body, str) or body[:1] == b"{"):
+            body = self._decompressor(zstandard.get_frame_parameters(body).dict_id, fetch).decompress(body)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:  # lone surrogates, escaped by encode_line's fallback
+            return json.loads(bytes(body) if not isinstance(body, str) else body)
+
+    def _decompressor(self, dict_id: int, fetch: Callable[[int], bytes | None]) -> zstandard.ZstdDecompressor:
+        cache: dict[int, zstandard.ZstdDecompressor] = getattr(_local, "d", None) or {}
+        _local.d = cache  # decompressors are not thread-safe: one per thread and dictionary
+        if dict_id not in cache:
+            if dict_id and dict_id not in self.dicts:
+                data = fetch(dict_id)
+                if data is None:
+                    raise ValueError(f"stored event needs zstd dictionary {dict_id}, which the store lacks")
+                self.dicts.setdefault(dict_id, zstandard.ZstdCompressionDict(data))
+            cache[dict_id] = zstandard.ZstdDecompressor(dict_data=self.dicts[dict_id]) if dict_id else \
+                zstandard.ZstdDecompressor()
+        return cache[dict_id]

@@ -56,6 +56,7 @@ class SqliteStore(Store):
                                  f"tailer's {schema.VERSION}: run a newer tailer")
             for statement in schema.plan(current, schema.SQLITE):
                 conn.execute(statement)
+            self._known_dicts(conn)
 
     def _close(self) -> None:
         for conn in [self._wconn, *self._rconns]:

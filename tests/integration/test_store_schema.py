@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -41,7 +42,7 @@ def old_database(target: str, events: list[dict[str, Any]]) -> None:
         for statement in schema.v1(types):
             sql(statement)
         for e in events:
-            r = to_row(e, 0.0)
+            r = to_row(e)
             assert r is not None
             values = (*r[:12], r.bytes, r.event.decode())
             sql("INSERT INTO audit_events (audit_id, stage, ts, verb, level, username, api_group, resource, "
@@ -67,6 +68,7 @@ async def test_an_old_layout_is_migrated_and_keeps_its_events(store_target: str)
             assert hws == [parse_time(f"2026-11-20T09:00:0{s}Z") for s in (3, 3, 3, 4, 5)]
         # the dry run, counted apart when it falls outside the newest ``limit``
         await store.insert([ev(6, verb="patch", name="x")])
+        assert await store.head() == 6  # the sequence continues
         _, omitted = await store.object_history("", "pods", "default", "x", limit=2)
         assert omitted == 3  # events 1, 2, 3; the dry run 4 makes no version
         _, late = (await store.events(EventFilter(since=parse_time("2026-11-20T09:00:03Z")), 0, 100))[0]
@@ -78,6 +80,20 @@ async def test_an_old_layout_is_migrated_and_keeps_its_events(store_target: str)
         assert await again.count() == 6
     finally:
         await again.close()
+
+
+async def test_a_migrated_store_whose_events_were_all_pruned_never_reuses_a_sequence(store_target: str) -> None:
+    old_database(store_target, [ev(i) for i in range(1, 6)])
+    with raw(store_target) as sql:
+        sql("DELETE FROM audit_events")
+        sql("UPDATE audit_pruned SET max_seq = 5 WHERE id = 1")
+    store = await Store.open(store_target)
+    try:
+        await store.insert([ev(9)])
+        (seq, _), = await store.events(EventFilter(), 0, 10)
+        assert seq > 5 and await store.pruned() == 5
+    finally:
+        await store.close()
 
 
 async def test_a_newer_schema_is_refused(store_target: str) -> None:
@@ -138,17 +154,17 @@ async def test_cursors_are_durable(store_target: str) -> None:
         await store.close()
 
 
-async def test_nul_and_lone_surrogates_are_stored(store_target: str) -> None:
+async def test_nul_and_lone_surrogates_never_fail_a_chunk(store_target: str) -> None:
     """A NUL (PostgreSQL refuses it in text) or a lone surrogate in a filtered field once made every
-    resend of the chunk fail: the chunk was never acked and nothing after it was delivered."""
+    resend of the chunk fail: the chunk was never acked and nothing after it was delivered. Now the audit
+    model rejects such records at the edge (the pipeline acks them and keeps them in the rejected-records
+    file), the store skips them without failing the chunk, and a NUL elsewhere in an event is stored."""
     odd = [ev(1, user="a\x00b", name="n\x00"), ev(2, namespace="ns\ud800"), ev(3, extra={"note": "x\x00y"})]
     store = await Store.open(store_target)
     try:
-        assert (await store.insert(odd)).inserted == 3
-        (_, stored), = await store.events(EventFilter(user="a\x00b"), 0, 10)
-        assert stored["user"]["username"] == "a\x00b" and stored["objectRef"]["name"] == "n\x00"
-        assert [e["auditID"] for _, e in await store.events(EventFilter(namespace="ns\ud800"), 0, 10)] == ["id-2"]
-        assert [e.get("note") for _, e in await store.events(EventFilter(), 0, 10)][2] == "x\x00y"
+        result = await store.insert(odd)
+        assert (result.inserted, result.skipped) == (1, 2)
+        assert [e.get("note") for _, e in await store.events(EventFilter(), 0, 10)] == ["x\x00y"]
     finally:
         await store.close()
 
@@ -171,13 +187,46 @@ async def test_time_ranges_find_late_events(store_target: str) -> None:
         await store.close()
 
 
-def test_row_bodies_are_compressed() -> None:
-    from tailer.store.rows import compress, load
+async def test_bodies_are_compressed_with_a_dictionary_trained_on_the_first_events(store_target: str) -> None:
+    from tailer.store.rows import Codec
 
-    event = ev(1, extra={"requestObject": {"data": {"k": "v" * 2000}}})
-    body = orjson.dumps(event)
-    packed = compress(body)
-    assert len(packed) < len(body) / 4 and load(packed) == event and load(body) == event
+    def big(i: int) -> dict[str, Any]:
+        return ev(i, extra={"requestObject": {"kind": "ConfigMap", "data": {"k": f"value {i} " * 40}}})
+
+    store = await Store.open(store_target)
+    try:
+        first = [big(i) for i in range(Codec.TRAIN_AFTER - 1)]
+        await store.insert(first)  # plain JSON: no dictionary yet
+        assert store.codec.current is None
+        await store.insert([big(i) for i in range(Codec.TRAIN_AFTER - 1, Codec.TRAIN_AFTER + 99)])  # trains
+        deadline = time.monotonic() + 30  # training runs beside the writer; the next insert takes it up
+        n = Codec.TRAIN_AFTER + 99
+        while store.codec.current is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            await store.insert([big(n)])
+            n += 1
+        assert store.codec.current == 1
+        await store.insert([big(n)])
+        with raw(store_target) as sql:
+            bodies = [bytes(b) for (b,) in sql("SELECT event FROM audit_events ORDER BY seq").fetchall()]
+        assert bodies[0][:1] == b"{" and bodies[-1][:1] != b"{"
+        assert len(bodies[-1]) * 4 < len(orjson.dumps(first[-1]))
+    finally:
+        await store.close()
+    again = await Store.open(store_target)  # a new process finds the dictionary in the store
+    try:
+        rows = await again.events(EventFilter(), 0, 10_000)
+        assert [e["auditID"] for _, e in rows] == [f"id-{i}" for i in range(n + 1)]
+        assert rows[-1][1] == big(n) and again.codec.current == 1
+    finally:
+        await again.close()
+
+
+def test_lines_with_non_string_keys_are_still_encoded() -> None:
+    from tailer.ingest.stdout import encode_line
+
+    assert encode_line({"a": 1, 2: "b"}) == b'{"a":1,"2":"b"}\n'
+    assert encode_line({"a": b"\xff"}) == b'{"a":"/w=="}\n'
 
 
 async def test_a_full_disk_says_so_and_the_store_is_not_healthy_until_it_writes(tmp_path: Any) -> None:
@@ -215,5 +264,29 @@ async def test_a_slow_query_is_stopped_and_cheap_ones_still_answer(tmp_path: Any
         with pytest.raises(StoreError, match="query stopped"):
             await store.events(EventFilter(verb="nothing-has-this-verb"), 0, 10)
         assert await store.head() == 5000
+    finally:
+        await store.close()
+
+
+async def test_a_large_prune_lets_chunks_commit_between_its_batches(store_target: str) -> None:
+    from tailer.store.retention import prune
+
+    store = await Store.open(store_target)
+    try:
+        await store.insert([ev(i, ts=f"2026-11-{1 + i // 10:02d}T00:00:00Z") for i in range(60)])
+        done: list[str] = []
+
+        async def pruning() -> None:
+            await prune(store, 1.0, None, now=parse_time("2026-11-06T00:00:01Z"), batch=2)
+            done.append("prune")
+
+        async def chunk() -> None:
+            await asyncio.sleep(0)  # after the prune's first batch was queued
+            await store.insert([ev(100, ts="2026-11-30T00:00:00Z")])
+            done.append("chunk")
+
+        await asyncio.gather(pruning(), chunk())
+        assert done == ["chunk", "prune"]  # committed while 25 batches of 2 were still to go
+        assert await store.count() == 60 - 50 + 1 and await store.pruned() == 50
     finally:
         await store.close()

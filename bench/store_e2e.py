@@ -1,0 +1,114 @@
+"""The tailer end to end with its SQLite store in the ack path vs ``--store none``, before and after.
+
+A sender here (not the forwarder: it would share the two cores and blur the tailer's figure) sends
+``--events`` realistic events (bench/events.py) as CompressedPackedForward chunks of 1,000 events, 4 in
+flight, and waits for every ack; the tailer prints to /dev/null. Reported per run: events/s and the tailer's
+CPU per event (user + system, from /proc). The ratio is CPU per event with ``--store none`` over with the
+SQLite store (1.0 = the store costs nothing). Trees and stores are interleaved ``--runs`` times; medians.
+
+    python -m bench.store_e2e [--events 100000] [--runs 3] [--before 8a254db]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(HERE))
+
+import fluent_forward as ff  # noqa: E402
+from bench.events import many  # noqa: E402
+from bench.store_perf import unpack  # noqa: E402
+from bench.synth import free_port  # noqa: E402
+
+
+def chunks(n: int) -> list[tuple[str, bytes]]:
+    records = list(many(n))
+    out = []
+    for c, i in enumerate(range(0, n, 1000)):
+        packed = b"".join(ff.encode_entry(ff.EventTime(1_763_629_200 + j, 0), r)
+                          for j, r in enumerate(records[i:i + 1000]))
+        out.append((f"c{c}", ff.encode_packed_forward("audit", packed, chunk=f"c{c}", compress=True)))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(tree: Path, store: str, data: list[tuple[str, bytes]], n: int) -> tuple[float, float]:
+    """(events/s, tailer CPU µs per event)."""
+    port, http = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "wb") as null:
+        env = dict(os.environ, PYTHONPATH=str(tree), KUBECONFIG=os.devnull)
+        proc = subprocess.Popen([sys.executable, "-m", "tailer.cli", "--listen", f"127.0.0.1:{port}", "--http-listen",
+                                 f"127.0.0.1:{http}", "--log-level", "warning", "--data-dir", tmp, "--store", store,
+                                 "--configmaps", "false"], stdout=null, env=env, cwd=str(tree))
+        try:
+            for _ in range(400):
+                try:
+                    sock = socket.create_connection(("127.0.0.1", port))
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            idle = cpu_seconds(proc.pid)
+            decoder, acked, sent = ff.Decoder(), 0, 0
+            start = time.perf_counter()
+            with sock:
+                while acked < len(data):
+                    while sent < len(data) and sent - acked < 4:
+                        sock.sendall(data[sent][1])
+                        sent += 1
+                    for msg in decoder.feed(sock.recv(65536)):
+                        assert msg == ff.Ack(data[acked][0]), msg
+                        acked += 1
+            elapsed = time.perf_counter() - start
+            cpu = cpu_seconds(proc.pid) - idle
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return n / elapsed, cpu / n * 1e6
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--before", default="8a254db")
+    p.add_argument("--after", default="", help="git revision to measure ('' = this working tree)")
+    a = p.parse_args()
+    data = chunks(a.events)
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"after": unpack(a.after, Path(tmp) / "after") if a.after else HERE}
+        if a.before:
+            trees = {"before": unpack(a.before, Path(tmp) / "before"), **trees}
+        got: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for r in range(a.runs):
+            for name, tree in trees.items():
+                for store in ("sqlite", "none"):
+                    eps, us = run(tree, store, data, a.events)
+                    got.setdefault((name, store), []).append((eps, us))
+                    print(f"run {r + 1} {name} --store {store}: {eps:,.0f} events/s, {us:.0f} µs tailer CPU/event",
+                          flush=True)
+    print(f"\nmedians of {a.runs} runs, {a.events} events")
+    for name in trees:
+        med = {s: (statistics.median(e for e, _ in got[(name, s)]), statistics.median(u for _, u in got[(name, s)]))
+               for s in ("sqlite", "none")}
+        print(f"{name:7} sqlite {med['sqlite'][0]:>8,.0f} ev/s {med['sqlite'][1]:5.0f} µs/ev | none "
+              f"{med['none'][0]:>8,.0f} ev/s {med['none'][1]:5.0f} µs/ev | CPU ratio none/sqlite "
+              f"{med['none'][1] / med['sqlite'][1]:.2f}x, throughput ratio {med['sqlite'][0] / med['none'][0]:.2f}x "
+              "(goal >= 0.8x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""The store rows of issue 13, before and after, on realistic events (bench/events.py), side by side.
+
+The driver runs each case in a fresh worker process, once per code tree (``--before``: a git revision,
+unpacked to a temporary folder; ``after``: this tree), interleaved ``--runs`` times, and prints the medians
+next to each other and next to each case's own baseline measured in the same worker:
+
+- insert: ``Store.insert`` (1,000-event chunks, one commit each; after 2,000 warm-up events, so the store
+  has trained its zstd dictionary) vs a minimal sqlite3 loop (the same events
+  as JSON, one table with no secondary index, WAL, synchronous=FULL, one transaction per chunk).
+- large (``--rows``): retention with nothing to delete; a time-range list (the last 10 minutes, one page);
+  a cheap call (``head``) alone and while an unindexed scan runs; bytes on disk per event vs its JSON; a real
+  prune of the oldest 10% while chunks keep arriving: the longest wait of one chunk's commit.
+- postgresql: insert rate and bytes per event (table + indexes + TOAST) on a local server.
+
+    python -m bench.store_perf [--rows 1000000] [--runs 3] [--before 8a254db] [--cases insert,large,postgresql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent.parent
+GOALS = {"insert_ratio": ">= 0.8", "retention_noop_ms": "< 10", "range_ms": "< 50", "prune10_max_wait_ms": "<= 250",
+         "cheap_behind_scan_ms": "~ alone", "disk_per_json": "<= 1.0", "pg_disk_per_json": "<= 1.0"}
+
+
+# ---- worker: runs inside one code tree (sys.path[0] is that tree) ----
+
+async def timed(fn: Any, runs: int = 7) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        await fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def minimal_loop(path: str, chunks: list[list[dict[str, Any]]]) -> float:
+    import orjson
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, ts TEXT NOT NULL, event TEXT NOT NULL)")
+    start = time.perf_counter()
+    for chunk in chunks:
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO t (ts, event) VALUES (?, ?)",
+                         [(e["stageTimestamp"], orjson.dumps(e).decode()) for e in chunk])
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return sum(map(len, chunks)) / elapsed
+
+
+async def insert_rate(store: Any, chunks: list[list[dict[str, Any]]]) -> float:
+    start = time.perf_counter()
+    for chunk in chunks:
+        await store.insert(chunk)
+    return sum(map(len, chunks)) / (time.perf_counter() - start)
+
+
+async def case_insert(tmp: Path, n: int) -> dict[str, Any]:
+    from bench.events import events
+    from tailer.store import Store
+
+    records = list(events(n, seed=3))
+    chunks = [records[i:i + 1000] for i in range(0, n, 1000)]
+    loop = minimal_loop(str(tmp / "loop.db"), chunks)
+    store = await Store.open(str(tmp / "audit.db"))
+    try:
+        await insert_rate(store, [list(events(2000, seed=4))])  # steady state: a store that has its dictionary
+        for _ in range(100):
+            if getattr(store, "_training", None) is None:
+                break
+            await asyncio.sleep(0.1)
+            await store.insert(list(events(1, seed=5)))
+        ours = await insert_rate(store, chunks)
+    finally:
+        await store.close()
+    return {"insert_eps": round(ours), "minimal_loop_eps": round(loop), "insert_ratio": round(ours / loop, 2)}
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+
+
+async def case_large(tmp: Path, rows: int) -> dict[str, Any]:
+    import orjson
+
+    from bench.events import START, many
+    from tailer.store import EventFilter, Store
+
+    path = tmp / "audit.db"
+    store = await Store.open(str(path))
+    rate = 500.0
+    try:
+        json_bytes, batch, start = 0, [], time.perf_counter()
+        for ev in many(rows, rate=rate):
+            batch.append(ev)
+            if len(batch) == 5000:
+                json_bytes += sum(len(orjson.dumps(e)) for e in batch[:50]) * 100  # sampled
+                await store.insert(batch)
+                batch = []
+        if batch:
+            await store.insert(batch)
+        load = rows / (time.perf_counter() - start)
+        end = START.timestamp() + rows / rate
+        out: dict[str, Any] = {"rows": rows, "load_eps": round(load),
+                               "disk_per_json": round(disk_bytes(path) / json_bytes, 2),
+                               "disk_bytes_per_event": round(disk_bytes(path) / rows)}
+        out["retention_noop_ms"] = round(await timed(lambda: store.prune(30 * 86400.0, 1 << 40, now=end), 5), 2)
+
+        async def recent() -> None:
+            assert len(await store.events(EventFilter(since=end - 600), 0, 500)) == 500
+
+        out["range_ms"] = round(await timed(recent, 5), 2)
+        out["cheap_alone_ms"] = round(await timed(store.head), 2)
+        scan = asyncio.ensure_future(store.events(EventFilter(code=299), 0, 10))  # matches nothing: a full scan
+        await asyncio.sleep(0.05)
+        out["cheap_behind_scan_ms"] = round(await timed(store.head, 3), 2)
+        try:
+            await scan
+        except Exception as exc:  # a query timeout counts as the scan's end
+            out["scan_error"] = type(exc).__name__
+        out.update(await prune_while_ingesting(store, end - (rows / rate) * 0.9, end))
+        return out
+    finally:
+        await store.close()
+
+
+async def prune_while_ingesting(store: Any, cutoff: float, end: float) -> dict[str, Any]:
+    from bench.events import many
+
+    waits: list[float] = []
+    stop = asyncio.Event()
+
+    async def ingest() -> None:
+        fresh = many(10**9, seed=9, start=(end - 1_763_629_200.0))
+        while not stop.is_set():
+            chunk = [next(fresh) for _ in range(1000)]
+            t = time.perf_counter()
+            await store.insert(chunk)
+            waits.append(time.perf_counter() - t)
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(ingest())
+    for _ in range(600):  # a few chunks alone first: the wait without a prune
+        if len(waits) >= 3:
+            break
+        await asyncio.sleep(0.1)
+    before = len(waits)
+    t = time.perf_counter()
+    deleted = await store.prune(end - cutoff, None, now=end)
+    elapsed = time.perf_counter() - t
+    stop.set()
+    await task  # the chunk that waited behind the prune's end is counted too
+    during = waits[before:] or [0.0]
+    return {"prune10_deleted": deleted[0], "prune10_s": round(elapsed, 2),
+            "prune10_max_wait_ms": round(max(during) * 1000),
+            "wait_alone_ms": round(statistics.median(waits[:before] or [0.0]) * 1000)}
+
+
+async def case_postgresql(tmp: Path, n: int) -> dict[str, Any]:
+    import orjson
+    import psycopg
+
+    from bench.events import events
+    from bench.synth import free_port
+    from tailer.store import Store
+    from tests.helpers.pgserver import PostgresServer
+
+    server = PostgresServer(free_port(), fsync=True).start()
+    try:
+        url = server.new_database()
+        records = list(events(n, seed=3))
+        chunks = [records[i:i + 1000] for i in range(0, n, 1000)]
+        store = await Store.open(url)
+        try:
+            rate = await insert_rate(store, chunks)
+        finally:
+            await store.close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE audit_events")
+            size = conn.execute("SELECT pg_total_relation_size('audit_events')").fetchone()[0]  # type: ignore[index]
+        json_bytes = sum(len(orjson.dumps(e)) for e in records)
+        return {"pg_insert_eps": round(rate), "pg_disk_per_json": round(size / json_bytes, 2),
+                "pg_bytes_per_event": round(size / n)}
+    finally:
+        server.stop()
+
+
+def worker(case: str, size: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        fn = {"insert": case_insert, "large": case_large, "postgresql": case_postgresql}[case]
+        print(json.dumps(asyncio.run(fn(Path(tmp), size))), flush=True)
+
+
+# ---- driver ----
+
+def unpack(rev: str, into: Path) -> Path:
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(HERE), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def run_worker(tree: Path, shim_root: Path, case: str, size: int) -> dict[str, Any]:
+    # bench/ and tests/helpers from this tree (the shim), the rest from the tree under test
+    code = (f"import sys; sys.path[:0] = [{str(shim_root)!r}, {str(tree)!r}]; "
+            f"from bench.store_perf import worker; worker({case!r}, {size})")
+    env = dict(os.environ, PYTHONPATH="")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=3600, cwd=str(tree))
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-1][:120]}
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def shim(tmp: Path) -> Path:
+    """bench/ and tests/helpers of this tree, importable next to an older tree's tailer/."""
+    root = tmp / "shim"
+    for part in ("bench", "tests"):
+        (root / part).mkdir(parents=True, exist_ok=True)
+    for f in (HERE / "bench").glob("*.py"):
+        (root / "bench" / f.name).write_bytes(f.read_bytes())
+    (root / "tests" / "__init__.py").write_text("")
+    helpers = root / "tests" / "helpers"
+    helpers.mkdir(exist_ok=True)
+    for f in (HERE / "tests" / "helpers").glob("*.py"):
+        (helpers / f.name).write_bytes(f.read_bytes())
+    return root
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--before", default="8a254db", help="git revision to compare with ('' = none)")
+    p.add_argument("--after", default="", help="git revision to measure ('' = this working tree)")
+    p.add_argument("--cases", default="insert,large,postgresql")
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        after = unpack(a.after, Path(tmp) / "after") if a.after else HERE
+        trees = {"after": after}
+        if a.before:
+            trees = {"before": unpack(a.before, Path(tmp) / "before"), "after": after}
+        shim_root = shim(Path(tmp))
+        results: dict[str, dict[str, list[Any]]] = {name: {} for name in trees}
+        for run in range(a.runs):
+            for case in a.cases.split(","):
+                for name, tree in trees.items():  # interleaved: before, after, before, after, ...
+                    size = a.rows if case == "large" else a.events
+                    got = run_worker(tree, shim_root, case, size)
+                    print(f"run {run + 1} {case} {name}: {got}", flush=True)
+                    for key, value in got.items():
+                        results[name].setdefault(key, []).append(value)
+    keys = sorted({k for r in results.values() for k in r})
+    print(f"\n{'medians of ' + str(a.runs) + ' runs':28} " + " ".join(f"{n:>14}" for n in trees) + "   goal")
+    for key in keys:
+        cells = []
+        for name in trees:
+            values = results[name].get(key, [])
+            nums = [v for v in values if isinstance(v, (int, float))]
+            cells.append(f"{statistics.median(nums):>14,}" if nums else f"{str(values[:1]):>14}")
+        print(f"{key:28} " + " ".join(cells) + f"   {GOALS.get(key, '')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
