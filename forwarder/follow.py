@@ -276,6 +276,8 @@ class Follower:
 
     def _known(self, cand: Candidate) -> bool:
         for src in self.sources:
+            if src.ended:
+                continue
             if not cand.compressed and (cand.device, cand.inode) == src.at:
                 return True
             if cand.compressed and src.head and same_content(src.head, self.folder.head(cand, len(src.head))):
