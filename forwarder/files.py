@@ -21,6 +21,7 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import IO
 
 FINGERPRINT_BYTES = 1024
 HEAD_ERRORS = (OSError, EOFError, zlib.error)
@@ -64,19 +65,26 @@ class Folder:
 
     def scan(self) -> list[Candidate] | None:
         """Every file of the log, oldest first: backups, then copies, then the live file. None: no folder."""
+        # the live file first: every backup renamed before this live file was created is then in the listing
+        # (a listing is not atomic: stat after listing could see a live file newer than the backups listed)
+        try:
+            live_st: os.stat_result | None = os.stat(self.live)
+        except FileNotFoundError:
+            live_st = None
         try:
             names = os.listdir(self.path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         present = set(names)
         found: list[tuple[int, str, Candidate]] = []
+        if live_st is not None:
+            found.append((2, "", Candidate(self.live, "live", "", False, live_st.st_dev, live_st.st_ino,
+                                           live_st.st_size)))
         for name in names:
             path = os.path.join(self.path, name)
-            if path in self.exclude:
+            if path in self.exclude or path == self.live:
                 continue
-            if path == self.live:
-                kind, key = "live", ""
-            elif (c := self._classify(name)) is not None:
+            if (c := self._classify(name)) is not None:
                 kind, key = c
                 # while a backup is being gzipped both exist: the plain one is complete, the .gz may not be yet
                 if name.endswith(".gz") and name[:-3] in present:
@@ -87,18 +95,38 @@ class Folder:
                 st = os.stat(path)
             except FileNotFoundError:
                 continue
+            if live_st is not None and (st.st_dev, st.st_ino) == (live_st.st_dev, live_st.st_ino):
+                continue  # rotated while we listed: still the live file for this look
             order = {"backup": 0, "copy": 1, "live": 2}[kind]
             cand = Candidate(path, kind, key, name.endswith(".gz"), st.st_dev, st.st_ino, st.st_size)
             found.append((order, key, cand))
         found.sort(key=lambda t: (t[0], t[1]))
         return [c for _, _, c in found]
 
+    def open_plain(self, cand: Candidate) -> tuple[IO[bytes], str] | None:
+        """Open exactly the file ``cand`` was (its inode), wherever a rename took it; None: gone."""
+        paths: list[str] = [cand.path]
+        for i in range(2):
+            for path in paths:
+                try:
+                    fh = open(path, "rb")  # noqa: SIM115 - the caller owns it
+                except FileNotFoundError:
+                    continue
+                st = os.fstat(fh.fileno())
+                if (st.st_dev, st.st_ino) == (cand.device, cand.inode):
+                    return fh, path
+                fh.close()
+            if i == 0:
+                paths = [c.path for c in self.scan() or () if (c.device, c.inode) == (cand.device, cand.inode)]
+        return None
+
     def head(self, cand: Candidate, n: int = FINGERPRINT_BYTES) -> bytes | None:
-        """The first ``n`` bytes of the content (decompressed); None when unreadable."""
+        """The first ``n`` bytes of the content (decompressed); None when unreadable or no longer that file."""
         try:
             if not cand.compressed:
                 with open(cand.path, "rb") as fh:
-                    return fh.read(n)
+                    st = os.fstat(fh.fileno())
+                    return fh.read(n) if (st.st_dev, st.st_ino) == (cand.device, cand.inode) else None
             cache_key = (cand.path, cand.inode, cand.size, n)
             if cache_key not in self._gz_heads:
                 if len(self._gz_heads) > 256:

@@ -14,10 +14,11 @@ are reading it or paused; what we had not read is then read from the copy, and w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 from collections import deque
-from typing import Any
+from typing import IO, Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -67,27 +68,39 @@ class Follower:
     # ---- queueing -----------------------------------------------------------------------------
 
     def _make(self, cand: Candidate, offset: int | None, cands: list[Candidate]) -> Source | None:
-        """A queued (not yet held) file at ``offset`` (None: after the last complete line)."""
-        head = self.folder.head(cand)
-        if head is None:
-            self._unreadable(cand.path, cand.inode, "cannot read its head", self.folder.content_size(cand))
-            return None
-        if offset is None:
-            try:
-                offset = last_line_end(cand.path)
-            except OSError:
+        """A queued file at ``offset`` (None: after the last complete line); a plain one is opened at once,
+        by its inode, so that its head and identity are of the same file even if it is renamed meanwhile."""
+        raw: IO[bytes] | None = None
+        if cand.compressed:
+            head, size = self.folder.head(cand), self.folder.content_size(cand)
+            if head is None:
+                self._unreadable(cand.path, cand.inode, "cannot read its head", size)
                 return None
-        size = self.folder.content_size(cand)
+        else:
+            opened = self.folder.open_plain(cand)
+            if opened is None:  # gone between the listing and now
+                if cand.kind != "live" and cand.size:
+                    self.gaps.append(Gap(cand.path, cand.inode, cand.size, "deleted before it could be opened"))
+                return None
+            raw, path = opened
+            head = os.pread(raw.fileno(), FINGERPRINT_BYTES, 0)
+            size = os.fstat(raw.fileno()).st_size
+            cand = dataclasses.replace(cand, path=path)
+        if offset is None:
+            offset = last_line_end(raw) if raw is not None else 0
         if not cand.compressed and offset > size:
             self.log.warning("file_truncated", file=cand.path, inode=cand.inode, offset=offset, size=size)
             offset = 0
         copies = [c for c in cands if c.kind == "copy"]
         after = cand.key if cand.kind == "backup" else self.folder.newest_backup_key(cands)
-        after_copy = _fp(self.folder.head(cand)) if cand.kind == "copy" else (
+        after_copy = _fp(head) if cand.kind == "copy" else (
             _fp(self.folder.head(copies[-1])) if copies and cand.kind == "live" else "")
-        return Source(cand.path, cand.device, cand.inode, cand.compressed, Splitter(offset, self.max_event_bytes),
-                      offset, offset, after, after_copy, cand.kind == "live", head, size,
-                      at=(cand.device, cand.inode))
+        src = Source(cand.path, cand.device, cand.inode, cand.compressed, Splitter(offset, self.max_event_bytes),
+                     offset, offset, after, after_copy, cand.kind == "live", head, size, at=(cand.device, cand.inode))
+        if raw is not None:
+            src.adopt(raw, cand.path, offset)
+            self.log.info("file_opened", file=cand.path, inode=cand.inode, offset=offset, compressed=False)
+        return src
 
     def _push(self, src: Source | None) -> None:
         if src is not None:
@@ -109,9 +122,19 @@ class Follower:
 
     def _reopen(self, src: Source) -> bool:
         cands = self.folder.scan() or []
-        match = next((c for c in reversed(cands) if not c.compressed and (c.device, c.inode) == src.at
-                      and (not src.head or same_content(src.head, self.folder.head(c, len(src.head))))), None)
-        if match is None and src.head:
+        for cand in (c for c in reversed(cands) if not c.compressed and (c.device, c.inode) == src.at):
+            opened = self.folder.open_plain(cand)
+            if opened is None:
+                continue
+            raw, path = opened
+            if src.head and not os.pread(raw.fileno(), len(src.head), 0) == src.head:
+                raw.close()  # the inode was reused by another file
+                continue
+            src.adopt(raw, path, src.pos)
+            self.log.info("file_opened", file=path, inode=src.inode, offset=src.pos, compressed=False)
+            return True
+        match = None
+        if src.head:
             match = next((c for c in reversed(cands) if c.kind != "live"
                           and same_content(src.head, self.folder.head(c, len(src.head)))), None)
         if match is not None:
@@ -270,16 +293,54 @@ class Follower:
             for cand in self._missed(tail, cands):
                 self._push(self._make(cand, 0, cands))
             self._push(self._make(live, 0, cands))
-        elif not tail.refresh():
-            self._truncated(tail, cands)
+        else:
+            self._still_same(tail, cands)
         self._balance()
+
+    def _still_same(self, src: Source, cands: list[Candidate] | None) -> bool:
+        """Does the live file still hold the content we are reading? If not, the truncation is handled here:
+        seen by its size or head, or, for a file that was empty when we first looked (no head to compare),
+        by logrotate copies made since that we have not read."""
+        was_empty = not src.head
+        if not src.refresh():
+            self._truncated(src, cands if cands is not None else self.folder.scan() or [])
+            return False
+        if not (was_empty and src.head):
+            return True
+        cands = cands if cands is not None else self.folder.scan() or []
+        missed = self._copies_since(src, cands)
+        if not missed:
+            return True
+        self.truncations += len(missed)
+        self.log.warning("truncations_caught_up", file=src.path, inode=src.inode, copies=[c.path for c in missed],
+                         note="truncated while it looked empty to us; reading the copies")
+        src.ended, src.live = True, False
+        for cand in missed:
+            self._push(self._make(cand, 0, cands))
+        live = next((c for c in cands if c.kind == "live"), None)
+        if live is not None:
+            self._push(self._make(live, 0, cands))
+        return False
+
+    def _copies_since(self, src: Source, cands: list[Candidate]) -> list[Candidate]:
+        """logrotate copies newer than the newest one there was when ``src`` became live, not of its content."""
+        copies = [c for c in cands if c.kind == "copy"]
+        fps = [_fp(self.folder.head(c)) for c in copies] if src.after_copy else []
+        start = fps.index(src.after_copy) + 1 if src.after_copy in fps else 0  # a pruned one: all are newer
+        out = []
+        for cand in copies[start:]:
+            head = self.folder.head(cand)
+            if head and not (head.startswith(src.head) or src.head.startswith(head)) and not self._known(cand):
+                out.append(cand)
+        return out
 
     def _known(self, cand: Candidate) -> bool:
         for src in self.sources:
             if src.ended:
                 continue
-            if not cand.compressed and (cand.device, cand.inode) == src.at:
-                return True
+            if not cand.compressed and (cand.device, cand.inode) == src.at and (
+                    src.fh is not None or same_content(src.head, self.folder.head(cand, len(src.head)))):
+                return True  # a file we do not hold may be gone, and its inode reused by a new one
             if cand.compressed and src.head and same_content(src.head, self.folder.head(cand, len(src.head))):
                 return True
         return False
@@ -340,9 +401,8 @@ class Follower:
                 src.ended = True
                 continue
             if data:
-                if src.live and not src.refresh():
-                    self._truncated(src, self.folder.scan() or [])  # what we just read may be the new content
-                    self._balance()
+                if src.live and not self._still_same(src, None):
+                    self._balance()  # what we just read may be the new content: it is read again
                     continue
                 src.pos += len(data)
                 src.size = max(src.size, src.pos)

@@ -72,6 +72,12 @@ class Source:
         self.size = max(self.size, size)
         return True
 
+    def adopt(self, raw: IO[bytes], path: str, offset: int) -> None:
+        """Hold ``raw`` (a plain file opened by its inode) at ``offset``."""
+        st = os.fstat(raw.fileno())
+        raw.seek(offset)
+        self.fh, self.raw, self.path, self.compressed, self.at = raw, None, path, False, (st.st_dev, st.st_ino)
+
     def open(self, cand: Candidate, offset: int) -> None:
         raw = open(cand.path, "rb")  # noqa: SIM115 - held until read to its end or closed by the held-file bound
         try:
@@ -131,14 +137,12 @@ def _skip(fh: IO[bytes], n: int) -> None:
         n -= len(block)
 
 
-def last_line_end(path: str) -> int:
+def last_line_end(fh: IO[bytes]) -> int:
     """Where reading "from the end" starts: just after the last newline, never mid-line."""
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        back = min(size, 1024 * 1024)
-        if back == 0:
-            return 0
-        fh.seek(size - back)
-        tail = fh.read(back)
+    size = os.fstat(fh.fileno()).st_size
+    back = min(size, 1024 * 1024)
+    if back == 0:
+        return 0
+    tail = os.pread(fh.fileno(), back, size - back)
     nl = tail.rfind(b"\n")
     return size - back + nl + 1 if nl >= 0 else size - back

@@ -327,3 +327,16 @@ def test_a_gap_already_reported_is_not_reported_again_after_a_restart(tmp_path: 
     f.start(dataclasses.replace(cp, reported_gaps=tuple(f.reported) or (cp.fingerprint,)), False)
     assert f.gaps == []
     f.close()
+
+
+def test_copy_truncate_of_a_file_that_was_empty_when_we_looked(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.touch()
+    f = follower(log)
+    f.start(None, False)  # the live file is empty: no head to compare with later
+    write(log, range(10))
+    copytruncate(log)  # written and copy-truncated before our next look
+    write(log, range(10, 15))
+    f.poll()
+    assert drain(f) == list(range(15))
+    f.close()
