@@ -202,7 +202,8 @@ class Follower:
             if lost or cp.live:
                 self.reported[cp.fingerprint] = None
                 self.gaps.append(Gap(cp.path, cp.inode, lost, "the checkpointed file is gone"
-                                     + (" (it was live: bytes_lost is a lower bound)" if cp.live else ""),
+                                     + (" (it was live: bytes_lost is a lower bound)" if cp.live else "")
+                                     + "; files rotated after it and deleted while we were down are not counted",
                                      not cp.live, cp.fingerprint))
         else:
             self.log.info("checkpointed_file_gone", file=cp.path, note="reading the files rotated since")
