@@ -35,6 +35,7 @@ def test_dense_sigkills_with_pruning_report_each_gap_once(tmp_path: Path) -> Non
     gaps = [e for e in _forwarder_logs(tmp_path) if e.get("event") == "gap"]
     assert row.dupes == 0 and row.lost > 0  # pruned while down: really lost ...
     assert gaps and row.gap_bytes > 0  # ... and reported
+    assert row.note.startswith("0 of the lost were on disk")  # nothing a forwarder could see went missing
     assert max(Counter((g["file"], g["inode"], g["bytes_lost"]) for g in gaps).values()) == 1  # once each
 
 
