@@ -47,6 +47,7 @@ class Row:
     rss_mb: float = 0.0
     seconds: float = 0.0
     note: str = ""
+    seen_lost: int = 0  # lost events that were on disk while a forwarder ran
 
 
 @dataclass
@@ -236,8 +237,9 @@ def sigkill_dense(run: Run, full: bool) -> Row:
         on_disk |= run.on_disk()  # what the restarted forwarder can see: none of it may go missing
         run.start_forwarder()
     row = run.finish(f"{kills} SIGKILLs with pruning while down", seq)
-    row.note = (f"{len(on_disk - run.stored):,} of the lost were on disk at a restart; the rest were in files "
-                "rotated and pruned while no forwarder ran (never seen, so not counted)")
+    row.seen_lost = len(on_disk - run.stored)
+    row.note = (f"{row.seen_lost:,} lost were on disk at a restart, then pruned before the forwarder got to them "
+                "(in the gaps); the rest were in files rotated and pruned while no forwarder ran (never seen)")
     return row
 
 
