@@ -32,8 +32,9 @@ class Forwarder:
         self.s = settings
         self.metrics = ForwarderMetrics()
         f = settings.follow
+        exclude = (f.position_file, f"{f.position_file}.tmp", *((f.dead_letter_file,) if f.dead_letter_file else ()))
         self.follower = Follower(f.audit_log_path, max_event_bytes=f.max_event_bytes,
-                                 max_held_files=f.max_held_files, log=log)
+                                 max_held_files=f.max_held_files, log=log, exclude=exclude)
         b = settings.batch
         self.batcher = Batcher(b.tag, b.chunk_events, b.chunk_bytes, b.compress)
         self.resolver = None
@@ -42,6 +43,8 @@ class Forwarder:
         self.client = ForwardClient(settings.client, self.metrics, log, self._on_ack, self.resolver)
         self._bad_kinds_logged: set[str] = set()
         self._dead_letter: IO[bytes] | None = None
+        self._dead_letter_failing = False
+        self._position: checkpoint.Checkpoint | None = None  # the last position saved
         self._flush_at: float | None = None
         self._checkpoint_failing = False
         self._sent_end: tuple[Source | None, int] = (None, 0)  # file and offset the last chunk ends at
@@ -53,10 +56,16 @@ class Forwarder:
         if chunk.source_done and chunk.next_source is not None:
             fingerprint_bytes = chunk.next_source.fingerprint()[1]
             if fingerprint_bytes == FINGERPRINT_BYTES:  # a head that can tell the file apart after a restart
-                target, offset = chunk.next_source, 0
+                target, offset = chunk.next_source, chunk.next_source.start
         position = target.checkpoint(offset)
         if chunk.source_done and target is chunk.source:
             position = dataclasses.replace(position, finished=True)
+        self._save(position)
+
+    def _save(self, position: checkpoint.Checkpoint) -> None:
+        position = dataclasses.replace(position, reported_gaps=tuple(self.follower.reported)[-64:])
+        self._position = position
+        offset = position.offset
         try:
             checkpoint.save(self.s.follow.position_file, position)
         except OSError as exc:  # a stale checkpoint means resends after a restart, not loss
@@ -83,20 +92,33 @@ class Forwarder:
         else:
             read_from_head = f.read_from_head
         self.follower.start(cp, read_from_head)
-        self._report_gaps()
-        if f.dead_letter_file:
-            self._dead_letter = open(f.dead_letter_file, "ab")  # noqa: SIM115 - closed in close()
+        self.after_poll()
 
     def _report_gaps(self) -> None:
+        if not self.follower.gaps:
+            return
         for gap in self.follower.gaps:
             self.metrics.gaps.inc()
             self.metrics.gap_bytes.inc(gap.bytes_lost)
-            log.error("gap", file=gap.path, inode=gap.inode, bytes_lost=gap.bytes_lost, reason=gap.reason)
+            log.error("gap", file=gap.path, inode=gap.inode, bytes_lost=gap.bytes_lost, exact=gap.exact,
+                      reason=gap.reason)
         self.follower.gaps.clear()
+        if self._position is not None:  # remember them across a restart: each gap is reported once
+            self._save(self._position)
 
     def after_poll(self) -> None:
+        """After each look at the folder: a first file's start is checkpointed at once (a quiet restart
+        then resumes there, not at the new end), gaps are reported, metrics updated."""
+        fol = self.follower
+        if fol.new_start and fol.sources:
+            fol.new_start = False
+            first = fol.sources[0]
+            self._save(first.checkpoint(first.splitter.offset))
         self._report_gaps()
-        self.metrics.lag_bytes.set(self.follower.lag_bytes())
+        self.metrics.lag_bytes.set(fol.lag_bytes())
+        self.metrics.rotations.set(fol.rotations)
+        self.metrics.truncations.set(fol.truncations)
+        self.metrics.folder_missing.set(1 if fol.folder_missing else 0)
 
     async def read_loop(self, stop: asyncio.Event) -> None:
         changed = self.follower.changed
@@ -146,7 +168,7 @@ class Forwarder:
             # nothing to send after the skipped lines: a marker still moves the checkpoint past them
             await self._submit(Chunk("", b"", 0, src, skipped_to))
         if read.done:
-            chunk = self.batcher.flush(source_done=True) or Chunk("", b"", 0, src, src.pos, True)
+            chunk = self.batcher.flush(source_done=True) or Chunk("", b"", 0, src, src.splitter.offset, True)
             chunk.source_done = True
             chunk.next_source = self.follower.sources[0] if self.follower.sources else None
             await self._submit(chunk)
@@ -171,18 +193,46 @@ class Forwarder:
             self._bad_kinds_logged.add(kind)
             log.warning("bad_line", kind=kind, file=src.path, inode=src.inode, offset=line.start, error=detail,
                         note="further lines of this kind are only counted")
-        if self._dead_letter is not None:
+        if self.s.follow.dead_letter_file:
             record = {"file": src.path, "inode": src.inode, "offset": line.start, "kind": kind, "error": detail,
                       "line": line.data.decode("utf-8", "replace")}
-            self._dead_letter.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+            self._dead_letter_write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+
+    def _dead_letter_write(self, data: bytes) -> None:
+        """A dead-letter file that cannot be written (disk full, gone) costs the record, never the stream."""
+        path = self.s.follow.dead_letter_file
+        assert path is not None
+        try:
+            if self._dead_letter is None:
+                self._dead_letter = open(path, "ab")  # noqa: SIM115 - closed in close() or after an error
+            self._dead_letter.write(data)
             self._dead_letter.flush()
+        except OSError as exc:
+            self.metrics.dead_letter_errors.inc()
+            if not self._dead_letter_failing:
+                log.error("dead_letter_write_failed", file=path, error=str(exc),
+                          note="the bad line is counted and skipped; forwarding goes on")
+            self._dead_letter_failing = True
+            dead, self._dead_letter = self._dead_letter, None
+            if dead is not None:
+                try:
+                    dead.close()
+                except OSError:
+                    pass  # the buffered record is what failed; it is dropped with the handle
+            return
+        if self._dead_letter_failing:
+            log.info("dead_letter_write_recovered", file=path)
+            self._dead_letter_failing = False
 
     async def close(self) -> None:
         self.follower.close()
         if self.resolver is not None:
             await self.resolver.close()
         if self._dead_letter is not None:
-            self._dead_letter.close()
+            try:
+                self._dead_letter.close()
+            except OSError:
+                pass  # counted when the write failed
 
 
 class ServiceResolver:
@@ -226,7 +276,8 @@ async def start(settings: Settings, rt: Runtime) -> None:
         await fwd.resolver.open()
     fwd.start_files()
     fwd.follower.watch()
-    http = HttpServer(build_app(fwd.metrics.registry), settings.http_host, settings.http_port)
+    http = HttpServer(build_app(fwd.metrics.registry, healthy=lambda: not fwd.follower.folder_missing),
+                      settings.http_host, settings.http_port)
     await http.start()
     rt.on_shutdown("http", http.stop)
     client_stop = asyncio.Event()

@@ -10,7 +10,8 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
-VERSION = 1
+VERSION = 2
+KNOWN_VERSIONS = (1, 2)  # version 1 lacks the rotation order: a restart that cannot find its file reads all
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,12 @@ class Checkpoint:
     finished: bool = False  # the file had been rotated away and read to its end
     written_at: float = 0.0
     version: int = VERSION
+    # every apiserver backup named after this timestamp is newer than the file (or is the file, renamed)
+    after: str = ""
+    # the fingerprint of the newest logrotate copy older than the file ("" when there was none)
+    after_copy: str = ""
+    live: bool = False  # the file was the live file: ``size`` is a lower bound, not its final size
+    reported_gaps: tuple[str, ...] = ()  # fingerprints of files already reported as gaps: each gap once
 
 
 class CheckpointError(ValueError):
@@ -40,9 +47,12 @@ def load(path: str) -> Checkpoint | None:
         return None
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read position file {path}: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("version") != VERSION:
-        raise CheckpointError(f"position file {path} has unknown version {raw.get('version')!r}")
+    if not isinstance(raw, dict) or raw.get("version") not in KNOWN_VERSIONS:
+        version = raw.get("version") if isinstance(raw, dict) else None
+        raise CheckpointError(f"position file {path} has unknown version {version!r}")
     try:
+        raw["reported_gaps"] = tuple(raw.get("reported_gaps", ()))
+        raw["version"] = VERSION
         return Checkpoint(**raw)
     except TypeError as exc:
         raise CheckpointError(f"position file {path} is malformed: {exc}") from exc

@@ -57,7 +57,8 @@ def build_parser() -> EnvParser:
     g.add_argument("--max-event-bytes", type=parse_size, default=16 * 1024 * 1024,
                    help="longer lines are skipped and reported (default 16Mi)")
     g.add_argument("--max-held-files", type=_positive_int, default=16,
-                   help="rotated files held open while unread before the oldest is given up as a gap (default 16)")
+                   help="descriptors held open at most: the oldest unread files and the live one; other unread "
+                        "files are closed and re-opened by their content later, never given up (default 16, min 2)")
     g.add_argument("--stat-interval", type=parse_duration, default=1.0,
                    help="stat the files this often when no file event arrives (default 1s)")
     g.add_argument("--dead-letter-file", help="append bad lines here as JSON lines")

@@ -1,94 +1,34 @@
-"""Owns the audit log files: the live file, the apiserver's rotated backups, watchdog wake-ups.
+"""Follows the audit log: the live file, the apiserver's rotated backups, logrotate's copies, watchdog wake-ups.
 
-File events only wake us; ``stat`` is the truth. Every file is held open from the moment we see it
-until it has been read to its end, so a rename or a delete cannot take unread data away, and a
-held inode cannot be reused under us. Only when more than ``max_held_files`` files wait do we give
-the oldest up, and report it as a gap with the bytes lost.
+File events only wake us; ``stat`` and the files' heads are the truth. The files are the buffer: every file
+of the log is queued, oldest first, from the moment it is seen until it has been read to its end.
+``max_held_files`` bounds the descriptors, never the data: the oldest files (the next to be pruned) and the
+live one are held open, so a rename or a delete takes nothing unread; the others are closed and re-opened
+by their content when their turn comes (also once gzipped). Only a file that is really gone is a gap,
+reported once with the bytes we knew it held.
+
+A truncation of the live file (copytruncate) is seen when its size drops or its head changes, whether we
+are reading it or paused; what we had not read is then read from the copy, and what no copy holds is a gap.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
+import dataclasses
 import hashlib
 import os
-import re
-import zlib
 from collections import deque
-from dataclasses import dataclass
-from typing import IO, Any, cast
+from typing import IO, Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from .checkpoint import Checkpoint
-from .lines import Line, Splitter
+from .files import FINGERPRINT_BYTES, HEAD_ERRORS, Candidate, Folder, same_content
+from .lines import Splitter
+from .source import Gap, Read, Source, last_line_end
 
-FINGERPRINT_BYTES = 1024
-READ_BLOCK = 1024 * 1024
-
-
-@dataclass(eq=False)
-class Source:
-    """One file being read: held open, with our read position and the line splitter."""
-
-    path: str
-    fh: IO[bytes]
-    device: int
-    inode: int
-    compressed: bool
-    splitter: Splitter
-    pos: int  # bytes consumed from the file (the splitter may hold back a partial line)
-    head: bytes = b""  # the first bytes of the content (up to FINGERPRINT_BYTES) as last seen
-    last_size: int = 0  # size at the last poll: what a truncation may have taken
-    raw: IO[bytes] | None = None  # the file under a gzip reader (GzipFile does not close it)
-    _fingerprint: tuple[str, int] | None = None  # fixed once the head is complete or the file closed
-
-    def fingerprint(self) -> tuple[str, int]:
-        if self._fingerprint is not None:
-            return self._fingerprint
-        head = self.head if self.compressed else os.pread(self.fh.fileno(), FINGERPRINT_BYTES, 0)
-        fp = hashlib.sha256(head).hexdigest(), len(head)
-        if len(head) == FINGERPRINT_BYTES or self.compressed:
-            self._fingerprint = fp
-        return fp
-
-    def identity(self) -> str:
-        fp, _ = self.fingerprint()
-        return f"{self.device}:{self.inode}:{fp[:16]}"
-
-    def size(self) -> int:
-        if self.compressed:
-            return self.pos
-        return os.fstat(self.fh.fileno()).st_size
-
-    def checkpoint(self, offset: int) -> Checkpoint:
-        fp, n = self.fingerprint()
-        size = self.pos if self.fh.closed else self.size()
-        return Checkpoint(self.path, self.device, self.inode, fp, n, offset, self.compressed, size)
-
-    def close(self) -> None:
-        if not self.fh.closed:
-            self._fingerprint = self.fingerprint()  # acks may still name this file
-            self.fh.close()
-        if self.raw is not None:
-            self.raw.close()
-
-
-@dataclass(frozen=True)
-class Read:
-    source: Source
-    lines: list[Line]
-    oversized: list[Line]
-    done: bool  # the source is finished (rotated away and read to its end)
-
-
-@dataclass(frozen=True)
-class Gap:
-    path: str
-    inode: int
-    bytes_lost: int
-    reason: str
+__all__ = ["FINGERPRINT_BYTES", "Follower", "Gap", "Read", "Source"]
 
 
 class _Waker(FileSystemEventHandler):
@@ -101,142 +41,200 @@ class _Waker(FileSystemEventHandler):
             self.loop.call_soon_threadsafe(self.event.set)
 
 
+def _fp(head: bytes | None) -> str:
+    return hashlib.sha256(head).hexdigest() if head else ""
+
+
 class Follower:
-    def __init__(self, path: str, *, max_event_bytes: int, max_held_files: int, log: Any) -> None:
-        self.path = os.path.abspath(path)
-        self.folder = os.path.dirname(self.path)
-        base = os.path.basename(self.path)
-        self.stem, self.ext = os.path.splitext(base)
-        self._backup = re.compile(rf"^{re.escape(self.stem)}-(.+){re.escape(self.ext)}(\.gz)?$")
+    def __init__(self, path: str, *, max_event_bytes: int, max_held_files: int, log: Any,
+                 exclude: tuple[str, ...] = ()) -> None:
+        self.folder = Folder(path, exclude)
+        self.path = self.folder.live
         self.max_event_bytes = max_event_bytes
         self.max_held_files = max_held_files
         self.log = log
         self.sources: deque[Source] = deque()
         self.gaps: list[Gap] = []  # reported by the caller, then cleared
+        self.reported: dict[str, None] = {}  # fingerprints of files already reported as gaps, oldest first
+        self.folder_missing = False
+        self.new_start = False  # a first file was queued: the caller checkpoints its start at once
+        self.rotations = 0
+        self.truncations = 0
+        self._pending_start: tuple[Checkpoint | None, bool] | None = None
         self._wake = asyncio.Event()  # set from watchdog's thread
         self.changed = asyncio.Event()  # set after each poll: the reader may find new data
         self._observer: Any = None
 
+    # ---- queueing -----------------------------------------------------------------------------
+
+    def _make(self, cand: Candidate, offset: int | None, cands: list[Candidate]) -> Source | None:
+        """A queued file at ``offset`` (None: after the last complete line); a plain one is opened at once,
+        by its inode, so that its head and identity are of the same file even if it is renamed meanwhile."""
+        raw: IO[bytes] | None = None
+        if cand.compressed:
+            head, size = self.folder.head(cand), self.folder.content_size(cand)
+            if head is None:
+                self._unreadable(cand.path, cand.inode, "cannot read its head", size)
+                return None
+        else:
+            opened = self.folder.open_plain(cand)
+            if opened is None:  # gone between the listing and now
+                if cand.kind != "live" and cand.size:
+                    self.gaps.append(Gap(cand.path, cand.inode, cand.size, "deleted before it could be opened"))
+                return None
+            raw, path = opened
+            head = os.pread(raw.fileno(), FINGERPRINT_BYTES, 0)
+            size = os.fstat(raw.fileno()).st_size
+            cand = dataclasses.replace(cand, path=path)
+        if offset is None:
+            offset = last_line_end(raw) if raw is not None else 0
+        if not cand.compressed and offset > size:
+            self.log.warning("file_truncated", file=cand.path, inode=cand.inode, offset=offset, size=size)
+            offset = 0
+        copies = [c for c in cands if c.kind == "copy"]
+        after = cand.key if cand.kind == "backup" else self.folder.newest_backup_key(cands)
+        after_copy = _fp(head) if cand.kind == "copy" else (
+            _fp(self.folder.head(copies[-1])) if copies and cand.kind == "live" else "")
+        src = Source(cand.path, cand.device, cand.inode, cand.compressed, Splitter(offset, self.max_event_bytes),
+                     offset, offset, after, after_copy, cand.kind == "live", head, size, at=(cand.device, cand.inode))
+        if raw is not None:
+            src.adopt(raw, cand.path, offset)
+            self.log.info("file_opened", file=cand.path, inode=cand.inode, offset=offset, compressed=False)
+        return src
+
+    def _push(self, src: Source | None) -> None:
+        if src is not None:
+            if not self.sources:
+                self.new_start = True
+            self.sources.append(src)
+
+    def _balance(self) -> None:
+        """Hold the oldest files and the live one open; close the others (they are re-opened by content)."""
+        keep, last = max(1, self.max_held_files - 1), len(self.sources) - 1
+        for i, src in enumerate(list(self.sources)):
+            if src.ended:
+                src.close()
+            elif i < keep or i == last:
+                if src.fh is None:
+                    self._reopen(src)
+            elif src.fh is not None:
+                src.close()
+
+    def _reopen(self, src: Source) -> bool:
+        cands = self.folder.scan() or []
+        for cand in (c for c in reversed(cands) if not c.compressed and (c.device, c.inode) == src.at):
+            opened = self.folder.open_plain(cand)
+            if opened is None:
+                continue
+            raw, path = opened
+            if src.head and not os.pread(raw.fileno(), len(src.head), 0) == src.head:
+                raw.close()  # the inode was reused by another file
+                continue
+            src.adopt(raw, path, src.pos)
+            self.log.info("file_opened", file=path, inode=src.inode, offset=src.pos, compressed=False)
+            return True
+        match = None
+        if src.head:
+            match = next((c for c in reversed(cands) if c.kind != "live"
+                          and same_content(src.head, self.folder.head(c, len(src.head)))), None)
+        if match is not None:
+            try:
+                src.open(match, src.pos)
+                self.log.info("file_opened", file=match.path, inode=match.inode, offset=src.pos,
+                              compressed=match.compressed)
+                return True
+            except FileNotFoundError:
+                pass
+            except HEAD_ERRORS as exc:
+                self._gap(src, src.unread(), f"unreadable: {exc}", exact=src.compressed is False)
+                src.ended = True
+                return False
+        self._gap(src, src.unread(), "rotated away and deleted before it was read")
+        src.ended = True
+        return False
+
+    def _gap(self, src: Source, lost: int, reason: str, exact: bool = True, remember: bool = True) -> None:
+        """Each gap once: a file reported as lost is remembered (and checkpointed) by its fingerprint."""
+        fp = src.fingerprint()[0] if src.head else ""
+        if lost <= 0 or (remember and fp in self.reported):
+            return
+        if remember and fp:
+            self.reported[fp] = None
+        self.gaps.append(Gap(src.path, src.inode, lost, reason, exact, fp))
+
+    def _unreadable(self, path: str, inode: int, detail: str, lost: int) -> None:
+        self.log.error("file_unreadable", file=path, inode=inode, error=detail)
+        self.gaps.append(Gap(path, inode, lost, f"unreadable: {detail}", False))
+
     # ---- start-up -----------------------------------------------------------------------------
 
-    def backups(self) -> list[str]:
-        """Rotated files, oldest first (the apiserver's names sort by rotation time)."""
-        try:
-            names = os.listdir(self.folder)
-        except FileNotFoundError:
-            return []
-        present = set(names)
-        # while the apiserver gzips a backup both exist; the .log is complete, the .gz may not be yet
-        found = [(m.group(1), n) for n in names
-                 if (m := self._backup.match(n)) and not (n.endswith(".gz") and n[:-3] in present)]
-        return [os.path.join(self.folder, n) for _, n in sorted(found)]
-
     def start(self, checkpoint: Checkpoint | None, read_from_head: bool) -> None:
-        backups = self.backups()
-        candidates = [*backups, self.path]
-        if checkpoint is not None:
-            index = self._find(candidates, checkpoint)
-            if index is not None:
-                first = self._open(candidates[index], checkpoint.offset)
-                if first is not None:
-                    self.sources.append(first)
-                for path in candidates[index + 1 :]:
-                    self._append(path, 0)
-                self.log.info("resumed", file=candidates[index], offset=checkpoint.offset,
-                              files=len(self.sources))
-                return
-            lost = max(checkpoint.size - checkpoint.offset, 0)
-            if not checkpoint.finished:  # it may have grown after the checkpoint: lost is a lower bound
-                self.gaps.append(Gap(checkpoint.path, checkpoint.inode, lost,
-                                     "checkpointed file no longer exists (bytes_lost is a lower bound)"))
-            else:
-                self.log.info("checkpointed_file_gone", file=checkpoint.path,
-                              note="nothing unread was lost; reading the files written since")
-            for path in backups:
-                try:
-                    if os.stat(path).st_mtime >= checkpoint.written_at:
-                        self._append(path, 0)
-                except FileNotFoundError:
-                    continue
-            self._append(self.path, 0)
+        cands = self.folder.scan()
+        if cands is None:
+            self._pending_start = (checkpoint, read_from_head)
+            self._missing()
             return
-        if read_from_head:
-            for path in candidates:
-                self._append(path, 0)
+        self._pending_start = None
+        if checkpoint is not None:
+            self.reported.update(dict.fromkeys(checkpoint.reported_gaps))
+            self._resume(checkpoint, cands)
+        elif read_from_head:
+            for cand in cands:
+                self._push(self._make(cand, 0, cands))
         else:
-            self._append(self.path, None)
+            for cand in cands:
+                if cand.kind == "live":
+                    self._push(self._make(cand, None, cands))
+        self._balance()
 
-    def _find(self, candidates: list[str], cp: Checkpoint) -> int | None:
-        for i in range(len(candidates) - 1, -1, -1):
-            path = candidates[i]
-            compressed = path.endswith(".gz")
-            if cp.fingerprint_bytes == 0:
-                return None  # an empty file has no identity (inodes are reused): go by time instead
-            try:
-                st = os.stat(path)
-                if not compressed and (st.st_dev, st.st_ino) != (cp.device, cp.inode):
-                    continue
-                head = _read_head(path, compressed, cp.fingerprint_bytes)
-            except (OSError, EOFError, zlib.error):
-                continue
-            if hashlib.sha256(head).hexdigest() == cp.fingerprint:
+    def _resume(self, cp: Checkpoint, cands: list[Candidate]) -> None:
+        index = self._find(cands, cp)
+        if index is not None:
+            found = cands[index]
+            self._push(self._make(found, cp.offset, cands))
+            for cand in cands[index + 1 :]:
+                if cand.kind in (found.kind, "live"):
+                    self._push(self._make(cand, 0, cands))
+            self.log.info("resumed", file=found.path, offset=cp.offset, files=len(self.sources))
+            return
+        if cp.fingerprint_bytes and not cp.finished and cp.fingerprint not in self.reported:
+            lost = max(cp.size - cp.offset, 0)
+            if lost or cp.live:
+                self.reported[cp.fingerprint] = None
+                self.gaps.append(Gap(cp.path, cp.inode, lost, "the checkpointed file is gone"
+                                     + (" (it was live: bytes_lost is a lower bound)" if cp.live else "")
+                                     + "; files rotated after it and deleted while we were down are not counted",
+                                     not cp.live, cp.fingerprint))
+        else:
+            self.log.info("checkpointed_file_gone", file=cp.path, note="reading the files rotated since")
+        # newer than the checkpointed file, by rotation order (names), never by modification time
+        copies = [c for c in cands if c.kind == "copy"]
+        fps = [_fp(self.folder.head(c)) for c in copies] if cp.after_copy else []
+        first_copy = fps.index(cp.after_copy) + 1 if cp.after_copy in fps else 0
+        for cand in cands:
+            newer = (cand.kind == "live" or (cand.kind == "backup" and cand.key > cp.after)
+                     or (cand.kind == "copy" and copies.index(cand) >= first_copy))
+            if newer:
+                self._push(self._make(cand, 0, cands))
+
+    def _find(self, cands: list[Candidate], cp: Checkpoint) -> int | None:
+        if cp.fingerprint_bytes == 0:
+            return None  # an empty file has no content to be recognised by: go by rotation order
+        order = sorted(range(len(cands)), key=lambda i: (cands[i].kind != "live", -i))
+        for i in order:
+            head = self.folder.head(cands[i], cp.fingerprint_bytes)
+            if head is not None and len(head) == cp.fingerprint_bytes and _fp(head) == cp.fingerprint:
                 return i
         return None
-
-    def _append(self, path: str, offset: int | None) -> None:
-        source = self._open(path, offset)
-        if source is not None:
-            self.sources.append(source)
-
-    def _open(self, path: str, offset: int | None) -> Source | None:
-        """Open ``path`` at ``offset`` (None: at the end, after the last complete line)."""
-        compressed = path.endswith(".gz")
-        try:
-            raw = open(path, "rb")  # noqa: SIM115 - held until the file is read to its end
-        except FileNotFoundError:
-            return None
-        st = os.fstat(raw.fileno())
-        fh: IO[bytes] = raw
-        if compressed:
-            try:
-                head = _read_head(path, True, FINGERPRINT_BYTES)
-            except (OSError, EOFError, zlib.error) as exc:
-                raw.close()
-                self._unreadable(path, st.st_ino, exc)
-                return None
-            fh = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
-        else:
-            head = os.pread(raw.fileno(), FINGERPRINT_BYTES, 0)
-        if offset is None:
-            offset = _last_line_end(raw, st.st_size)
-        elif not compressed and offset > st.st_size:
-            self.log.warning("file_truncated", file=path, inode=st.st_ino, offset=offset, size=st.st_size)
-            offset = 0
-        if compressed:
-            try:
-                _skip(fh, offset)
-            except (OSError, EOFError, zlib.error) as exc:
-                fh.close()
-                raw.close()
-                self._unreadable(path, st.st_ino, exc)
-                return None
-        else:
-            fh.seek(offset)
-        self.log.info("file_opened", file=path, inode=st.st_ino, offset=offset, compressed=compressed)
-        return Source(path, fh, st.st_dev, st.st_ino, compressed, Splitter(offset, self.max_event_bytes), offset,
-                      head, st.st_size, raw=raw if compressed else None)
-
-    def _unreadable(self, path: str, inode: int, exc: BaseException) -> None:
-        self.log.error("file_unreadable", file=path, inode=inode, error=str(exc) or type(exc).__name__)
-        self.gaps.append(Gap(path, inode, 0, f"unreadable: {exc}"))
 
     # ---- running ------------------------------------------------------------------------------
 
     def watch(self) -> None:
+        if self._observer is not None or not self.folder.exists():
+            return  # a missing folder is polled for and watched once it exists
         loop = asyncio.get_running_loop()
-        os.makedirs(self.folder, exist_ok=True)
         self._observer = Observer()
-        self._observer.schedule(_Waker(loop, self._wake, self.stem), self.folder, recursive=False)
+        self._observer.schedule(_Waker(loop, self._wake, self.folder.stem), self.folder.path, recursive=False)
         self._observer.daemon = True
         self._observer.start()
 
@@ -250,7 +248,7 @@ class Follower:
 
     async def watch_loop(self, stop: asyncio.Event, interval: float, after_poll: Any) -> None:
         """Poll on every file event and at least every ``interval`` seconds, whatever the reader
-        is doing: a reader paused by a full window must still see rotations before backups expire."""
+        is doing: a reader paused by a full window must still see rotations and truncations."""
         while not stop.is_set():
             try:
                 await asyncio.wait_for(self._wake.wait(), interval)
@@ -258,167 +256,173 @@ class Follower:
                 pass
             self._wake.clear()
             self.poll()
+            if self._observer is None and not self.folder_missing:
+                self.watch()
             after_poll()
             self.changed.set()
 
+    def _missing(self) -> None:
+        if not self.folder_missing:
+            self.log.error("audit_log_folder_missing", folder=self.folder.path,
+                           note="waiting for it to appear; /healthz answers 503 meanwhile")
+        self.folder_missing = True
+
     def poll(self) -> None:
         """Reconcile with the folder: a new live file (rotation, recreate), or a truncated one."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
+        if self._pending_start is not None:
+            self.start(*self._pending_start)
+            if self._pending_start is not None:
+                return
+        cands = self.folder.scan()
+        if cands is None:
+            self._missing()
             return
-        tail = self.sources[-1] if self.sources else None
-        if tail is None or tail.compressed or (st.st_dev, st.st_ino) != (tail.device, tail.inode):
-            if tail is not None:
-                self.log.info("rotation_detected", file=self.path, old_inode=tail.inode, new_inode=st.st_ino)
-                for path in self._missed_backups(tail):
-                    self._append(path, 0)
-            self._append(self.path, 0)
-            self._bound_held_files()
-        elif st.st_size < tail.pos:
-            self._truncated(tail)
+        if self.folder_missing:
+            self.log.info("audit_log_folder_found", folder=self.folder.path)
+            self.folder_missing = False
+        live = next((c for c in cands if c.kind == "live"), None)
+        if live is None:
+            return
+        tail = self.sources[-1] if self.sources and not self.sources[-1].ended else None
+        if tail is None:
+            self._push(self._make(live, 0, cands))
+        elif tail.compressed or (live.device, live.inode) != tail.at:
+            self.rotations += 1
+            self.log.info("rotation_detected", file=self.path, old_inode=tail.at[1], new_inode=live.inode)
+            tail.refresh()
+            tail.live = False
+            for cand in self._missed(tail, cands):
+                self._push(self._make(cand, 0, cands))
+            self._push(self._make(live, 0, cands))
         else:
-            tail.last_size = st.st_size
-            if len(tail.head) < FINGERPRINT_BYTES and st.st_size > len(tail.head):
-                tail.head = os.pread(tail.fh.fileno(), FINGERPRINT_BYTES, 0)
+            self._still_same(tail, cands)
+        self._balance()
 
-    def _truncated(self, tail: Source) -> None:
-        """Copy-truncate: read what we had not yet read from the copy, then the file again from 0."""
-        resume = tail.pos - tail.splitter.pending()  # just past the last complete line we took
-        copy = self._find_copy(tail, resume)
-        self.log.warning("file_truncated", file=tail.path, inode=tail.inode, offset=resume,
-                         copy=copy.path if copy else None)
-        if copy is not None:
-            self.sources.insert(self.sources.index(tail), copy)
-        else:
-            lost = max(tail.last_size - resume, 0)
-            if lost:
-                self.gaps.append(Gap(tail.path, tail.inode, lost, "truncated before it was read, no copy found"))
-        self._restart(tail)
+    def _still_same(self, src: Source, cands: list[Candidate] | None) -> bool:
+        """Does the live file still hold the content we are reading? If not, the truncation is handled here:
+        seen by its size or head, or, for a file that was empty when we first looked (no head to compare),
+        by logrotate copies made since that we have not read."""
+        was_empty = not src.head
+        if not src.refresh():
+            self._truncated(src, cands if cands is not None else self.folder.scan() or [])
+            return False
+        if not (was_empty and src.head):
+            return True
+        cands = cands if cands is not None else self.folder.scan() or []
+        missed = self._copies_since(src, cands)
+        if not missed:
+            return True
+        self.truncations += len(missed)
+        self.log.warning("truncations_caught_up", file=src.path, inode=src.inode, copies=[c.path for c in missed],
+                         note="truncated while it looked empty to us; reading the copies")
+        src.ended, src.live = True, False
+        for cand in missed:
+            self._push(self._make(cand, 0, cands))
+        live = next((c for c in cands if c.kind == "live"), None)
+        if live is not None:
+            self._push(self._make(live, 0, cands))
+        return False
 
-    def _find_copy(self, tail: Source, resume: int) -> Source | None:
-        if not tail.head:
-            return None
-        held = {(s.device, s.inode) for s in self.sources}
-        for path in reversed(self.backups()):
-            if path.endswith(".gz"):
-                continue
-            try:
-                st = os.stat(path)
-                if (st.st_dev, st.st_ino) in held or st.st_size < resume:
-                    continue
-                if _read_head(path, False, len(tail.head)) != tail.head:
-                    continue
-            except OSError:
-                continue
-            return self._open(path, resume)
-        return None
+    def _copies_since(self, src: Source, cands: list[Candidate]) -> list[Candidate]:
+        """logrotate copies newer than the newest one there was when ``src`` became live, not of its content."""
+        copies = [c for c in cands if c.kind == "copy"]
+        fps = [_fp(self.folder.head(c)) for c in copies] if src.after_copy else []
+        start = fps.index(src.after_copy) + 1 if src.after_copy in fps else 0  # a pruned one: all are newer
+        out = []
+        for cand in copies[start:]:
+            head = self.folder.head(cand)
+            if head and not (head.startswith(src.head) or src.head.startswith(head)) and not self._known(cand):
+                out.append(cand)
+        return out
 
-    def _missed_backups(self, tail: Source) -> list[str]:
-        """Files that were live and rotated away between two of our looks, oldest first."""
-        held = {(s.device, s.inode) for s in self.sources}
-        found: list[tuple[str, os.stat_result]] = []
-        for path in self.backups():
-            try:
-                found.append((path, os.stat(path)))
-            except FileNotFoundError:
+    def _known(self, cand: Candidate) -> bool:
+        for src in self.sources:
+            if src.ended:
                 continue
-        inodes = [(st.st_dev, st.st_ino) for _, st in found]
-        if (tail.device, tail.inode) in inodes:
-            after = found[inodes.index((tail.device, tail.inode)) + 1 :]
-        else:  # our last live file is gone from the folder: go by modification time
-            since = os.fstat(tail.fh.fileno()).st_mtime if not tail.compressed else 0.0
-            after = [(p, st) for p, st in found if st.st_mtime >= since]
-        heads = {s.head for s in self.sources if s.head}
-        missed = [p for p, st in after if (st.st_dev, st.st_ino) not in held
-                  and not (p.endswith(".gz") and _gz_head_in(p, heads))]
-        for path in missed:
-            self.log.warning("rotated_file_caught_up", file=path, note="rotated before we saw it live")
+            if not cand.compressed and (cand.device, cand.inode) == src.at and (
+                    src.fh is not None or same_content(src.head, self.folder.head(cand, len(src.head)))):
+                return True  # a file we do not hold may be gone, and its inode reused by a new one
+            if cand.compressed and src.head and same_content(src.head, self.folder.head(cand, len(src.head))):
+                return True
+        return False
+
+    def _missed(self, tail: Source, cands: list[Candidate]) -> list[Candidate]:
+        """Backups rotated between two of our looks (live for a moment), oldest first."""
+        backups = [c for c in cands if c.kind == "backup"]
+        at = next((i for i, c in enumerate(backups) if (not c.compressed and (c.device, c.inode) == tail.at)
+                   or (c.compressed and same_content(tail.head, self.folder.head(c, len(tail.head))))), None)
+        after = backups[at + 1 :] if at is not None else [c for c in backups if c.key > tail.after]
+        missed = [c for c in after if not self._known(c)]
+        for cand in missed:
+            self.log.warning("rotated_file_caught_up", file=cand.path, note="rotated before we saw it live")
         return missed
 
-    def _restart(self, source: Source) -> None:
-        source.fh.seek(0)
-        source.pos = 0
-        source.splitter = Splitter(0, self.max_event_bytes)
-        source.head, source.last_size, source._fingerprint = b"", 0, None  # new content, new identity
-
-    def _bound_held_files(self) -> None:
-        while len(self.sources) > self.max_held_files:
-            dropped = self.sources.popleft()
-            lost = max(dropped.size() - dropped.pos, 0) + dropped.splitter.pending()
-            if lost:
-                self.gaps.append(Gap(dropped.path, dropped.inode, lost, "too many rotated files waiting"))
-            dropped.close()
+    def _truncated(self, tail: Source, cands: list[Candidate]) -> None:
+        """Copy-truncate: what we had not read comes from the copy; the live file is read again from 0."""
+        self.truncations += 1
+        resume, seen = tail.splitter.offset, max(tail.size, tail.pos)
+        tail.ended, tail.live = True, False
+        live = next((c for c in cands if c.kind == "live"), None)
+        now = self.folder.head(live) if live is not None else None
+        pool = [c for c in cands if c.kind != "live" and not self._known(c)]
+        copy = next((c for c in reversed(pool) if same_content(tail.head, self.folder.head(c, len(tail.head)))),
+                    None)
+        self.log.warning("file_truncated", file=tail.path, inode=tail.inode, offset=resume,
+                         copy=copy.path if copy else None)
+        queue: list[Source | None] = []
+        if copy is not None:
+            queue.append(self._make(copy, resume, cands))
+            copy_size = self.folder.content_size(copy)
+            if queue[0] is not None and copy_size < seen:
+                self._gap(tail, seen - copy_size, "written between the copy and the truncation", exact=False,
+                          remember=False)
+            # copies of truncations we never saw live (several while we looked away)
+            for cand in pool[pool.index(copy) + 1 :]:
+                if cand.kind == copy.kind and not (now and same_content(now, self.folder.head(cand, len(now)))):
+                    queue.append(self._make(cand, 0, cands))
+        else:
+            self._gap(tail, seen - resume, "truncated before it was read and no copy found", exact=False)
+        if live is not None:
+            queue.append(self._make(live, 0, cands))
+        for src in queue:
+            self._push(src)
 
     def read(self) -> Read | None:
         """The next lines from the oldest file; None when everything available has been read."""
         while self.sources:
             src = self.sources[0]
+            if not src.ended and src.fh is None:
+                self._reopen(src)
+            if src.ended:
+                return self._finish(src, complete=False)
             try:
-                data = src.fh.read(READ_BLOCK)
-            except (EOFError, zlib.error, OSError) as exc:  # a damaged or cut gzip backup
-                self._unreadable(src.path, src.inode, exc)
-                data = b""
-                if len(self.sources) == 1:
-                    self.sources.popleft()
-                    src.close()
-                    return None
+                data = src.read()
+            except HEAD_ERRORS as exc:  # a damaged or cut gzip backup
+                self._unreadable(src.path, src.inode, str(exc) or type(exc).__name__, src.unread())
+                src.ended = True
+                continue
             if data:
+                if src.live and not self._still_same(src, None):
+                    self._balance()  # what we just read may be the new content: it is read again
+                    continue
                 src.pos += len(data)
+                src.size = max(src.size, src.pos)
                 lines, oversized = src.splitter.feed(data)
                 return Read(src, lines, oversized, False)
             if len(self.sources) == 1:
                 return None
-            # a newer file exists, so this one is complete: its unterminated tail counts as a line
-            last = src.splitter.finish()
-            self.sources.popleft()
-            src.close()
-            self.log.info("file_finished", file=src.path, inode=src.inode, offset=src.pos)
-            return Read(src, [last] if last and last.data.strip() else [], [], True)
+            return self._finish(src, complete=True)
         return None
 
+    def _finish(self, src: Source, complete: bool) -> Read:
+        """A newer file exists, so this one is complete: its unterminated tail counts as a line."""
+        last = src.splitter.finish() if complete else None
+        self.sources.popleft()
+        src.close()
+        self._balance()
+        self.log.info("file_finished", file=src.path, inode=src.inode, offset=src.pos)
+        return Read(src, [last] if last and last.data.strip() else [], [], True)
+
     def lag_bytes(self) -> int:
-        """Bytes in the files we hold that we have not read yet."""
-        total = 0
-        for src in self.sources:
-            if not src.compressed:
-                try:
-                    total += max(src.size() - src.pos, 0)
-                except OSError:
-                    pass
-        return total
-
-
-def _gz_head_in(path: str, heads: set[bytes]) -> bool:
-    try:
-        head = _read_head(path, True, FINGERPRINT_BYTES)
-    except (OSError, EOFError, zlib.error):
-        return False
-    return any(head.startswith(h) or h.startswith(head) for h in heads if h)
-
-
-def _read_head(path: str, compressed: bool, n: int) -> bytes:
-    if compressed:
-        with gzip.open(path, "rb") as fh:
-            return fh.read(n)
-    with open(path, "rb") as fh:
-        return fh.read(n)
-
-
-def _skip(fh: IO[bytes], n: int) -> None:
-    while n > 0:
-        block = fh.read(min(n, READ_BLOCK))
-        if not block:
-            return
-        n -= len(block)
-
-
-def _last_line_end(fh: IO[bytes], size: int) -> int:
-    """Where reading "from the end" starts: just after the last newline, never mid-line."""
-    back = min(size, 1024 * 1024)
-    if back == 0:
-        return 0
-    fh.seek(size - back)
-    tail = fh.read(back)
-    nl = tail.rfind(b"\n")
-    return size - back + nl + 1 if nl >= 0 else size - back
+        """Bytes in the files of the queue that we have not read yet."""
+        return sum(src.unread() for src in self.sources)

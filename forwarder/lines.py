@@ -85,6 +85,11 @@ class Splitter:
         """Bytes held back waiting for a newline."""
         return len(self._buf or b"")
 
+    def rewind(self) -> int:
+        """Drop the partial line held back (it is read again from the file); returns where reading resumes."""
+        self._buf = None
+        return self.offset
+
     def finish(self) -> Line | None:
         """At the end of a rotated file: its unterminated last line, if any."""
         if self._skipping:

@@ -23,4 +23,11 @@ class ForwarderMetrics:
         self.lag_bytes = Gauge("forwarder_lag_bytes", "Unread bytes in the files being followed", registry=r)
         self.connected = Gauge("forwarder_connected", "1 while a session with the tailer is up", registry=r)
         self.checkpoint_errors = Counter("forwarder_checkpoint_errors", "Checkpoint writes that failed", registry=r)
+        self.dead_letter_errors = Counter("forwarder_dead_letter_errors", "Dead-letter writes that failed",
+                                          registry=r)
+        self.rotations = Gauge("forwarder_rotations", "Rotations of the live file seen since start", registry=r)
+        self.truncations = Gauge("forwarder_truncations", "Truncations (copytruncate) of the live file seen",
+                                 registry=r)
+        self.folder_missing = Gauge("forwarder_audit_log_folder_missing", "1 while the --audit-log-path folder "
+                                    "does not exist", registry=r)
         self.checkpoint_offset = Gauge("forwarder_checkpoint_offset", "Offset in the checkpointed file", registry=r)

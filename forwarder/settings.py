@@ -15,7 +15,7 @@ class FollowSettings:
     position_file: str = "/var/log/audit/audit-forwarder.pos"
     read_from_head: bool = False  # without a checkpoint: take all that is there, not just new lines
     max_event_bytes: int = 16 * 1024 * 1024  # longer lines are skipped and reported
-    max_held_files: int = 16  # rotated files held open while unread; beyond: a reported gap
+    max_held_files: int = 16  # descriptors held; other unread files are closed and re-opened by content
     stat_interval: float = 1.0  # seconds between stat checks when no file event arrives
     dead_letter_file: str | None = None  # bad lines are appended here (JSON lines) when set
 

@@ -218,7 +218,8 @@ def test_gaps_are_reported_with_bytes_lost(start_tailer, start_forwarder, tmp_pa
     assert lost > 0
 
 
-def test_too_many_unread_rotated_files_is_a_gap_with_exact_bytes(start_tailer, start_forwarder, tmp_path) -> None:
+def test_held_file_limit_closes_backups_and_reopens_them_only_a_deleted_one_is_a_gap(
+        start_tailer, start_forwarder, tmp_path) -> None:
     tailer = start_tailer()
     log = tmp_path / "audit.log"
     log.touch()
@@ -234,15 +235,95 @@ def test_too_many_unread_rotated_files_is_a_gap_with_exact_bytes(start_tailer, s
         return sum(1 for e in fwd.logs() if e["event"] == "file_opened")
 
     sizes = []
-    for i in range(3):  # three rotations while the tailer is away and the reader is paused
+    for i in range(4):  # four rotations while the tailer is away and the reader is paused
         before = opened()
         os.rename(log, tmp_path / f"audit-2026-11-20T09-00-0{i}.000.log")
         append(log, event(3 + i))
         sizes.append(log.stat().st_size)
         wait_for(lambda b=before: opened() > b, what="the new live file held open")
+    held = [p for p in Path(f"/proc/{fwd.proc.pid}/fd").iterdir() if "audit" in os.path.realpath(p)]
+    assert len(held) <= 2  # descriptors are bounded ...
+    (tmp_path / "audit-2026-11-20T09-00-01.000.log").unlink()  # ... data is not: only this backup is lost
     tailer.start()
-    wait_for(lambda: 5 in seqs(tailer), timeout=30, what="the last event")
+    wait_for(lambda: 6 in seqs(tailer), timeout=30, what="the last event")
     gaps = [e for e in fwd.logs() if e["event"] == "gap"]
-    assert [g["bytes_lost"] for g in gaps] == [sizes[0]]  # the oldest unread file, exactly its bytes
+    assert [g["bytes_lost"] for g in gaps] == [sizes[0]]  # the deleted backup, exactly its bytes, once
     assert fwd.metric("forwarder_gap_bytes_total") == sizes[0]
-    assert sorted(set(seqs(tailer))) == [0, 1, 2, 4, 5]
+    assert sorted(set(seqs(tailer))) == [0, 1, 2, 4, 5, 6]
+
+
+def test_quiet_restart_resumes_where_it_started_not_at_the_new_end(start_tailer, start_forwarder, tmp_path) -> None:
+    tailer = start_tailer()
+    log = tmp_path / "audit.log"
+    append(log, *[event(i) for i in range(3)])  # already there: not sent (no --read-from-head)
+    fwd = start_forwarder(tailer.port, log)  # ready: the start position is already on disk
+    fwd.kill()  # read nothing, acked nothing
+    append(log, *[event(i) for i in range(3, 6)])  # written while it was down
+    start_forwarder(tailer.port, log)
+    wait_for(lambda: len(tailer.records()) == 3, what="the lines written while it was down")
+    assert seqs(tailer) == [3, 4, 5]
+
+
+def test_missing_log_folder_is_reported_once_and_followed_once_it_appears(start_tailer, start_forwarder,
+                                                                          tmp_path) -> None:
+    import httpx
+
+    tailer = start_tailer()
+    log = tmp_path / "not-yet" / "audit.log"
+    fwd = start_forwarder(tailer.port, log, "--stat-interval", "50ms", "--position-file", str(tmp_path / "pos"),
+                          wait=False)
+
+    def health() -> int:
+        try:
+            return httpx.get(f"http://127.0.0.1:{fwd.http_port}/healthz", timeout=1).status_code
+        except httpx.HTTPError:
+            return 0
+
+    wait_for(lambda: health() == 503, what="/healthz says the folder is missing")
+    wait_for(lambda: fwd.metric("forwarder_audit_log_folder_missing") == 1, what="the gauge")
+    polls = fwd.metric("forwarder_audit_log_folder_missing")
+    assert polls == 1 and not log.parent.exists()  # we do not create the apiserver's folder
+    log.parent.mkdir()
+    append(log, event(0), event(1))
+    wait_for(lambda: health() == 200, what="/healthz fine once the folder exists")
+    append(log, event(2))
+    wait_for(lambda: 2 in seqs(tailer), what="events of the new folder")
+    assert [e["event"] for e in fwd.logs()].count("audit_log_folder_missing") == 1  # said once
+
+
+def test_dead_letter_write_error_is_counted_and_forwarding_goes_on(start_tailer, start_forwarder, tmp_path) -> None:
+    tailer = start_tailer()
+    log = tmp_path / "audit.log"
+    log.touch()
+    fwd = start_forwarder(tailer.port, log, "--dead-letter-file", "/dev/full")  # every write: ENOSPC
+    for i in range(5):
+        append(log, b"not json " + str(i).encode() + b"\n", event(i))
+    wait_for(lambda: len(tailer.records()) == 5, what="the good lines after bad ones")
+    assert seqs(tailer) == list(range(5))
+    assert fwd.metric("forwarder_dead_letter_errors_total") == 5
+    assert fwd.metric("forwarder_bad_lines_total", kind="invalid_json") == 5
+    assert [e["event"] for e in fwd.logs()].count("dead_letter_write_failed") == 1
+    assert fwd.proc is not None and fwd.proc.poll() is None
+
+
+def test_a_gap_is_reported_once_across_sigkill_restarts(start_tailer, start_forwarder, tmp_path: Path) -> None:
+    tailer = start_tailer()
+    log = tmp_path / "audit.log"
+    log.touch()
+    fwd = start_forwarder(tailer.port, log, "--flush-interval", "10ms")
+    append(log, *[event(i) for i in range(3)])
+    wait_for(lambda: len(tailer.records()) == 3, what="first 3")
+    wait_for(lambda: fwd.metric("forwarder_inflight_chunks") == 0, what="acked")
+    fwd.kill()
+    append(log, *[event(i) for i in range(3, 6)])
+    log.unlink()  # rotated and deleted while the forwarder was down: really lost
+    append(log, *[event(i) for i in range(6, 8)])
+    tailer.stop()  # nothing is acked after the restart: the checkpoint cannot move past the gap
+    fwd = start_forwarder(tailer.port, log, "--backoff-max", "200ms")
+    assert fwd.metric("forwarder_gaps_total") == 1
+    fwd.kill()
+    fwd = start_forwarder(tailer.port, log, "--backoff-max", "200ms")
+    assert fwd.metric("forwarder_gaps_total") == 0  # reported by the previous process already
+    tailer.start()
+    wait_for(lambda: 7 in seqs(tailer), what="the new file")
+    assert seqs(tailer) == [0, 1, 2, 6, 7]

@@ -30,6 +30,7 @@ def write(path: Path, seqs: range) -> None:
             fh.write(orjson.dumps(event(i, pad=20)) + b"\n")
 
 
+
 def drain(f: Follower) -> list[int]:
     out = []
     while (read := f.read()) is not None:
@@ -37,8 +38,10 @@ def drain(f: Follower) -> list[int]:
     return out
 
 
+
 def follower(path: Path) -> Follower:
     return Follower(str(path), max_event_bytes=1 << 20, max_held_files=16, log=Log())
+
 
 
 def test_copy_truncate_while_behind_reads_the_rest_from_the_copy(tmp_path: Path) -> None:
@@ -58,6 +61,7 @@ def test_copy_truncate_while_behind_reads_the_rest_from_the_copy(tmp_path: Path)
     f.close()
 
 
+
 def test_truncation_without_a_copy_is_a_gap_with_the_bytes(tmp_path: Path) -> None:
     log = tmp_path / "audit.log"
     write(log, range(10))
@@ -75,6 +79,7 @@ def test_truncation_without_a_copy_is_a_gap_with_the_bytes(tmp_path: Path) -> No
     f.close()
 
 
+
 def test_a_backup_being_gzipped_is_read_once_and_a_cut_gzip_never_raises(tmp_path: Path) -> None:
     a, b = tmp_path / "audit-2026-01-01T00-00-00.000.log", tmp_path / "audit-2026-01-01T00-01-00.000.log"
     write(a, range(0, 10))
@@ -87,6 +92,7 @@ def test_a_backup_being_gzipped_is_read_once_and_a_cut_gzip_never_raises(tmp_pat
         f.start(None, True)
         assert drain(f) == list(range(30))
         f.close()
+
 
 
 def test_a_rotation_missed_and_already_gzipped_is_still_read(tmp_path: Path) -> None:
@@ -105,6 +111,7 @@ def test_a_rotation_missed_and_already_gzipped_is_still_read(tmp_path: Path) -> 
     f.poll()
     assert drain(f) == list(range(10, 25))
     f.close()
+
 
 
 def test_checkpoint_of_an_empty_file_resumes_by_time_not_by_a_reused_inode(tmp_path: Path) -> None:
@@ -127,6 +134,209 @@ def test_checkpoint_of_an_empty_file_resumes_by_time_not_by_a_reused_inode(tmp_p
     f.close()
 
 
+
 def test_timestamps_outside_event_time_fall_back_instead_of_failing() -> None:
     for stamp in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999Z", "1969-12-31T23:59:59Z"):
         assert to_entry(orjson.dumps({"stageTimestamp": stamp}), EventTime(7))
+
+
+# ---- issue 15: silent loss ------------------------------------------------------------------------
+
+
+
+def copytruncate(log: Path, compress: bool = False, keep: int = 5) -> None:
+    """What logrotate's copytruncate does: shift the numbered copies, copy, truncate in place."""
+    from tests.helpers.auditlog import CopyTruncateLog
+
+    writer = CopyTruncateLog(str(log.parent), 1, keep, compress)
+    writer.rotate()
+    writer.close()
+
+
+
+def test_copy_truncate_while_paused_and_regrown_past_our_offset(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    write(log, range(50))
+    f = follower(log)
+    f.start(None, True)
+    assert drain(f) == list(range(50))
+    write(log, range(50, 100))  # unread: the reader is paused by the tailer's outage
+    f.poll()
+    copytruncate(log)
+    write(log, range(100, 300))  # the live file is soon longer than where we stopped reading
+    f.poll()
+    assert drain(f) == list(range(50, 300))
+    assert f.gaps == [] and f.truncations == 1
+    f.close()
+
+
+
+def test_copy_truncate_seen_by_the_reader_without_a_poll(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    write(log, range(20))
+    f = follower(log)
+    f.start(None, True)
+    assert drain(f) == list(range(20))
+    write(log, range(20, 40))
+    f.poll()
+    copytruncate(log)
+    write(log, range(40, 200))
+    assert drain(f) == list(range(20, 200))
+    f.close()
+
+
+
+def test_two_truncations_between_two_looks_read_both_copies(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    f = follower(log)
+    f.start(None, True)
+    assert drain(f) == list(range(10))
+    write(log, range(10, 20))
+    f.poll()
+    copytruncate(log, compress=True)
+    write(log, range(20, 30))  # this generation was never seen live: it is only in audit.log.1.gz
+    copytruncate(log, compress=True)
+    write(log, range(30, 35))
+    f.poll()
+    assert drain(f) == list(range(10, 35))
+    assert f.gaps == []
+    f.close()
+
+
+
+def test_truncation_without_a_copy_regrown_past_our_offset_is_a_gap(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    f = follower(log)
+    f.start(None, True)
+    drain(f)
+    write(log, range(10, 20))
+    f.poll()
+    unread = log.stat().st_size - f.sources[0].pos
+    os.truncate(log, 0)
+    write(log, range(20, 100))
+    f.poll()
+    assert drain(f) == list(range(20, 100))
+    assert [g.bytes_lost for g in f.gaps] == [unread]
+    f.close()
+
+
+
+def checkpoint_after(f: Follower, lines: int, tmp_path: Path) -> Any:
+    """Read ``lines`` lines of the oldest file and checkpoint there, as an ack would (through the file)."""
+    from forwarder import checkpoint
+
+    read = f.read()
+    assert read is not None
+    cp = read.source.checkpoint(read.lines[lines - 1].end)
+    checkpoint.save(str(tmp_path / "pos"), cp)
+    f.close()
+    return checkpoint.load(str(tmp_path / "pos"))
+
+
+
+def test_restart_after_copytruncate_reads_the_rest_from_the_gzipped_copy(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    write(log, range(20))
+    f = follower(log)
+    f.start(None, True)
+    cp = checkpoint_after(f, 10, tmp_path)  # the forwarder acked 10 lines, then was killed
+    copytruncate(log, compress=True)
+    write(log, range(20, 25))
+    f = follower(log)
+    f.start(cp, False)
+    assert drain(f) == list(range(10, 25))
+    assert f.gaps == []
+    f.close()
+
+
+
+def test_restart_after_the_checkpointed_backup_was_pruned_reads_every_newer_one(tmp_path: Path) -> None:
+    from kube_audit.writer import RotatingLog
+
+    writer = RotatingLog(str(tmp_path), 4000, 10, False)
+    for i in range(100):
+        writer.write(orjson.dumps(event(i, pad=20)) + b"\n")
+    writer.close()
+    backups = sorted(tmp_path.glob("audit-*.log"))
+    assert len(backups) >= 4
+    f = follower(tmp_path / "audit.log")
+    f.start(None, True)
+    first = drain_first_file(f)
+    cp = checkpoint_after(f, 1, tmp_path)  # checkpoint written after the newer backups were last modified
+    backups[0].unlink()  # pruned by --audit-log-maxbackup while we were down
+    f = follower(tmp_path / "audit.log")
+    f.start(cp, False)
+    assert drain(f) == list(range(first, 100))  # every newer backup and the live file, in order
+    assert [g.bytes_lost for g in f.gaps] == [cp.size - cp.offset]
+    f.close()
+
+
+
+def drain_first_file(f: Follower) -> int:
+    """How many events the oldest file holds (read with a second follower, leaving ``f`` untouched)."""
+    g = follower(Path(f.path))
+    g.start(None, True)
+    n = 0
+    while (read := g.read()) is not None and not read.done:
+        n += len(read.lines)
+    g.close()
+    return n
+
+
+
+def test_held_file_limit_bounds_descriptors_not_data(tmp_path: Path) -> None:
+    from kube_audit.writer import RotatingLog
+
+    log = tmp_path / "audit.log"
+    log.touch()
+    f = Follower(str(log), max_event_bytes=1 << 20, max_held_files=2, log=Log())
+    f.start(None, True)
+    writer = RotatingLog(str(tmp_path), 2000, 50, True)  # gzips each backup after the rename
+    held = []
+    for i in range(200):
+        writer.write(orjson.dumps(event(i, pad=20)) + b"\n")
+        if i % 10 == 9:
+            f.poll()
+            held.append(sum(1 for s in f.sources if s.fh is not None))
+    writer.close()
+    f.poll()
+    assert writer.rotations >= 10 and max(held) <= 2
+    assert drain(f) == list(range(200))
+    assert f.gaps == []
+    f.close()
+
+
+
+def test_a_gap_already_reported_is_not_reported_again_after_a_restart(tmp_path: Path) -> None:
+    import dataclasses
+
+    log = tmp_path / "audit.log"
+    write(log, range(20))
+    f = follower(log)
+    f.start(None, True)
+    cp = checkpoint_after(f, 5, tmp_path)
+    log.unlink()  # rotated and deleted while we were down
+    write(log, range(20, 25))
+    f = follower(log)
+    f.start(cp, False)
+    assert len(f.gaps) == 1 and drain(f) == list(range(20, 25))
+    f.close()
+    f = follower(log)
+    f.start(dataclasses.replace(cp, reported_gaps=tuple(f.reported) or (cp.fingerprint,)), False)
+    assert f.gaps == []
+    f.close()
+
+
+def test_copy_truncate_of_a_file_that_was_empty_when_we_looked(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.touch()
+    f = follower(log)
+    f.start(None, False)  # the live file is empty: no head to compare with later
+    write(log, range(10))
+    copytruncate(log)  # written and copy-truncated before our next look
+    write(log, range(10, 15))
+    f.poll()
+    assert drain(f) == list(range(15))
+    f.close()

@@ -110,3 +110,17 @@ def test_settings_from_flags_and_env(monkeypatch, tmp_path) -> None:
     assert s.follow.position_file == str(tmp_path / "audit-forwarder.pos")
     s = parse(["--tailer", "10.0.0.1:24224", "--proxy", "http-connect://vpn-seed-server:9443"])
     assert (s.client.route.proxy_host, s.client.route.proxy_port) == ("vpn-seed-server", 9443)
+
+
+def test_checkpoint_keeps_rotation_order_and_reported_gaps_and_reads_version_1(tmp_path) -> None:
+    path = str(tmp_path / "pos")
+    cp = checkpoint.Checkpoint("/a/audit.log", 1, 2, "ab" * 32, 1024, 99, after="2026-11-20T09-00-00.000",
+                               after_copy="cd" * 32, live=True, reported_gaps=("ef" * 32,))
+    checkpoint.save(path, cp)
+    loaded = checkpoint.load(path)
+    assert loaded is not None and loaded.after == cp.after and loaded.reported_gaps == cp.reported_gaps
+    old = {"path": "/a/audit.log", "device": 1, "inode": 2, "fingerprint": "ab" * 32, "fingerprint_bytes": 1024,
+           "offset": 5, "compressed": False, "size": 9, "finished": False, "written_at": 1.0, "version": 1}
+    (tmp_path / "old").write_text(json.dumps(old))
+    v1 = checkpoint.load(str(tmp_path / "old"))
+    assert v1 is not None and v1.offset == 5 and v1.after == ""  # no order known: a lost file reads all backups

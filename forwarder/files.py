@@ -1,0 +1,158 @@
+"""The audit log folder: which files belong to the log, in which order they were rotated, what they hold.
+
+Two rotation schemes are understood:
+
+- the kube-apiserver's (lumberjack): the live file is renamed to ``<stem>-<UTC timestamp><ext>`` and
+  optionally gzipped to ``...<ext>.gz``; the oldest backups beyond ``--audit-log-maxbackup`` are deleted.
+  The timestamp in the name is the rotation order (it sorts as text).
+- logrotate's ``copytruncate``: the live file is copied to ``<name>.1`` (older copies shift to ``.2`` ...,
+  optionally gzipped), or to ``<name>-<date>`` with ``dateext``, and then truncated in place (same inode).
+  These copies are only ever read to recover what a truncation took before we had read it.
+
+Order is always taken from names, never from modification times. A file is recognised by its content: the
+first ``FINGERPRINT_BYTES`` bytes (decompressed for gzip), which start with a unique auditID in an audit log.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import IO
+
+FINGERPRINT_BYTES = 1024
+HEAD_ERRORS = (OSError, EOFError, zlib.error)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: str
+    kind: str  # "live", "backup" (renamed by the apiserver) or "copy" (logrotate copytruncate)
+    key: str  # rotation order among files of the same kind: larger is newer
+    compressed: bool
+    device: int
+    inode: int
+    size: int  # bytes on disk
+
+
+class Folder:
+    def __init__(self, live_path: str, exclude: tuple[str, ...] = ()) -> None:
+        self.live = os.path.abspath(live_path)
+        self.path = os.path.dirname(self.live)
+        base = os.path.basename(self.live)
+        stem, ext = os.path.splitext(base)
+        self.stem = stem
+        self._backup = re.compile(rf"^{re.escape(stem)}-(.+){re.escape(ext)}(\.gz)?$")
+        self._numbered = re.compile(rf"^{re.escape(base)}\.(\d+)(\.gz)?$")
+        self._dated = re.compile(rf"^{re.escape(base)}-(.+?)(\.gz)?$")
+        self.exclude = {os.path.abspath(p) for p in exclude}
+        self._gz_heads: dict[tuple[str, int, int, int], bytes] = {}
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.path)
+
+    def _classify(self, name: str) -> tuple[str, str] | None:
+        if m := self._backup.match(name):
+            return "backup", m.group(1)
+        if m := self._numbered.match(name):
+            return "copy", f"{10**9 - int(m.group(1)):010d}"  # .1 is the newest copy
+        if m := self._dated.match(name):
+            return "copy", m.group(1)
+        return None
+
+    def scan(self) -> list[Candidate] | None:
+        """Every file of the log, oldest first: backups, then copies, then the live file. None: no folder."""
+        # the live file first: every backup renamed before this live file was created is then in the listing
+        # (a listing is not atomic: stat after listing could see a live file newer than the backups listed)
+        try:
+            live_st: os.stat_result | None = os.stat(self.live)
+        except FileNotFoundError:
+            live_st = None
+        try:
+            names = os.listdir(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        present = set(names)
+        found: list[tuple[int, str, Candidate]] = []
+        if live_st is not None:
+            found.append((2, "", Candidate(self.live, "live", "", False, live_st.st_dev, live_st.st_ino,
+                                           live_st.st_size)))
+        for name in names:
+            path = os.path.join(self.path, name)
+            if path in self.exclude or path == self.live:
+                continue
+            if (c := self._classify(name)) is not None:
+                kind, key = c
+                # while a backup is being gzipped both exist: the plain one is complete, the .gz may not be yet
+                if name.endswith(".gz") and name[:-3] in present:
+                    continue
+            else:
+                continue
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if live_st is not None and (st.st_dev, st.st_ino) == (live_st.st_dev, live_st.st_ino):
+                continue  # rotated while we listed: still the live file for this look
+            order = {"backup": 0, "copy": 1, "live": 2}[kind]
+            cand = Candidate(path, kind, key, name.endswith(".gz"), st.st_dev, st.st_ino, st.st_size)
+            found.append((order, key, cand))
+        found.sort(key=lambda t: (t[0], t[1]))
+        return [c for _, _, c in found]
+
+    def open_plain(self, cand: Candidate) -> tuple[IO[bytes], str] | None:
+        """Open exactly the file ``cand`` was (its inode), wherever a rename took it; None: gone."""
+        paths: list[str] = [cand.path]
+        for i in range(2):
+            for path in paths:
+                try:
+                    fh = open(path, "rb")  # noqa: SIM115 - the caller owns it
+                except FileNotFoundError:
+                    continue
+                st = os.fstat(fh.fileno())
+                if (st.st_dev, st.st_ino) == (cand.device, cand.inode):
+                    return fh, path
+                fh.close()
+            if i == 0:
+                paths = [c.path for c in self.scan() or () if (c.device, c.inode) == (cand.device, cand.inode)]
+        return None
+
+    def head(self, cand: Candidate, n: int = FINGERPRINT_BYTES) -> bytes | None:
+        """The first ``n`` bytes of the content (decompressed); None when unreadable or no longer that file."""
+        try:
+            if not cand.compressed:
+                with open(cand.path, "rb") as fh:
+                    st = os.fstat(fh.fileno())
+                    return fh.read(n) if (st.st_dev, st.st_ino) == (cand.device, cand.inode) else None
+            cache_key = (cand.path, cand.inode, cand.size, n)
+            if cache_key not in self._gz_heads:
+                if len(self._gz_heads) > 256:
+                    self._gz_heads.clear()
+                with gzip.open(cand.path, "rb") as fh:
+                    self._gz_heads[cache_key] = fh.read(n)
+            return self._gz_heads[cache_key]
+        except HEAD_ERRORS:
+            return None
+
+    def content_size(self, cand: Candidate) -> int:
+        """Bytes of content: the file size, or the size a gzip trailer records (modulo 4 GiB)."""
+        if not cand.compressed:
+            return cand.size
+        try:
+            with open(cand.path, "rb") as fh:
+                fh.seek(-4, os.SEEK_END)
+                return int(struct.unpack("<I", fh.read(4))[0])
+        except (OSError, struct.error):
+            return 0
+
+    def newest_backup_key(self, cands: list[Candidate] | None) -> str:
+        keys = [c.key for c in cands or () if c.kind == "backup"]
+        return max(keys) if keys else ""
+
+
+def same_content(head: bytes, other: bytes | None) -> bool:
+    """``other`` (a file's head now) shows the same content we knew as ``head``."""
+    return bool(head) and other is not None and other.startswith(head)

@@ -1,0 +1,148 @@
+"""One followed file: what we know of it (identity, head, size, position) and, while it is held, its descriptor."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import IO, cast
+
+from .checkpoint import Checkpoint
+from .files import FINGERPRINT_BYTES, HEAD_ERRORS, Candidate
+from .lines import Line, Splitter
+
+READ_BLOCK = 1024 * 1024
+
+
+@dataclass(eq=False)
+class Source:
+    """A file to read. ``fh`` is None while it is not held open (``--max-held-files``); it is re-opened by
+    its content later, also after the apiserver gzipped it. ``device``/``inode`` are those first seen."""
+
+    path: str
+    device: int
+    inode: int
+    compressed: bool
+    splitter: Splitter
+    pos: int  # bytes consumed from the content (the splitter may hold back a partial line)
+    start: int  # where reading started
+    after: str = ""  # see Checkpoint.after
+    after_copy: str = ""  # see Checkpoint.after_copy
+    live: bool = False  # the live file (may still grow or be truncated)
+    head: bytes = b""  # the first bytes of the content (up to FINGERPRINT_BYTES) as last verified
+    size: int = 0  # the largest content size seen; final once the file is rotated
+    fh: IO[bytes] | None = None
+    raw: IO[bytes] | None = None  # the file under a gzip reader (GzipFile does not close it)
+    at: tuple[int, int] = (0, 0)  # device and inode of the file now held (a .gz after compression differs)
+    ended: bool = False  # nothing more can be read from it: truncated under us, or gone
+    _fingerprint: tuple[str, int] | None = None
+
+    def fingerprint(self) -> tuple[str, int]:
+        if self._fingerprint is not None:
+            return self._fingerprint
+        fp = hashlib.sha256(self.head).hexdigest(), len(self.head)
+        if len(self.head) == FINGERPRINT_BYTES or self.ended or not self.live:
+            self._fingerprint = fp
+        return fp
+
+    def identity(self) -> str:
+        fp, _ = self.fingerprint()
+        return f"{self.device}:{self.inode}:{fp[:16]}"
+
+    def checkpoint(self, offset: int) -> Checkpoint:
+        fp, n = self.fingerprint()
+        return Checkpoint(self.path, self.device, self.inode, fp, n, offset, self.compressed, self.size,
+                          after=self.after, after_copy=self.after_copy, live=self.live)
+
+    def unread(self) -> int:
+        return 0 if self.ended else max(self.size - self.pos, 0) + self.splitter.pending()
+
+    def refresh(self) -> bool:
+        """Re-read the head and size of a held plain file. False: the head changed (truncated, rewritten)."""
+        if self.fh is None or self.compressed:
+            return True
+        fd = self.fh.fileno()
+        now = os.pread(fd, FINGERPRINT_BYTES, 0)
+        size = os.fstat(fd).st_size
+        if (self.head and not now.startswith(self.head)) or size < self.size:
+            return False
+        if len(now) > len(self.head):
+            self.head = now
+        self.size = max(self.size, size)
+        return True
+
+    def adopt(self, raw: IO[bytes], path: str, offset: int) -> None:
+        """Hold ``raw`` (a plain file opened by its inode) at ``offset``."""
+        st = os.fstat(raw.fileno())
+        raw.seek(offset)
+        self.fh, self.raw, self.path, self.compressed, self.at = raw, None, path, False, (st.st_dev, st.st_ino)
+
+    def open(self, cand: Candidate, offset: int) -> None:
+        raw = open(cand.path, "rb")  # noqa: SIM115 - held until read to its end or closed by the held-file bound
+        try:
+            st = os.fstat(raw.fileno())
+            fh: IO[bytes] = raw
+            if cand.compressed:
+                fh = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+                _skip(fh, offset)
+            else:
+                fh.seek(offset)
+        except HEAD_ERRORS:
+            raw.close()
+            raise
+        self.fh, self.raw = fh, raw if cand.compressed else None
+        self.path, self.compressed, self.at = cand.path, cand.compressed, (st.st_dev, st.st_ino)
+
+    def close(self) -> None:
+        """Give the descriptor back; reading resumes at the first byte not yet returned as a line."""
+        if self.fh is None:
+            return
+        if not self.ended:
+            self.refresh()
+            self.pos = self.splitter.rewind()
+        self.fh.close()
+        if self.raw is not None:
+            self.raw.close()
+        self.fh = self.raw = None
+
+    def read(self) -> bytes:
+        assert self.fh is not None
+        return self.fh.read(READ_BLOCK)
+
+
+@dataclass(frozen=True)
+class Read:
+    source: Source
+    lines: list[Line]
+    oversized: list[Line]
+    done: bool  # the source is finished (rotated away and read to its end, truncated, or gone)
+
+
+@dataclass(frozen=True)
+class Gap:
+    path: str
+    inode: int
+    bytes_lost: int
+    reason: str
+    exact: bool = True  # False: bytes_lost is a lower bound
+    fingerprint: str = ""
+
+
+def _skip(fh: IO[bytes], n: int) -> None:
+    while n > 0:
+        block = fh.read(min(n, READ_BLOCK))
+        if not block:
+            return
+        n -= len(block)
+
+
+def last_line_end(fh: IO[bytes]) -> int:
+    """Where reading "from the end" starts: just after the last newline, never mid-line."""
+    size = os.fstat(fh.fileno()).st_size
+    back = min(size, 1024 * 1024)
+    if back == 0:
+        return 0
+    tail = os.pread(fh.fileno(), back, size - back)
+    nl = tail.rfind(b"\n")
+    return size - back + nl + 1 if nl >= 0 else size - back
