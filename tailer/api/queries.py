@@ -93,9 +93,10 @@ def run_object_view(*args: Any) -> tuple[int, bytes]:
 class QueryPool:
     """The API stage's CPU executor: ``workers`` processes, at most ``max_pending`` queries admitted."""
 
-    def __init__(self, workers: int = 2, max_pending: int = 16, timeout: float = 60.0, metrics: Any = None) -> None:
+    def __init__(self, workers: int = 2, max_pending: int | None = None, timeout: float = 60.0,
+                 metrics: Any = None) -> None:
         self.workers, self.timeout, self.metrics = max(1, workers), timeout, metrics
-        self.max_pending = max(self.workers, max_pending)
+        self.max_pending = max(self.workers, max_pending if max_pending is not None else 8 * self.workers)
         self._pending = 0
         self._pool: ProcessPoolExecutor | None = None
 

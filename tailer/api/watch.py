@@ -126,11 +126,7 @@ class Watches:
                 return
             if still_allowed is not None and time.monotonic() - checked >= self.recheck:
                 checked = time.monotonic()
-                if not await still_allowed():
-                    self.metrics.watchers_revoked.inc()
-                    log.warning("watch_revoked", resource_version=last, namespace=flt.namespace)
-                    await self.final(response, status(403, "Forbidden", "watch ended: access to these audit "
-                                                                        "events was revoked"))
+                if await self._revoked(response, still_allowed, last, flt):
                     return
             flag.clear()
             rows = await self.store.events(flt, last, WATCH_BATCH)
@@ -158,10 +154,7 @@ class Watches:
             if len(rows) == WATCH_BATCH:
                 continue
             if not kept and bookmarks and time.monotonic() - quiet_since > BOOKMARK_EVERY:  # finds gone clients
-                bookmark = {"type": "BOOKMARK", "object": {"kind": "AuditEvent", "apiVersion": API_VERSION,
-                                                           "metadata": {"resourceVersion": str(last)}}}
-                async with asyncio.timeout(self.write_timeout):
-                    await response.write(orjson.dumps(bookmark) + b"\n")
+                await self._bookmark(response, last)
                 quiet_since = time.monotonic()
             wait = self.poll if deadline is None else max(0.0, min(self.poll, deadline - time.monotonic()))
             try:
@@ -169,6 +162,22 @@ class Watches:
                     await flag.wait()
             except TimeoutError:
                 pass
+
+    async def _revoked(self, response: web.StreamResponse, still_allowed: Callable[[], Awaitable[bool]], last: int,
+                       flt: EventFilter) -> bool:
+        """Authorization checked again: when it was revoked, the stream ends with a 403 Status."""
+        if await still_allowed():
+            return False
+        self.metrics.watchers_revoked.inc()
+        log.warning("watch_revoked", resource_version=last, namespace=flt.namespace)
+        await self.final(response, status(403, "Forbidden", "watch ended: access to these audit events was revoked"))
+        return True
+
+    async def _bookmark(self, response: web.StreamResponse, last: int) -> None:
+        bookmark = {"type": "BOOKMARK", "object": {"kind": "AuditEvent", "apiVersion": API_VERSION,
+                                                   "metadata": {"resourceVersion": str(last)}}}
+        async with asyncio.timeout(self.write_timeout):
+            await response.write(orjson.dumps(bookmark) + b"\n")
 
     async def cut_off(self, response: web.StreamResponse, last: int) -> None:
         """The client does not read fast enough: one final line, then close (the rest would only pile up)."""

@@ -127,3 +127,45 @@ async def test_one_deeply_nested_event_never_breaks_a_page_or_a_watch(api: Api, 
     async with asyncio.timeout(20):
         lines = [orjson.loads(line) for line in (await resp.content.read()).splitlines()]
     assert [line["object"]["auditID"] for line in lines] == [e["auditID"] for e in body["items"]]
+
+
+async def test_the_query_pool_is_bounded(api: Api) -> None:
+    """More object views than admitted answer 429 at once instead of queueing without end."""
+    from tailer.api.queries import QueryPool
+
+    await api.insert(SCENARIO)
+    api.api.queries.close()
+    api.api.queries = pool = QueryPool(workers=1, max_pending=1, metrics=api.api.metrics)
+    pool._pending = 1  # one view already being computed
+    body = await api.get(WEB + "/versions", expect=429)
+    assert (body["kind"], body["reason"]) == ("Status", "TooManyRequests")
+    assert api.api.metrics.api_query_rejected.labels("busy")._value.get() == 1
+    pool._pending = 0
+    assert (await api.get(WEB + "/versions"))["kind"] == "ObjectVersionList"
+    pool.close()
+
+
+async def test_a_slow_view_times_out_and_a_dead_worker_is_replaced(api: Api) -> None:
+    import os
+    import signal
+
+    from tailer.api.queries import QueryPool
+
+    await api.insert(SCENARIO + heavy_configmap(4999, 400))
+    api.api.queries.close()
+    api.api.queries = pool = QueryPool(workers=1, timeout=0.0, metrics=api.api.metrics)
+    body = await api.get(WEB + "/versions", expect=504)  # a deadline of 0: never met
+    assert (body["reason"], api.api.metrics.api_query_rejected.labels("timeout")._value.get()) == ("Timeout", 1)
+    pool.timeout = 600.0
+    big = PREFIX + "/namespaces/shop/configmaps/big/versions"
+    view = asyncio.create_task(api.client.get(big, params={"limit": "5000"}, headers={"Authorization": "Bearer admin-token"}))
+    async with asyncio.timeout(60):
+        while not (pool._pool and getattr(pool._pool, "_processes", None)):
+            await asyncio.sleep(0.01)  # polling for the worker to exist, not synchronisation of the outcome
+    for pid in list(pool._pool._processes):  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGKILL)  # the OOM killer, say
+    resp = await view
+    assert resp.status == 503 and (await resp.json())["reason"] == "ServiceUnavailable"
+    assert api.api.metrics.api_query_rejected.labels("broken")._value.get() == 1
+    assert (await api.get(WEB + "/versions"))["kind"] == "ObjectVersionList"  # a new pool
+    pool.close()
