@@ -33,6 +33,33 @@ class ApiResource:
         return f"{self.group}/{self.version}" if self.group else self.version
 
 
+def candidates(resource: str, api_version: str | None, groups: list[dict[str, Any]] | None) -> list[tuple[str, str]]:
+    """The (group, version) lists to search for ``resource`` (``databases.example.com`` names its group),
+    as kubectl does: the core group first, then every group's preferred version. ``groups`` is the
+    ``/apis`` discovery list (not needed with ``api_version``)."""
+    if api_version:
+        group, _, version = api_version.rpartition("/")
+        return [(group, version)]
+    hint = resource.lower().partition(".")[2]
+    found = [(g["name"], g["preferredVersion"]["version"]) for g in groups or [] if not hint or g["name"] == hint]
+    return ([] if hint else [("", "v1")]) + found
+
+
+def match(resource: str, group: str, version: str, resources: list[dict[str, Any]]) -> ApiResource | None:
+    """The resource of one APIResourceList that ``resource`` names: plural, singular, kind or short name."""
+    name = resource.lower().partition(".")[0]
+    for r in resources:
+        if "/" in r["name"]:
+            continue
+        if name in {r["name"], r.get("singularName", ""), r["kind"].lower(), *r.get("shortNames", [])}:
+            return ApiResource(group, version, r["name"], r["kind"], bool(r.get("namespaced")))
+    return None
+
+
+def not_found(resource: str) -> NotFound:
+    return NotFound(f'the server doesn\'t have a resource type "{resource}"', 404)
+
+
 def in_cluster_namespace() -> str | None:
     try:
         with open(SA_NAMESPACE_FILE, encoding="utf-8") as fh:

@@ -30,10 +30,18 @@ from kube_audit.errors import (
     Invalid,
     KubeError,
     KubeUnconfigured,
-    NotFound,
     Unavailable,
 )
-from kube_audit.kube import ERROR_BODY_LIMIT, ApiResource, error, in_cluster_namespace, one_line
+from kube_audit.kube import (
+    ERROR_BODY_LIMIT,
+    ApiResource,
+    candidates,
+    error,
+    in_cluster_namespace,
+    match,
+    not_found,
+    one_line,
+)
 
 TIMEOUT = 30.0  # seconds per request, connect included
 MERGE_PATCH = "application/merge-patch+json"
@@ -173,31 +181,22 @@ class AsyncKube:
     # discovery -----------------------------------------------------------------------------
     async def resolve(self, resource: str, api_version: str | None = None) -> ApiResource:
         """Resolve ``databases``, ``databases.example.com``, a kind or a short name, like kubectl."""
-        name, _, group_hint = resource.lower().partition(".")
-        candidates: list[tuple[str, str]] = []  # (group, version)
-        if api_version:
-            group, _, version = api_version.rpartition("/")
-            candidates.append((group, version))
-        else:
+        groups = None
+        if not api_version:
             apis = client.ApisApi(self.api)
             groups = (await _json("GET /apis", apis.get_api_versions_without_preload_content(
                 _request_timeout=TIMEOUT))).get("groups", [])
-            found = [(g["name"], g["preferredVersion"]["version"]) for g in groups
-                     if not group_hint or g["name"] == group_hint]
-            candidates = ([] if group_hint else [("", "v1")]) + found
         objects = client.CustomObjectsApi(self.api)
-        for group, version in candidates:
+        for group, version in candidates(resource, api_version, groups):
             if group:
                 call = objects.get_api_resources_without_preload_content(group, version, _request_timeout=TIMEOUT)
             else:
                 call = self.core.get_api_resources_without_preload_content(_request_timeout=TIMEOUT)
-            for r in (await _json(f"GET /apis/{group}/{version}", call)).get("resources", []):
-                if "/" in r["name"]:
-                    continue
-                names = {r["name"], r.get("singularName", ""), r["kind"].lower(), *r.get("shortNames", [])}
-                if name in names:
-                    return ApiResource(group, version, r["name"], r["kind"], bool(r.get("namespaced")))
-        raise NotFound(f'the server doesn\'t have a resource type "{resource}"', 404)
+            found = match(resource, group, version, (await _json(f"GET /apis/{group}/{version}", call)).get(
+                "resources", []))
+            if found is not None:
+                return found
+        raise not_found(resource)
 
     # authentication and authorization (for the tailer's HTTP API) ---------------------------
     async def token_review(self, token: str) -> tuple[str, tuple[str, ...]] | None:

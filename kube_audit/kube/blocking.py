@@ -13,8 +13,17 @@ import httpx
 import yaml
 from kubernetes import client, config
 
-from kube_audit.errors import KubeError, KubeUnconfigured, NotFound, Unavailable
-from kube_audit.kube import ERROR_BODY_LIMIT, ApiResource, error, in_cluster_namespace, one_line
+from kube_audit.errors import KubeError, KubeUnconfigured, Unavailable
+from kube_audit.kube import (
+    ERROR_BODY_LIMIT,
+    ApiResource,
+    candidates,
+    error,
+    in_cluster_namespace,
+    match,
+    not_found,
+    one_line,
+)
 
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 MERGE_PATCH = "application/merge-patch+json"
@@ -138,22 +147,10 @@ class Kube:
     # discovery -----------------------------------------------------------------------------
     def resolve(self, resource: str, api_version: str | None = None) -> ApiResource:
         """Resolve ``databases``, ``databases.example.com``, a kind or a short name, like kubectl."""
-        name, _, group_hint = resource.lower().partition(".")
-        candidates: list[tuple[str, str]] = []  # (group, version)
-        if api_version:
-            group, _, version = api_version.rpartition("/")
-            candidates.append((group, version))
-        else:
-            groups = self.request("GET", "/apis").get("groups", [])
-            found = [(g["name"], g["preferredVersion"]["version"]) for g in groups
-                     if not group_hint or g["name"] == group_hint]
-            candidates = ([] if group_hint else [("", "v1")]) + found
-        for group, version in candidates:
+        groups = None if api_version else self.request("GET", "/apis").get("groups", [])
+        for group, version in candidates(resource, api_version, groups):
             path = f"/apis/{group}/{version}" if group else f"/api/{version}"
-            for r in self.request("GET", path).get("resources", []):
-                if "/" in r["name"]:
-                    continue
-                names = {r["name"], r.get("singularName", ""), r["kind"].lower(), *r.get("shortNames", [])}
-                if name in names:
-                    return ApiResource(group, version, r["name"], r["kind"], bool(r.get("namespaced")))
-        raise NotFound(f'the server doesn\'t have a resource type "{resource}"', 404)
+            found = match(resource, group, version, self.request("GET", path).get("resources", []))
+            if found is not None:
+                return found
+        raise not_found(resource)

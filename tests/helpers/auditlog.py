@@ -28,23 +28,10 @@ def event(seq: int, pad: int = 200) -> dict[str, object]:
             "stageTimestamp": "2026-11-20T09:00:00.123456Z", "pad": "x" * pad}
 
 
-class CopyTruncateLog:
+class CopyTruncateLog(RotatingLog):
     """``audit.log`` rotated by logrotate's ``copytruncate`` (``rotate max_backups``, ``compress`` without
-    ``delaycompress`` when ``compress``): the copies are ``audit.log.1`` (newest) ... ``audit.log.N``."""
-
-    def __init__(self, folder: str, rotate_bytes: int, max_backups: int, compress: bool) -> None:
-        self.path = os.path.join(folder, "audit.log")
-        self.rotate_bytes, self.max_backups, self.compress = rotate_bytes, max_backups, compress
-        self.fh = open(self.path, "ab")  # noqa: SIM115 - the apiserver keeps its descriptor across truncations
-        self.size = self.fh.tell()
-        self.rotations = 0
-
-    def write(self, line: bytes) -> None:
-        if self.size and self.size + len(line) > self.rotate_bytes:
-            self.rotate()
-        self.fh.write(line)
-        self.fh.flush()
-        self.size += len(line)
+    ``delaycompress`` when ``compress``): the copies are ``audit.log.1`` (newest) ... ``audit.log.N``. The
+    writer keeps its descriptor across truncations, as the apiserver does."""
 
     def _name(self, n: int) -> str:
         return f"{self.path}.{n}" + (".gz" if self.compress else "")
@@ -64,9 +51,6 @@ class CopyTruncateLog:
         os.truncate(self.path, 0)
         self.size = 0
         self.rotations += 1
-
-    def close(self) -> None:
-        self.fh.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.integration.test_api import SCENARIO, WEB, Api, api  # noqa: F401
+from tests.helpers.apitest import SCENARIO, Api, api_fixture, resource_tracker  # noqa: F401 - fixtures
+from tests.integration.test_api import WEB
 
 CREATE = next(e for e in SCENARIO if e["stage"] == "ResponseComplete" and e["verb"] == "create")
 
