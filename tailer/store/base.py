@@ -21,6 +21,8 @@ from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any, TypeVar
 
+import orjson
+
 from tailer.store.rows import COLUMNS, Codec, EventFilter, InsertResult, Row, to_row
 
 T = TypeVar("T")
@@ -237,7 +239,7 @@ class Store:
         """One small real write (a row inserted and deleted again, committed): the store is healthy
         again when it succeeds. The row takes a sequence number that no event will have."""
         p = self.ph
-        values = ("probe", "probe", 0.0, "", "", "", "", "", "", "", "", None, 0, 0, b"{}")
+        values = ("probe", "probe", 0.0, "", "", "", "", "", "", "", "", None, 0, 0, None, b"{}")
 
         def touch() -> None:
             with self._transaction() as conn:
@@ -359,6 +361,14 @@ class Store:
             return [(int(seq), self._load(conn, body)) for seq, body in rows]
 
         return await self._read(query)
+
+    async def metas(self, first: int, last: int) -> dict[int, dict[str, Any]]:
+        """What came beside the events from ``first`` to ``last`` (sequences, inclusive) on the forward
+        protocol, ``{"tag", "metadata"}``, for those that have it (a primary-key range: one cheap read)."""
+        sql = (f"SELECT seq, meta FROM audit_events WHERE seq >= {self.ph} AND seq <= {self.ph} "
+               "AND meta IS NOT NULL")
+        rows = await self._read(lambda c: c.execute(sql, (first, last)).fetchall())
+        return {int(seq): orjson.loads(bytes(meta)) for seq, meta in rows}
 
     async def object_events(self, group: str | None, resource: str, namespace: str, name: str,
                             limit: int | None = None) -> ObjectRows:
