@@ -15,6 +15,7 @@ The store is ``healthy`` again after the next write that succeeds (``probe`` tri
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -368,7 +369,7 @@ class Store:
         sql = (f"SELECT seq, meta FROM audit_events WHERE seq >= {self.ph} AND seq <= {self.ph} "
                "AND meta IS NOT NULL")
         rows = await self._read(lambda c: c.execute(sql, (first, last)).fetchall())
-        return {int(seq): orjson.loads(bytes(meta)) for seq, meta in rows}
+        return {int(seq): _json(bytes(meta)) for seq, meta in rows}
 
     async def object_events(self, group: str | None, resource: str, namespace: str, name: str,
                             limit: int | None = None) -> ObjectRows:
@@ -424,6 +425,13 @@ def _covering(oldest: list[Any], excess: int) -> Iterator[Any]:
             return
         freed += int(row[1])
         yield row
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:  # lone surrogates, escaped by the model's dumps fallback
+        return json.loads(data)
 
 
 def _pruned(conn: Any) -> int:
