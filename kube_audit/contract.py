@@ -26,6 +26,7 @@ KIND_BISECT = "BisectResult"
 # object, change (kube_audit/model/change.py), and patch, patchType for a patch, reason when incomplete
 
 ANNOTATION = f"{API_GROUP}/configmap"  # on a tracked object: the name of its audit ConfigMap
+FLUENT_ANNOTATION = f"{API_GROUP}/fluent-metadata"  # on an event item: JSON {"tag", "metadata"} it came with
 DATA_KEY = "entries.json"  # the ConfigMap key holding the entries, a JSON array, oldest first
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kube-audit-tailer"}
 # One entry: {"time", "user", "groups", "verb", "subresource", "auditID", "code", "change"}

@@ -103,6 +103,7 @@ class AuditEvent:
     json: bytes
     ts: float | None  # stageTimestamp in epoch seconds, None when it does not parse
     unencodable: bool = False  # its JSON needed the slow path (e.g. lone surrogates)
+    meta: bytes | None = None  # JSON {"tag", "metadata"} that came beside it (Fluent forward), kept by the store
 
     @property
     def key(self) -> tuple[str, str]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from kube_audit.contract import API_VERSION
+from kube_audit.contract import API_VERSION, FLUENT_ANNOTATION
 from tailer.api.errors import ApiError, bad_request, parse_time, uint
 from tailer.store import EventFilter
 
@@ -183,10 +183,13 @@ def plan(sel: Selection, now: float | None = None) -> Query:
     return Query(store, keep)
 
 
-def item(seq: int, event: dict[str, Any]) -> dict[str, Any]:
+def item(seq: int, event: dict[str, Any], fluent: dict[str, Any] | None = None) -> dict[str, Any]:
     """One list item: the audit.k8s.io/v1 Event as stored, as an AuditEvent of our group (kubectl maps every
-    item's kind through discovery) with Kubernetes object metadata."""
+    item's kind through discovery) with Kubernetes object metadata; ``fluent`` (the tag and metadata it
+    came with, when the store kept any) as the FLUENT_ANNOTATION, JSON text."""
     meta: dict[str, Any] = {"name": _str(event.get("auditID")), "resourceVersion": str(seq)}
+    if fluent is not None:
+        meta["annotations"] = {FLUENT_ANNOTATION: orjson.dumps(fluent).decode()}
     namespace = _at(event, "objectRef", "namespace")
     if namespace:
         meta["namespace"] = str(namespace)

@@ -162,7 +162,8 @@ class AuditApi:
             body = resource.table_body(version, [resource.row(s, e, include) for s, e in rows], meta)
             return web.Response(body=body, headers={"Content-Type": f"application/json;as=Table;v={version};"
                                                                     "g=meta.k8s.io"})
-        return web.Response(body=resource.event_list([resource.item(s, e) for s, e in rows], meta),
+        fluent = await self.store.metas(rows[0][0], rows[-1][0]) if rows else {}
+        return web.Response(body=resource.event_list([resource.item(s, e, fluent.get(s)) for s, e in rows], meta),
                             content_type="application/json")
 
     async def _page(self, query: resource.Query, after: int, limit: int) -> tuple[list[tuple[int, Any]], int | None]:

@@ -12,6 +12,10 @@ sink that can take the chunk but not some of its records for good returns those 
 rejected-records file, counted in ``tailer_records_rejected_total{reason}`` and logged once per reason;
 one odd record never stalls the stream behind it.
 
+What came beside the records on the wire (the tag, each entry's Fluent Bit/Fluentd metadata map: see
+fluent_forward.Records) goes with each AuditEvent as ``meta`` for the store to keep; stdout prints the
+audit event alone. ``meta`` stays None when there is no metadata and the tag is the forwarder's default.
+
 Observers (audit ConfigMaps, the watch stream) are offered the records of the audit events after the
 gating sinks have them; ``offer`` must never block or raise into the ack path: an observer that is
 behind keeps its own bounded backlog and counts what it drops.
@@ -19,16 +23,18 @@ behind keeps its own bounded backlog and counts what it drops.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Protocol
 
 from fluent_forward import Record
-from kube_audit.model.audit import AuditEvent, Rejected, parse
+from kube_audit.model.audit import AuditEvent, Rejected, dumps, parse
 from kube_audit.runtime.observability import get_logger
 from tailer.metrics import TailerMetrics
 
 log = get_logger(component="pipeline")
 Item = AuditEvent | Rejected
+DEFAULT_TAG = "audit"  # audit-forwarder's --tag default: not worth a row's bytes
 
 
 class Sink(Protocol):
@@ -48,6 +54,27 @@ class RejectedSink(Protocol):
     async def write(self, items: Sequence[Rejected]) -> None: ...
 
 
+def meta_of(tag: Any, metadata: Mapping[str, Any] | None) -> bytes | None:
+    """The JSON the store keeps beside an event: None for no metadata and the default (or no) tag."""
+    if not metadata and (tag is None or tag == DEFAULT_TAG):
+        return None
+    return dumps({"tag": tag, "metadata": dict(metadata or {})})[0]
+
+
+def with_meta(items: list[Item], records: Sequence[Record]) -> list[Item]:
+    """``items`` with each AuditEvent's ``meta`` from the tag and metadata beside ``records`` (a
+    fluent_forward.Records; a plain list has none)."""
+    tag = getattr(records, "tag", None)
+    metadata: Sequence[Mapping[str, Any]] = getattr(records, "metadata", None) or ()
+    if not any(metadata) and (tag is None or tag == DEFAULT_TAG):
+        return items  # the common case: nothing to keep, nothing copied
+    out: list[Item] = []
+    for i, item in enumerate(items):
+        meta = meta_of(tag, metadata[i] if i < len(metadata) else None)
+        out.append(replace(item, meta=meta) if isinstance(item, AuditEvent) and meta is not None else item)
+    return out
+
+
 class Pipeline:
     def __init__(self, sinks: Sequence[Sink], metrics: TailerMetrics, observers: Sequence[Observer] = (),
                  rejected: RejectedSink | None = None) -> None:
@@ -59,7 +86,7 @@ class Pipeline:
 
     async def deliver(self, records: Sequence[Record]) -> None:
         """Return once every gating sink has the records durably; raise if one failed."""
-        items: list[Item] = [parse(r) for r in records]
+        items: list[Item] = with_meta([parse(r) for r in records], records)
         for sink in self.sinks:
             try:
                 refused = await sink.write(items)

@@ -15,11 +15,14 @@ The store is ``healthy`` again after the next write that succeeds (``probe`` tri
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any, TypeVar
+
+import orjson
 
 from tailer.store.rows import COLUMNS, Codec, EventFilter, InsertResult, Row, to_row
 
@@ -237,7 +240,7 @@ class Store:
         """One small real write (a row inserted and deleted again, committed): the store is healthy
         again when it succeeds. The row takes a sequence number that no event will have."""
         p = self.ph
-        values = ("probe", "probe", 0.0, "", "", "", "", "", "", "", "", None, 0, 0, b"{}")
+        values = ("probe", "probe", 0.0, "", "", "", "", "", "", "", "", None, 0, 0, None, b"{}")
 
         def touch() -> None:
             with self._transaction() as conn:
@@ -360,6 +363,14 @@ class Store:
 
         return await self._read(query)
 
+    async def metas(self, first: int, last: int) -> dict[int, dict[str, Any]]:
+        """What came beside the events from ``first`` to ``last`` (sequences, inclusive) on the forward
+        protocol, ``{"tag", "metadata"}``, for those that have it (a primary-key range: one cheap read)."""
+        sql = (f"SELECT seq, meta FROM audit_events WHERE seq >= {self.ph} AND seq <= {self.ph} "
+               "AND meta IS NOT NULL")
+        rows = await self._read(lambda c: c.execute(sql, (first, last)).fetchall())
+        return {int(seq): _json(bytes(meta)) for seq, meta in rows}
+
     async def object_events(self, group: str | None, resource: str, namespace: str, name: str,
                             limit: int | None = None) -> ObjectRows:
         """Successful mutating ResponseComplete events of one object: (seq, api group, event), oldest
@@ -414,6 +425,13 @@ def _covering(oldest: list[Any], excess: int) -> Iterator[Any]:
             return
         freed += int(row[1])
         yield row
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:  # lone surrogates, escaped by the model's dumps fallback
+        return json.loads(data)
 
 
 def _pruned(conn: Any) -> int:

@@ -39,7 +39,8 @@ class Row(NamedTuple):
     code: int | None
     dry: int  # 1 for a ?dryRun request: it changed nothing
     bytes: int  # length of the event's JSON (what --retention-bytes counts), not of the stored body
-    event: builtins.bytes  # the JSON, still uncompressed: the writer compresses (off the event loop)
+    meta: builtins.bytes | None  # JSON {"tag", "metadata"} from the forward protocol; None in the common case
+    event: builtins.bytes  # the JSON, still uncompressed: the writer compresses (off the event loop); last
 
 
 COLUMNS = Row._fields
@@ -119,7 +120,7 @@ def to_row(record: Any) -> Row | None:
     code = v.code if v.code is not None and -(2**63) <= v.code < 2**63 else None  # the column is 64-bit
     return Row(clean(v.audit_id), clean(v.stage), ev.ts if ev.ts is not None else event_time(ev.record),
                clean(v.verb), clean(v.level), clean(v.user), clean(v.group), clean(v.resource), clean(v.namespace),
-               clean(v.name), clean(v.subresource), code, int(is_dry_run(ev.body)), len(ev.json), ev.json)
+               clean(v.name), clean(v.subresource), code, int(is_dry_run(ev.body)), len(ev.json), ev.meta, ev.json)
 
 
 class Codec:

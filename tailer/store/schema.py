@@ -11,13 +11,18 @@ Version 2 (rebuilds ``audit_events``; the rows keep their sequence numbers):
 - the object index holds only the events that can make a version (partial), the only ones its query reads;
 - ``dry`` (a ?dryRun request), a running row and byte total (retention reads it instead of ``SUM(bytes)``),
   cursors of store followers, zstd dictionaries (``audit_dicts``), bodies as bytes.
+
+Version 3 (in place, no rebuild: one nullable column):
+- ``meta``: what came beside the event on the forward protocol, JSON ``{"tag": ..., "metadata": {...}}``
+  (Fluent Bit's ``[[time, metadata], record]`` map, Message mode's ``metadata`` option), NULL when there
+  was no metadata and the tag was the forwarder's default: the common case costs no bytes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-VERSION = 2
+VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -52,14 +57,15 @@ DATA = ("audit_id", "stage", "ts", "verb", "level", "username", "api_group", "re
         "subresource", "code", "bytes")
 
 
-def _table(t: Types) -> str:
+def _table(t: Types, version: int = VERSION) -> str:
+    meta = f", meta {t.blob}" if version >= 3 else ""
     return f"""CREATE TABLE audit_events (
       seq {t.seq}, hw {t.real} NOT NULL,
       audit_id TEXT NOT NULL, stage TEXT NOT NULL, ts {t.real} NOT NULL,
       verb TEXT NOT NULL, level TEXT NOT NULL, username TEXT NOT NULL,
       api_group TEXT NOT NULL, resource TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
       subresource TEXT NOT NULL, code BIGINT, dry SMALLINT NOT NULL, bytes INTEGER NOT NULL,
-      event {t.blob} NOT NULL,
+      event {t.blob} NOT NULL{meta},
       UNIQUE (ts, audit_id, stage))"""
 
 
@@ -74,9 +80,9 @@ def _support(t: Types) -> list[str]:
     ]
 
 
-def create(t: Types) -> list[str]:
-    """The newest layout, for an empty database."""
-    return [_table(t), *INDEXES, *_support(t)]
+def create(t: Types, version: int = VERSION) -> list[str]:
+    """The newest layout, for an empty database (an older ``version``'s from version 2 on, for tests)."""
+    return [_table(t, version), *INDEXES, *_support(t)]
 
 
 def v1(t: Types) -> list[str]:
@@ -102,7 +108,7 @@ def _to_v2(t: Types) -> list[str]:
     """Rebuild: copy every row into the new layout (a dry run is told by its requestURI)."""
     columns = ", ".join(DATA)
     steps = [*(f"DROP INDEX IF EXISTS audit_events_{name}" for name in ("object", "namespace", "user", "ts")),
-             "ALTER TABLE audit_events RENAME TO audit_events_v1", _table(t),
+             "ALTER TABLE audit_events RENAME TO audit_events_v1", _table(t, 2),
              f"INSERT INTO audit_events (seq, hw, {columns}, dry, event) {t.override} "
              f"SELECT seq, MAX(ts) OVER (ORDER BY seq), {columns}, "
              f"CASE WHEN {t.uri} LIKE '%dryRun=%' THEN 1 ELSE 0 END, {t.body} FROM audit_events_v1 ORDER BY seq",
@@ -110,7 +116,12 @@ def _to_v2(t: Types) -> list[str]:
     return steps
 
 
-MIGRATIONS = {2: _to_v2}  # version -> the statements that lead to it from the one before
+def _to_v3(t: Types) -> list[str]:
+    """Add ``meta``: a nullable column with no default, so both databases add it without rewriting a row."""
+    return [f"ALTER TABLE audit_events ADD COLUMN meta {t.blob}"]
+
+
+MIGRATIONS = {2: _to_v2, 3: _to_v3}  # version -> the statements that lead to it from the one before
 
 
 def plan(current: int, t: Types) -> list[str]:

@@ -8,11 +8,19 @@ verbatim, each in one write as Fluent Bit's are split only by TCP.
 
 from __future__ import annotations
 
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
 import msgpack
 
+from kube_audit.contract import FLUENT_ANNOTATION, PREFIX
 from tests.conftest import wait_for
 from tests.helpers.sender import Sender
 from tests.helpers.vectors import Case, Frame, chunk_of, expected_entries, load, names
+from tests.integration.test_store import ev
 
 KEY = "vector-shared-key"
 REFUSED = ("s16", "s18", "s19", "s07")  # no data accepted in the transcript either
@@ -59,3 +67,50 @@ def test_fluent_bit_frames_after_a_handshake_with_users(start_tailer, tmp_path) 
                and not n.startswith(("r04", "r07"))]  # (their handshakes were refused)
     replay(tailer, keyed + clients, shared_key=KEY, hostname="fb-sender", username="alice", password="s3cret-pass")
     assert tailer.metric("tailer_auth_failures_total", reason="shared_key") == 0
+
+
+def with_audit_events(frame: Frame, events: Iterator[dict]) -> bytes:
+    """The recorded frame with each record swapped for an audit event: Fluent Bit's own tag, times, entry
+    shapes, metadata and options (the transcripts' records are not audit events, so the store would not
+    keep them). Only msgpack's header widths may differ from Fluent Bit's."""
+    message = msgpack.unpackb(frame.data, raw=False, strict_map_key=False)
+    if frame.type == "Message":
+        message[2] = next(events)
+    else:
+        message[1] = [[head, next(events)] for head, _ in message[1]]
+    return msgpack.packb(message)
+
+
+def test_fluent_bit_metadata_and_tag_are_kept_in_the_store_not_on_stdout(start_tailer) -> None:
+    tailer = start_tailer("--api-auth", "none")
+    events = [ev(n) for n in range(1, 8)]
+    feed = iter(events)
+    relay = next(f for f in load("s14-relay_metadata_ack").frames if f.is_data)  # [[t, md], rec] and [t, rec]
+    messages = [f for f in load("s15-relay_metadata_tag_ra").frames if f.type == "Message"]  # `metadata` option
+    with Sender("127.0.0.1", tailer.port) as sender:
+        sender.sock.sendall(with_audit_events(relay, feed))
+        assert msgpack.unpackb(sender.sock.recv(65536)) == {"ack": chunk_of(relay)}
+        for frame in messages:
+            sender.sock.sendall(with_audit_events(frame, feed))
+        sender.send_chunk([next(feed)])  # our forwarder's tag, no metadata: nothing kept beside it
+        wait_for(lambda: len(tailer.records()) == len(events), what="every event on stdout")
+    assert tailer.records() == events  # stdout: the audit event alone
+
+    def listed() -> list[dict]:
+        body = httpx.get(f"http://127.0.0.1:{tailer.http_port}{PREFIX}/events", params={"limit": "100"}).json()
+        return body["items"]
+
+    wait_for(lambda: len(listed()) == len(events), what="every event in the store")
+    kept = {i["auditID"]: json.loads(i["metadata"]["annotations"][FLUENT_ANNOTATION])
+            for i in listed() if "annotations" in i["metadata"]}
+    production = {"origin": "capture", "k8s": {"ns": "prod"}}
+    assert kept == {
+        "id-1": {"tag": "relay.in", "metadata": production},
+        "id-2": {"tag": "relay.in", "metadata": {}},  # a [time, record] entry: the tag is not the default
+        "id-3": {"tag": "relay.in", "metadata": {}},
+        "id-4": {"tag": "audit.alice", "metadata": production},  # Message mode's `metadata` option
+        "id-5": {"tag": "audit.bob", "metadata": {}},
+        "id-6": {"tag": "audit.zoë", "metadata": {}},
+    }
+    with sqlite3.connect(f"file:{Path(tailer.args[tailer.args.index('--data-dir') + 1]) / 'audit.db'}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT meta FROM audit_events WHERE audit_id = 'id-7'").fetchall() == [(None,)]

@@ -7,11 +7,13 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import orjson
 import pytest
 
+from kube_audit.model.audit import AuditEvent, parse
 from tailer.store import EventFilter, Store, StoreError, parse_time, schema, to_row
 from tests.integration.test_store import ev
 
@@ -62,7 +64,7 @@ async def test_an_old_layout_is_migrated_and_keeps_its_events(store_target: str)
         assert [e for _, e in rows] == events
         assert await store.pruned() == 1 and await store.count() == 5
         with raw(store_target) as sql:
-            assert [r[0] for r in sql("SELECT version FROM schema_version ORDER BY version").fetchall()] == [1, 2]
+            assert [r[0] for r in sql("SELECT version FROM schema_version ORDER BY version").fetchall()] == [1, 2, 3]
             # hw: the running maximum of ts (event 1 is the newest by time, so it carries over)
             hws = [r[0] for r in sql("SELECT hw FROM audit_events ORDER BY seq").fetchall()]
             assert hws == [parse_time(f"2026-11-20T09:00:0{s}Z") for s in (3, 3, 3, 4, 5)]
@@ -80,6 +82,55 @@ async def test_an_old_layout_is_migrated_and_keeps_its_events(store_target: str)
         assert await again.count() == 6
     finally:
         await again.close()
+
+
+def v2_database(target: str, events: list[dict[str, Any]]) -> None:
+    """A database as a version 2 tailer left it: no ``meta`` column, plain JSON bodies."""
+    types = schema.POSTGRES if target.startswith("postgresql") else schema.SQLITE
+    with raw(target) as sql:
+        for statement in schema.create(types, 2):
+            sql(statement)
+        sql("CREATE TABLE schema_version (version INTEGER PRIMARY KEY)")
+        sql("INSERT INTO schema_version (version) VALUES (1)")
+        sql("INSERT INTO schema_version (version) VALUES (2)")
+        columns = [c for c in schema.DATA if c != "bytes"]
+        for e in events:
+            r = to_row(e)
+            assert r is not None
+            values = (r.ts, *(getattr(r, c) for c in columns), r.dry, r.bytes, r.event)
+            sql(f"INSERT INTO audit_events (hw, {', '.join(columns)}, dry, bytes, event) "
+                f"VALUES ({', '.join(['?'] * (len(columns) + 4))})", values)
+        sql("UPDATE audit_totals SET rows = ?, bytes = ? WHERE id = 1", (len(events), sum(len(orjson.dumps(e))
+                                                                                          for e in events)))
+
+
+async def test_a_version_2_store_gets_the_meta_column_in_place(store_target: str) -> None:
+    events = [ev(1), ev(2)]
+    v2_database(store_target, events)
+    with raw(store_target) as sql:
+        assert "meta" not in _columns(sql, store_target)
+    store = await Store.open(store_target)
+    try:
+        with raw(store_target) as sql:
+            assert [r[0] for r in sql("SELECT version FROM schema_version ORDER BY version").fetchall()] == [1, 2, 3]
+            assert "meta" in _columns(sql, store_target)
+            assert sql("SELECT COUNT(*) FROM audit_events WHERE meta IS NULL").fetchone()[0] == 2
+        assert [e for _, e in await store.events(EventFilter(), 0, 10)] == events  # kept, not rebuilt
+        event = parse(ev(3))
+        assert isinstance(event, AuditEvent)
+        await store.insert([replace(event, meta=b'{"tag":"kube.audit","metadata":{"k8s":{"ns":"prod"}}}'),
+                            ev(4)])
+        assert await store.head() == 4 and await store.count() == 4
+        assert await store.metas(1, 4) == {3: {"tag": "kube.audit", "metadata": {"k8s": {"ns": "prod"}}}}
+    finally:
+        await store.close()
+
+
+def _columns(sql: Callable[..., Any], target: str) -> set[str]:
+    if target.startswith("postgresql"):
+        found = sql("SELECT column_name FROM information_schema.columns WHERE table_name = 'audit_events'")
+        return {r[0] for r in found.fetchall()}
+    return {r[1] for r in sql("PRAGMA table_info(audit_events)").fetchall()}
 
 
 async def test_a_migrated_store_whose_events_were_all_pruned_never_reuses_a_sequence(store_target: str) -> None:
