@@ -71,7 +71,7 @@ def test_a_broken_kubeconfig_is_one_line_and_exit_1(tmp_path: Path, content: str
 
 
 def test_usage_errors_exit_1_like_kubectl(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["databases"], ["history", "--limit", "x"], [], ["diff", "deployments"],
+    for argv in (["databases", "a", "b"], ["history", "--limit", "x"], [], ["diff", "deployments"],
                  ["history", "-n", "a", "-A"]):
         with pytest.raises(SystemExit) as exc:
             cli.main(argv)
