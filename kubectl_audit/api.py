@@ -234,7 +234,8 @@ def bisect(client: Client, args: argparse.Namespace) -> None:
 
 def watch(client: Client, args: argparse.Namespace) -> None:
     path, params = events_request(event_filters(args))
-    params = {**params, "watch": "true", "resourceVersion": args.resource_version}
+    # bookmarks keep an idle watch alive through the apiserver's proxy; they are not printed
+    params = {**params, "watch": "true", "allowWatchBookmarks": "true", "resourceVersion": args.resource_version}
     if args.output == "table":
         sys.stdout.write(table(EVENT_HEADER, [], EVENT_WIDTHS))
         sys.stdout.flush()

@@ -288,6 +288,15 @@ def test_kubectl_audit_with_only_a_kubeconfig(setup: Setup) -> None:
     assert items and {e["objectRef"]["namespace"] for e in items} == {"shop"}
     everything = json.loads(setup.audit("history", "-A", "-o", "json", token="admin-token").stdout)["items"]
     assert "elsewhere" in {e["auditID"] for e in everything} and len(everything) == len(items) + 1
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECTL_AUDIT_SERVER", "KUBECTL_AUDIT_TOKEN")}
+    env.update(HOME=str(setup.tmp), KUBECONFIG=str(setup.kubeconfig("shop-token", "shop")))
+    with subprocess.Popen([sys.executable, "-m", "kubectl_audit.cli", "watch", "deploy", "--resource-version", "0"],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        assert wait_for(proc.stdout.readline, 30, "the watch header").split()[:2] == ["TIME", "STAGE"]
+        first = wait_for(proc.stdout.readline, 30, "the first watch line")
+        proc.terminate()
+    assert "alice" in first and "deployments.apps" in first and "shop" in first, first
     denied = setup.audit("history", "-n", "kube-system")
     assert denied.returncode == 1 and denied.stderr.startswith("error: forbidden (403): "), denied.stderr
     assert len(denied.stderr.splitlines()) == 1
