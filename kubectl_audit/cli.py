@@ -117,7 +117,8 @@ def _takes_value(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def normalize(parser: argparse.ArgumentParser, args: list[str]) -> list[str]:
-    """The command first (kubectl takes flags anywhere), ``show`` when the first word is a resource."""
+    """The command first (kubectl takes flags anywhere); no command: ``history --by-name`` for one word
+    (``kubectl audit NAME``), else ``show`` (``kubectl audit RESOURCE NAME``)."""
     values = _takes_value(parser)
     i = 0
     while i < len(args):
