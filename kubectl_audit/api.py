@@ -5,28 +5,39 @@
     kubectl audit bisect RESOURCE NAME --field spec.replicas --value 3
     kubectl audit watch [RESOURCE [NAME]] [-n NS | -A] [--resource-version RV]
 
-``RESOURCE`` is a plural, optionally with its group (``databases.example.com``). The server comes from
-``--server`` or KUBECTL_AUDIT_SERVER, the bearer token from ``--token``, ``--token-file`` or
-KUBECTL_AUDIT_TOKEN. The parser is kubectl_audit/cli.py.
+    kubectl audit NAME                              the object's versions, found by its name
+
+By default the requests go to the kubeconfig's (or the pod's) cluster: the apiserver proxies the audit
+API's paths to the tailer (an aggregated API), with the context's credentials; ``RESOURCE`` is resolved
+like kubectl does, through discovery (``deploy``, ``Deployment``, ``deployments.apps``). With ``--server``
+(or KUBECTL_AUDIT_SERVER) they go to a tailer directly (standalone), with ``--token``, ``--token-file`` or
+KUBECTL_AUDIT_TOKEN, and common short names come from a built-in table. The parser is kubectl_audit/cli.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from kube_audit.contract import events_path, object_path
-from kube_audit.model.groups import CLUSTER_SCOPED
+from kube_audit.contract import PREFIX, object_path
+from kube_audit.errors import KubeError, KubeUnconfigured, NotFound
+from kube_audit.model.groups import CLUSTER_SCOPED, common_resource
 from kubectl_audit.cli import CommandError, namespace
 from kubectl_audit.printer import dump, emit, table
 
+if TYPE_CHECKING:
+    from kube_audit.kube.blocking import Kube  # loads the Kubernetes client: only when there is a cluster
+
 
 class Client:
+    """The audit API: through the cluster's apiserver (``kube`` set) or a tailer's own URL (--server)."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         token = args.token
         if args.token_file:
@@ -35,12 +46,19 @@ class Client:
                     token = fh.read().strip()
             except OSError as exc:
                 raise CommandError(f"cannot read token file {args.token_file}: {exc.strerror}") from exc
+        self.kube: Kube | None = None
+        server = args.server or os.environ.get("KUBECTL_AUDIT_SERVER")
+        if not server:
+            self.kube = connect(args, token)
+            self.http, self.server = self.kube.http, self.kube.host
+            return
+        token = token or os.environ.get("KUBECTL_AUDIT_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.server = args.server.rstrip("/")
+        self.server = server.rstrip("/")
         try:
             self.http = httpx.Client(base_url=self.server, headers=headers, timeout=args.request_timeout)
         except (httpx.InvalidURL, ValueError) as exc:
-            raise CommandError(f"bad --server {args.server!r}: {exc}") from exc
+            raise CommandError(f"bad --server {server!r}: {exc}") from exc
 
     def _check(self, resp: httpx.Response) -> None:
         if resp.status_code < 400:
@@ -77,6 +95,48 @@ class Client:
             raise CommandError(f"lost the audit API at {self.server}: {exc or type(exc).__name__}") from exc
 
 
+def _no_kubeconfig(args: argparse.Namespace) -> bool:
+    if args.kubeconfig or args.context or os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return False
+    paths = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    return not any(os.path.exists(p) for p in paths.split(os.pathsep) if p)
+
+
+def connect(args: argparse.Namespace, token: str | None) -> Kube:
+    """The cluster of the kubeconfig context (or the pod), its credentials unless --token/--token-file."""
+    from kube_audit.kube.blocking import Kube, http_client, load
+
+    if _no_kubeconfig(args):
+        raise CommandError("no cluster configured: give --server or a kubeconfig")
+    try:
+        http = http_client(load(args.kubeconfig, args.context))
+    except KubeUnconfigured as exc:
+        raise CommandError(f"cannot read the kubeconfig: {exc}") from exc
+    if token:
+        http.headers["Authorization"] = f"Bearer {token}"
+    http.timeout = httpx.Timeout(args.request_timeout, connect=min(5.0, args.request_timeout))
+    return Kube(http)
+
+
+def resolve(client: Client, resource: str) -> tuple[str, bool | None]:
+    """``resource`` as the audit API names it (``plural[.group]``) and whether it is namespaced (None:
+    unknown). Discovery first when talking to a cluster; then the table of common built-in resources; a
+    name neither knows is taken as typed (the store may hold the history of a type the cluster dropped)."""
+    if client.kube is not None:
+        try:
+            r = client.kube.resolve(resource)
+            return (f"{r.plural}.{r.group}" if r.group else r.plural), r.namespaced
+        except NotFound:
+            pass
+        except KubeError as exc:
+            raise CommandError(f"cannot resolve {resource!r} at {client.server}: {' '.join(str(exc).split())}") from exc
+    found = common_resource(resource)
+    if found is None:
+        return resource, None
+    plural, group = found
+    return (f"{plural}.{group}" if group else plural), plural not in CLUSTER_SCOPED
+
+
 def _cluster_scoped(args: argparse.Namespace) -> bool:
     return bool(args.cluster_scoped or (args.resource and args.resource.split(".", 1)[0] in CLUSTER_SCOPED
                                         and not args.namespace))
@@ -95,6 +155,27 @@ def event_filters(args: argparse.Namespace) -> dict[str, Any]:
         ns = namespace(args)
     return {"namespace": ns, "resource": args.resource, "name": args.name, "since": args.since,
             "user": args.user, "verb": args.verb}
+
+
+def events_request(filters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The ``auditevents`` path (a namespace in the path, as the apiserver's RBAC check wants it) and the
+    other filters as parameters."""
+    ns = filters.get("namespace")
+    if not ns:
+        return f"{PREFIX}/auditevents", filters
+    return f"{PREFIX}/namespaces/{ns}/auditevents", {k: v for k, v in filters.items() if k != "namespace"}
+
+
+def all_events(client: Client, filters: dict[str, Any], limit: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    path, params = events_request(filters)
+    params = {**params, "limit": limit}
+    events: list[dict[str, Any]] = []
+    while True:
+        page = client.get(path, params)
+        events += page["items"]
+        if not page["metadata"].get("continue"):
+            return page, events
+        params["continue"] = page["metadata"]["continue"]
 
 
 EVENT_HEADER = ["TIME", "STAGE", "USER", "VERB", "RESOURCE", "NAMESPACE", "NAME", "CODE"]
@@ -119,14 +200,7 @@ def history(client: Client, args: argparse.Namespace) -> None:
             [[v["version"], v["time"], v["user"], v["verb"] + (f"/{v['subresource']}" if v["subresource"] else ""),
               v.get("patchType"), v.get("change")] for v in b["items"]]))
         return
-    params = {**event_filters(args), "limit": args.limit}
-    events: list[dict[str, Any]] = []
-    while True:
-        page = client.get(events_path(), params)
-        events += page["items"]
-        if not page["metadata"].get("continue"):
-            break
-        params["continue"] = page["metadata"]["continue"]
+    page, events = all_events(client, event_filters(args), args.limit)
     emit({**page, "items": events}, args.output,
          lambda b: table(EVENT_HEADER, [event_row(e) for e in b["items"]]))
 
@@ -159,11 +233,13 @@ def bisect(client: Client, args: argparse.Namespace) -> None:
 
 
 def watch(client: Client, args: argparse.Namespace) -> None:
-    params = {**event_filters(args), "watch": "true", "resourceVersion": args.resource_version}
+    path, params = events_request(event_filters(args))
+    # bookmarks keep an idle watch alive through the apiserver's proxy; they are not printed
+    params = {**params, "watch": "true", "allowWatchBookmarks": "true", "resourceVersion": args.resource_version}
     if args.output == "table":
         sys.stdout.write(table(EVENT_HEADER, [], EVENT_WIDTHS))
         sys.stdout.flush()
-    for item in client.stream(events_path(), params):
+    for item in client.stream(path, params):
         if item.get("type") == "ERROR":
             raise CommandError(f"watch ended: {(item.get('object') or {}).get('message')}")
         if item.get("type") != "ADDED":
@@ -177,9 +253,34 @@ def watch(client: Client, args: argparse.Namespace) -> None:
         sys.stdout.flush()
 
 
+def find(client: Client, args: argparse.Namespace) -> None:
+    """``kubectl audit NAME``: the one object of that name among the recorded ones (in the namespace, or
+    all with -A) becomes RESOURCE NAME; none or several are a one-line error."""
+    ns = None if args.all_namespaces else namespace(args)
+    _, events = all_events(client, {"namespace": ns, "name": args.name}, 500)
+    found = sorted({(ref.get("resource", "") + (f".{ref['apiGroup']}" if ref.get("apiGroup") else ""),
+                     ref.get("namespace") or "") for ref in (e.get("objectRef") or {} for e in events)
+                    if ref.get("name") == args.name and ref.get("resource")})
+    if not found:
+        where = "in any namespace" if ns is None else f"in namespace {ns} (-A looks in all)"
+        raise CommandError(f'no audit events of an object named "{args.name}" {where}')
+    if len(found) > 1:
+        names = ", ".join(f"{r} {n + '/' if n else ''}{args.name}" for r, n in found)
+        raise CommandError(f'"{args.name}" is ambiguous: {names}; name one: kubectl audit history RESOURCE '
+                           f"{args.name} [-n NS]")
+    args.resource, ns = found[0]
+    args.namespace, args.all_namespaces, args.cluster_scoped = ns or None, False, not ns
+
+
 def run(args: argparse.Namespace) -> int:
     client = Client(args)
     with client.http:
+        if args.by_name:
+            args.resource, args.name = None, args.resource
+            find(client, args)
+        elif args.resource:
+            args.resource, namespaced = resolve(client, args.resource)
+            args.cluster_scoped = args.cluster_scoped or namespaced is False
         {"history": history, "diff": diff, "bisect": bisect, "watch": watch}[args.command](client, args)
     return 0
 

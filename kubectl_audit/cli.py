@@ -2,7 +2,10 @@
 
     kubectl audit RESOURCE NAME [-n NS]             short for ``kubectl audit show``: the object's audit
                                                     ConfigMap (configmap.py, through the kubeconfig)
-    kubectl audit history|diff|bisect|watch ...     the tailer's audit API (api.py, over HTTP)
+    kubectl audit NAME [-n NS | -A]                 short for ``kubectl audit history`` of the one object
+                                                    of that name the audit API knows
+    kubectl audit history|diff|bisect|watch ...     the audit API (api.py: through the kubeconfig's
+                                                    apiserver, or a tailer's own URL with --server)
 
 kubectl's conventions: the namespace is ``-n`` or else the kubeconfig context's (else "default"), flags go
 before or after the command, every error is one line on stderr with exit status 1. Imports are lazy: this
@@ -12,7 +15,6 @@ module needs only argparse, so ``--help`` is quick; the commands load httpx or t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -43,10 +45,10 @@ def _common() -> Parser:
 def _api() -> Parser:
     p = Parser(add_help=False)
     p.add_argument("-A", "--all-namespaces", action="store_true", help="all namespaces (cluster-wide)")
-    p.add_argument("--server", default=os.environ.get("KUBECTL_AUDIT_SERVER", "http://127.0.0.1:8080"),
-                   help="audit API base URL [env KUBECTL_AUDIT_SERVER]")
-    p.add_argument("--token", default=os.environ.get("KUBECTL_AUDIT_TOKEN"),
-                   help="bearer token [env KUBECTL_AUDIT_TOKEN]")
+    p.add_argument("--server", help="a tailer's audit API URL, standalone (default: through the kubeconfig's "
+                   "apiserver) [env KUBECTL_AUDIT_SERVER]")
+    p.add_argument("--token", help="bearer token (default: the kubeconfig's credentials; with --server "
+                   "env KUBECTL_AUDIT_TOKEN)")
     p.add_argument("--token-file", help="file holding the bearer token")
     p.add_argument("--cluster-scoped", action="store_true", help="the object is cluster-scoped")
     p.add_argument("--request-timeout", type=float, default=30, help="seconds per request (default 30)")
@@ -63,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     common, api = _common(), _api()
     p = Parser(prog="kubectl audit", description="Who changed what in the cluster, from kube-audit-forwarder: "
                "an object's audit ConfigMap, or the tailer's audit API.",
-               epilog="kubectl audit RESOURCE NAME is short for kubectl audit show RESOURCE NAME.")
+               epilog="kubectl audit RESOURCE NAME is short for kubectl audit show RESOURCE NAME; kubectl audit "
+               "NAME for kubectl audit history of the one recorded object of that name. The audit API is reached "
+               "through the kubeconfig's apiserver (an aggregated API), or with --server a tailer directly.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     show = sub.add_parser("show", parents=[common], help="the audit ConfigMap entries of a tracked object "
                           "(the default)", description="The audit ConfigMap entries of a tracked object.")
@@ -83,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--resource-version", help="resume after this store sequence")
         else:
             s.add_argument("--limit", type=int, default=500, help="events per page (default 500)")
+            s.add_argument("--by-name", action="store_true", help=argparse.SUPPRESS)  # kubectl audit NAME
+        s.set_defaults(by_name=False)
     d = sub.add_parser("diff", parents=[common, api], help="what changed between two versions of an object")
     d.add_argument("resource")
     d.add_argument("name")
@@ -94,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name")
     b.add_argument("--field", required=True, help="dotted path, e.g. spec.replicas")
     b.add_argument("--value", required=True, help="JSON value or string")
+    for parser in (d, b):
+        parser.set_defaults(by_name=False)
     return p
 
 
@@ -109,7 +117,8 @@ def _takes_value(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def normalize(parser: argparse.ArgumentParser, args: list[str]) -> list[str]:
-    """The command first (kubectl takes flags anywhere), ``show`` when the first word is a resource."""
+    """The command first (kubectl takes flags anywhere); no command: ``history --by-name`` for one word
+    (``kubectl audit NAME``), else ``show`` (``kubectl audit RESOURCE NAME``)."""
     values = _takes_value(parser)
     i = 0
     while i < len(args):
@@ -124,7 +133,22 @@ def normalize(parser: argparse.ArgumentParser, args: list[str]) -> list[str]:
         return args  # no command: --help, or a usage error
     if args[i] in COMMANDS:
         return [args[i], *args[:i], *args[i + 1:]]
+    if _positionals(args, values) == 1:
+        return ["history", "--by-name", *args]  # kubectl audit NAME
     return ["show", *args]
+
+
+def _positionals(args: list[str], values: set[str]) -> int:
+    count, i = 0, 0
+    while i < len(args):
+        word = args[i]
+        if word == "--":
+            return count + len(args) - i - 1
+        if word.startswith("-") and word != "-":
+            i += 2 if word in values else 1
+            continue
+        count, i = count + 1, i + 1
+    return count
 
 
 def namespace(args: argparse.Namespace) -> str:

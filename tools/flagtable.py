@@ -133,8 +133,8 @@ def render(parser: argparse.ArgumentParser) -> str:
     else:
         rows = ["| flag | default | meaning |", "|---|---|---|"]
     for action, note in _actions(parser):
-        if isinstance(action, argparse._HelpAction):
-            continue
+        if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+            continue  # hidden flags are not documented here
         if action.option_strings:
             longs = [o for o in action.option_strings if o.startswith("--")]
             flag = ", ".join(f"`{o}`" for o in action.option_strings)

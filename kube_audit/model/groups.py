@@ -71,3 +71,60 @@ CLUSTER_SCOPED = frozenset({
     "selfsubjectaccessreviews", "selfsubjectrulesreviews", "subjectaccessreviews", "componentstatuses",
     "storageversionmigrations", "storageversions", "volumeattributesclasses",
 })
+
+
+# Common built-in resources as kubectl names them: plural -> (group, kind, short names). kubectl audit
+# resolves a name with this table when it talks to a tailer directly (--server, no discovery) and for
+# a type the cluster's discovery no longer serves (its audit history outlives it).
+COMMON_RESOURCES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "pods": ("", "Pod", ("po",)),
+    "services": ("", "Service", ("svc",)),
+    "configmaps": ("", "ConfigMap", ("cm",)),
+    "secrets": ("", "Secret", ()),
+    "namespaces": ("", "Namespace", ("ns",)),
+    "nodes": ("", "Node", ("no",)),
+    "serviceaccounts": ("", "ServiceAccount", ("sa",)),
+    "persistentvolumes": ("", "PersistentVolume", ("pv",)),
+    "persistentvolumeclaims": ("", "PersistentVolumeClaim", ("pvc",)),
+    "endpoints": ("", "Endpoints", ("ep",)),
+    "events": ("", "Event", ("ev",)),
+    "limitranges": ("", "LimitRange", ("limits",)),
+    "resourcequotas": ("", "ResourceQuota", ("quota",)),
+    "replicationcontrollers": ("", "ReplicationController", ("rc",)),
+    "deployments": ("apps", "Deployment", ("deploy",)),
+    "replicasets": ("apps", "ReplicaSet", ("rs",)),
+    "statefulsets": ("apps", "StatefulSet", ("sts",)),
+    "daemonsets": ("apps", "DaemonSet", ("ds",)),
+    "controllerrevisions": ("apps", "ControllerRevision", ()),
+    "jobs": ("batch", "Job", ()),
+    "cronjobs": ("batch", "CronJob", ("cj",)),
+    "horizontalpodautoscalers": ("autoscaling", "HorizontalPodAutoscaler", ("hpa",)),
+    "ingresses": ("networking.k8s.io", "Ingress", ("ing",)),
+    "ingressclasses": ("networking.k8s.io", "IngressClass", ()),
+    "networkpolicies": ("networking.k8s.io", "NetworkPolicy", ("netpol",)),
+    "poddisruptionbudgets": ("policy", "PodDisruptionBudget", ("pdb",)),
+    "roles": ("rbac.authorization.k8s.io", "Role", ()),
+    "rolebindings": ("rbac.authorization.k8s.io", "RoleBinding", ()),
+    "clusterroles": ("rbac.authorization.k8s.io", "ClusterRole", ()),
+    "clusterrolebindings": ("rbac.authorization.k8s.io", "ClusterRoleBinding", ()),
+    "storageclasses": ("storage.k8s.io", "StorageClass", ("sc",)),
+    "customresourcedefinitions": ("apiextensions.k8s.io", "CustomResourceDefinition", ("crd", "crds")),
+    "priorityclasses": ("scheduling.k8s.io", "PriorityClass", ("pc",)),
+    "certificatesigningrequests": ("certificates.k8s.io", "CertificateSigningRequest", ("csr",)),
+    "leases": ("coordination.k8s.io", "Lease", ()),
+    "endpointslices": ("discovery.k8s.io", "EndpointSlice", ()),
+    "validatingwebhookconfigurations": ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration", ()),
+    "mutatingwebhookconfigurations": ("admissionregistration.k8s.io", "MutatingWebhookConfiguration", ()),
+    "apiservices": ("apiregistration.k8s.io", "APIService", ()),
+}
+
+
+def common_resource(name: str) -> tuple[str, str] | None:
+    """(plural, group) of a common built-in resource named like kubectl does: plural, singular, kind or
+    short name, optionally with its group (``deployments.apps``, ``deploy``, ``Deployment``); None if
+    the table does not know it."""
+    word, _, group = name.lower().partition(".")
+    for plural, (g, kind, short) in COMMON_RESOURCES.items():
+        if (not group or group == g) and word in {plural, kind.lower(), *short}:
+            return plural, g
+    return None

@@ -28,6 +28,7 @@ from tests.helpers.sender import Sender
 SCENARIO = [orjson.loads(line) for line in (DATA / "scenario-deployment.log").read_bytes().splitlines()]
 KUBECTL = shutil.which("kubectl", path=os.path.dirname(sys.executable)) or shutil.which("kubectl")
 VERBS = ("get", "list", "watch")
+ROOT = Path(__file__).resolve().parents[2]
 ELSEWHERE = {**SCENARIO[1], "auditID": "elsewhere", "user": {"username": "carol", "groups": ["ops"]},
              "objectRef": {"resource": "pods", "namespace": "kube-system", "name": "dns", "apiVersion": "v1"}}
 
@@ -37,13 +38,13 @@ class Setup:
         self.tmp, self.tailer, self.fake, self.pki, self.front = tmp, tailer, fake, pki, front
         self.url = f"https://127.0.0.1:{tailer.api_port}"
 
-    def kubeconfig(self, token: str) -> Path:
-        path = self.tmp / f"kubeconfig-{token}"
+    def kubeconfig(self, token: str, namespace: str = "default") -> Path:
+        path = self.tmp / f"kubeconfig-{token}-{namespace}"
         path.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "audit",
             "clusters": [{"name": "audit", "cluster": {"server": self.url, "certificate-authority": str(self.pki.ca)}}],
             "users": [{"name": "u", "user": {"token": token}}],
-            "contexts": [{"name": "audit", "context": {"cluster": "audit", "user": "u", "namespace": "default"}}]}))
+            "contexts": [{"name": "audit", "context": {"cluster": "audit", "user": "u", "namespace": namespace}}]}))
         return path
 
     def kubectl(self, *args: str, token: str = "admin-token", check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -54,6 +55,14 @@ class Setup:
         if check:
             assert done.returncode == 0, done.stderr
         return done
+
+    def audit(self, *args: str, token: str = "shop-token", namespace: str = "shop") -> subprocess.CompletedProcess[str]:
+        """The plugin with nothing but a kubeconfig (no --server): the tailer plays the aggregated API."""
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("KUBECTL_AUDIT_SERVER", "KUBECTL_AUDIT_TOKEN", "KUBERNETES_SERVICE_HOST")}
+        env.update(HOME=str(self.tmp), KUBECONFIG=str(self.kubeconfig(token, namespace)))
+        return subprocess.run([sys.executable, "-m", "kubectl_audit.cli", *args], cwd=ROOT, env=env, text=True,
+                              capture_output=True, timeout=60)
 
     def send(self, events: list[dict[str, Any]]) -> None:
         with Sender("127.0.0.1", self.tailer.port) as sender:
@@ -263,3 +272,47 @@ def test_the_review_names_the_verb(setup: Setup) -> None:
         assert watch.status_code == 403 and 'cannot watch resource "auditevents"' in watch.json()["message"]
     view = proxy_get(setup, None, headers, "/namespaces/shop/deployments.apps/web/versions")
     assert view.status_code == 403 and "cannot get" in view.json()["message"]
+
+
+def test_kubectl_audit_with_only_a_kubeconfig(setup: Setup) -> None:
+    """No --server: the cluster, credentials and namespace of the kubeconfig's context; short names."""
+    done = setup.audit("history", "deploy", "web")
+    assert done.returncode == 0, done.stderr
+    versions = done.stdout.splitlines()
+    assert versions[0].split() == ["VERSION", "TIME", "USER", "VERB", "PATCH", "CHANGE"]
+    assert len(versions) == 11 and versions[1].split()[-1] == "created"
+    assert setup.audit("history", "Deployment", "web").stdout == done.stdout
+    done = setup.audit("history", "-o", "json")  # the context's namespace, shop
+    assert done.returncode == 0, done.stderr
+    items = json.loads(done.stdout)["items"]
+    assert items and {e["objectRef"]["namespace"] for e in items} == {"shop"}
+    everything = json.loads(setup.audit("history", "-A", "-o", "json", token="admin-token").stdout)["items"]
+    assert "elsewhere" in {e["auditID"] for e in everything} and len(everything) == len(items) + 1
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECTL_AUDIT_SERVER", "KUBECTL_AUDIT_TOKEN")}
+    env.update(HOME=str(setup.tmp), KUBECONFIG=str(setup.kubeconfig("shop-token", "shop")))
+    with subprocess.Popen([sys.executable, "-m", "kubectl_audit.cli", "watch", "deploy", "--resource-version", "0"],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        assert wait_for(proc.stdout.readline, 30, "the watch header").split()[:2] == ["TIME", "STAGE"]
+        first = wait_for(proc.stdout.readline, 30, "the first watch line")
+        proc.terminate()
+    assert "alice" in first and "deployments.apps" in first and "shop" in first, first
+    denied = setup.audit("history", "-n", "kube-system")
+    assert denied.returncode == 1 and denied.stderr.startswith("error: forbidden (403): "), denied.stderr
+    assert len(denied.stderr.splitlines()) == 1
+
+
+def test_kubectl_audit_name_alone(setup: Setup) -> None:
+    """kubectl audit NAME: the one recorded object of that name, else a one-line error."""
+    done = setup.audit("web")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == setup.audit("history", "deployments.apps", "web").stdout
+    missing = setup.audit("nope")
+    assert missing.returncode == 1 and missing.stderr == (
+        'error: no audit events of an object named "nope" in namespace shop (-A looks in all)\n')
+    setup.send([{**SCENARIO[1], "auditID": "svc-web",
+                 "objectRef": {"resource": "services", "namespace": "shop", "name": "web", "apiVersion": "v1"}}])
+    wait_for(lambda: setup.tailer.metric("tailer_store_events_inserted_total") == len(SCENARIO) + 2, what="stored")
+    ambiguous = setup.audit("web")
+    assert ambiguous.returncode == 1 and len(ambiguous.stderr.splitlines()) == 1, ambiguous.stderr
+    assert ambiguous.stderr.startswith('error: "web" is ambiguous: deployments.apps shop/web, services shop/web;')

@@ -25,7 +25,7 @@ ORDERS = ("example.com", "v1", "databases", "Database", "shop", "orders")
 
 
 def readme_examples() -> tuple[dict[str, str], list[str]]:
-    block = re.search(r"\*\*kubectl audit\.\*\*\n```sh\n(.*?)```", README, re.DOTALL)
+    block = re.search(r"\*\*kubectl audit, standalone\.\*\*\n```sh\n(.*?)```", README, re.DOTALL)
     assert block is not None
     env: dict[str, str] = {}
     commands = []

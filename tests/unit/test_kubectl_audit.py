@@ -71,7 +71,7 @@ def test_a_broken_kubeconfig_is_one_line_and_exit_1(tmp_path: Path, content: str
 
 
 def test_usage_errors_exit_1_like_kubectl(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["databases"], ["history", "--limit", "x"], [], ["diff", "deployments"],
+    for argv in (["databases", "a", "b"], ["history", "--limit", "x"], [], ["diff", "deployments"],
                  ["history", "-n", "a", "-A"]):
         with pytest.raises(SystemExit) as exc:
             cli.main(argv)
@@ -140,3 +140,65 @@ def test_watch_prints_an_aligned_table_with_the_stage(capsys: pytest.CaptureFixt
         for start in starts[:3]:  # TIME, STAGE, USER start where their headings do
             assert row[start - 1:start] in ("", " ") and row[start] != " ", (row, start)
     assert rows[0].index("patch") == header.index("VERB")
+
+
+def test_common_short_names_and_kinds_resolve_like_kubectl() -> None:
+    from kube_audit.model.groups import common_resource
+
+    for spelling in ("deploy", "Deployment", "deployment", "deployments", "deployments.apps", "deploy.apps"):
+        assert common_resource(spelling) == ("deployments", "apps"), spelling
+    assert common_resource("po") == ("pods", "") and common_resource("svc") == ("services", "")
+    assert common_resource("crd") == ("customresourcedefinitions", "apiextensions.k8s.io")
+    assert common_resource("deploy.batch") is None and common_resource("databases") is None
+
+
+def test_resolution_standalone_uses_the_table_and_keeps_unknown_names() -> None:
+    from kubectl_audit import api
+
+    args = cli.build_parser().parse_args(["history", "--server", "http://127.0.0.1:9"])
+    client = api.Client(args)
+    assert client.kube is None
+    assert api.resolve(client, "deploy") == ("deployments.apps", True)
+    assert api.resolve(client, "no") == ("nodes", False)
+    assert api.resolve(client, "databases.example.com") == ("databases.example.com", None)
+
+
+def test_resolution_through_discovery_with_a_kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubectl_audit import api
+    from tests.helpers.fakekube import FakeKube
+
+    monkeypatch.delenv("KUBECTL_AUDIT_SERVER", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with FakeKube() as fake:
+        fake.add_resource("example.com", "v1", "databases", "Database")
+        fake.add_resource("example.com", "v1", "clusterthings", "ClusterThing", namespaced=False)
+        kubeconfig = fake.write_kubeconfig(tmp_path / "config")
+        client = api.Client(cli.build_parser().parse_args(["history", "--kubeconfig", str(kubeconfig)]))
+        assert client.kube is not None and client.server == f"http://127.0.0.1:{fake.port}"
+        assert api.resolve(client, "Database") == ("databases.example.com", True)
+        assert api.resolve(client, "clusterthing") == ("clusterthings.example.com", False)
+        assert api.resolve(client, "deploy") == ("deployments.apps", True)  # not served here: the table
+        assert api.resolve(client, "widgets") == ("widgets", None)  # the store may know a dropped type
+
+
+def test_no_kubeconfig_and_no_server_is_one_line(tmp_path: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBECTL_AUDIT_SERVER",
+                                                            "KUBERNETES_SERVICE_HOST")}
+    env["HOME"] = str(tmp_path)
+    for argv in (("history", "-n", "shop"), ("web",), ("diff", "deploy", "web")):
+        rc, _, err = modules_after(*argv, env=env)
+        assert rc == 1 and err == "error: no cluster configured: give --server or a kubeconfig\n", err
+    rc, _, err = modules_after("history", "--kubeconfig", str(tmp_path / "missing"), env=env)
+    assert rc == 1 and err.startswith("error: cannot read the kubeconfig: ") and len(err.splitlines()) == 1, err
+
+
+def test_one_name_is_the_short_form() -> None:
+    parser = cli.build_parser()
+    a = parser.parse_args(cli.normalize(parser, ["-n", "shop", "web", "-o", "json"]))
+    assert (a.command, a.by_name, a.resource, a.name, a.namespace) == ("history", True, "web", None, "shop")
+    a = parser.parse_args(cli.normalize(parser, ["deploy", "web"]))
+    assert (a.command, a.resource, a.name) == ("show", "deploy", "web")
+    a = parser.parse_args(cli.normalize(parser, ["history", "deploy"]))
+    assert (a.command, a.by_name, a.resource) == ("history", False, "deploy")
