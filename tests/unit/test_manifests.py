@@ -162,7 +162,10 @@ def test_the_api_service_reaches_the_tailer_over_tls() -> None:
     assert {("ClusterRoleBinding", "system:auth-delegator"),
             ("RoleBinding", "extension-apiserver-authentication-reader")} <= bindings
     viewer = next(d for _, _, d in DOCS if d.get("kind") == "ClusterRole" and d["metadata"]["name"] == "audit-viewer")
-    assert viewer["rules"] == [{"apiGroups": [API_GROUP], "resources": ["auditevents"],
+    # the kube-apiserver authorizes an object view (.../deployments.apps/web/versions) as subresource
+    # "versions" of resource "deployments.apps" in our group, before it proxies the request
+    views = ["*/" + v for v in ("versions", "spechistory", "diff", "bisect")]
+    assert viewer["rules"] == [{"apiGroups": [API_GROUP], "resources": ["auditevents", *views],
                                 "verbs": ["get", "list", "watch"]}]
 
 
