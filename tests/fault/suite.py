@@ -78,6 +78,10 @@ class Run:
         self.fwd_args = args or self.fwd_args
         self.fwd = ForwarderProcess(self.tmp, self.tailer.port, self.log, "--log-level", "info",
                                     "--backoff-max", "500ms", *self.fwd_args).start()
+        # /healthz answers before the follower has looked at the folder; a file rotated in between would be
+        # "already there" for a forwarder without a checkpoint (it starts at the end of the live file), so
+        # the scenarios write only once the start position is checkpointed
+        wait_for((self.tmp / "audit-forwarder.pos").exists, timeout=60, what="the forwarder's start position")
         return self.fwd
 
     def _sample(self) -> None:
