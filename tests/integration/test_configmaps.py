@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from kube_audit.contract import ANNOTATION, decode_entries
 from kube_audit.kube.aio import AsyncKube
 from kube_audit.kube.blocking import Kube
-from tailer.configmaps.writer import ANNOTATION, ConfigMapWriter, decode_entries
+from tailer.configmaps.writer import ConfigMapWriter
 from tailer.errors import Conflict, Forbidden, KubeUnconfigured, NotFound, TooLarge, Unavailable
 from tailer.metrics import TailerMetrics
 from tailer.settings import ConfigMapSettings
