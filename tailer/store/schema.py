@@ -16,13 +16,17 @@ Version 3 (in place, no rebuild: one nullable column):
 - ``meta``: what came beside the event on the forward protocol, JSON ``{"tag": ..., "metadata": {...}}``
   (Fluent Bit's ``[[time, metadata], record]`` map, Message mode's ``metadata`` option), NULL when there
   was no metadata and the tag was the forwarder's default: the common case costs no bytes.
+
+Version 4 (in place; issue 12): sources, their status, and the chunk chain. Three sections, one per
+stage that owns the tables: identity (columns on ``audit_events``), sources (``audit_sources``), chain
+(``audit_chain``, and what retention deleted of it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-VERSION = 3
+VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def _support(t: Types) -> list[str]:
 
 def create(t: Types, version: int = VERSION) -> list[str]:
     """The newest layout, for an empty database (an older ``version``'s from version 2 on, for tests)."""
-    return [_table(t, version), *INDEXES, *_support(t)]
+    return [_table(t, version), *INDEXES, *_support(t), *(_to_v4(t) if version >= 4 else [])]
 
 
 def v1(t: Types) -> list[str]:
@@ -121,7 +125,26 @@ def _to_v3(t: Types) -> list[str]:
     return [f"ALTER TABLE audit_events ADD COLUMN meta {t.blob}"]
 
 
-MIGRATIONS = {2: _to_v2, 3: _to_v3}  # version -> the statements that lead to it from the one before
+def _v4_identity(t: Types) -> list[str]:
+    """Issue 12, identity: which source and cluster each event came from (owned by the store's rows)."""
+    return []
+
+
+def _v4_sources(t: Types) -> list[str]:
+    """Issue 12, sources: one record per source, its gaps (owned by tailer/sources)."""
+    return []
+
+
+def _v4_chain(t: Types) -> list[str]:
+    """Issue 12, chain: the chunk chain as received and stored (owned by the chain stage)."""
+    return []
+
+
+def _to_v4(t: Types) -> list[str]:
+    return [*_v4_identity(t), *_v4_sources(t), *_v4_chain(t)]
+
+
+MIGRATIONS = {2: _to_v2, 3: _to_v3, 4: _to_v4}  # version -> the statements that lead to it from the one before
 
 
 def plan(current: int, t: Types) -> list[str]:
