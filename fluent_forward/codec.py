@@ -178,7 +178,8 @@ class Decoder:
             payload = _as_bytes(body, "entries")
             codec = compression_of(payload, options.compressed)
             entries = packed_entries(payload, codec, self.max_message_bytes, self.max_entries)
-            return self._batch(tag, entries, options, "packed" if codec is None else "compressed", wire_bytes)
+            return self._batch(tag, entries, options, "packed" if codec is None else "compressed", wire_bytes,
+                               payload)
         # Message mode: [tag, time, record, option?]; the metadata, if any, is an option
         if len(obj) not in (3, 4):
             raise ProtocolError("bad_message", "Message mode is [tag, time, record, option?]")
@@ -189,13 +190,13 @@ class Decoder:
         return batch
 
     def _batch(self, tag: str, entries: Iterator[tuple[EventTime, Record, Metadata]], options: Options, mode: str,
-               wire_bytes: int) -> EventBatch:
+               wire_bytes: int, payload: bytes | None = None) -> EventBatch:
         pairs: list[Entry] = []
         metadata: list[Metadata] = []
         for time, record, meta in entries:
             pairs.append((time, record))
             metadata.append(meta)
-        return EventBatch(tag, pairs, options, mode, wire_bytes, metadata)
+        return EventBatch(tag, pairs, options, mode, wire_bytes, metadata, payload)
 
 
 # ---------------------------------------------------------------------------------------------

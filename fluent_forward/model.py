@@ -84,20 +84,26 @@ class EventBatch:
     mode: str
     wire_bytes: int
     metadata: list[Metadata] = field(default_factory=list)
+    payload: bytes | None = None  # PackedForward's entries field exactly as on the wire (still compressed)
 
-    def records(self) -> Records:
-        return Records(self)
+    def records(self, hostname: str = "") -> Records:
+        return Records(self, hostname)
 
 
 class Records(list[Record]):
     """The records of one message, as the list the sinks take, with what came beside them: the
-    tag, and each record's time and metadata (same order) for a sink that keeps them (the store)."""
+    tag, and each record's time and metadata (same order) for a sink that keeps them (the store); the
+    options other than size/chunk/compressed, the entries field as sent (``payload``, packed modes only)
+    and the hostname the peer gave in its PING ("" without shared-key auth), for who sent it."""
 
-    def __init__(self, batch: EventBatch) -> None:
+    def __init__(self, batch: EventBatch, hostname: str = "") -> None:
         super().__init__(record for _, record in batch.entries)
         self.tag = batch.tag
         self.times = [time for time, _ in batch.entries]
         self.metadata = batch.metadata or [{} for _ in batch.entries]
+        self.options = batch.options.extra
+        self.payload = batch.payload
+        self.hostname = hostname
 
 
 @dataclass(frozen=True, slots=True)

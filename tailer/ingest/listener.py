@@ -103,6 +103,7 @@ class ForwardServer:
         session = ServerSession(s.hostname, s.shared_key, s.users, max_message_bytes=s.max_message_bytes,
                                 max_entries=s.max_entries, pre_auth_bytes=s.pre_auth_bytes)
         held = 0  # this connection's share of the admission budget
+        hostname = ""  # what the peer called itself in its PING (shared-key auth): a source's fallback name
         try:
             if self.tls is not None and not await self._start_tls(writer, peer):
                 return
@@ -120,9 +121,10 @@ class ForwardServer:
                     session.receive_data(data)
                     held = self._hold(held, session.buffered())
                 elif isinstance(event, EventBatch):
-                    await self._deliver(event, session, writer)
+                    await self._deliver(event, session, writer, hostname)
                 elif isinstance(event, Authenticated):
                     writer.write(session.data_to_send())  # the PONG
+                    hostname = event.peer
                     log.debug("connection_open", peer=peer, client=event.peer)
                 elif isinstance(event, AuthRefused):
                     writer.write(session.data_to_send())  # the PONG saying why, then close
@@ -203,8 +205,9 @@ class ForwardServer:
             self.metrics.bytes.inc(len(data))
         return data
 
-    async def _deliver(self, batch: EventBatch, session: ServerSession, writer: asyncio.StreamWriter) -> None:
-        records = batch.records()  # a list of records, with .tag, .times and .metadata beside them
+    async def _deliver(self, batch: EventBatch, session: ServerSession, writer: asyncio.StreamWriter,
+                       hostname: str = "") -> None:
+        records = batch.records(hostname)  # a list of records, with .tag, .times, .metadata, ... beside them
         try:
             await self.pipeline.deliver(records)
         except Exception as exc:  # (an OSError of a sink is not a lost connection)

@@ -16,6 +16,12 @@ What came beside the records on the wire (the tag, each entry's Fluent Bit/Fluen
 fluent_forward.Records) goes with each AuditEvent as ``meta`` for the store to keep; stdout prints the
 audit event alone. ``meta`` stays None when there is no metadata and the tag is the forwarder's default.
 
+Who sent a chunk (issue 12) is worked out here once per chunk: an ``Origin`` with the ``SourceId``
+(kube_audit/model/source.py: the forwarder's ``kube_audit`` option, else the PING's hostname, else the
+tag) goes to every gating sink beside the items. Records on the forwarders' status tag are not audit
+events: they go to the control sink (the sources stage) alone, never to stdout, the store's events, or
+observers; without a control sink they are acked and counted as rejected (``status_unhandled``).
+
 Observers (audit ConfigMaps, the watch stream) are offered the records of the audit events after the
 gating sinks have them; ``offer`` must never block or raise into the ack path: an observer that is
 behind keeps its own bounded backlog and counts what it drops.
@@ -24,11 +30,12 @@ behind keeps its own bounded backlog and counts what it drops.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from fluent_forward import Record
-from kube_audit.model.audit import AuditEvent, Rejected, dumps, parse
+from kube_audit.model.audit import AuditEvent, Rejected, dumps, parse, reject
+from kube_audit.model.source import OPTION, STATUS_TAG, SourceId, identity
 from kube_audit.runtime.observability import get_logger
 from tailer.metrics import TailerMetrics
 
@@ -37,11 +44,33 @@ Item = AuditEvent | Rejected
 DEFAULT_TAG = "audit"  # audit-forwarder's --tag default: not worth a row's bytes
 
 
+@dataclass(slots=True)
+class Origin:
+    """Where a chunk came from, and what the stages before the sinks made of it."""
+
+    source: SourceId
+    tag: str | None = None
+    link: Any = None  # the chain stage's record of this chunk, for the store to keep with its events
+
+
+def origin_of(records: Sequence[Record]) -> Origin:
+    tag = getattr(records, "tag", None)
+    options = getattr(records, "options", None) or {}
+    return Origin(identity(options.get(OPTION), getattr(records, "hostname", ""), tag or ""), tag)
+
+
 class Sink(Protocol):
     name: str
 
-    async def write(self, items: Sequence[Item]) -> Sequence[Rejected] | None:
+    async def write(self, items: Sequence[Item], origin: Origin | None = None) -> Sequence[Rejected] | None:
         """Take the chunk durably or raise (transient: no ack); return the records refused for good."""
+
+
+class ControlSink(Protocol):
+    name: str
+
+    async def write(self, records: Sequence[Record], origin: Origin) -> None:
+        """Take the status records of one chunk durably or raise (transient: no ack)."""
 
 
 class Observer(Protocol):
@@ -77,8 +106,9 @@ def with_meta(items: list[Item], records: Sequence[Record]) -> list[Item]:
 
 class Pipeline:
     def __init__(self, sinks: Sequence[Sink], metrics: TailerMetrics, observers: Sequence[Observer] = (),
-                 rejected: RejectedSink | None = None) -> None:
+                 rejected: RejectedSink | None = None, control: ControlSink | None = None) -> None:
         self.sinks = list(sinks)
+        self.control = control
         self.observers = list(observers)
         self.metrics = metrics
         self.rejected = rejected
@@ -86,10 +116,14 @@ class Pipeline:
 
     async def deliver(self, records: Sequence[Record]) -> None:
         """Return once every gating sink has the records durably; raise if one failed."""
+        origin = origin_of(records)
+        if origin.tag == STATUS_TAG:
+            await self._status(records, origin)
+            return
         items: list[Item] = with_meta([parse(r) for r in records], records)
         for sink in self.sinks:
             try:
-                refused = await sink.write(items)
+                refused = await sink.write(items, origin)
             except Exception:
                 self.metrics.sink_errors.labels(sink.name).inc()
                 raise
@@ -106,6 +140,17 @@ class Pipeline:
             except Exception as exc:  # an observer bug must not stop acks
                 self.metrics.sink_errors.labels(observer.name).inc()
                 log.error("observer_failed", observer=observer.name, error=repr(exc))
+
+    async def _status(self, records: Sequence[Record], origin: Origin) -> None:
+        if self.control is None:
+            await self._reject([reject(r, "status_unhandled", "a forwarder status record; this tailer has no "
+                                       "sources stage") for r in records])
+            return
+        try:
+            await self.control.write(records, origin)
+        except Exception:
+            self.metrics.sink_errors.labels(self.control.name).inc()
+            raise
 
     async def _reject(self, rejected: Sequence[Rejected]) -> None:
         for r in rejected:

@@ -48,7 +48,7 @@ class StdoutSink:
         self.executor = executor or ThreadPoolExecutor(1, thread_name_prefix="stdout")
         self._lock = asyncio.Lock()
 
-    async def write(self, items: Sequence[AuditEvent | Rejected]) -> None:
+    async def write(self, items: Sequence[AuditEvent | Rejected], origin: object = None) -> None:
         data = b"".join(line(i, self.metrics, self.redact) for i in items)
         async with self._lock:
             await asyncio.get_running_loop().run_in_executor(self.executor, self._write_all, data)

@@ -24,7 +24,7 @@ class StoreSink:
     def __init__(self, store: Any, metrics: TailerMetrics, on_commit: Any = None) -> None:
         self.store, self.metrics, self.on_commit = store, metrics, on_commit
 
-    async def write(self, records: Sequence[AuditEvent | Rejected]) -> list[Rejected]:
+    async def write(self, records: Sequence[AuditEvent | Rejected], origin: Any = None) -> list[Rejected]:
         """Commit the chunk; a transient StoreError goes up (no ack). When the database refuses the chunk
         for its data, each event is tried alone and those it refuses for good come back rejected."""
         try:

@@ -22,7 +22,7 @@ class RecordingSink:
         self.records: list[dict[str, Any]] = []
         self.fail = fail
 
-    async def write(self, records: Sequence[Any]) -> None:
+    async def write(self, records: Sequence[Any], origin: Any = None) -> None:
         """Records as received: the pipeline hands sinks parsed records (AuditEvent or Rejected)."""
         if self.fail:
             raise OSError("disk full")
