@@ -1,9 +1,17 @@
-"""The forward-protocol listener: TLS and handshake per connection, ack when the sinks are durable."""
+"""The forward-protocol listener: TLS and handshake per connection, ack when the sinks are durable.
+
+A connection is pipelined: while chunk N is in the sinks (the store commits on its own thread), the
+loop reads and decodes chunk N+1 and starts its delivery, up to ``PIPELINE_DEPTH`` chunks in flight.
+Deliveries start in arrival order and each acks only after the one before it has finished, so acks go
+out in order. The first delivery that fails closes the connection: what came after it is not acked
+either, and the sender resends from there (the store is idempotent).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from typing import Any
 
 from fluent_forward import (
@@ -24,6 +32,7 @@ from tailer.metrics import TailerMetrics
 from tailer.settings import ForwardSettings
 
 READ_SIZE = 256 * 1024
+PIPELINE_DEPTH = 2  # chunks of one connection in the sinks at once: decode overlaps the commit
 log = get_logger(component="forward_server")
 
 
@@ -103,6 +112,7 @@ class ForwardServer:
         session = ServerSession(s.hostname, s.shared_key, s.users, max_message_bytes=s.max_message_bytes,
                                 max_entries=s.max_entries, pre_auth_bytes=s.pre_auth_bytes)
         held = 0  # this connection's share of the admission budget
+        inflight: deque[asyncio.Task[None]] = deque()  # this connection's deliveries, oldest first
         hostname = ""  # what the peer called itself in its PING (shared-key auth): a source's fallback name
         try:
             if self.tls is not None and not await self._start_tls(writer, peer):
@@ -121,7 +131,10 @@ class ForwardServer:
                     session.receive_data(data)
                     held = self._hold(held, session.buffered())
                 elif isinstance(event, EventBatch):
-                    await self._deliver(event, session, writer, hostname)
+                    while inflight and (inflight[0].done() or len(inflight) >= PIPELINE_DEPTH):
+                        await inflight.popleft()  # raises _NotAcked: close, the rest is not acked
+                    after = inflight[-1] if inflight else None
+                    inflight.append(asyncio.create_task(self._deliver(event, session, writer, hostname, after)))
                 elif isinstance(event, Authenticated):
                     writer.write(session.data_to_send())  # the PONG
                     hostname = event.peer
@@ -133,6 +146,8 @@ class ForwardServer:
                     log.warning("handshake_failed", peer=peer, reason=event.detail, client=event.peer or None)
                     return
                 elif isinstance(event, PeerClosed):
+                    while inflight:  # a sender that closes after its last chunk still gets the acks it can read
+                        await inflight.popleft()
                     if session.state is State.AWAIT_PING:
                         self._refuse_handshake(peer, "no_ping", "connection closed before PING")
                     elif event.truncated:
@@ -149,6 +164,20 @@ class ForwardServer:
             log.info("connection_lost", peer=peer, error=str(exc) or type(exc).__name__)
         finally:
             self.admission.hold(held, 0)
+            await self._settle(inflight, peer)
+
+    @staticmethod
+    async def _settle(inflight: deque[asyncio.Task[None]], peer: str) -> None:
+        """Let the deliveries still in flight finish (their data is in the sinks or not; nothing is lost
+        either way) before the connection closes; a failure among them was logged or is logged here."""
+        for task in inflight:
+            try:
+                await task
+            except _NotAcked as exc:
+                cause = exc.__cause__
+                log.error("chunk_not_acked", peer=peer, error=str(cause) or type(cause).__name__)
+            except (ConnectionError, OSError, asyncio.CancelledError):
+                pass
 
     def _hold(self, held: int, now: int) -> int:
         if not self.admission.hold(held, now):
@@ -206,14 +235,26 @@ class ForwardServer:
         return data
 
     async def _deliver(self, batch: EventBatch, session: ServerSession, writer: asyncio.StreamWriter,
-                       hostname: str = "") -> None:
+                       hostname: str = "", after: asyncio.Task[None] | None = None) -> None:
+        """Deliver one chunk, then ack it once the chunk before it (``after``) has finished."""
         records = batch.records(hostname)  # a list of records, with .tag, .times, .metadata, ... beside them
         try:
             await self.pipeline.deliver(records)
         except Exception as exc:  # (an OSError of a sink is not a lost connection)
+            writer.close()  # the reading loop stops: nothing after this chunk is acked
             raise _NotAcked() from exc
+        if after is not None and not await _succeeded(after):
+            return  # the chunk before failed and closes the connection: no acks out of order
         self.metrics.events.inc(len(records))
         self.metrics.chunks.labels(batch.mode).inc()
-        if session.ack(batch):
+        if session.state is State.READY and session.ack(batch):  # (not after a later bad frame)
             writer.write(session.data_to_send())
             self.metrics.acks.inc()
+
+
+async def _succeeded(task: asyncio.Task[None]) -> bool:
+    try:
+        await asyncio.shield(task)  # (its failure is the reading loop's to report)
+    except (_NotAcked, ConnectionError, OSError, asyncio.CancelledError):
+        return False
+    return True

@@ -184,3 +184,42 @@ async def test_an_idle_connection_closed_by_the_tailer_is_reopened_quietly_when_
     assert acked == ["chunk-0", "chunk-1"] and len(tailer.client_ends) == 2
     events = [event for event, _ in client.log.lines]  # type: ignore[attr-defined]
     assert "tailer_unavailable" not in events and events.count("connected") == 1
+
+
+class GatedSink(RecordingSink):
+    """Holds chunk 0 in the sink until chunk 1 has reached the sink too (or fails chunk 0)."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        super().__init__()
+        self.second = asyncio.Event()
+        self.fail_first = fail_first
+        self.calls = 0
+
+    async def write(self, records: Any, origin: Any = None) -> None:
+        n, self.calls = self.calls, self.calls + 1
+        if n == 0:
+            async with asyncio.timeout(10):
+                await self.second.wait()  # only a pipelined listener gets here with chunk 1 in the sink
+            if self.fail_first:
+                raise OSError("disk full")
+        else:
+            self.second.set()
+        await super().write(records)
+
+
+async def test_the_next_chunk_is_decoded_and_delivered_while_one_is_in_the_sinks_and_acks_stay_in_order() -> None:
+    tailer = Tailer(GatedSink())
+    reader, writer = tailer.connect(max_read=65536)
+    writer.write(packed_chunk("c0", 2, chunk_no=0) + packed_chunk("c1", 2, chunk_no=1) + packed_chunk("c2", 2, chunk_no=2))
+    assert await receive(reader, ff.Decoder(), 3) == [ff.Ack("c0"), ff.Ack("c1"), ff.Ack("c2")]
+
+
+async def test_after_a_failed_chunk_nothing_behind_it_is_acked() -> None:
+    tailer = Tailer(GatedSink(fail_first=True))
+    reader, writer = tailer.connect(max_read=65536)
+    with capture_logs() as logs:
+        writer.write(packed_chunk("c0", 2) + packed_chunk("c1", 2))
+        assert await closed(reader)
+        await asyncio.wait(tailer.tasks, timeout=10)  # the connection's end, which logs why
+    assert tailer.metric("tailer_acks_sent_total") == 0  # c1 reached the sink, but acking it would skip c0
+    assert sum(e["event"] == "chunk_not_acked" for e in logs) == 1
