@@ -34,7 +34,8 @@ def test_dense_sigkills_with_pruning_report_each_gap_once(tmp_path: Path) -> Non
     print(f"\n{row}")
     gaps = [e for e in _forwarder_logs(tmp_path) if e.get("event") == "gap"]
     assert row.dupes == 0 and row.lost > 0  # pruned while down: really lost ...
-    assert gaps and row.gap_bytes > 0  # ... and reported
+    assert gaps and (row.gap_bytes > 0 or row.seen_lost == 0)  # ... and reported (under load every lost
+    # file may have been pruned before any forwarder opened it: then a gap is all it can say)
     # what a forwarder could see and still lost (pruned before it got there) is inside the reported gaps
     assert row.seen_lost * (row.lost_bytes // row.lost) <= row.gap_bytes
     assert max(Counter((g["file"], g["inode"], g["bytes_lost"]) for g in gaps).values()) == 1  # once each
