@@ -1,0 +1,169 @@
+"""The forwarder's status records (format: kube_audit/model/source.py), sent in-band on STATUS_TAG.
+
+One record every ``--status-interval`` and at once on a change (a gap, a rotation, new bad lines; changes
+at most once a second). At most one status chunk is in the window at a time: a tailer that is away gets
+the newest state when it is back, not a backlog. A gap is held back until the first event after it is read
+(its time closes the gap's time range) or one interval has passed, then sent in every record until one
+holding it is acked; its record stays in the checkpoint until then, so a restart sends it again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fluent_forward import EventTime, encode_entry, gzip_compress
+from kube_audit.model.source import STATUS_TAG, GapReport, SourceId, Status, parse_status
+
+from .batcher import Chunk
+from .source import Gap
+
+MAX_GAPS = 500  # per record (the format allows 1000); older pending gaps go first
+CHANGE_SPACING = 1.0  # seconds between records sent for a change
+
+
+def _version() -> str:
+    try:
+        return version("kube-audit-forwarder")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def rfc3339(t: EventTime | float) -> str:
+    if isinstance(t, EventTime):
+        seconds, micros = t.seconds, t.nanoseconds // 1000
+    else:
+        seconds, micros = int(t), int((t % 1) * 1_000_000)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{micros:06d}Z"
+
+
+def gap_id(gap: Gap) -> str:
+    """Stable across restarts: the same loss found again gets the same id."""
+    text = f"{gap.fingerprint}:{gap.path}:{gap.inode}:{gap.bytes_lost}:{gap.reason}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def gap_reason(gap: Gap) -> str:
+    """The follower's words -> one of source.GAP_REASONS."""
+    text = gap.reason
+    if text.startswith("the checkpointed file is gone"):
+        return "pruned_while_down"
+    if "truncat" in text or "between the copy" in text:
+        return "truncated"
+    if "deleted" in text or "rotated away" in text:
+        return "rotated_unread"
+    return "unknown"
+
+
+@dataclass(slots=True)
+class _Pending:
+    report: GapReport
+    found_at: float  # monotonic
+    waiting: bool  # its end (the first event after it) is not known yet
+
+
+class StatusBook:
+    def __init__(self, source: SourceId, interval: float, compress: bool) -> None:
+        self.source = source
+        self.interval = interval  # 0: no status records
+        self.compress = compress
+        self.version = _version()
+        self.start_time = rfc3339(time.time())
+        self.read = self.sent = self.acked = 0
+        self.bad_lines: dict[str, int] = {}
+        self.last_time: EventTime | None = None  # the last event read
+        self.last_text: str | None = None  # the same as RFC 3339, from the checkpoint until an event is read
+        self._gaps: dict[str, _Pending] = {}
+        self.wanted = True  # a change (or the start) calls for a record
+        self.inflight = False
+        self.last_sent = -1e9  # monotonic
+
+    @property
+    def on(self) -> bool:
+        return self.interval > 0
+
+    # ---- what happens -------------------------------------------------------------------------
+
+    def load(self, last_event_time: str, gaps: tuple[dict[str, Any], ...]) -> None:
+        """From the checkpoint: the last acked event's time, and gaps found but not yet acked."""
+        self.last_text = last_event_time or None
+        for raw in gaps:
+            try:
+                report = parse_status({"kind": "ForwarderStatus", "source": "-", "gaps": [raw]}).gaps[0]
+            except ValueError:
+                continue  # a damaged record: it was logged when it was found
+            self._gaps[report.id] = _Pending(report, time.monotonic(), False)
+
+    def found(self, gap: Gap) -> str:
+        """A gap: its time range starts at the last event read before it."""
+        gid = gap_id(gap)
+        if gid not in self._gaps and self.on:
+            start = rfc3339(self.last_time) if self.last_time is not None else self.last_text
+            report = GapReport(gid, gap.path, gap.inode, gap.bytes_lost, gap_reason(gap), gap.exact, start, None)
+            self._gaps[gid] = _Pending(report, time.monotonic(), True)
+            while len(self._gaps) > 4 * MAX_GAPS:  # a bound on memory and checkpoint: the oldest go
+                self._gaps.pop(next(iter(self._gaps)))
+        return gid
+
+    def events(self, n: int, first: EventTime | None, last: EventTime | None) -> None:
+        """``n`` events read, the first and last of them at these times."""
+        self.read += n
+        if first is None or last is None:
+            return
+        self.last_time = last
+        waiting = [p for p in self._gaps.values() if p.waiting]
+        if waiting:
+            end = rfc3339(first)
+            for p in waiting:
+                p.report, p.waiting = replace(p.report, end=end), False
+            self.wanted = True
+
+    def bad(self, kind: str) -> None:
+        self.bad_lines[kind] = self.bad_lines.get(kind, 0) + 1
+        self.wanted = True
+
+    # ---- when to send -------------------------------------------------------------------------
+
+    def _ready(self, now: float) -> list[GapReport]:
+        return [p.report for p in self._gaps.values() if not p.waiting or now - p.found_at >= self.interval]
+
+    def wait(self, now: float) -> float | None:
+        """Seconds until a record is due (0: now); None while one is in flight."""
+        if self.inflight:
+            return None
+        due = self.last_sent + self.interval
+        changed = self.wanted or any(not p.waiting for p in self._gaps.values())
+        if changed:
+            due = min(due, self.last_sent + min(CHANGE_SPACING, self.interval))
+        waiting = [p.found_at + self.interval for p in self._gaps.values() if p.waiting]
+        if waiting:
+            due = min(due, max(min(waiting), self.last_sent + min(CHANGE_SPACING, self.interval)))
+        return max(0.0, due - now)
+
+    def chunk(self, file: str, inode: int, offset: int, lag: int, rotations: int) -> Chunk:
+        """The next record as a chunk (to be sealed and submitted); marks it in flight."""
+        now = time.monotonic()
+        gaps = tuple(self._ready(now)[:MAX_GAPS])
+        status = Status(self.source, self.version, self.start_time, rfc3339(time.time()), file, inode, offset, lag,
+                        rotations, self.read, self.sent, self.acked, dict(self.bad_lines), gaps)
+        payload = encode_entry(EventTime.now(), status.to_record())
+        field = gzip_compress(payload, 1) if self.compress else payload
+        chunk_id = base64.b64encode(os.urandom(16)).decode("ascii")
+        self.inflight, self.wanted, self.last_sent = True, False, now
+        return Chunk(chunk_id, b"", 1, None, 0, raw_bytes=len(payload), tag=STATUS_TAG, payload=field,
+                     compressed=self.compress, gap_ids=tuple(g.id for g in gaps), status=True)
+
+    def acked_record(self, chunk: Chunk) -> None:
+        for gid in chunk.gap_ids:
+            self._gaps.pop(gid, None)
+        self.inflight = False
+
+    def pending_records(self) -> tuple[dict[str, Any], ...]:
+        """For the checkpoint: gaps found and not yet acked."""
+        return tuple(p.report.to_record() for p in self._gaps.values())
