@@ -291,6 +291,9 @@ class Follower:
             self.log.info("rotation_detected", file=self.path, old_inode=tail.at[1], new_inode=live.inode)
             tail.refresh()
             tail.live = False
+            renamed = next((c for c in cands if not c.compressed and (c.device, c.inode) == tail.at), None)
+            if renamed is not None:  # its backup name: what a gap of it is reported as
+                tail.path = renamed.path
             for cand in self._missed(tail, cands):
                 self._push(self._make(cand, 0, cands))
             self._push(self._make(live, 0, cands))

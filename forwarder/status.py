@@ -1,8 +1,8 @@
 """The forwarder's status records (format: kube_audit/model/source.py), sent in-band on STATUS_TAG.
 
 One record every ``--status-interval`` and at once on a change (a gap, a rotation, new bad lines; changes
-at most once a second). At most one status chunk is in the window at a time: a tailer that is away gets
-the newest state when it is back, not a backlog. A gap is held back until the first event after it is read
+at most once a second). One status chunk is in the window at a time, a second only to carry gaps the first
+does not: a tailer that is away gets the newest state when it is back, not a backlog. A gap is held back until the first event after it is read
 (its time closes the gap's time range) or one interval has passed, then sent in every record until one
 holding it is acked; its record stays in the checkpoint until then, so a restart sends it again.
 """
@@ -81,7 +81,8 @@ class StatusBook:
         self.last_text: str | None = None  # the same as RFC 3339, from the checkpoint until an event is read
         self._gaps: dict[str, _Pending] = {}
         self.wanted = True  # a change (or the start) calls for a record
-        self.inflight = False
+        self.inflight = 0  # status chunks sent and not acked
+        self._sending: set[str] = set()  # the gaps in them
         self.last_sent = -1e9  # monotonic
 
     @property
@@ -135,15 +136,17 @@ class StatusBook:
 
     def wait(self, now: float) -> float | None:
         """Seconds until a record is due (0: now); None while one is in flight."""
+        spacing = self.last_sent + min(CHANGE_SPACING, self.interval)
         if self.inflight:
-            return None
+            fresh = self.inflight < 2 and any(r.id not in self._sending for r in self._ready(now))
+            return max(0.0, spacing - now) if fresh else None
         due = self.last_sent + self.interval
         changed = self.wanted or any(not p.waiting for p in self._gaps.values())
         if changed:
-            due = min(due, self.last_sent + min(CHANGE_SPACING, self.interval))
+            due = min(due, spacing)
         waiting = [p.found_at + self.interval for p in self._gaps.values() if p.waiting]
         if waiting:
-            due = min(due, max(min(waiting), self.last_sent + min(CHANGE_SPACING, self.interval)))
+            due = min(due, max(min(waiting), spacing))
         return max(0.0, due - now)
 
     def chunk(self, file: str, inode: int, offset: int, lag: int, rotations: int) -> Chunk:
@@ -155,14 +158,16 @@ class StatusBook:
         payload = encode_entry(EventTime.now(), status.to_record())
         field = gzip_compress(payload, 1) if self.compress else payload
         chunk_id = base64.b64encode(os.urandom(16)).decode("ascii")
-        self.inflight, self.wanted, self.last_sent = True, False, now
+        self.inflight, self.wanted, self.last_sent = self.inflight + 1, False, now
+        self._sending.update(g.id for g in gaps)
         return Chunk(chunk_id, b"", 1, None, 0, raw_bytes=len(payload), tag=STATUS_TAG, payload=field,
                      compressed=self.compress, gap_ids=tuple(g.id for g in gaps), status=True)
 
     def acked_record(self, chunk: Chunk) -> None:
         for gid in chunk.gap_ids:
             self._gaps.pop(gid, None)
-        self.inflight = False
+            self._sending.discard(gid)
+        self.inflight = max(0, self.inflight - 1)
 
     def pending_records(self) -> tuple[dict[str, Any], ...]:
         """For the checkpoint: gaps found and not yet acked."""
