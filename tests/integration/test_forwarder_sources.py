@@ -100,6 +100,7 @@ def test_every_chunk_is_chained_and_status_records_come_at_the_interval(start_fo
     wait_for(lambda: statuses(recorder)[-1][1].lag_bytes == 0 and statuses(recorder)[-1][1].read == 8,
              what="the offset moves on")
     assert fwd.metric("forwarder_tamper_evidence") == 1
+    assert fwd.metric("forwarder_events_acked_total") == 8  # status records are not counted as events
     pos = json.loads((tmp_path / "audit-forwarder.pos").read_text())
     assert pos["seq"] >= 5 and len(bytes.fromhex(pos["mac"])) == 32
 
