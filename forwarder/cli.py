@@ -131,7 +131,7 @@ def build_parser() -> EnvParser:
     g.add_argument("--source-name", default=socket.gethostname(),
                    help="this forwarder's name to the tailer, sent with every chunk "
                         "(default: the host name, beside the apiserver its host or pod name)")
-    g.add_argument("--cluster", default="", help="the cluster's name, sent with every chunk (default empty)")
+    g.add_argument("--cluster", default="", help="the cluster's name, sent with every chunk (default: none, \"\")")
     g.add_argument("--integrity-key-file",
                    help="file holding the key that chains the chunks (tamper evidence; default: the shared key; "
                         "with neither, no chain)")
