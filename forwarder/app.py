@@ -213,6 +213,8 @@ class Forwarder:
             for chunk in self.batcher.add(src, identity, entry, line.start, line.end, last):
                 await self._submit(chunk)
         self.status.events(taken, first, last)
+        if read.done:
+            self.status.passed(src)
         if self.status.wanted:
             self._status_wake.set()
         sent_src, sent_end = self._sent_end

@@ -2,9 +2,14 @@
 
 One record every ``--status-interval`` and at once on a change (a gap, a rotation, new bad lines; changes
 at most once a second). One status chunk is in the window at a time, a second only to carry gaps the first
-does not: a tailer that is away gets the newest state when it is back, not a backlog. A gap is held back until the first event after it is read
-(its time closes the gap's time range) or one interval has passed, then sent in every record until one
-holding it is acked; its record stays in the checkpoint until then, so a restart sends it again.
+does not: a tailer that is away gets the newest state when it is back, not a backlog.
+
+A gap is dated where the reader meets it: a lost file still in the follower's queue (or one known to lie
+after a queued file) when the reader passes the end of that file, else at once. ``from`` is the last event
+read by then (after a restart: the last acked one), ``to`` the first event read after it. A gap is held
+until its ``to`` is known or one interval has passed since it was met (six if the reader never gets
+there), then sent in every record until one holding it is acked; its record stays in the checkpoint
+until then, so a restart sends it again.
 """
 
 from __future__ import annotations
@@ -64,8 +69,10 @@ def gap_reason(gap: Gap) -> str:
 @dataclass(slots=True)
 class _Pending:
     report: GapReport
-    found_at: float  # monotonic
+    found_at: float  # monotonic: when found, then when the reader met it
     waiting: bool  # its end (the first event after it) is not known yet
+    after: Any = None  # the queued file it follows (None: met at once)
+    met: bool = True  # the reader has passed ``after``
 
 
 class StatusBook:
@@ -99,18 +106,27 @@ class StatusBook:
                 report = parse_status({"kind": "ForwarderStatus", "source": "-", "gaps": [raw]}).gaps[0]
             except ValueError:
                 continue  # a damaged record: it was logged when it was found
-            self._gaps[report.id] = _Pending(report, time.monotonic(), False)
+            self._gaps[report.id] = _Pending(report, time.monotonic(), False)  # sent again as it was
 
     def found(self, gap: Gap) -> str:
-        """A gap: its time range starts at the last event read before it."""
+        """A gap; dated now, or when the reader passes the file it follows."""
         gid = gap_id(gap)
         if gid not in self._gaps and self.on:
-            start = rfc3339(self.last_time) if self.last_time is not None else self.last_text
+            start = None if gap.after is not None else self._now_text()
             report = GapReport(gid, gap.path, gap.inode, gap.bytes_lost, gap_reason(gap), gap.exact, start, None)
-            self._gaps[gid] = _Pending(report, time.monotonic(), True)
+            self._gaps[gid] = _Pending(report, time.monotonic(), True, gap.after, gap.after is None)
             while len(self._gaps) > 4 * MAX_GAPS:  # a bound on memory and checkpoint: the oldest go
                 self._gaps.pop(next(iter(self._gaps)))
         return gid
+
+    def _now_text(self) -> str | None:
+        return rfc3339(self.last_time) if self.last_time is not None else self.last_text
+
+    def passed(self, source: Any) -> None:
+        """The reader is done with ``source``: the gaps after it start at the last event read."""
+        for p in self._gaps.values():
+            if not p.met and p.after is source:
+                p.report, p.met, p.found_at = replace(p.report, start=self._now_text()), True, time.monotonic()
 
     def events(self, n: int, first: EventTime | None, last: EventTime | None) -> None:
         """``n`` events read, the first and last of them at these times."""
@@ -118,7 +134,7 @@ class StatusBook:
         if first is None or last is None:
             return
         self.last_time = last
-        waiting = [p for p in self._gaps.values() if p.waiting]
+        waiting = [p for p in self._gaps.values() if p.waiting and p.met]
         if waiting:
             end = rfc3339(first)
             for p in waiting:
@@ -131,8 +147,11 @@ class StatusBook:
 
     # ---- when to send -------------------------------------------------------------------------
 
+    def _due(self, p: _Pending) -> float:
+        return p.found_at + self.interval * (1 if p.met else 6)
+
     def _ready(self, now: float) -> list[GapReport]:
-        return [p.report for p in self._gaps.values() if not p.waiting or now - p.found_at >= self.interval]
+        return [p.report for p in self._gaps.values() if not p.waiting or now >= self._due(p)]
 
     def wait(self, now: float) -> float | None:
         """Seconds until a record is due (0: now); None while one is in flight."""
@@ -144,7 +163,7 @@ class StatusBook:
         changed = self.wanted or any(not p.waiting for p in self._gaps.values())
         if changed:
             due = min(due, spacing)
-        waiting = [p.found_at + self.interval for p in self._gaps.values() if p.waiting]
+        waiting = [self._due(p) for p in self._gaps.values() if p.waiting]
         if waiting:
             due = min(due, max(min(waiting), spacing))
         return max(0.0, due - now)

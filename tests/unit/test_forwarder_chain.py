@@ -138,3 +138,25 @@ def test_a_gap_without_its_end_goes_after_one_interval_and_gaps_map_to_the_reaso
 def _gz(chunk):
     chunk.payload = ff.gunzip(chunk.payload, 1 << 20) if chunk.compressed else chunk.payload
     return chunk
+
+
+def test_a_gap_after_a_queued_file_is_dated_when_the_reader_passes_that_file(monkeypatch) -> None:
+    """Found by a poll while the reader is still in older files: the events read before the reader gets
+    there are not after the gap."""
+    now = [10.0]
+    monkeypatch.setattr("forwarder.status.time.monotonic", lambda: now[0])
+    book = StatusBook(SRC, 10.0, compress=False)
+    book.acked_record(book.chunk("/a", 1, 0, 0, 0))
+    older, lost_after = object(), object()
+    book.events(1, ff.EventTime(1), ff.EventTime(1))
+    book.found(Gap("/a/b", 2, 9, "deleted before it could be opened", after=lost_after))
+    book.events(2, ff.EventTime(2), ff.EventTime(3))  # still in older files
+    book.passed(older)
+    book.events(1, ff.EventTime(4), ff.EventTime(4))
+    assert book.wait(now[0]) == 10.0  # nothing ready: not met yet
+    book.passed(lost_after)
+    book.events(1, ff.EventTime(7), ff.EventTime(8))
+    assert book.wait(now[0]) == CHANGE_SPACING
+    now[0] += CHANGE_SPACING
+    (gap,) = _record(book.chunk("/a", 1, 0, 0, 0))["gaps"]
+    assert (gap["from"], gap["to"]) == (rfc3339(ff.EventTime(4)), rfc3339(ff.EventTime(7)))
