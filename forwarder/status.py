@@ -101,7 +101,7 @@ class StatusBook:
     def load(self, last_event_time: str, gaps: tuple[dict[str, Any], ...]) -> None:
         """From the checkpoint: the last acked event's time, and gaps found but not yet acked."""
         self.last_text = last_event_time or None
-        for raw in gaps:
+        for raw in gaps if self.on else ():  # without status records nobody would ever ack them
             try:
                 report = parse_status({"kind": "ForwarderStatus", "source": "-", "gaps": [raw]}).gaps[0]
             except ValueError:
