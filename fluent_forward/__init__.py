@@ -9,6 +9,7 @@ from .codec import (
     encode_forward,
     encode_helo,
     encode_message,
+    encode_packed,
     encode_packed_forward,
     encode_ping,
     encode_pong,
@@ -46,7 +47,7 @@ from .session import (
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES", "HEARTBEAT", "Decoder", "encode_ack", "encode_entry", "encode_forward",
-    "encode_helo", "encode_message", "encode_packed_forward", "encode_ping", "encode_pong", "gunzip",
+    "encode_helo", "encode_message", "encode_packed", "encode_packed_forward", "encode_ping", "encode_pong", "gunzip",
     "gzip_compress", "to_event_time", "FluentForwardError", "HandshakeError",
     "ProtocolError", "ClientHandshake", "ServerHandshake", "digest", "Ack", "Entry", "EventBatch",
     "EventTime", "Heartbeat", "Helo", "Message", "Metadata", "Options", "Ping", "Pong", "Record", "Records",

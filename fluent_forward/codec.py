@@ -251,8 +251,13 @@ def encode_packed_forward(
 ) -> bytes:
     """PackedForward (or CompressedPackedForward when ``compress``) from concatenated entries."""
     payload = gzip_compress(packed_entries, compress_level) if compress else packed_entries
-    options = Options(size=size, chunk=chunk, compressed="gzip" if compress else None)
-    return _encode([tag, payload], options)
+    return encode_packed(tag, payload, Options(size=size, chunk=chunk, compressed="gzip" if compress else None))
+
+
+def encode_packed(tag: str, entries_field: bytes, options: Options | None = None) -> bytes:
+    """PackedForward with the entries field exactly as given (already gzipped when ``options.compressed``):
+    for a sender that needs that field before the message is built (the chunk chain MACs it)."""
+    return _encode([tag, entries_field], options)
 
 
 def gzip_compress(data: bytes, level: int = 6) -> bytes:

@@ -1,4 +1,5 @@
-"""Wires the forwarder: follow -> lines -> batcher -> client, checkpoint after each ack, in order."""
+"""Wires the forwarder: follow -> lines -> batcher -> chain -> client, checkpoint after each ack, in order;
+status records beside the events, through the same chain and ack window."""
 
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from kube_audit.runtime.observability import get_logger
 
 from . import checkpoint
 from .batcher import Batcher, Chunk
+from .chain import Chain
 from .client import ForwardClient
 from .errors import ConfigError, TransportError
 from .follow import FINGERPRINT_BYTES, Follower, Read, Source
-from .lines import BadLine, Line, to_entry
+from .lines import BadLine, Line, to_timed_entry
 from .metrics import ForwarderMetrics
 from .settings import Settings
+from .status import StatusBook, rfc3339
 
 log = get_logger(component="forwarder")
 
@@ -41,6 +44,12 @@ class Forwarder:
         if settings.client.tailer_service:
             self.resolver = ServiceResolver(settings.client.tailer_service, settings.client.kubeconfig)
         self.client = ForwardClient(settings.client, self.metrics, log, self._on_ack, self.resolver)
+        self.chain = Chain(settings.source, settings.integrity_key)
+        self.status = StatusBook(settings.source, settings.status_interval, b.compress)
+        self._seal_lock = asyncio.Lock()  # seal and submit in one order: the chain's is the window's
+        self._status_wake = asyncio.Event()
+        self._rotations_seen = 0
+        self._acked_time = ""  # RFC 3339 time of the last acked event
         self._bad_kinds_logged: set[str] = set()
         self._dead_letter: IO[bytes] | None = None
         self._dead_letter_failing = False
@@ -52,6 +61,16 @@ class Forwarder:
     # ---- acks -> checkpoint -------------------------------------------------------------------
 
     def _on_ack(self, chunk: Chunk) -> None:
+        self.chain.acked(chunk)
+        if chunk.status:  # moves the chain and the gaps reported, never a file position
+            self.status.acked_record(chunk)
+            self._status_wake.set()
+            if self._position is not None:
+                self._save(self._position)
+            return
+        self.status.acked += chunk.events
+        if chunk.last_time is not None:
+            self._acked_time = rfc3339(chunk.last_time)
         target, offset = chunk.source, chunk.end
         if chunk.source_done and chunk.next_source is not None:
             fingerprint_bytes = chunk.next_source.fingerprint()[1]
@@ -63,7 +82,10 @@ class Forwarder:
         self._save(position)
 
     def _save(self, position: checkpoint.Checkpoint) -> None:
-        position = dataclasses.replace(position, reported_gaps=tuple(self.follower.reported)[-64:])
+        position = dataclasses.replace(position, reported_gaps=tuple(self.follower.reported)[-64:],
+                                       seq=self.chain.acked_seq, mac=self.chain.acked_mac.hex() if
+                                       self.chain.acked_seq else "", last_event_time=self._acked_time,
+                                       gaps=self.status.pending_records())
         self._position = position
         offset = position.offset
         try:
@@ -91,8 +113,22 @@ class Forwarder:
             cp, read_from_head = None, True
         else:
             read_from_head = f.read_from_head
+        if cp is not None:
+            self._resume_chain(cp)
         self.follower.start(cp, read_from_head)
         self.after_poll()
+
+    def _resume_chain(self, cp: checkpoint.Checkpoint) -> None:
+        """The chain goes on from the last acked chunk; the gaps not yet acked are sent again."""
+        try:
+            mac = bytes.fromhex(cp.mac)
+        except ValueError:
+            mac = b""
+        self.chain = Chain(self.s.source, self.s.integrity_key, cp.seq, mac)
+        if cp.seq and self.chain.acked_seq != cp.seq:
+            log.error("chain_checkpoint_damaged", seq=cp.seq, action="starting a new chain at seq 1")
+        self._acked_time = cp.last_event_time
+        self.status.load(cp.last_event_time, cp.gaps)
 
     def _report_gaps(self) -> None:
         if not self.follower.gaps:
@@ -100,9 +136,11 @@ class Forwarder:
         for gap in self.follower.gaps:
             self.metrics.gaps.inc()
             self.metrics.gap_bytes.inc(gap.bytes_lost)
+            gid = self.status.found(gap)
             log.error("gap", file=gap.path, inode=gap.inode, bytes_lost=gap.bytes_lost, exact=gap.exact,
-                      reason=gap.reason)
+                      reason=gap.reason, gap=gid)
         self.follower.gaps.clear()
+        self._status_wake.set()
         if self._position is not None:  # remember them across a restart: each gap is reported once
             self._save(self._position)
 
@@ -115,6 +153,10 @@ class Forwarder:
             first = fol.sources[0]
             self._save(first.checkpoint(first.splitter.offset))
         self._report_gaps()
+        if fol.rotations != self._rotations_seen:
+            self._rotations_seen = fol.rotations
+            self.status.wanted = True
+            self._status_wake.set()
         self.metrics.lag_bytes.set(fol.lag_bytes())
         self.metrics.rotations.set(fol.rotations)
         self.metrics.truncations.set(fol.truncations)
@@ -125,6 +167,8 @@ class Forwarder:
         while not stop.is_set():
             changed.clear()
             read = self.follower.read()
+            if self.follower.gaps:  # found while reading: before the lines that follow them
+                self._report_gaps()
             if read is not None:
                 await self._take(read)
                 continue
@@ -145,7 +189,9 @@ class Forwarder:
         identity = src.identity()
         fallback = EventTime.now()
         self.metrics.bytes_read.inc(sum(line.end - line.start for line in read.lines))
-        skipped_to = 0
+        skipped_to, taken = 0, 0
+        first: EventTime | None = None
+        last: EventTime | None = None
         good = [(line, False) for line in read.lines]
         items = sorted(good + [(line, True) for line in read.oversized], key=lambda i: i[0].start) \
             if read.oversized else good
@@ -153,7 +199,7 @@ class Forwarder:
             try:
                 if oversized:
                     raise BadLine("too_large", f"line of {line.end - line.start} bytes exceeds --max-event-bytes")
-                entry = to_entry(line.data, fallback)
+                entry, last = to_timed_entry(line.data, fallback)
             except Exception as exc:  # noqa: BLE001 - no line may stop the stream
                 kind, detail = (exc.kind, exc.detail) if isinstance(exc, BadLine) else ("unencodable", repr(exc))
                 self._bad(src, line, kind, detail)
@@ -161,8 +207,16 @@ class Forwarder:
                 skipped_to = line.end
                 continue
             self.metrics.events_read.inc()
-            for chunk in self.batcher.add(src, identity, entry, line.start, line.end):
+            taken += 1
+            if first is None:
+                first = last
+            for chunk in self.batcher.add(src, identity, entry, line.start, line.end, last):
                 await self._submit(chunk)
+        self.status.events(taken, first, last)
+        if read.done:
+            self.status.passed(src)
+        if self.status.wanted:
+            self._status_wake.set()
         sent_src, sent_end = self._sent_end
         if skipped_to and self.batcher.empty() and not read.done and (sent_src is not src or skipped_to > sent_end):
             # nothing to send after the skipped lines: a marker still moves the checkpoint past them
@@ -183,12 +237,39 @@ class Forwarder:
     async def _submit(self, chunk: Chunk) -> None:
         if self.batcher.empty():
             self._flush_at = None
-        self._sent_end = (chunk.source, chunk.end)
-        self.metrics.events_sent.inc(chunk.events)
-        await self.client.submit(chunk)
+        if chunk.source is not None:
+            self._sent_end = (chunk.source, chunk.end)
+        async with self._seal_lock:
+            if chunk.payload:
+                self.chain.seal(chunk)
+            if not chunk.status:
+                self.metrics.events_sent.inc(chunk.events)
+                self.status.sent += chunk.events
+            await self.client.submit(chunk)
+
+    async def status_loop(self, stop: asyncio.Event) -> None:
+        """A status record every interval and on a change (status.py says when)."""
+        while not stop.is_set():
+            wait = self.status.wait(time.monotonic())
+            if wait == 0:
+                fol = self.follower
+                head = fol.sources[0] if fol.sources else None
+                chunk = self.status.chunk(head.path if head else fol.path, head.inode if head else 0,
+                                          head.splitter.offset if head else 0, fol.lag_bytes(), fol.rotations)
+                await self._submit(chunk)
+                continue
+            self._status_wake.clear()
+            waiter = asyncio.ensure_future(self._status_wake.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait([waiter, stopper], timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                stopper.cancel()
 
     def _bad(self, src: Source, line: Line, kind: str, detail: str) -> None:
         self.metrics.bad_lines.labels(kind).inc()
+        self.status.bad(kind)
         if kind not in self._bad_kinds_logged:
             self._bad_kinds_logged.add(kind)
             log.warning("bad_line", kind=kind, file=src.path, inode=src.inode, offset=line.start, error=detail,
@@ -284,6 +365,12 @@ async def start(settings: Settings, rt: Runtime) -> None:
     rt.spawn(fwd.client.run(client_stop), "forward-client")
     reader = rt.spawn(fwd.read_loop(rt.stop), "file-reader")
     rt.spawn(fwd.follower.watch_loop(rt.stop, settings.follow.stat_interval, fwd.after_poll), "file-watch")
+    if fwd.status.on:
+        rt.spawn(fwd.status_loop(rt.stop), "status")
+    fwd.metrics.tamper_evidence.set(1 if fwd.chain.on else 0)
+    if not fwd.chain.on:
+        log.warning("tamper_evidence_off", note="no --integrity-key-file and no shared key: chunks carry no "
+                                                "chain, the tailer cannot prove nothing was lost or altered")
 
     async def drain(deadline: Deadline) -> None:
         """Let the reader finish its read, send what is batched, wait for acks until the deadline."""
@@ -303,4 +390,6 @@ async def start(settings: Settings, rt: Runtime) -> None:
     rt.on_shutdown("drain", drain)
     log.info("forwarder_started", audit_log=settings.follow.audit_log_path, http_port=http.port,
              tailer=f"{settings.client.route.tailer_host}:{settings.client.route.tailer_port}",
-             tailer_service="/".join(settings.client.tailer_service or ()) or None)
+             tailer_service="/".join(settings.client.tailer_service or ()) or None,
+             source=settings.source.name, cluster=settings.source.cluster, chain_seq=fwd.chain.acked_seq,
+             status_interval=settings.status_interval)

@@ -1,4 +1,7 @@
-"""Pure batching: packed entries -> chunks, each knowing the file position it completes."""
+"""Pure batching: packed entries -> chunks, each knowing the file position it completes.
+
+A chunk leaves here with its entries field (gzipped when compressing) and no message: the chain
+(forwarder/chain.py) seals it, seq and MAC in its option, right before it joins the ack window."""
 
 from __future__ import annotations
 
@@ -7,13 +10,13 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from fluent_forward import encode_packed_forward
+from fluent_forward import EventTime, gzip_compress
 
 
 @dataclass(slots=True)
 class Chunk:
     chunk_id: str
-    message: bytes  # the whole forward message, resent byte for byte
+    message: bytes  # the whole forward message once sealed, resent byte for byte
     events: int
     source: Any  # the followed file the events came from
     end: int  # offset just past the last line in the chunk
@@ -23,6 +26,14 @@ class Chunk:
     sent_at: float = 0.0  # monotonic time of the last send
     sent_on: int = -1  # the connection it was last sent on
     next_source: Any = None  # for the chunk ending a file: the file that follows it
+    tag: str = ""
+    payload: bytes = b""  # the entries field as it goes on the wire (gzipped when compressed); b"": a marker
+    compressed: bool = False
+    last_time: EventTime | None = None  # the time of its last event
+    seq: int = 0  # its place in the chain once sealed (0: no chain)
+    mac: bytes = b""
+    gap_ids: tuple[str, ...] = ()  # a status chunk: the gaps it reports
+    status: bool = False  # a status record: acked like events, never moves a file position
 
 
 def chunk_id(identity: str, start: int, end: int) -> str:
@@ -44,8 +55,10 @@ class Batcher:
     _identity: str = ""
     _start: int = 0
     _end: int = 0
+    _last_time: EventTime | None = None
 
-    def add(self, source: Any, identity: str, entry: bytes, start: int, end: int) -> list[Chunk]:
+    def add(self, source: Any, identity: str, entry: bytes, start: int, end: int,
+            time: EventTime | None = None) -> list[Chunk]:
         """Add one entry; returns the chunks it completed (a chunk never spans two files)."""
         out: list[Chunk] = []
         if self._parts and (source is not self._source or self._size + len(entry) > self.max_bytes):
@@ -55,6 +68,7 @@ class Batcher:
         self._parts.append(entry)
         self._size += len(entry)
         self._end = end
+        self._last_time = time
         if len(self._parts) >= self.max_events or self._size >= self.max_bytes:
             out.append(self._flush())
         return out
@@ -73,10 +87,8 @@ class Batcher:
     def _flush(self, source_done: bool = False) -> Chunk:
         payload = b"".join(self._parts)
         cid = chunk_id(self._identity, self._start, self._end)
-        message = encode_packed_forward(
-            self.tag, payload, chunk=cid, size=len(self._parts), compress=self.compress,
-            compress_level=self.compress_level,
-        )
-        chunk = Chunk(cid, message, len(self._parts), self._source, self._end, source_done, len(payload))
+        field = gzip_compress(payload, self.compress_level) if self.compress else payload
+        chunk = Chunk(cid, b"", len(self._parts), self._source, self._end, source_done, len(payload), tag=self.tag,
+                      payload=field, compressed=self.compress, last_time=self._last_time)
         self._parts, self._size = [], 0
         return chunk

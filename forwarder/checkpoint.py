@@ -1,6 +1,8 @@
 """The durable position: which file (device, inode, head fingerprint) and the offset of the last acked line.
 
-Written atomically (temp file, fsync, rename, fsync of the folder), only after an ack.
+Written atomically (temp file, fsync, rename, fsync of the folder), only after an ack. Beside the position:
+the acked end of the chunk chain (seq and MAC of the last acked chunk, events or status), the time of the
+last acked event, and the gaps found but not yet acked in a status record (sent again after a restart).
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
-VERSION = 2
-KNOWN_VERSIONS = (1, 2)  # version 1 lacks the rotation order: a restart that cannot find its file reads all
+VERSION = 3
+KNOWN_VERSIONS = (1, 2, 3)  # version 1 lacks the rotation order: a restart that cannot find its file reads all
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,10 @@ class Checkpoint:
     after_copy: str = ""
     live: bool = False  # the file was the live file: ``size`` is a lower bound, not its final size
     reported_gaps: tuple[str, ...] = ()  # fingerprints of files already reported as gaps: each gap once
+    seq: int = 0  # the chain: the last acked chunk's seq (0: none yet) ...
+    mac: str = ""  # ... and its MAC, hex
+    last_event_time: str = ""  # RFC 3339 time of the last acked event ("" unknown): a gap found at start begins there
+    gaps: tuple[dict[str, Any], ...] = ()  # GapReport records not yet acked in a status record
 
 
 class CheckpointError(ValueError):
@@ -52,6 +59,7 @@ def load(path: str) -> Checkpoint | None:
         raise CheckpointError(f"position file {path} has unknown version {version!r}")
     try:
         raw["reported_gaps"] = tuple(raw.get("reported_gaps", ()))
+        raw["gaps"] = tuple(g for g in raw.get("gaps", ()) if isinstance(g, dict))
         raw["version"] = VERSION
         return Checkpoint(**raw)
     except TypeError as exc:

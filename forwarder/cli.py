@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from kube_audit.model.source import MAX_NAME, SourceId
 from kube_audit.runtime.flags import (
     EnvParser,
     parse_bool,
@@ -42,6 +43,30 @@ def _service(value: str) -> tuple[str, str]:
     if not sep or not namespace or not name or "/" in name:
         raise argparse.ArgumentTypeError(f"expected namespace/name, got {value!r}")
     return namespace, name
+
+
+def _name(p: EnvParser, flag: str, value: str, empty_ok: bool) -> str:
+    if not value and not empty_ok:
+        p.error(f"{flag} must not be empty")
+    if len(value) > MAX_NAME:
+        p.error(f"{flag}: at most {MAX_NAME} characters, got {len(value)}")
+    if any(not c.isprintable() or c.isspace() for c in value):
+        p.error(f"{flag} {value!r}: no spaces or control characters")
+    return value
+
+
+def _integrity_key(p: EnvParser, path: str | None, shared_key: str | None) -> bytes | None:
+    """The chain's key: the file's bytes (a trailing newline dropped), else the shared key, else none."""
+    if not path:
+        return shared_key.encode() if shared_key else None
+    try:
+        with open(path, "rb") as fh:
+            key = fh.read().rstrip(b"\r\n")
+    except OSError as exc:
+        p.error(f"--integrity-key-file {path}: cannot read it: {exc.strerror}")
+    if not key:
+        p.error(f"--integrity-key-file {path} is empty")
+    return key
 
 
 def build_parser() -> EnvParser:
@@ -102,6 +127,17 @@ def build_parser() -> EnvParser:
     g.add_argument("--proxy-ca", help="CA bundle that verifies the proxy's certificate")
     g.add_argument("--proxy-cert", help="our client certificate for the proxy")
     g.add_argument("--proxy-key", help="our client key for the proxy")
+    g = p.add_argument_group("source")
+    g.add_argument("--source-name", default=socket.gethostname(),
+                   help="this forwarder's name to the tailer, sent with every chunk "
+                        "(default: the host name, beside the apiserver its host or pod name)")
+    g.add_argument("--cluster", default="", help="the cluster's name, sent with every chunk (default: none, \"\")")
+    g.add_argument("--integrity-key-file",
+                   help="file holding the key that chains the chunks (tamper evidence; default: the shared key; "
+                        "with neither, no chain)")
+    g.add_argument("--status-interval", type=parse_duration, default=10.0,
+                   help="send a status record (offset, lag, counts, gaps) this often and at once on a change; "
+                        "0 sends none (default 10s)")
     g = p.add_argument_group("process")
     g.add_argument("--http-listen", type=parse_hostport, default=("0.0.0.0", 9880),
                    help="/healthz and /metrics address (default 0.0.0.0:9880)")
@@ -171,6 +207,8 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         if path and not os.path.isfile(path):
             p.error(f"--{flag.replace('_', '-')} {path}: no such file")
     route = _route(p, a)
+    source = SourceId(_name(p, "--cluster", a.cluster, True), _name(p, "--source-name", a.source_name, False))
+    integrity_key = _integrity_key(p, a.integrity_key_file, shared_key)
     tls = TLSFiles(a.tls_ca, a.tls_cert, a.tls_key) if (a.tls or a.tls_ca or a.tls_cert) else None
     proxy_tls = None
     if route.proxy_kind == "http-connect":
@@ -182,8 +220,10 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
                               a.stat_interval, a.dead_letter_file),
         batch=BatchSettings(a.tag, a.chunk_events, a.chunk_bytes, a.flush_interval, a.compress),
         client=ClientSettings(route=route, tailer_service=a.tailer_service, kubeconfig=a.kubeconfig, tls=tls,
-                              proxy_tls=proxy_tls, shared_key=shared_key, username=a.username, password=password, hostname=a.hostname, max_inflight_chunks=a.max_inflight_chunks,
+                              proxy_tls=proxy_tls, shared_key=shared_key, username=a.username, password=password, hostname=a.hostname,
+                              max_inflight_chunks=a.max_inflight_chunks,
                               ack_timeout=a.ack_timeout, backoff_max=a.backoff_max),
+        source=source, integrity_key=integrity_key, status_interval=a.status_interval,
         http_host=a.http_listen[0], http_port=a.http_listen[1],
         shutdown_timeout=a.shutdown_timeout, log_level=a.log_level,
     )

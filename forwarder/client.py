@@ -322,6 +322,7 @@ class ForwardClient:
         self._connected()
         self._failures = 0
         self.metrics.chunks_acked.inc()
-        self.metrics.events_acked.inc(chunk.events)
+        if not chunk.status:  # a status record is not an audit event
+            self.metrics.events_acked.inc(chunk.events)
         self._complete(chunk)
         self._settle()

@@ -74,13 +74,14 @@ class Follower:
         if cand.compressed:
             head, size = self.folder.head(cand), self.folder.content_size(cand)
             if head is None:
-                self._unreadable(cand.path, cand.inode, "cannot read its head", size)
+                self._unreadable(cand.path, cand.inode, "cannot read its head", size, self._last())
                 return None
         else:
             opened = self.folder.open_plain(cand)
             if opened is None:  # gone between the listing and now
                 if cand.kind != "live" and cand.size:
-                    self.gaps.append(Gap(cand.path, cand.inode, cand.size, "deleted before it could be opened"))
+                    self.gaps.append(Gap(cand.path, cand.inode, cand.size, "deleted before it could be opened",
+                                         after=self._last()))
                 return None
             raw, path = opened
             head = os.pread(raw.fileno(), FINGERPRINT_BYTES, 0)
@@ -153,18 +154,22 @@ class Follower:
         src.ended = True
         return False
 
-    def _gap(self, src: Source, lost: int, reason: str, exact: bool = True, remember: bool = True) -> None:
+    def _last(self) -> Source | None:
+        return self.sources[-1] if self.sources else None
+
+    def _gap(self, src: Source, lost: int, reason: str, exact: bool = True, remember: bool = True,
+             after: Source | None = None) -> None:
         """Each gap once: a file reported as lost is remembered (and checkpointed) by its fingerprint."""
         fp = src.fingerprint()[0] if src.head else ""
         if lost <= 0 or (remember and fp in self.reported):
             return
         if remember and fp:
             self.reported[fp] = None
-        self.gaps.append(Gap(src.path, src.inode, lost, reason, exact, fp))
+        self.gaps.append(Gap(src.path, src.inode, lost, reason, exact, fp, after or src))
 
-    def _unreadable(self, path: str, inode: int, detail: str, lost: int) -> None:
+    def _unreadable(self, path: str, inode: int, detail: str, lost: int, after: Source | None) -> None:
         self.log.error("file_unreadable", file=path, inode=inode, error=detail)
-        self.gaps.append(Gap(path, inode, lost, f"unreadable: {detail}", False))
+        self.gaps.append(Gap(path, inode, lost, f"unreadable: {detail}", False, after=after))
 
     # ---- start-up -----------------------------------------------------------------------------
 
@@ -291,6 +296,9 @@ class Follower:
             self.log.info("rotation_detected", file=self.path, old_inode=tail.at[1], new_inode=live.inode)
             tail.refresh()
             tail.live = False
+            renamed = next((c for c in cands if not c.compressed and (c.device, c.inode) == tail.at), None)
+            if renamed is not None:  # its backup name: what a gap of it is reported as
+                tail.path = renamed.path
             for cand in self._missed(tail, cands):
                 self._push(self._make(cand, 0, cands))
             self._push(self._make(live, 0, cands))
@@ -375,7 +383,7 @@ class Follower:
             copy_size = self.folder.content_size(copy)
             if queue[0] is not None and copy_size < seen:
                 self._gap(tail, seen - copy_size, "written between the copy and the truncation", exact=False,
-                          remember=False)
+                          remember=False, after=queue[0])
             # copies of truncations we never saw live (several while we looked away)
             for cand in pool[pool.index(copy) + 1 :]:
                 if cand.kind == copy.kind and not (now and same_content(now, self.folder.head(cand, len(now)))):
@@ -398,7 +406,7 @@ class Follower:
             try:
                 data = src.read()
             except HEAD_ERRORS as exc:  # a damaged or cut gzip backup
-                self._unreadable(src.path, src.inode, str(exc) or type(exc).__name__, src.unread())
+                self._unreadable(src.path, src.inode, str(exc) or type(exc).__name__, src.unread(), src)
                 src.ended = True
                 continue
             if data:

@@ -143,6 +143,11 @@ def event_time(record: dict[str, object], fallback: EventTime) -> EventTime:
 
 def to_entry(line: bytes, fallback: EventTime) -> bytes:
     """One audit log line -> one packed forward entry (EventTime from stageTimestamp)."""
+    return to_timed_entry(line, fallback)[0]
+
+
+def to_timed_entry(line: bytes, fallback: EventTime) -> tuple[bytes, EventTime]:
+    """``to_entry`` and the event's time (the status records' gap time ranges come from it)."""
     if not line.strip():
         raise BadLine("empty", "blank line")
     try:
@@ -151,4 +156,5 @@ def to_entry(line: bytes, fallback: EventTime) -> bytes:
         raise BadLine("invalid_json", str(exc)) from None
     if not isinstance(record, dict):
         raise BadLine("not_an_object", f"a JSON {type(record).__name__}, not an object")
-    return encode_entry(event_time(record, fallback), record)
+    time = event_time(record, fallback)
+    return encode_entry(time, record), time

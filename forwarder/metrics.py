@@ -30,4 +30,6 @@ class ForwarderMetrics:
                                  registry=r)
         self.folder_missing = Gauge("forwarder_audit_log_folder_missing", "1 while the --audit-log-path folder "
                                     "does not exist", registry=r)
+        self.tamper_evidence = Gauge("forwarder_tamper_evidence", "1 when chunks are chained (a key is set), "
+                                     "0 when tamper evidence is off", registry=r)
         self.checkpoint_offset = Gauge("forwarder_checkpoint_offset", "Offset in the checkpointed file", registry=r)

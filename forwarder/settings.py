@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kube_audit.model.source import SourceId
 from kube_audit.runtime.tls import TLSFiles
 
 from .transport import Route
@@ -51,6 +52,9 @@ class Settings:
     follow: FollowSettings
     batch: BatchSettings
     client: ClientSettings
+    source: SourceId = SourceId("", "kube-audit-forwarder")  # --cluster, --source-name: who we are to the tailer
+    integrity_key: bytes | None = None  # chains chunks (--integrity-key-file, else the shared key); None: off
+    status_interval: float = 10.0  # seconds between status records; 0: none
     http_host: str = "0.0.0.0"
     http_port: int = 9880
     shutdown_timeout: float = 10.0  # seconds to get the last acks on SIGTERM

@@ -5,8 +5,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-from dataclasses import dataclass
-from typing import IO, cast
+from dataclasses import dataclass, field
+from typing import IO, Any, cast
 
 from .checkpoint import Checkpoint
 from .files import FINGERPRINT_BYTES, HEAD_ERRORS, Candidate
@@ -127,6 +127,9 @@ class Gap:
     reason: str
     exact: bool = True  # False: bytes_lost is a lower bound
     fingerprint: str = ""
+    # the queued file the loss follows in reading order (None: before whatever is read next): the reader
+    # passing its end is where the lost events would have been read, which dates the gap
+    after: Any = field(default=None, compare=False, repr=False)
 
 
 def _skip(fh: IO[bytes], n: int) -> None:

@@ -135,3 +135,36 @@ def test_our_encoder_to_node_server_is_acked(shared_key: str | None, compress: b
     assert [r["record"] for r in received] == events
     assert [r["tag"] for r in received] == ["audit"] * len(events)
     assert [tuple(r["time"]) for r in received] == [(t.seconds, t.nanoseconds) for t in times]
+
+
+@needs_node
+def test_the_forwarder_s_kube_audit_option_and_status_records_do_not_disturb_another_receiver(
+        start_forwarder, tmp_path: Path) -> None:
+    """A receiver nobody here wrote (@fluent-org/logger's FluentServer, like Fluent Bit's in_forward, uses
+    the options it knows and ignores the rest) takes and acks chained chunks and status records."""
+    from kube_audit.model.source import STATUS_TAG
+
+    server = subprocess.Popen(["node", str(NODE_DIR / "server.js"), "node-key"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=NODE_DIR)
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline().split()
+        assert first[0] == "LISTENING", first
+        log = tmp_path / "audit.log"
+        log.touch()
+        fwd = start_forwarder(int(first[1]), log, "--shared-key", "node-key", "--cluster", "c1",
+                              "--flush-interval", "10ms", "--chunk-events", "10")
+        events = sample_events()[:25]
+        with log.open("ab") as fh:
+            fh.write(b"".join(json.dumps(e).encode() + b"\n" for e in events))
+        received = []
+        while len([r for r in received if r["tag"] == "audit"]) < len(events):
+            received.append(json.loads(server.stdout.readline()))
+        wait_for(lambda: fwd.metric("forwarder_events_acked_total") == len(events), what="all acked")
+        assert fwd.metric("forwarder_tamper_evidence") == 1
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)
+    assert [r["record"] for r in received if r["tag"] == "audit"] == events
+    status = [r["record"] for r in received if r["tag"] == STATUS_TAG]
+    assert status and status[0]["kind"] == "ForwarderStatus" and status[0]["cluster"] == "c1"

@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 import fluent_forward as ff
 from forwarder import checkpoint
 from forwarder.batcher import Batcher, chunk_id
+from forwarder.chain import Chain
 from forwarder.cli import parse
 from forwarder.lines import BadLine, Splitter, event_time, to_entry
+from kube_audit.model.source import SourceId
 
 
 def split_all(data: bytes, step: int, max_bytes: int = 1 << 20) -> tuple[list, list, Splitter]:
@@ -78,6 +80,8 @@ def test_batcher_cuts_by_events_bytes_and_file_and_ids_are_stable() -> None:
     assert [c.events for c in out] == [3, 1]
     assert out[0].end == 30 and out[1].end == 40 and out[1].source is a
     assert out[0].chunk_id == chunk_id("id-a", 0, 30) and out[0].chunk_id != out[1].chunk_id
+    assert out[0].message == b"" and out[0].payload  # the chain seals it (test_forwarder_chain.py)
+    Chain(SourceId("", "h"), None).seal(out[0])
     batch = ff.Decoder().feed(out[0].message)[0]
     assert isinstance(batch, ff.EventBatch) and batch.options.chunk == out[0].chunk_id and len(batch.entries) == 3
     last = b.flush()
