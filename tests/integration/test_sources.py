@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from kube_audit.model.source import OPTION, STATUS_TAG, GapReport, SourceId, Status
+from kubectl_audit.cli import main as kubectl
 from tailer.api.routes import PREFIX
 from tests.conftest import wait_for
 from tests.helpers.sender import Sender
@@ -49,7 +50,8 @@ def get(tailer: Any, path: str, token: str = "admin-token", **params: Any) -> ht
                      headers={"Authorization": f"Bearer {token}"})
 
 
-def test_a_reported_gap_shows_up_once_and_survives_a_restart(start_tailer, store_target, tmp_path, tokens) -> None:
+def test_a_reported_gap_shows_up_once_and_survives_a_restart(start_tailer, store_target, tmp_path, tokens, capsys,
+                                                             monkeypatch) -> None:
     tailer = start_tailer(*tailer_args(store_target, tmp_path, tokens))
     with Sender("127.0.0.1", tailer.port) as sender:
         sender.send_chunk([event(1, "2026-11-20T09:02:00Z")], options=IDENTITY)
@@ -79,6 +81,26 @@ def test_a_reported_gap_shows_up_once_and_survives_a_restart(start_tailer, store
     (warning,) = get(tailer, "/auditevents").headers.get_list("Warning")
     assert warning.startswith('299 - "the range shown crosses a known gap of source prod/apiserver-0: 4096 bytes')
     assert get(tailer, "/auditevents", since="2026-11-20T10:00:00Z").headers.get_list("Warning") == []
+    # kubectl audit sources prints the table; kubectl audit history says its range crosses the gap
+    monkeypatch.setenv("KUBECTL_AUDIT_SERVER", f"http://127.0.0.1:{tailer.http_port}")
+    monkeypatch.setenv("KUBECTL_AUDIT_TOKEN", "admin-token")
+    capsys.readouterr()
+    assert kubectl(["sources"]) == 0
+    out, _ = capsys.readouterr()
+    header, line = out.splitlines()
+    assert header.split() == ["NAME", "CLUSTER", "STATE", "LAST", "SEEN", "LAG", "GAP", "BYTES"]
+    assert line.split()[:3] == ["apiserver-0", "prod", "gap"] and line.split()[-2:] == ["512", "4096"]
+    assert kubectl(["sources", "apiserver-0", "-o", "wide"]) == 0
+    assert "not_json=5" in capsys.readouterr().out
+    assert kubectl(["sources", "nope"]) == 1
+    assert 'not found (404): sources "nope" not found' in capsys.readouterr().err
+    assert kubectl(["history", "-A"]) == 0
+    out, err = capsys.readouterr()
+    assert "p1" in out and err.startswith("Warning: the range shown crosses a known gap of source prod/apiserver-0")
+    monkeypatch.setenv("KUBECTL_AUDIT_TOKEN", "shop-token")
+    assert kubectl(["sources"]) == 1
+    assert 'forbidden (403): sources.audit.kube-audit-forwarder.io is forbidden: User "shopper"' in \
+        capsys.readouterr().err
 
     assert tailer.stop() == 0
     again = start_tailer(*tailer_args(store_target, tmp_path, tokens))
