@@ -25,7 +25,7 @@ from typing import Any
 
 from fluent_forward import Record
 from kube_audit.model.audit import AuditEvent
-from kube_audit.model.source import BadStatus, GapReport, SourceId, Status, parse_status
+from kube_audit.model.source import GAP_REASONS, BadStatus, GapReport, SourceId, Status, parse_status
 from kube_audit.runtime.observability import get_logger
 from tailer.ingest.pipeline import Item, Origin
 from tailer.metrics import TailerMetrics
@@ -69,6 +69,7 @@ class Sources:
         self._bad_lines: dict[tuple[SourceId, str], int] = {}  # the last counts each source sent
         self._silent: set[SourceId] = set()
         self._reasons: set[str] = set()
+        self._known: set[SourceId] = set()  # sources whose counters exist (from 0: increase() sees the first gap)
         self.cached: list[SourceRow] = []  # as of the last loop: for the gap warnings of lists
 
     async def start(self) -> None:
@@ -80,7 +81,15 @@ class Sources:
 
     # ---- ingest ----
 
+    def _touch(self, source: SourceId) -> None:
+        if source not in self._known:
+            self._known.add(source)
+            self.metrics.source_gap_bytes.labels(str(source))
+            for reason in GAP_REASONS:
+                self.metrics.source_gaps.labels(str(source), reason)
+
     def note(self, source: SourceId, newest: float | None) -> None:
+        self._touch(source)
         now = self.clock()
         for seen in (self._unsaved, self._memory):
             last, event = seen.get(source, (now, None))
@@ -136,6 +145,7 @@ class Sources:
             self._bad_lines[(status.source, kind)] = count
 
     def _gaps(self, source: SourceId, gaps: Sequence[GapReport]) -> None:
+        self._touch(source)
         for g in gaps:
             self.metrics.source_gap_bytes.labels(str(source)).inc(g.bytes)
             self.metrics.source_gaps.labels(str(source), g.reason).inc()
@@ -171,6 +181,7 @@ class Sources:
         now = self.clock()
         for row in rows:
             name = str(row.source)
+            self._touch(row.source)
             self.metrics.source_last_seen.labels(name).set(row.last_seen)
             lag = status_of(row).get("lagBytes")
             if isinstance(lag, int):
