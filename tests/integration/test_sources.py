@@ -81,6 +81,7 @@ def test_a_reported_gap_shows_up_once_and_survives_a_restart(start_tailer, store
     (warning,) = get(tailer, "/auditevents").headers.get_list("Warning")
     assert warning.startswith('299 - "the range shown crosses a known gap of source prod/apiserver-0: 4096 bytes')
     assert get(tailer, "/auditevents", since="2026-11-20T10:00:00Z").headers.get_list("Warning") == []
+    assert get(tailer, "/namespaces/shop/pods/p1/versions").headers.get_list("Warning") == [warning]  # a history
     # kubectl audit sources prints the table; kubectl audit history says its range crosses the gap
     monkeypatch.setenv("KUBECTL_AUDIT_SERVER", f"http://127.0.0.1:{tailer.http_port}")
     monkeypatch.setenv("KUBECTL_AUDIT_TOKEN", "admin-token")
