@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from tailer.api.routes import AuditApi
 
 R = TypeVar("R", bound=web.StreamResponse)
+# no selectors: a filter we would silently ignore would answer "everything" (a 400 instead, as for events)
 PARAMS = {"cluster", "pretty", "timeout", "limit", "continue", "resourceVersion", "resourceVersionMatch",
-          "fieldSelector", "labelSelector", "includeObject"}
+          "includeObject"}
 COLUMNS = [{"name": name, "type": kind, "format": "", "description": field, "priority": priority}
            for name, kind, field, priority in (
                ("Name", "string", "name", 0), ("Cluster", "string", "cluster", 0), ("State", "string", "state", 0),

@@ -76,6 +76,7 @@ def test_a_reported_gap_shows_up_once_and_survives_a_restart(start_tailer, store
     assert missing.status_code == 404 and missing.json()["kind"] == "Status" and missing.json()["reason"] == "NotFound"
     # a namespace's token may read its events, not the sources (cluster-scoped)
     assert get(tailer, "/sources", token="shop-token").status_code == 403
+    assert get(tailer, "/sources", labelSelector="x=y").status_code == 400  # never silently ignored
     # the events list says the range shown crosses the gap; a range away from it says nothing
     wait_for(lambda: get(tailer, "/auditevents").headers.get_list("Warning"), what="the stage's view refreshed")
     (warning,) = get(tailer, "/auditevents").headers.get_list("Warning")
