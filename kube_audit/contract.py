@@ -22,6 +22,15 @@ KIND_VERSIONS = "ObjectVersionList"
 KIND_FIELD_HISTORY = "FieldHistory"
 KIND_DIFF = "ObjectDiff"
 KIND_BISECT = "BisectResult"
+# Sources (issue 12, cluster-scoped): SOURCES lists every forwarder the tailer heard from (?cluster=C: only
+# that cluster's), SOURCES/{name} one of them; the same name in two clusters is addressed with ?cluster=C
+# (without it: 409 when the name is ambiguous, 404 when unknown). Items: kind KIND_SOURCE, fields name,
+# cluster, state (ok|lagging|silent|gap), lastSeen, lastEventTime, lagBytes, gapBytes, gaps (id, file,
+# inode, bytes, exact, from, to, reason, reported), badLines, status (the last status record's rest).
+# Lists and object views whose time range crosses a known gap carry a ``Warning: 299 - "..."`` header.
+SOURCES = "sources"
+KIND_SOURCE = "Source"
+KIND_SOURCE_LIST = "SourceList"
 # a version: version, resourceVersion, auditID, time, user, verb, subresource, code, complete, deleted,
 # object, change (kube_audit/model/change.py), and patch, patchType for a patch, reason when incomplete
 
@@ -41,6 +50,10 @@ def object_path(resource: str, name: str, view: str, namespace: str = "") -> str
     """An object view; ``resource`` is a plural, optionally ``plural.group``; no namespace: cluster-scoped."""
     where = f"/namespaces/{namespace}" if namespace else ""
     return f"{PREFIX}{where}/{resource}/{name}/{view}"
+
+
+def sources_path(name: str = "") -> str:
+    return f"{PREFIX}/{SOURCES}/{name}" if name else f"{PREFIX}/{SOURCES}"
 
 
 def dumps_entry(entry: dict[str, Any]) -> str:

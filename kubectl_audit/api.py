@@ -76,6 +76,7 @@ class Client:
         except httpx.HTTPError as exc:
             raise CommandError(f"cannot reach the audit API at {self.server}: {exc or type(exc).__name__}") from exc
         self._check(resp)
+        warn(resp)
         try:
             return resp.json()
         except ValueError as exc:
@@ -93,6 +94,15 @@ class Client:
                         yield json.loads(line)
         except httpx.HTTPError as exc:
             raise CommandError(f"lost the audit API at {self.server}: {exc or type(exc).__name__}") from exc
+
+
+def warn(resp: httpx.Response) -> None:
+    """Print the response's ``Warning: 299 - "text"`` headers as kubectl does (e.g. a range that crosses
+    a known gap of a source)."""
+    for value in resp.headers.get_list("warning"):
+        code, _, rest = value.partition(" ")
+        text = rest.partition(" ")[2].strip() if code.isdigit() else value
+        sys.stderr.write(f"Warning: {text.strip(chr(34))}\n")
 
 
 def _no_kubeconfig(args: argparse.Namespace) -> bool:
@@ -281,7 +291,10 @@ def run(args: argparse.Namespace) -> int:
         elif args.resource:
             args.resource, namespaced = resolve(client, args.resource)
             args.cluster_scoped = args.cluster_scoped or namespaced is False
-        {"history": history, "diff": diff, "bisect": bisect, "watch": watch}[args.command](client, args)
+        from kubectl_audit import sources
+
+        {"history": history, "diff": diff, "bisect": bisect, "watch": watch, "sources": sources.run}[args.command](
+            client, args)
     return 0
 
 

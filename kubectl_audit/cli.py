@@ -4,7 +4,7 @@
                                                     ConfigMap (configmap.py, through the kubeconfig)
     kubectl audit NAME [-n NS | -A]                 short for ``kubectl audit history`` of the one object
                                                     of that name the audit API knows
-    kubectl audit history|diff|bisect|watch ...     the audit API (api.py: through the kubeconfig's
+    kubectl audit history|diff|bisect|watch|sources the audit API (api.py, sources.py: through the kubeconfig's
                                                     apiserver, or a tailer's own URL with --server)
 
 kubectl's conventions: the namespace is ``-n`` or else the kubeconfig context's (else "default"), flags go
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-API_COMMANDS = ("history", "diff", "bisect", "watch")
+API_COMMANDS = ("history", "diff", "bisect", "watch", "sources")
 COMMANDS = ("show", *API_COMMANDS)
 
 
@@ -33,10 +33,10 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(1)  # like kubectl: 1 on any error, usage included
 
 
-def _common() -> Parser:
+def _common(outputs: tuple[str, ...] = ("table", "json", "yaml")) -> Parser:
     p = Parser(add_help=False)
     p.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's, else default)")
-    p.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table", help="output format")
+    p.add_argument("-o", "--output", choices=outputs, default="table", help="output format")
     p.add_argument("--kubeconfig", help="path to the kubeconfig file")
     p.add_argument("--context", help="the kubeconfig context to use")
     return p
@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--value", required=True, help="JSON value or string")
     for parser in (d, b):
         parser.set_defaults(by_name=False)
+    # conflict_handler: its own --cluster and -o (with wide) win over the shared parents' ones
+    s = sub.add_parser("sources", parents=[_common(("table", "wide", "json", "yaml")), api], conflict_handler="resolve",
+                       help="the forwarders the tailer hears from: state, last seen, lag, gaps",
+                       description="The forwarders (sources) the tailer hears from: ok, lagging, silent or gap.")
+    s.add_argument("name", nargs="?", help="one source")
+    s.add_argument("--cluster", help="only the sources of this cluster (--cluster '' for the unnamed one)")
+    s.set_defaults(by_name=False, resource=None)
     return p
 
 

@@ -50,7 +50,10 @@ async def start(settings: Settings, rt: Runtime) -> None:
             store_sink.on_commit = _both(store_sink.on_commit, configmaps.notify)
     rejected = (RejectedFile(settings.rejected_file, metrics, settings.rejected_file_max_bytes)
                 if settings.rejected_file else None)
-    pipeline = Pipeline(sinks, metrics, observers, rejected)
+    sources = await open_sources(settings, store, metrics, apis, rt) if store is not None else None
+    if sources is not None:
+        sinks.append(sources.seen)  # last: notes the chunks every other sink took
+    pipeline = Pipeline(sinks, metrics, observers, rejected, control=sources)
     forward = ForwardServer(settings.forward, pipeline, metrics)
     # not ready while the store refuses writes (a full disk, PostgreSQL down): every chunk would be refused
     web_app = build_app(metrics.registry, ready=lambda: state["ready"] and (store is None or store.healthy))
@@ -134,6 +137,22 @@ async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sin
         rt.spawn(await follow_requestheader(settings, api, proxy), "api-requestheader")
     log.info("store_opened", store=store.kind, api_auth=settings.api.auth)
     return store, [api], sink
+
+
+async def open_sources(settings: Settings, store: Any, metrics: TailerMetrics, apis: list[Any],
+                       rt: Runtime) -> Any:
+    """The sources stage over the store: the control sink, its loop, and /sources on the API."""
+    from tailer.sources.stage import Sources
+    from tailer.sources.state import Rules
+
+    s = settings.sources
+    stage = Sources(store, metrics, Rules(s.silent_after, s.lagging_bytes, s.gap_window), s.check_interval)
+    await stage.start()
+    for api in apis:
+        api.sources = stage
+    rt.spawn(stage.run(), "sources")
+    rt.on_shutdown("sources", stage.stop)  # after the forward server (registered later, stopped first)
+    return stage
 
 
 async def follow_requestheader(settings: Settings, api: Any, base: Any) -> Coroutine[Any, Any, None]:

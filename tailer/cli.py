@@ -25,6 +25,7 @@ from tailer.settings import (
     ForwardSettings,
     HttpSettings,
     Settings,
+    SourcesSettings,
     StoreSettings,
 )
 
@@ -147,6 +148,24 @@ def add_store_flags(p: EnvParser) -> None:
     p.add_argument("--store-query-timeout", type=parse_duration, default=10.0,
                    help="an API query that runs longer is stopped and answered 503 (default 10s)")
     add_api_flags(p)
+    add_source_flags(p)
+
+
+def add_source_flags(p: EnvParser) -> None:
+    p.add_argument("--source-silent-after", type=parse_duration, default=30.0,
+                   help="a source that sent no status record and no event for this long is silent "
+                        "(default 30s: three status intervals)")
+    p.add_argument("--source-lagging-bytes", type=parse_size, default=64 * 1024 * 1024,
+                   help="a source further behind its audit log than this is lagging (default 64Mi)")
+    p.add_argument("--source-gap-window", type=parse_duration, default=3600.0,
+                   help="a source that reported a gap less than this long ago is in state gap (default 1h)")
+    p.add_argument("--source-check-interval", type=parse_duration, default=5.0,
+                   help="time between saves of the sources' last-seen times and silent checks (default 5s)")
+
+
+def source_settings(args: argparse.Namespace) -> SourcesSettings:
+    return SourcesSettings(silent_after=args.source_silent_after, lagging_bytes=args.source_lagging_bytes,
+                           gap_window=args.source_gap_window, check_interval=max(args.source_check_interval, 0.01))
 
 
 def parse_names(value: str) -> tuple[str, ...]:
@@ -309,6 +328,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         configmaps=configmap_settings(parser, args),
         store=store,
         api=api,
+        sources=source_settings(args),
     )
 
 

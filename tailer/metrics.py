@@ -65,3 +65,15 @@ class TailerMetrics:
         self.api_token_file_errors = Counter("tailer_api_token_file_errors", "Times the API token file became "
                                              "unusable (every request refused until it is valid)", ["reason"],
                                              registry=r)
+        # sources (tailer/sources/): ``source`` is "cluster/name", or the name alone when the cluster is ""
+        self.source_last_seen = Gauge("tailer_source_last_seen_timestamp_seconds", "When anything (a status "
+                                      "record or events) last came from the source, Unix time", ["source"],
+                                      registry=r)
+        self.source_lag = Gauge("tailer_source_lag_bytes", "Bytes of audit log the source had not read yet, as "
+                                "its last status record said", ["source"], registry=r)
+        self.source_gap_bytes = Counter("tailer_source_gap_bytes", "Bytes of audit log the source reported lost "
+                                        "(each gap counted once)", ["source"], registry=r)
+        self.source_gaps = Counter("tailer_source_gaps", "Gaps the source reported or the tailer found (each "
+                                   "counted once)", ["source", "reason"], registry=r)
+        self.source_bad_lines = Counter("tailer_source_bad_lines", "Audit log lines the source skipped as bad, "
+                                        "by kind", ["source", "kind"], registry=r)

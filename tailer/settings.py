@@ -77,6 +77,16 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class SourcesSettings:
+    """The sources stage (tailer/sources/): when a source reads as silent, gap or lagging."""
+
+    silent_after: float = 30.0  # seconds without a status record or an event (status every 10 s)
+    lagging_bytes: int = 64 * 1024 * 1024  # lagBytes above this: lagging
+    gap_window: float = 3600.0  # seconds a reported gap keeps the source in state gap
+    check_interval: float = 5.0  # seconds between saves of last-seen times and silent checks
+
+
+@dataclass(frozen=True)
 class Settings:
     forward: ForwardSettings = ForwardSettings()
     http: HttpSettings = HttpSettings()
@@ -89,3 +99,4 @@ class Settings:
     configmaps: ConfigMapSettings = ConfigMapSettings()
     store: StoreSettings = StoreSettings()
     api: ApiSettings = ApiSettings()
+    sources: SourcesSettings = SourcesSettings()

@@ -253,8 +253,8 @@ class LazyReviews:
         return await (await self._client()).token_review(token)
 
     async def subject_access_review(self, user: str, groups: tuple[str, ...], namespace: str,
-                                    verb: str = "get") -> bool:
-        return await (await self._client()).subject_access_review(user, groups, namespace, verb)
+                                    verb: str = "get", resource: str = "auditevents") -> bool:
+        return await (await self._client()).subject_access_review(user, groups, namespace, verb, resource)
 
     async def close(self) -> None:
         if self._kube is not None:

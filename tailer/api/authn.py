@@ -22,7 +22,7 @@ from aiohttp import web
 
 from kube_audit.runtime.observability import get_logger
 from kube_audit.runtime.tls import ReloadingContext, TLSConfigError, TLSFiles, server_context
-from tailer.api.authz import Anyone, Authorizer, Identity, TokensUnusable
+from tailer.api.authz import RESOURCE, Anyone, Authorizer, Identity, TokensUnusable
 from tailer.api.errors import ApiError
 
 log = get_logger(component="api")
@@ -91,9 +91,9 @@ class Authenticator:
             raise ApiError(401, "Unauthorized", "a valid bearer token is required")
         return found
 
-    async def allowed(self, who: Identity, namespace: str, verb: str) -> bool:
+    async def allowed(self, who: Identity, namespace: str, verb: str, resource: str = RESOURCE) -> bool:
         assert self.authorizer is not None  # identify() refused the request otherwise
-        return await self.authorizer.allowed(who, namespace, verb)
+        return await self.authorizer.allowed(who, namespace, verb, resource)
 
 
 def api_tls(files: TLSFiles, client_ca: str | None) -> ssl.SSLContext:

@@ -7,7 +7,7 @@ Two authorizers behind one interface:
     valid file is back (keeping the last good tokens would keep a revoked token valid).
   - ``KubernetesAuthorizer``: TokenReview + SubjectAccessReview (``get``, ``list`` or ``watch`` on
     ``auditevents`` in group ``audit.kube-audit-forwarder.io``, in the namespace asked about; cluster-wide
-    queries are checked without a namespace). The Kubernetes calls come from kube_audit/kube/ through
+    queries are checked without a namespace; ``sources`` likewise, always cluster-wide). The Kubernetes calls come from kube_audit/kube/ through
     ``AccessReviews``, async on the loop (kubernetes.aio).
 Identities from the front proxy (authn.py) are authorized the same way. A namespace of "" below means the
 cluster scope: queries across namespaces or on cluster-scoped objects.
@@ -53,8 +53,9 @@ class Identity:
 class Authorizer(Protocol):
     async def authenticate(self, token: str) -> Identity | None: ...
 
-    async def allowed(self, who: Identity, namespace: str, verb: str = "get") -> bool:
-        """May ``who`` ``verb`` (get, list, watch) audit events in ``namespace`` ("" = cluster-wide)?"""
+    async def allowed(self, who: Identity, namespace: str, verb: str = "get", resource: str = RESOURCE) -> bool:
+        """May ``who`` ``verb`` (get, list, watch) ``resource`` (auditevents, sources) in ``namespace``
+        ("" = cluster-wide)?"""
         ...
 
 
@@ -65,8 +66,9 @@ class AccessReviews(Protocol):
         """(username, groups) of an authenticated token, None when not authenticated."""
         ...
 
-    async def subject_access_review(self, user: str, groups: tuple[str, ...], namespace: str, verb: str = "get") -> bool:
-        """Whether user/groups may ``verb`` ``auditevents.audit.kube-audit-forwarder.io`` in namespace
+    async def subject_access_review(self, user: str, groups: tuple[str, ...], namespace: str, verb: str = "get",
+                                    resource: str = RESOURCE) -> bool:
+        """Whether user/groups may ``verb`` ``{resource}.audit.kube-audit-forwarder.io`` in namespace
         ("" = all namespaces)."""
         ...
 
@@ -180,8 +182,8 @@ class StaticTokens:
         entry = self._tokens.get(_digest(token))
         return entry[0] if entry else None
 
-    async def allowed(self, who: Identity, namespace: str, verb: str = "get") -> bool:
-        self._load()
+    async def allowed(self, who: Identity, namespace: str, verb: str = "get", resource: str = RESOURCE) -> bool:
+        self._load()  # sources are cluster-scoped: only a "*" token reads them
         namespaces = self._namespaces.get(who.user, frozenset())
         return "*" in namespaces or (namespace != CLUSTER and namespace in namespaces)
 
@@ -208,9 +210,10 @@ class KubernetesAuthorizer:
         found = await self._cached(("token", _digest(token)), lambda: self.reviews.token_review(token))
         return Identity(found[0], tuple(found[1])) if found else None
 
-    async def allowed(self, who: Identity, namespace: str, verb: str = "get") -> bool:
-        return bool(await self._cached(("sar", who, namespace, verb), lambda: self.reviews.subject_access_review(
-            who.user, who.groups, namespace, verb)))
+    async def allowed(self, who: Identity, namespace: str, verb: str = "get", resource: str = RESOURCE) -> bool:
+        return bool(await self._cached(("sar", who, namespace, verb, resource),
+                                       lambda: self.reviews.subject_access_review(who.user, who.groups, namespace,
+                                                                                  verb, resource)))
 
     def close(self) -> None:
         """Nothing to stop: the reviews are async calls of kube_audit.kube.aio (closed with the store)."""
@@ -222,7 +225,7 @@ class Anyone:
     async def authenticate(self, token: str) -> Identity | None:
         return Identity("anonymous")
 
-    async def allowed(self, who: Identity, namespace: str, verb: str = "get") -> bool:
+    async def allowed(self, who: Identity, namespace: str, verb: str = "get", resource: str = RESOURCE) -> bool:
         return True
 
 

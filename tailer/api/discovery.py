@@ -1,7 +1,8 @@
 """What kubectl and the kube-aggregator ask before anything else: /apis, the group, the resource list and
 OpenAPI. Static documents, built once.
 
-``auditevents`` is the one real resource (namespaced; list and watch). The object views are listed as
+``auditevents`` is the one real resource of events (namespaced; list and watch); ``sources`` (cluster-scoped;
+get and list: tailer/api/sources.py) are the forwarders that send them. The object views are listed as
 subresource-like entries ``objects/versions`` etc.: their paths are ``[namespaces/{ns}/]{resource}/{name}/
 {view}`` for any resource the audit log saw, so "objects" stands for that pair (kubectl api-resources, like
 the aggregator, skips entries with a slash).
@@ -33,6 +34,8 @@ def api_resource_list() -> dict[str, Any]:
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": API_VERSION, "resources": [
         {"name": "auditevents", "singularName": "auditevent", "namespaced": True, "kind": "AuditEvent",
          "verbs": ["list", "watch"], "shortNames": ["ae"], "categories": ["audit"]},
+        {"name": "sources", "singularName": "source", "namespaced": False, "kind": "Source",
+         "verbs": ["get", "list"], "categories": ["audit"]},
         *views]}
 
 

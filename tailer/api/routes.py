@@ -25,13 +25,15 @@ from aiohttp import web
 from kube_audit.contract import API_GROUP, API_VERSION, PREFIX
 from kube_audit.runtime.observability import get_logger
 from tailer.api import discovery, resource
+from tailer.api import sources as sources_api
 from tailer.api.authn import Authenticator, FrontProxy
-from tailer.api.authz import CLUSTER, Authorizer, Identity
+from tailer.api.authz import CLUSTER, RESOURCE, Authorizer, Identity
 from tailer.api.errors import ApiError, decode_continue, encode_continue, status, uint
 from tailer.api.queries import MAX_LIMIT, VERSIONS_LIMIT, VIEW_ALIASES, QueryPool
 from tailer.api.watch import Watches, WatchHub
 from tailer.metrics import TailerMetrics
 from tailer.store import Store, StoreError
+from tailer.store.rows import event_time
 
 __all__ = ["PREFIX", "AuditApi", "WatchHub"]
 log = get_logger(component="api")
@@ -58,6 +60,7 @@ class AuditApi:
         self.watches = Watches(store, hub, metrics, poll, write_timeout, watch_recheck)
         self.queries = queries or QueryPool(metrics=metrics)
         self.on_close: list[Callable[[], None]] = []
+        self.sources: Any = None  # the sources stage (tailer/sources/), set by app.py: /sources, gap warnings
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -69,6 +72,7 @@ class AuditApi:
         for ns in ("", "/namespaces/{namespace}"):
             r.add_get(PREFIX + ns + "/auditevents", self._wrap("events", self.events))
             r.add_get(PREFIX + ns + "/events", self._wrap("events", self.legacy_events))
+        sources_api.add_routes(r, self)
         r.add_get(PREFIX + "/namespaces/{namespace}/{resource}/{name}/{view}", self._wrap("object", self.object))
         r.add_get(PREFIX + "/{resource}/{name}/{view}", self._wrap("object", self.object))
 
@@ -105,12 +109,12 @@ class AuditApi:
 
         return wrapped
 
-    async def _authorize(self, request: web.Request, namespace: str, verb: str) -> Identity:
+    async def _authorize(self, request: web.Request, namespace: str, verb: str, what: str = RESOURCE) -> Identity:
         who = await self.authn.identify(request)
-        if not await self.authn.allowed(who, namespace, verb):
+        if not await self.authn.allowed(who, namespace, verb, what):
             where = f'in the namespace "{namespace}"' if namespace != CLUSTER else "at the cluster scope"
-            raise ApiError(403, "Forbidden", f'auditevents.{API_GROUP} is forbidden: User "{who.user}" cannot {verb} '
-                           f'resource "auditevents" in API group "{API_GROUP}" {where}')
+            raise ApiError(403, "Forbidden", f'{what}.{API_GROUP} is forbidden: User "{who.user}" cannot {verb} '
+                           f'resource "{what}" in API group "{API_GROUP}" {where}')
         return who
 
     def _still_allowed(self, request: web.Request, namespace: str, verb: str) -> Callable[[], Awaitable[bool]]:
@@ -155,16 +159,19 @@ class AuditApi:
         after = decode_continue(q["continue"]) if q.get("continue") else 0
         head = await self.store.head()
         rows, more = await self._page(query, after, limit)
+        # the range shown: the filter's bounds, else the events' own times (for the gap warnings)
+        shown = [query.store.since, query.store.until, *(event_time(e) or None for _, e in rows)]
         meta: dict[str, Any] = {"resourceVersion": str(max([head, *(s for s, _ in rows)]))}
         if more is not None:
             meta["continue"] = encode_continue(more)
         if version:
             body = resource.table_body(version, [resource.row(s, e, include) for s, e in rows], meta)
-            return web.Response(body=body, headers={"Content-Type": f"application/json;as=Table;v={version};"
-                                                                    "g=meta.k8s.io"})
+            return sources_api.warn(self, web.Response(body=body, headers={
+                "Content-Type": f"application/json;as=Table;v={version};g=meta.k8s.io"}), shown)
         fluent = await self.store.metas(rows[0][0], rows[-1][0]) if rows else {}
-        return web.Response(body=resource.event_list([resource.item(s, e, fluent.get(s)) for s, e in rows], meta),
-                            content_type="application/json")
+        return sources_api.warn(self, web.Response(
+            body=resource.event_list([resource.item(s, e, fluent.get(s)) for s, e in rows], meta),
+            content_type="application/json"), shown)
 
     async def _page(self, query: resource.Query, after: int, limit: int) -> tuple[list[tuple[int, Any]], int | None]:
         """Up to ``limit`` matching events after ``after``, and where the next page starts (None: no more)."""
@@ -208,4 +215,5 @@ class AuditApi:
                            f"name it as {plural}.<group>")
         ref = {"group": groups[0], "resource": plural, "namespace": namespace, "name": m["name"]}
         code, body = await self.queries.object_view(rows, omitted, ref, view, dict(request.query), limit)
-        return web.Response(body=body, status=code, content_type="application/json")
+        return sources_api.warn(self, web.Response(body=body, status=code, content_type="application/json"),
+                                [event_time(e) or None for _, _, e in rows])

@@ -131,8 +131,17 @@ def _v4_identity(t: Types) -> list[str]:
 
 
 def _v4_sources(t: Types) -> list[str]:
-    """Issue 12, sources: one record per source, its gaps (owned by tailer/sources)."""
-    return []
+    """Issue 12, sources: one record per source (``status``: the last status record it sent, JSON), and
+    its gaps, each kept once by the forwarder's id (owned by tailer/sources and tailer/store/sources.py).
+    Times are Unix seconds; ``reported``: when the tailer first had the gap."""
+    return [
+        f"""CREATE TABLE audit_sources (
+          cluster TEXT NOT NULL, name TEXT NOT NULL, last_seen {t.real} NOT NULL, last_event {t.real},
+          status_time {t.real}, status TEXT, PRIMARY KEY (cluster, name))""",
+        f"""CREATE TABLE audit_source_gaps (
+          cluster TEXT NOT NULL, name TEXT NOT NULL, id TEXT NOT NULL, reported {t.real} NOT NULL,
+          bytes BIGINT NOT NULL, gap TEXT NOT NULL, PRIMARY KEY (cluster, name, id))""",
+    ]
 
 
 def _v4_chain(t: Types) -> list[str]:

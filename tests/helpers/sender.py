@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import msgpack
+
 import fluent_forward as ff
 
 
@@ -53,12 +55,18 @@ class Sender:
         return self.inbox.pop(0)
 
     def send_chunk(self, records: Sequence[dict[str, Any]], *, compress: bool = False, tag: str = "audit",
-                   times: Iterable[ff.EventTime] | None = None) -> str:
-        """Send one PackedForward chunk and wait for its ack; returns the chunk id."""
+                   times: Iterable[ff.EventTime] | None = None, options: dict[str, Any] | None = None) -> str:
+        """Send one PackedForward chunk and wait for its ack; returns the chunk id. ``options``: extra
+        entries of the option map (e.g. the ``kube_audit`` identity of kube_audit/model/source.py)."""
         chunk = uuid.uuid4().hex
         stamps = list(times) if times is not None else [ff.EventTime(1_763_629_200, i) for i in range(len(records))]
         packed = b"".join(ff.encode_entry(t, r) for t, r in zip(stamps, records, strict=True))
-        self.sock.sendall(ff.encode_packed_forward(tag, packed, chunk=chunk, size=len(records), compress=compress))
+        message = ff.encode_packed_forward(tag, packed, chunk=chunk, size=len(records), compress=compress)
+        if options:
+            obj = msgpack.unpackb(message, raw=False)
+            obj[2].update(options)
+            message = msgpack.packb(obj, use_bin_type=True)
+        self.sock.sendall(message)
         ack = self.receive()
         assert ack == ff.Ack(chunk), ack
         return chunk

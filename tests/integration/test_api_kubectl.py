@@ -158,7 +158,8 @@ def test_kubectl_get_raw_of_every_object_view(setup: Setup) -> None:
 def test_kubectl_api_resources(setup: Setup) -> None:
     out = setup.kubectl("api-resources", f"--api-group={API_GROUP}").stdout.splitlines()
     assert out[0].split() == ["NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED", "KIND"]
-    assert [line.split() for line in out[1:]] == [["auditevents", "ae", f"{API_GROUP}/v1alpha1", "true", "AuditEvent"]]
+    assert [line.split() for line in out[1:]] == [["auditevents", "ae", f"{API_GROUP}/v1alpha1", "true", "AuditEvent"],
+                                                  ["sources", f"{API_GROUP}/v1alpha1", "false", "Source"]]
     explained = setup.kubectl("explain", "auditevents.user").stdout  # from /openapi/v3
     assert "KIND:       AuditEvent" in explained and "username" in explained
 

@@ -2,7 +2,8 @@
 
 Kubernetes objects are validated strictly (unknown fields are errors) against the bundled OpenAPI schemas of
 kubernetes-validate for K8S_VERSION. What is not a Kubernetes API object gets its own check: kind's Cluster
-config, the apiserver's audit Policy, and custom resources (their CRD must be here too).
+config, the apiserver's audit Policy, custom resources (their CRD must be here too), and Prometheus rules
+(a PrometheusRule, plain rules files: promtool).
 """
 
 from __future__ import annotations
@@ -48,7 +49,13 @@ def test_there_is_something_to_validate() -> None:
 def test_document_is_valid(doc: tuple[str, int, dict[str, Any]]) -> None:
     _, _, data = doc
     group = data.get("apiVersion", "").rpartition("/")[0]
-    if group == "kind.x-k8s.io":
+    if "kind" not in data and ("groups" in data or "rule_files" in data):
+        return  # a Prometheus rules file or its promtool test: tests/unit/test_alert_rules.py runs promtool
+    if group == "monitoring.coreos.com":
+        from tests.unit.test_chart import check_prometheus_rule
+
+        check_prometheus_rule(data)  # prometheus-operator's PrometheusRule (no CRD here)
+    elif group == "kind.x-k8s.io":
         check_kind_cluster(data)
     elif group == "audit.k8s.io":
         check_audit_policy(data)
@@ -166,7 +173,8 @@ def test_the_api_service_reaches_the_tailer_over_tls() -> None:
     # "versions" of resource "deployments.apps" in our group, before it proxies the request
     views = ["*/" + v for v in ("versions", "spechistory", "diff", "bisect")]
     assert viewer["rules"] == [{"apiGroups": [API_GROUP], "resources": ["auditevents", *views],
-                                "verbs": ["get", "list", "watch"]}]
+                                "verbs": ["get", "list", "watch"]},
+                               {"apiGroups": [API_GROUP], "resources": ["sources"], "verbs": ["get", "list"]}]
 
 
 def test_api_certs_script_makes_a_certificate_the_aggregator_accepts(tmp_path: Path) -> None:
