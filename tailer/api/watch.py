@@ -27,9 +27,9 @@ import orjson
 from aiohttp import web
 
 from kube_audit.contract import API_VERSION
+from kube_audit.model.source import SourceId
 from kube_audit.runtime.observability import get_logger
 from tailer.api.errors import ApiError, status
-from kube_audit.model.source import SourceId
 from tailer.api.resource import watch_line
 from tailer.metrics import TailerMetrics
 from tailer.store import EventFilter, Store

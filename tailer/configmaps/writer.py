@@ -37,10 +37,10 @@ from fluent_forward import Record
 from kube_audit.contract import ANNOTATION, DATA_KEY, MANAGED_BY, decode_entries, dumps_entry, encode_entries
 from kube_audit.kube.aio import AsyncKube
 from kube_audit.model.audit import MUTATING_VERBS, EventView, ObjectKey, redact, view
-from kube_audit.model.source import SourceId
 from kube_audit.model.entry import make_entry, state_after
 from kube_audit.model.groups import is_custom_group
 from kube_audit.model.provenance import makes_version
+from kube_audit.model.source import SourceId
 from kube_audit.runtime.observability import get_logger
 from tailer.errors import Conflict, KubeError, KubeUnconfigured, NotFound, Unavailable
 from tailer.metrics import TailerMetrics

@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import msgpack
+
 import fluent_forward as ff
 
 
@@ -53,12 +55,17 @@ class Sender:
         return self.inbox.pop(0)
 
     def send_chunk(self, records: Sequence[dict[str, Any]], *, compress: bool = False, tag: str = "audit",
-                   times: Iterable[ff.EventTime] | None = None) -> str:
-        """Send one PackedForward chunk and wait for its ack; returns the chunk id."""
+                   times: Iterable[ff.EventTime] | None = None, options: dict[str, Any] | None = None) -> str:
+        """Send one PackedForward chunk and wait for its ack; returns the chunk id. ``options``: more
+        entries of the option map (e.g. kube_audit.model.source.OPTION, as a kube-audit forwarder sends)."""
         chunk = uuid.uuid4().hex
         stamps = list(times) if times is not None else [ff.EventTime(1_763_629_200, i) for i in range(len(records))]
         packed = b"".join(ff.encode_entry(t, r) for t, r in zip(stamps, records, strict=True))
-        self.sock.sendall(ff.encode_packed_forward(tag, packed, chunk=chunk, size=len(records), compress=compress))
+        message = ff.encode_packed_forward(tag, packed, chunk=chunk, size=len(records), compress=compress)
+        if options:  # the same message with the option map extended
+            tag_, payload, opts = msgpack.unpackb(message, raw=False)
+            message = msgpack.packb([tag_, payload, {**opts, **options}], use_bin_type=True)
+        self.sock.sendall(message)
         ack = self.receive()
         assert ack == ff.Ack(chunk), ack
         return chunk
