@@ -7,6 +7,10 @@
 
     kubectl audit NAME                              the object's versions, found by its name
 
+Each takes ``--cluster`` and ``--source`` (the forwarder's): an object whose events came from several
+clusters needs ``--cluster`` (the API answers 409 otherwise: one line, the clusters named). Event tables
+add CLUSTER and SOURCE columns when more than one appears, or with ``-o wide``.
+
 By default the requests go to the kubeconfig's (or the pod's) cluster: the apiserver proxies the audit
 API's paths to the tailer (an aggregated API), with the context's credentials; ``RESOURCE`` is resolved
 like kubectl does, through discovery (``deploy``, ``Deployment``, ``deployments.apps``). With ``--server``
