@@ -213,7 +213,8 @@ class AuditApi:
         # older ones were left out, and number versions as if all were there.
         rows, omitted = await self.store.object_history(group, plural, namespace, m["name"], limit, cluster, source)
         if not rows:
-            raise ApiError(404, "NotFound", f"no successful changes recorded for {m['resource']} {where}")
+            of = f" from cluster {cluster!r}" if request.query.get("cluster") is not None else ""
+            raise ApiError(404, "NotFound", f"no successful changes recorded for {m['resource']} {where}{of}")
         groups = sorted({g for _, g, _ in rows})
         if len(groups) > 1:
             raise ApiError(409, "Conflict", f"{plural} {where} exists in groups {', '.join(groups) or '(core)'}; "

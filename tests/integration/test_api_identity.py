@@ -77,7 +77,8 @@ async def test_an_object_in_two_clusters_needs_a_cluster(api: Api) -> None:
     replicas = await api.get(WEB + "/spechistory", cluster="us", field="spec.replicas")
     values = [i["value"] for i in replicas["items"]]
     assert values and all(v is None or v >= 40 for v in values) and any(v is not None for v in values)
-    await api.get(WEB + "/versions", expect=404, cluster="ap")  # a cluster that sent nothing: nothing
+    missing = await api.get(WEB + "/versions", expect=404, cluster="ap")  # a cluster that sent nothing: nothing
+    assert missing["message"].endswith("from cluster 'ap'")
     one = await api.get(WEB + "/versions", source="apiserver-0", cluster="eu")
     assert len(one["items"]) == len(eu["items"])
 
