@@ -13,8 +13,10 @@ API_VERSION = f"{API_GROUP}/v1alpha1"
 PREFIX = f"/apis/{API_VERSION}"
 
 # Paths below PREFIX. Events: list (?limit&continue) or watch (?watch=true&resourceVersion), filters
-# namespace, user, verb, resource, name, since, until, level, code. Object views: ?limit, and
-# spechistory ?field, diff ?start&end&field, bisect ?field&value.
+# namespace, user, verb, resource, name, since, until, level, code, cluster, source. Object views: ?limit,
+# ?cluster&source, and spechistory ?field, diff ?start&end&field, bisect ?field&value. An object view is
+# one cluster's history: with events of the object from several clusters and no ?cluster it answers 409
+# (reason Conflict, the clusters listed); ``cluster=`` (empty) is the unnamed cluster.
 EVENTS = "events"
 VIEWS = ("versions", "spechistory", "diff", "bisect")
 KIND_EVENT_LIST = "AuditEventList"
@@ -36,6 +38,8 @@ KIND_SOURCE_LIST = "SourceList"
 
 ANNOTATION = f"{API_GROUP}/configmap"  # on a tracked object: the name of its audit ConfigMap
 FLUENT_ANNOTATION = f"{API_GROUP}/fluent-metadata"  # on an event item: JSON {"tag", "metadata"} it came with
+SOURCE_ANNOTATION = f"{API_GROUP}/source"  # on an event item: the forwarder it came from (--source-name)
+CLUSTER_ANNOTATION = f"{API_GROUP}/cluster"  # on an event item: that forwarder's --cluster ("" = none)
 DATA_KEY = "entries.json"  # the ConfigMap key holding the entries, a JSON array, oldest first
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kube-audit-tailer"}
 # One entry: {"time", "user", "groups", "verb", "subresource", "auditID", "code", "change"}

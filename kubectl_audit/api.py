@@ -7,6 +7,10 @@
 
     kubectl audit NAME                              the object's versions, found by its name
 
+Each takes ``--cluster`` and ``--source`` (the forwarder's): an object whose events came from several
+clusters needs ``--cluster`` (the API answers 409 otherwise: one line, the clusters named). Event tables
+add CLUSTER and SOURCE columns when more than one appears, or with ``-o wide``.
+
 By default the requests go to the kubeconfig's (or the pod's) cluster: the apiserver proxies the audit
 API's paths to the tailer (an aggregated API), with the context's credentials; ``RESOURCE`` is resolved
 like kubectl does, through discovery (``deploy``, ``Deployment``, ``deployments.apps``). With ``--server``
@@ -25,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from kube_audit.contract import PREFIX, object_path
+from kube_audit.contract import CLUSTER_ANNOTATION, PREFIX, SOURCE_ANNOTATION, object_path
 from kube_audit.errors import KubeError, KubeUnconfigured, NotFound
 from kube_audit.model.groups import CLUSTER_SCOPED, common_resource
 from kubectl_audit.cli import CommandError, namespace
@@ -67,7 +71,8 @@ class Client:
             message = resp.json().get("message") or resp.reason_phrase
         except ValueError:
             message = resp.text.strip()[:200] or resp.reason_phrase
-        words = {401: "unauthorized", 403: "forbidden", 404: "not found"}.get(resp.status_code, "server error")
+        words = {401: "unauthorized", 403: "forbidden", 404: "not found", 409: "conflict"}.get(resp.status_code,
+                                                                                             "server error")
         raise CommandError(f"{words} ({resp.status_code}): {' '.join(str(message).split())}")
 
     def get(self, path: str, params: dict[str, Any]) -> Any:
@@ -164,7 +169,12 @@ def event_filters(args: argparse.Namespace) -> dict[str, Any]:
     else:
         ns = namespace(args)
     return {"namespace": ns, "resource": args.resource, "name": args.name, "since": args.since,
-            "user": args.user, "verb": args.verb}
+            "user": args.user, "verb": args.verb, **origin(args)}
+
+
+def origin(args: argparse.Namespace) -> dict[str, Any]:
+    """--cluster and --source as the API's parameters (None: not given, left out of the request)."""
+    return {"cluster": args.cluster, "source": args.source}
 
 
 def events_request(filters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -190,19 +200,35 @@ def all_events(client: Client, filters: dict[str, Any], limit: int) -> tuple[dic
 
 EVENT_HEADER = ["TIME", "STAGE", "USER", "VERB", "RESOURCE", "NAMESPACE", "NAME", "CODE"]
 EVENT_WIDTHS = [27, 17, 20, 6, 20, 12, 16, 4]  # a watch prints rows before it has seen them all
+ORIGIN_HEADER = {CLUSTER_ANNOTATION: "CLUSTER", SOURCE_ANNOTATION: "SOURCE"}
 
 
-def event_row(ev: dict[str, Any]) -> list[Any]:
+def where_from(ev: dict[str, Any], key: str) -> str | None:
+    return ((ev.get("metadata") or {}).get("annotations") or {}).get(key)
+
+
+def origin_columns(events: list[dict[str, Any]], wide: bool) -> list[str]:
+    """The annotations worth a column: CLUSTER and SOURCE with -o wide, else those with more than one value."""
+    return [key for key in ORIGIN_HEADER if wide or len({where_from(e, key) for e in events}) > 1]
+
+
+def event_row(ev: dict[str, Any], extra: Sequence[str] = ()) -> list[Any]:
     ref = ev.get("objectRef") or {}
     resource = ref.get("resource", "") + (f".{ref['apiGroup']}" if ref.get("apiGroup") else "")
     resource += f"/{ref['subresource']}" if ref.get("subresource") else ""
     return [ev.get("stageTimestamp", ""), ev.get("stage"), (ev.get("user") or {}).get("username"), ev.get("verb"),
-            resource, ref.get("namespace"), ref.get("name"), (ev.get("responseStatus") or {}).get("code")]
+            resource, ref.get("namespace"), ref.get("name"), (ev.get("responseStatus") or {}).get("code"),
+            *(where_from(ev, key) for key in extra)]
+
+
+def event_table(events: list[dict[str, Any]], wide: bool) -> str:
+    extra = origin_columns(events, wide)
+    return table(EVENT_HEADER + [ORIGIN_HEADER[k] for k in extra], [event_row(e, extra) for e in events])
 
 
 def history(client: Client, args: argparse.Namespace) -> None:
     if args.resource and args.name:
-        body = client.get(view_path(args, "versions"), {})
+        body = client.get(view_path(args, "versions"), origin(args))
         body["items"] = [v for v in body["items"] if (not args.user or v["user"] == args.user)
                          and (not args.verb or v["verb"] == args.verb)]
         emit(body, args.output, lambda b: table(
@@ -211,12 +237,12 @@ def history(client: Client, args: argparse.Namespace) -> None:
               v.get("patchType"), v.get("change")] for v in b["items"]]))
         return
     page, events = all_events(client, event_filters(args), args.limit)
-    emit({**page, "items": events}, args.output,
-         lambda b: table(EVENT_HEADER, [event_row(e) for e in b["items"]]))
+    emit({**page, "items": events}, args.output, lambda b: event_table(b["items"], args.output == "wide"))
 
 
 def diff(client: Client, args: argparse.Namespace) -> None:
-    body = client.get(view_path(args, "diff"), {"start": args.start, "end": args.end, "field": args.field})
+    body = client.get(view_path(args, "diff"), {"start": args.start, "end": args.end, "field": args.field,
+                                                 **origin(args)})
 
     def render(b: dict[str, Any]) -> str:
         head = (f"version {b['from']['version']} ({b['from']['time']}, {b['from']['user']}) -> "
@@ -229,7 +255,7 @@ def diff(client: Client, args: argparse.Namespace) -> None:
 
 
 def bisect(client: Client, args: argparse.Namespace) -> None:
-    body = client.get(view_path(args, "bisect"), {"field": args.field, "value": args.value})
+    body = client.get(view_path(args, "bisect"), {"field": args.field, "value": args.value, **origin(args)})
 
     def render(b: dict[str, Any]) -> str:
         v = b["version"]
@@ -246,8 +272,10 @@ def watch(client: Client, args: argparse.Namespace) -> None:
     path, params = events_request(event_filters(args))
     # bookmarks keep an idle watch alive through the apiserver's proxy; they are not printed
     params = {**params, "watch": "true", "allowWatchBookmarks": "true", "resourceVersion": args.resource_version}
-    if args.output == "table":
-        sys.stdout.write(table(EVENT_HEADER, [], EVENT_WIDTHS))
+    extra = origin_columns([], True) if args.output == "wide" else []  # a watch cannot know: -o wide shows them
+    header, widths = EVENT_HEADER + [ORIGIN_HEADER[k] for k in extra], [*EVENT_WIDTHS, *(12 for _ in extra)]
+    if args.output in ("table", "wide"):
+        sys.stdout.write(table(header, [], widths))
         sys.stdout.flush()
     for item in client.stream(path, params):
         if item.get("type") == "ERROR":
@@ -259,7 +287,7 @@ def watch(client: Client, args: argparse.Namespace) -> None:
         elif args.output == "yaml":
             sys.stdout.write("---\n" + dump(item["object"], "yaml"))
         else:
-            sys.stdout.write(table(EVENT_HEADER, [event_row(item["object"])], EVENT_WIDTHS).split("\n", 1)[1])
+            sys.stdout.write(table(header, [event_row(item["object"], extra)], widths).split("\n", 1)[1])
         sys.stdout.flush()
 
 
@@ -267,7 +295,7 @@ def find(client: Client, args: argparse.Namespace) -> None:
     """``kubectl audit NAME``: the one object of that name among the recorded ones (in the namespace, or
     all with -A) becomes RESOURCE NAME; none or several are a one-line error."""
     ns = None if args.all_namespaces else namespace(args)
-    _, events = all_events(client, {"namespace": ns, "name": args.name}, 500)
+    _, events = all_events(client, {"namespace": ns, "name": args.name, **origin(args)}, 500)
     found = sorted({(ref.get("resource", "") + (f".{ref['apiGroup']}" if ref.get("apiGroup") else ""),
                      ref.get("namespace") or "") for ref in (e.get("objectRef") or {} for e in events)
                     if ref.get("name") == args.name and ref.get("resource")})

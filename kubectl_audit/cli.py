@@ -33,10 +33,11 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(1)  # like kubectl: 1 on any error, usage included
 
 
-def _common(outputs: tuple[str, ...] = ("table", "json", "yaml")) -> Parser:
+def _common(outputs: tuple[str, ...] = ("table", "wide", "json", "yaml")) -> Parser:
     p = Parser(add_help=False)
     p.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's, else default)")
-    p.add_argument("-o", "--output", choices=outputs, default="table", help="output format")
+    p.add_argument("-o", "--output", choices=outputs, default="table",
+                   help="output format (wide: with each item's CLUSTER and SOURCE)")
     p.add_argument("--kubeconfig", help="path to the kubeconfig file")
     p.add_argument("--context", help="the kubeconfig context to use")
     return p
@@ -52,6 +53,10 @@ def _api() -> Parser:
     p.add_argument("--token-file", help="file holding the bearer token")
     p.add_argument("--cluster-scoped", action="store_true", help="the object is cluster-scoped")
     p.add_argument("--request-timeout", type=float, default=30, help="seconds per request (default 30)")
+    p.add_argument("--cluster", help="only events from this cluster (its forwarder's --cluster; \"\" for none); "
+                   "needed for an object whose events came from several clusters. Not kubectl's --cluster "
+                   "(the kubeconfig's): use --context for that")
+    p.add_argument("--source", help="only events from this forwarder (its --source-name)")
     return p
 
 

@@ -62,7 +62,7 @@ def select(entries: list[dict[str, Any]], since: datetime | None, user: str | No
 
 
 def render(entries: list[dict[str, Any]], output: str) -> str:
-    if output != "table":
+    if output not in ("table", "wide"):
         return dump(entries, output)
     return table(COLUMNS, [(_short_time(e), str(e.get("user", "")),
                             str(e.get("verb", "")) + (f"/{e['subresource']}" if e.get("subresource") else ""),
@@ -107,7 +107,7 @@ def _show(kube: Kube, args: argparse.Namespace, since: datetime | None) -> int:
         raise CommandError(f'the audit ConfigMap "{name}" of {what} "{args.name}" is missing '
                            f"in namespace {cm_namespace}") from None
     entries = select(decode_entries(configmap), since, args.user, args.verb)
-    if not entries and args.output == "table":
+    if not entries and args.output in ("table", "wide"):
         sys.stderr.write(f'No audit entries found for {what} "{args.name}".\n')
         return 0
     sys.stdout.write(render(entries, args.output))

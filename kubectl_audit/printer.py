@@ -28,4 +28,4 @@ def dump(obj: Any, output: str) -> str:
 
 
 def emit(obj: Any, output: str, render: Callable[[Any], str]) -> None:
-    sys.stdout.write(render(obj) if output == "table" else dump(obj, output))
+    sys.stdout.write(render(obj) if output in ("table", "wide") else dump(obj, output))

@@ -94,6 +94,10 @@ def parse_track(value: str) -> tuple[str, str]:
 def add_configmap_flags(p: EnvParser) -> None:
     p.add_argument("--configmaps", type=parse_bool, default=True, metavar="BOOL",
                    help="keep an audit ConfigMap per tracked object (default true; off without a cluster)")
+    p.add_argument("--cluster", default="", metavar="NAME",
+                   help="the cluster this tailer runs in, as its forwarder's --cluster names it: only that "
+                        "cluster's events get audit ConfigMaps (other clusters' events are stored and served, "
+                        "never written here) (default \"\": forwarders without --cluster)")
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account, else $KUBECONFIG)")
     p.add_argument("--track", action="append", type=parse_track, default=[], metavar="GROUP/RESOURCE",
                    help="resource to keep audit ConfigMaps for, repeatable (default: every custom resource)")
@@ -128,7 +132,7 @@ def configmap_settings(parser: EnvParser, args: argparse.Namespace) -> ConfigMap
         enabled=args.configmaps, kubeconfig=args.kubeconfig, track=track, service_account=account,
         cluster_scope_namespace=args.cluster_scope_namespace, flush_interval=args.configmap_flush_interval,
         max_bytes=args.configmap_max_bytes, max_pending=args.configmap_max_pending,
-        retry_max_wait=args.configmap_retry_max_wait,
+        retry_max_wait=args.configmap_retry_max_wait, cluster=args.cluster,
     )
 
 

@@ -44,6 +44,7 @@ class ConfigMapSettings:
     max_bytes: int = 512 * 1024  # largest entries.json value of one ConfigMap; oldest entries leave first
     max_pending: int = 10_000  # entries waiting for the API, all objects together; more are dropped
     retry_max_wait: float = 30.0  # seconds, cap of the exponential backoff when the API fails
+    cluster: str = ""  # the cluster this tailer runs in (the forwarders' --cluster): only its events are projected
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,11 @@ _SCHEMA = {
     "type": "object",
     "properties": {
         "apiVersion": _STRING, "kind": _STRING,
-        "metadata": {"type": "object", "properties": {"name": _STRING, "namespace": _STRING,
-                                                      "resourceVersion": _STRING, "creationTimestamp": _STRING}},
+        "metadata": {"type": "object", "properties": {
+            "name": _STRING, "namespace": _STRING, "resourceVersion": _STRING, "creationTimestamp": _STRING,
+            "annotations": {"type": "object", "additionalProperties": _STRING,
+                            "description": f"{API_GROUP}/cluster and /source: the forwarder the event came from; "
+                                           f"{API_GROUP}/fluent-metadata: the tag and metadata it came with"}}},
         "auditID": {"type": "string", "description": "unique per request; metadata.name"},
         "stage": _STRING, "level": _STRING, "verb": _STRING, "requestURI": _STRING,
         "stageTimestamp": {"type": "string", "format": "date-time"},

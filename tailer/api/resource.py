@@ -7,6 +7,8 @@ Filters, as query parameters (the pull-based audit KEP's) or as a field selector
     resource=deployments[.apps]   apiGroup=apps        objectRef.resource= / objectRef.apiGroup=
     name=web                objectRef.name=web         namespace=shop (or the path), objectRef.namespace=
     code=422                responseStatus.code=422    level=, stage=, since=, until= (RFC 3339 or 2h)
+    cluster=eu              cluster=eu                 source=apiserver-0   source=apiserver-0
+                            (the forwarder's --cluster and --source-name; "" = none; unknown: nothing)
 
 What the store indexes (one value per column) goes into its EventFilter; the rest (several verbs, groups,
 ``!=``, stage) is a predicate on the events read, so a page may hold fewer than ``limit`` items and still
@@ -24,7 +26,8 @@ from typing import Any
 
 import orjson
 
-from kube_audit.contract import API_VERSION, FLUENT_ANNOTATION
+from kube_audit.contract import API_VERSION, CLUSTER_ANNOTATION, FLUENT_ANNOTATION, SOURCE_ANNOTATION
+from kube_audit.model.source import SourceId
 from tailer.api.errors import ApiError, bad_request, parse_time, uint
 from tailer.store import EventFilter
 
@@ -33,13 +36,14 @@ LIST_PARAMS = {"limit", "continue", "watch", "resourceVersion", "resourceVersion
                "allowWatchBookmarks", "fieldSelector", "labelSelector", "includeObject", "pretty", "timeout",
                "sendInitialEvents"}
 FILTER_PARAMS = {"namespace", "user", "group", "verb", "verbs", "resource", "apiGroup", "name", "since", "until",
-                 "level", "code", "stage"}
-VIEW_PARAMS = {"limit", "field", "start", "end", "value", "pretty", "timeout"}
+                 "level", "code", "stage", "cluster", "source"}
+VIEW_PARAMS = {"limit", "field", "start", "end", "value", "pretty", "timeout", "cluster", "source"}
+STORE_ONLY = ("cluster", "source")  # not in the event: the store's filter alone can ask for them
 # field selector -> filter parameter
 FIELDS = {"metadata.namespace": "namespace", "objectRef.namespace": "namespace", "user.username": "user",
           "user.groups": "group", "verb": "verb", "objectRef.resource": "resource", "objectRef.apiGroup": "apiGroup",
           "objectRef.name": "name", "responseStatus.code": "code", "level": "level", "stage": "stage",
-          "metadata.name": "auditID", "auditID": "auditID"}
+          "metadata.name": "auditID", "auditID": "auditID", "cluster": "cluster", "source": "source"}
 TABLE_COLUMNS = [
     {"name": "Time", "type": "string", "format": "date-time", "description": "stageTimestamp", "priority": 0},
     {"name": "User", "type": "string", "format": "", "description": "user.username", "priority": 0},
@@ -48,6 +52,9 @@ TABLE_COLUMNS = [
      "priority": 0},
     {"name": "Name", "type": "string", "format": "", "description": "objectRef.name", "priority": 0},
     {"name": "Code", "type": "integer", "format": "", "description": "responseStatus.code", "priority": 0},
+    {"name": "Cluster", "type": "string", "format": "", "description": "the forwarder's --cluster", "priority": 1},
+    {"name": "Source", "type": "string", "format": "", "description": "the forwarder's --source-name",
+     "priority": 1},
 ]
 
 
@@ -110,6 +117,8 @@ def parse_field_selector(raw: str, into: Selection) -> None:
         key = key.strip()
         if key not in FIELDS:
             raise bad_request(f'field label not supported: "{key}"; supported: {", ".join(sorted(FIELDS))}')
+        if negate and FIELDS[key] in STORE_ONLY:
+            raise bad_request(f"field selector {key}!= is not supported: select one {key} with {key}=")
         if negate:
             into.not_equal.append((FIELDS[key], value.strip()))
         else:
@@ -129,7 +138,7 @@ def selection(query: Mapping[str, str], getall: Callable[[str], list[str]], name
                 plural, _, group = value.partition(".")
                 sel.set("resource", plural)
                 sel.set("apiGroup", group)
-            elif value != "" or key in ("apiGroup", "namespace"):  # "" = the core group / no namespace
+            elif value != "" or key in ("apiGroup", "namespace", *STORE_ONLY):  # "" = core group / none
                 sel.set(key, value)
     if query.get("fieldSelector"):
         parse_field_selector(query["fieldSelector"], sel)
@@ -159,7 +168,7 @@ def plan(sel: Selection, now: float | None = None) -> Query:
     verbs = set(sel.verbs)
     store = EventFilter(namespace=eq.get("namespace"), user=eq.get("user"), resource=eq.get("resource"),
                         group=eq.get("apiGroup"), name=eq.get("name"), level=eq.get("level"), code=code,
-                        since=since, until=until)
+                        since=since, until=until, cluster=eq.get("cluster"), source=eq.get("source"))
     if len(verbs) == 1:
         store = replace(store, verb=verbs.pop())
     groups, not_equal = set(sel.groups), list(sel.not_equal)
@@ -183,13 +192,20 @@ def plan(sel: Selection, now: float | None = None) -> Query:
     return Query(store, keep)
 
 
-def item(seq: int, event: dict[str, Any], fluent: dict[str, Any] | None = None) -> dict[str, Any]:
+def item(seq: int, event: dict[str, Any], fluent: dict[str, Any] | None = None,
+         source: SourceId | None = None) -> dict[str, Any]:
     """One list item: the audit.k8s.io/v1 Event as stored, as an AuditEvent of our group (kubectl maps every
     item's kind through discovery) with Kubernetes object metadata; ``fluent`` (the tag and metadata it
-    came with, when the store kept any) as the FLUENT_ANNOTATION, JSON text."""
+    came with, when the store kept any) as the FLUENT_ANNOTATION, JSON text; ``source`` (where it came
+    from) as the SOURCE_ANNOTATION and CLUSTER_ANNOTATION."""
     meta: dict[str, Any] = {"name": _str(event.get("auditID")), "resourceVersion": str(seq)}
+    notes: dict[str, str] = {}
+    if source is not None:
+        notes = {SOURCE_ANNOTATION: source.name, CLUSTER_ANNOTATION: source.cluster}
     if fluent is not None:
-        meta["annotations"] = {FLUENT_ANNOTATION: orjson.dumps(fluent).decode()}
+        notes[FLUENT_ANNOTATION] = orjson.dumps(fluent).decode()
+    if notes:
+        meta["annotations"] = notes
     namespace = _at(event, "objectRef", "namespace")
     if namespace:
         meta["namespace"] = str(namespace)
@@ -220,15 +236,16 @@ def include_object(query: Mapping[str, str]) -> str:
     return mode
 
 
-def row(seq: int, event: dict[str, Any], include: str) -> dict[str, Any]:
+def row(seq: int, event: dict[str, Any], include: str, source: SourceId | None = None) -> dict[str, Any]:
     found = event.get("objectRef")
     ref: dict[str, Any] = found if isinstance(found, dict) else {}
     resource = _str(ref.get("resource")) + (f"/{ref['subresource']}" if ref.get("subresource") else "")
     code = _at(event, "responseStatus", "code")
     out: dict[str, Any] = {"cells": [_str(event.get("stageTimestamp")), _str(_at(event, "user", "username")),
                                      _str(event.get("verb")), resource, _str(ref.get("name")),
-                                     code if isinstance(code, int) else None]}
-    full = item(seq, event)
+                                     code if isinstance(code, int) else None,
+                                     source.cluster if source else "", source.name if source else ""]}
+    full = item(seq, event, source=source)
     if include == "Object":
         out["object"] = full
     elif include == "Metadata":

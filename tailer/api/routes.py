@@ -6,7 +6,9 @@
     GET {PREFIX}/[namespaces/{ns}/]{resource}/{name}/versions|spechistory|diff|bisect   (queries.py)
 
 ``resource`` is the plural, optionally ``plural.group`` (kubectl style, e.g. ``databases.example.com``);
-a bare plural matches any group and is refused (409) when two groups have such an object.
+a bare plural matches any group and is refused (409) when two groups have such an object. An object view
+is one cluster's history: without ``?cluster`` it is refused (409) when the object's events came from
+more than one cluster (two clusters' same-named objects are different objects).
 
 The API is a stage of its own: store reads on the store's reader thread, object views in the query
 process pool (queries.py), watch streams in watch.py. Its failure policy: whatever goes wrong in a
@@ -23,6 +25,7 @@ import orjson
 from aiohttp import web
 
 from kube_audit.contract import API_GROUP, API_VERSION, PREFIX
+from kube_audit.model.source import SourceId
 from kube_audit.runtime.observability import get_logger
 from tailer.api import discovery, resource
 from tailer.api import sources as sources_api
@@ -33,6 +36,7 @@ from tailer.api.queries import MAX_LIMIT, VERSIONS_LIMIT, VIEW_ALIASES, QueryPoo
 from tailer.api.watch import Watches, WatchHub
 from tailer.metrics import TailerMetrics
 from tailer.store import Store, StoreError
+from tailer.store.base import SourcedRows
 from tailer.store.rows import event_time
 
 __all__ = ["PREFIX", "AuditApi", "WatchHub"]
@@ -144,10 +148,10 @@ class AuditApi:
         include = resource.include_object(q)
         timeout = uint(q["timeoutSeconds"], "timeoutSeconds") if q.get("timeoutSeconds") else None
 
-        def encode(seq: int, event: dict[str, Any]) -> dict[str, Any]:
+        def encode(seq: int, event: dict[str, Any], source: SourceId | None = None) -> dict[str, Any]:
             if version:
-                return resource.table(version, [resource.row(seq, event, include)], {})
-            return resource.item(seq, event)
+                return resource.table(version, [resource.row(seq, event, include, source)], {})
+            return resource.item(seq, event, source=source)
 
         if watch:
             rv = q.get("resourceVersion")
@@ -160,31 +164,31 @@ class AuditApi:
         head = await self.store.head()
         rows, more = await self._page(query, after, limit)
         # the range shown: the filter's bounds, else the events' own times (for the gap warnings)
-        shown = [query.store.since, query.store.until, *(event_time(e) or None for _, e in rows)]
-        meta: dict[str, Any] = {"resourceVersion": str(max([head, *(s for s, _ in rows)]))}
+        shown = [query.store.since, query.store.until, *(event_time(e) or None for _, e, _ in rows)]
+        meta: dict[str, Any] = {"resourceVersion": str(max([head, *(s for s, _, _ in rows)]))}
         if more is not None:
             meta["continue"] = encode_continue(more)
         if version:
-            body = resource.table_body(version, [resource.row(s, e, include) for s, e in rows], meta)
+            body = resource.table_body(version, [resource.row(s, e, include, src) for s, e, src in rows], meta)
             return sources_api.warn(self, web.Response(body=body, headers={
                 "Content-Type": f"application/json;as=Table;v={version};g=meta.k8s.io"}), shown)
         fluent = await self.store.metas(rows[0][0], rows[-1][0]) if rows else {}
-        return sources_api.warn(self, web.Response(
-            body=resource.event_list([resource.item(s, e, fluent.get(s)) for s, e in rows], meta),
-            content_type="application/json"), shown)
+        items = [resource.item(s, e, fluent.get(s), src) for s, e, src in rows]
+        return sources_api.warn(self, web.Response(body=resource.event_list(items, meta),
+                                                   content_type="application/json"), shown)
 
-    async def _page(self, query: resource.Query, after: int, limit: int) -> tuple[list[tuple[int, Any]], int | None]:
+    async def _page(self, query: resource.Query, after: int, limit: int) -> tuple[SourcedRows, int | None]:
         """Up to ``limit`` matching events after ``after``, and where the next page starts (None: no more)."""
         if query.keep is None:
-            rows = await self.store.events(query.store, after, limit)
+            rows = await self.store.sourced_events(query.store, after, limit)
             return rows, (rows[-1][0] if len(rows) == limit else None)
-        out: list[tuple[int, Any]] = []
+        out: SourcedRows = []
         scanned, cursor = 0, after
         while True:
-            batch = await self.store.events(query.store, cursor, SCAN_BATCH)
-            for seq, event in batch:
+            batch = await self.store.sourced_events(query.store, cursor, SCAN_BATCH)
+            for seq, event, source in batch:
                 if query.keep(event):
-                    out.append((seq, event))
+                    out.append((seq, event, source))
                     if len(out) == limit:
                         return out, seq
             if len(batch) < SCAN_BATCH:
@@ -203,17 +207,27 @@ class AuditApi:
         await self._authorize(request, namespace, "get")
         view = VIEW_ALIASES.get(m["view"], m["view"])
         limit = min(uint(request.query.get("limit") or str(VERSIONS_LIMIT), "limit", minimum=1), MAX_LIMIT)
+        where = f"{namespace}/{m['name']}" if namespace else m["name"]
+        cluster, source = request.query.get("cluster"), request.query.get("source")
+        if cluster is None:  # one cluster's history, never a merge: find which, or refuse
+            clusters = await self.store.object_clusters(group, plural, namespace, m["name"], source)
+            if len(clusters) > 1:
+                raise ApiError(409, "Conflict", f"{m['resource']} {where} has events from {len(clusters)} "
+                               f"clusters: {', '.join(repr(c) for c in clusters)}; pass cluster=<name> "
+                               "(kubectl audit --cluster NAME) to see one cluster's history")
+            cluster = clusters[0] if clusters else None
         # A Lease-like object may have 100,000 changes: rebuild only the newest ``limit``, say how many
         # older ones were left out, and number versions as if all were there.
-        rows, omitted = await self.store.object_history(group, plural, namespace, m["name"], limit)
-        where = f"{namespace}/{m['name']}" if namespace else m["name"]
+        rows, omitted = await self.store.object_history(group, plural, namespace, m["name"], limit, cluster, source)
         if not rows:
-            raise ApiError(404, "NotFound", f"no successful changes recorded for {m['resource']} {where}")
+            of = f" from cluster {cluster!r}" if request.query.get("cluster") is not None else ""
+            raise ApiError(404, "NotFound", f"no successful changes recorded for {m['resource']} {where}{of}")
         groups = sorted({g for _, g, _ in rows})
         if len(groups) > 1:
             raise ApiError(409, "Conflict", f"{plural} {where} exists in groups {', '.join(groups) or '(core)'}; "
                            f"name it as {plural}.<group>")
-        ref = {"group": groups[0], "resource": plural, "namespace": namespace, "name": m["name"]}
+        ref = {"group": groups[0], "resource": plural, "namespace": namespace, "name": m["name"],
+               **({"cluster": cluster} if cluster is not None else {}), **({"source": source} if source else {})}
         code, body = await self.queries.object_view(rows, omitted, ref, view, dict(request.query), limit)
         return sources_api.warn(self, web.Response(body=body, status=code, content_type="application/json"),
                                 [event_time(e) or None for _, _, e in rows])

@@ -27,6 +27,7 @@ import orjson
 from aiohttp import web
 
 from kube_audit.contract import API_VERSION
+from kube_audit.model.source import SourceId
 from kube_audit.runtime.observability import get_logger
 from tailer.api.errors import ApiError, status
 from tailer.api.resource import watch_line
@@ -36,7 +37,7 @@ from tailer.store import EventFilter, Store
 WATCH_BATCH = 500
 BOOKMARK_EVERY = 30.0
 log = get_logger(component="api")
-Encode = Callable[[int, dict[str, Any]], dict[str, Any]]
+Encode = Callable[[int, dict[str, Any], SourceId], dict[str, Any]]  # (seq, event, where it came from)
 
 
 class WatchHub:
@@ -73,7 +74,7 @@ def too_old(rv: int, pruned: int) -> str:
             "list again and watch from the list's resourceVersion")
 
 
-def with_rv(seq: int, event: dict[str, Any]) -> dict[str, Any]:
+def with_rv(seq: int, event: dict[str, Any], source: SourceId | None = None) -> dict[str, Any]:
     return {**event, "metadata": {"resourceVersion": str(seq)}}
 
 
@@ -129,7 +130,7 @@ class Watches:
                 if await self._revoked(response, still_allowed, last, flt):
                     return
             flag.clear()
-            rows = await self.store.events(flt, last, WATCH_BATCH)
+            rows = await self.store.sourced_events(flt, last, WATCH_BATCH)
             # Read after the rows: if retention deleted anything above ``last`` since we last looked,
             # these rows may lack it (or it went just after we read: we cannot tell, so we say so too).
             mark = await self.store.pruned()
@@ -139,11 +140,11 @@ class Watches:
                 log.warning("watch_expired", resource_version=last, pruned=mark)
                 return
             pruned = mark
-            kept = [(s, e) for s, e in rows if keep(e)] if keep is not None else rows
+            kept = [row for row in rows if keep(row[1])] if keep is not None else rows
             if rows:
                 last = rows[-1][0]
             if kept:
-                data = b"".join(watch_line("ADDED", encode(s, e)) for s, e in kept)
+                data = b"".join(watch_line("ADDED", encode(*row)) for row in kept)
                 try:
                     async with asyncio.timeout(self.write_timeout):
                         await response.write(data)

@@ -10,6 +10,9 @@ written. Change summaries need the object's state before each event: the first t
 it comes from the store's history of the object, then it is folded forward in sequence order, so every
 replica, and a restarted tailer, says the same thing.
 
+Only the events of the cluster this tailer runs in (--cluster) are projected: another cluster's events
+are read past (the cursor moves over them), and an object's history comes from its own cluster's events.
+
 It never gates an ack: it runs as its own task, wakes on the store's commits (``notify``) and polls
 for other replicas' writes. When the writer's backlog is full it waits; nothing is dropped.
 """
@@ -99,10 +102,13 @@ class Projection:
         """Hand events to the writer until the store has no more (True) or the backlog is full."""
         while True:
             limit = max(1, min(READ_BATCH, self.writer.free))
-            rows = await self.store.events(EventFilter(), after=self.read, limit=limit)
-            for seq, event in rows:
+            rows = await self.store.sourced_events(EventFilter(), after=self.read, limit=limit)
+            for seq, event, source in rows:
                 if self.writer.full:
                     return False
+                if not self.writer.ours(source):  # read past, not filtered in SQL: the cursor moves on
+                    self.read = seq
+                    continue
                 ev = view(event)
                 if ev.object is not None and self.writer.wants(ev) and not self.writer.knows(ev.object):
                     await self._seed(ev.object, seq)
@@ -115,7 +121,8 @@ class Projection:
     async def _seed(self, key: ObjectKey, seq: int) -> None:
         """The object's state before ``seq`` from its stored history, so that the change summary is
         the same whichever replica writes it and whether or not the tailer restarted in between."""
-        rows, _ = await self.store.object_history(key.group, key.resource, key.namespace, key.name)
+        rows, _ = await self.store.object_history(key.group, key.resource, key.namespace, key.name,
+                                                  cluster=self.writer.settings.cluster)
         self.writer.seed(key, [event for s, _, event in sorted(rows, key=lambda r: r[0]) if s < seq])
 
     async def _sleep(self, seconds: float) -> None:

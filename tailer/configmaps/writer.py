@@ -40,6 +40,7 @@ from kube_audit.model.audit import MUTATING_VERBS, EventView, ObjectKey, redact,
 from kube_audit.model.entry import make_entry, state_after
 from kube_audit.model.groups import is_custom_group
 from kube_audit.model.provenance import makes_version
+from kube_audit.model.source import SourceId
 from kube_audit.runtime.observability import get_logger
 from tailer.errors import Conflict, KubeError, KubeUnconfigured, NotFound, Unavailable
 from tailer.metrics import TailerMetrics
@@ -162,15 +163,31 @@ class ConfigMapWriter:
         self._stopping = asyncio.Event()
         self._dropping = False
         self._behind = False
+        self._foreign: set[str] = set()  # other clusters whose events were seen (logged once each)
         self.on_written = on_written
         self.room = asyncio.Event()  # set whenever the backlog has room again
         self.room.set()
 
     # intake (called from the ack path: no awaits, no exceptions out) --------------------------
-    def offer(self, records: Sequence[Record]) -> None:
+    def offer(self, records: Sequence[Record], origin: Any = None) -> None:
+        """The records of one chunk (without a store), from ``origin`` (tailer.ingest.pipeline.Origin)."""
+        if origin is not None and not self.ours(origin.source):
+            return
         for record in records:
             if isinstance(record, dict):
                 self.take(record)
+
+    def ours(self, source: SourceId) -> bool:
+        """Whether an event from ``source`` is of the cluster this tailer runs in (--cluster): other
+        clusters' events are stored and served by the API, but never written into this cluster."""
+        if source.cluster == self.settings.cluster:
+            return True
+        if source.cluster not in self._foreign:
+            self._foreign.add(source.cluster)
+            log.info("configmaps_other_cluster", cluster=source.cluster, ours=self.settings.cluster,
+                     source=source.name, note="events of another cluster get no audit ConfigMap here; "
+                     "give the tailer the --cluster of the forwarder next to this cluster's apiserver")
+        return False
 
     @property
     def full(self) -> bool:

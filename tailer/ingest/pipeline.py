@@ -76,7 +76,7 @@ class ControlSink(Protocol):
 class Observer(Protocol):
     name: str
 
-    def offer(self, records: Sequence[Record]) -> None: ...
+    def offer(self, records: Sequence[Record], origin: Origin) -> None: ...
 
 
 class RejectedSink(Protocol):
@@ -136,7 +136,7 @@ class Pipeline:
         events = [i.record for i in items if isinstance(i, AuditEvent)]
         for observer in self.observers:
             try:
-                observer.offer(events)
+                observer.offer(events, origin)
             except Exception as exc:  # an observer bug must not stop acks
                 self.metrics.sink_errors.labels(observer.name).inc()
                 log.error("observer_failed", observer=observer.name, error=repr(exc))

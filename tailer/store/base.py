@@ -24,11 +24,14 @@ from typing import Any, TypeVar
 
 import orjson
 
-from tailer.store.rows import COLUMNS, Codec, EventFilter, InsertResult, Row, to_row
+from kube_audit.model.source import SourceId
+from tailer.store.rows import COLUMNS, Codec, EventFilter, InsertResult, Row, clean, origin_where, to_row
 
 T = TypeVar("T")
 GROUP_ROWS = 20_000  # most rows one group commit takes
 EventRows = list[tuple[int, dict[str, Any]]]
+SourcedRows = list[tuple[int, dict[str, Any], SourceId]]  # (seq, event, where it came from)
+UNNAMED = SourceId("", "")  # origin 0: events stored before issue 12, and what is inserted with no source
 ObjectRows = list[tuple[int, str, dict[str, Any]]]
 
 
@@ -60,7 +63,9 @@ class Store:
         self.codec = Codec()
         self._trainer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.kind}-train")
         self._training: Future[Any] | None = None
-        self._pending: list[tuple[list[Row], asyncio.Future[int]]] = []
+        self._pending: list[tuple[list[Row], SourceId, asyncio.Future[int]]] = []
+        self._origin_ids: dict[SourceId, int] = {}  # writer thread: committed ids of audit_origins
+        self._origin_names: dict[int, SourceId] = {0: UNNAMED}  # readers: the same, the other way round
         self._drainer: asyncio.Task[None] | None = None
 
     @classmethod
@@ -143,14 +148,15 @@ class Store:
 
     # ---- writes ----
 
-    async def insert(self, records: Sequence[Any]) -> InsertResult:
-        """Store a chunk durably; repeats of a stored (auditID, stage) are dropped."""
+    async def insert(self, records: Sequence[Any], source: SourceId | None = None) -> InsertResult:
+        """Store a chunk from ``source`` durably; repeats of a stored (auditID, stage) are dropped (the
+        first copy keeps its source)."""
         rows = [r for r in map(to_row, records) if r is not None]
         skipped = len(records) - len(rows)
         if not rows:
             return InsertResult(0, 0, skipped)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((rows, future))
+        self._pending.append((rows, source or UNNAMED, future))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name=f"{self.kind}-group-commit")
         inserted = await future
@@ -158,28 +164,29 @@ class Store:
 
     async def _drain(self) -> None:
         while self._pending:
-            group: list[tuple[list[Row], asyncio.Future[int]]] = []
+            group: list[tuple[list[Row], SourceId, asyncio.Future[int]]] = []
             size = 0
             while self._pending and (not group or size + len(self._pending[0][0]) <= GROUP_ROWS):
                 group.append(self._pending.pop(0))
                 size += len(group[-1][0])
             try:
-                counts = await self._write(partial(self._insert, [rows for rows, _ in group]))
+                counts = await self._write(partial(self._insert, [(rows, src) for rows, src, _ in group]))
             except StoreError as exc:
                 if len(group) == 1:
-                    _settle(group[0][1], exc)
+                    _settle(group[0][2], exc)
                     continue
-                for rows, future in group:  # one by one: only a chunk the database refuses fails
+                for rows, src, future in group:  # one by one: only a chunk the database refuses fails
                     try:
-                        _settle(future, (await self._write(partial(self._insert, [rows])))[0])
+                        _settle(future, (await self._write(partial(self._insert, [(rows, src)])))[0])
                     except StoreError as one:
                         _settle(future, one)
             else:
-                for (_, future), count in zip(group, counts, strict=True):
+                for (_, _, future), count in zip(group, counts, strict=True):
                     _settle(future, count)
 
-    def _insert(self, groups: list[list[Row]]) -> list[int]:
+    def _insert(self, chunks: list[tuple[list[Row], SourceId]]) -> list[int]:
         p = self.ph
+        groups = [rows for rows, _ in chunks]
         if self.codec.current is None and self._training is None and \
                 self.codec.wants_training([r.event for rows in groups for r in rows]):
             self._training = self._trainer.submit(self.codec.train)  # ~1 s of CPU, not on the writer
@@ -193,15 +200,17 @@ class Store:
                 self._keep_dict(trained)
         sql = (f"INSERT INTO audit_events (hw, {', '.join(COLUMNS)}) VALUES ({', '.join([p] * (len(COLUMNS) + 1))}) "
                "ON CONFLICT (ts, audit_id, stage) DO NOTHING")
+        fresh: dict[SourceId, int] = {}
         with self._transaction() as conn:
             last = conn.execute("SELECT seq, hw FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
             top, hw = (int(last[0]), float(last[1])) if last else (0, float("-inf"))
             counts = []
-            for rows in groups:
+            for rows, source in chunks:
+                origin = self._origin_id(conn, source, fresh)
                 params = []
                 for r in rows:
                     hw = max(hw, r.ts)  # the running maximum: non-decreasing in seq
-                    params.append((hw, *r[:-1], self.codec.compress(r.event)))
+                    params.append((hw, *r[:-2], origin, self.codec.compress(r.event)))
                 counts.append(self._executemany(conn, sql, params))
             added = sum(counts)
             if added == sum(len(rows) for rows in groups):
@@ -210,7 +219,27 @@ class Store:
                 size = int(conn.execute(f"SELECT COALESCE(SUM(bytes), 0) FROM audit_events WHERE seq > {p}",
                                         (top,)).fetchone()[0])
             conn.execute(f"UPDATE audit_totals SET rows = rows + {p}, bytes = bytes + {p} WHERE id = 1", (added, size))
+        self._origin_ids.update(fresh)  # committed: from now on known without a read
         return counts
+
+    def _origin_id(self, conn: Any, source: SourceId, fresh: dict[SourceId, int]) -> int:
+        """The id of ``source`` in ``audit_origins``, added in this transaction when it is new (one read
+        per new source per process; the common case is a dictionary lookup)."""
+        known = self._origin_ids.get(source, fresh.get(source))
+        if known is not None:
+            return known
+        p, names = self.ph, (clean(source.cluster), clean(source.name))
+        pick = f"SELECT id FROM audit_origins WHERE cluster = {p} AND source = {p}"
+        row = conn.execute(pick, names).fetchone()
+        if row is None:
+            new = int(conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM audit_origins").fetchone()[0])
+            conn.execute(f"INSERT INTO audit_origins (id, cluster, source) VALUES ({p}, {p}, {p}) "
+                         "ON CONFLICT DO NOTHING", (new, *names))
+            row = conn.execute(pick, names).fetchone()
+            if row is None:  # another replica took that id in the meantime: the chunk is resent
+                raise StoreError(f"{self.kind}: could not name source {source}; retrying")
+        fresh[source] = int(row[0])
+        return fresh[source]
 
     def _executemany(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
         raise NotImplementedError
@@ -240,7 +269,7 @@ class Store:
         """One small real write (a row inserted and deleted again, committed): the store is healthy
         again when it succeeds. The row takes a sequence number that no event will have."""
         p = self.ph
-        values = ("probe", "probe", 0.0, "", "", "", "", "", "", "", "", None, 0, 0, None, b"{}")
+        values = ("probe", "probe", 0.0, "", "", "", "", "", "", "", "", None, 0, 0, None, 0, b"{}")
 
         def touch() -> None:
             with self._transaction() as conn:
@@ -350,18 +379,31 @@ class Store:
 
     async def events(self, flt: EventFilter, after: int = 0, limit: int = 500) -> EventRows:
         """Events matching ``flt`` with seq > ``after``, in sequence order."""
-        clauses, args = flt.where(self.ph)
-        sql = (f"SELECT seq, event FROM audit_events WHERE {' AND '.join([f'seq > {self.ph}', *clauses])} "
-               f"ORDER BY seq LIMIT {self.ph}")
+        return [(seq, event) for seq, event, _ in await self.sourced_events(flt, after, limit)]
 
-        def query(conn: Any) -> EventRows:
+    async def sourced_events(self, flt: EventFilter, after: int = 0, limit: int = 500) -> SourcedRows:
+        """``events``, each with the (cluster, source) it came from."""
+        clauses, args = flt.where(self.ph)
+        sql = (f"SELECT seq, origin, event FROM audit_events WHERE "
+               f"{' AND '.join([f'seq > {self.ph}', *clauses])} ORDER BY seq LIMIT {self.ph}")
+
+        def query(conn: Any) -> SourcedRows:
             start = after
             if flt.since is not None:  # nothing below the first row whose running maximum reaches ``since``
                 start = max(start, self._first_at(conn, flt.since) - 1)
             rows = conn.execute(sql, (start, *args, limit)).fetchall()
-            return [(int(seq), self._load(conn, body)) for seq, body in rows]
+            names = self._names(conn, {int(origin) for _, origin, _ in rows})
+            return [(int(seq), self._load(conn, body), names[int(origin)]) for seq, origin, body in rows]
 
         return await self._read(query)
+
+    def _names(self, conn: Any, ids: set[int]) -> dict[int, SourceId]:
+        """The (cluster, source) of each origin id (read again when one is new to this process)."""
+        names = self._origin_names
+        if not ids <= names.keys():
+            read = conn.execute("SELECT id, cluster, source FROM audit_origins").fetchall()
+            names = self._origin_names = {**names, **{int(i): SourceId(str(c), str(s)) for i, c, s in read}}
+        return {i: names.get(i, UNNAMED) for i in ids}
 
     async def metas(self, first: int, last: int) -> dict[int, dict[str, Any]]:
         """What came beside the events from ``first`` to ``last`` (sequences, inclusive) on the forward
@@ -372,16 +414,14 @@ class Store:
         return {int(seq): _json(bytes(meta)) for seq, meta in rows}
 
     async def object_events(self, group: str | None, resource: str, namespace: str, name: str,
-                            limit: int | None = None) -> ObjectRows:
+                            limit: int | None = None, cluster: str | None = None) -> ObjectRows:
         """Successful mutating ResponseComplete events of one object: (seq, api group, event), oldest
         first; with ``limit``, only the newest ``limit`` of them."""
-        rows, _ = await self.object_history(group, resource, namespace, name, limit)
+        rows, _ = await self.object_history(group, resource, namespace, name, limit, cluster)
         return rows
 
-    async def object_history(self, group: str | None, resource: str, namespace: str, name: str,
-                             limit: int | None = None) -> tuple[ObjectRows, int]:
-        """``object_events`` and how many older versions ``limit`` left out. Only the newest ``limit``
-        events are read whole; the older ones are counted (dry runs, which make no version, apart)."""
+    def _object_where(self, group: str | None, resource: str, namespace: str, name: str,
+                      cluster: str | None = None, source: str | None = None) -> tuple[str, list[Any]]:
         p = self.ph
         # the events that can make a version (provenance.makes_version also drops dry runs)
         where = (f"resource = {p} AND namespace = {p} AND name = {p} AND stage = 'ResponseComplete' "
@@ -391,6 +431,33 @@ class Store:
         if group is not None:
             where += f" AND api_group = {p}"
             args.append(group)
+        clauses, more = origin_where(p, cluster, source)
+        return " AND ".join([where, *clauses]), args + more
+
+    async def object_clusters(self, group: str | None, resource: str, namespace: str, name: str,
+                              source: str | None = None) -> list[str]:
+        """The clusters that events of one object came from, sorted. A store that knows one cluster only
+        (the common case) answers without reading the object's events."""
+        where, args = self._object_where(group, resource, namespace, name, None, source)
+
+        def query(conn: Any) -> list[str]:
+            known = [str(c) for c, in conn.execute("SELECT DISTINCT cluster FROM audit_origins").fetchall()]
+            if len(known) <= 1:
+                return known
+            sql = f"SELECT DISTINCT cluster FROM audit_origins WHERE id IN (SELECT origin FROM audit_events WHERE {where})"
+            return sorted(str(c) for c, in conn.execute(sql, args).fetchall())
+
+        return await self._read(query)
+
+    async def object_history(self, group: str | None, resource: str, namespace: str, name: str,
+                             limit: int | None = None, cluster: str | None = None,
+                             source: str | None = None) -> tuple[ObjectRows, int]:
+        """``object_events`` and how many older versions ``limit`` left out. Only the newest ``limit``
+        events are read whole; the older ones are counted (dry runs, which make no version, apart).
+        ``cluster``, ``source``: only the events from there (an object history never mixes clusters:
+        the API asks ``object_clusters`` first)."""
+        p = self.ph
+        where, args = self._object_where(group, resource, namespace, name, cluster, source)
         sql = f"SELECT seq, ts, api_group, event FROM audit_events WHERE {where} ORDER BY ts DESC, seq DESC"
         if limit is not None:
             sql += f" LIMIT {p}"

@@ -40,6 +40,7 @@ class Row(NamedTuple):
     dry: int  # 1 for a ?dryRun request: it changed nothing
     bytes: int  # length of the event's JSON (what --retention-bytes counts), not of the stored body
     meta: builtins.bytes | None  # JSON {"tag", "metadata"} from the forward protocol; None in the common case
+    origin: int  # id of the (cluster, source) it came from in ``audit_origins``: the store sets it (to_row: 0)
     event: builtins.bytes  # the JSON, still uncompressed: the writer compresses (off the event loop); last
 
 
@@ -58,11 +59,12 @@ class EventFilter:
     until: float | None = None  # epoch seconds, exclusive
     level: str | None = None
     code: int | None = None
+    cluster: str | None = None  # the forwarder's --cluster ("" = none given, and events stored before issue 12)
+    source: str | None = None  # the forwarder's --source-name (else its PING hostname, else its tag)
 
     def where(self, ph: str) -> tuple[list[str], list[Any]]:
         """SQL conditions with ``ph`` as the driver's placeholder, and their arguments."""
-        clauses: list[str] = []
-        args: list[Any] = []
+        clauses, args = origin_where(ph, self.cluster, self.source)
         for column, value in (("namespace", self.namespace), ("username", self.user), ("verb", self.verb),
                               ("resource", self.resource), ("api_group", self.group), ("name", self.name),
                               ("level", self.level), ("code", self.code)):
@@ -76,6 +78,16 @@ class EventFilter:
             clauses.append(f"ts < {ph}")
             args.append(self.until)
         return clauses, args
+
+
+def origin_where(ph: str, cluster: str | None, source: str | None) -> tuple[list[str], list[Any]]:
+    """The condition on ``origin`` for a cluster and/or source name (an unknown name matches nothing)."""
+    names = [(column, clean(value)) for column, value in (("cluster", cluster), ("source", source))
+             if value is not None]
+    if not names:
+        return [], []
+    inner = " AND ".join(f"{column} = {ph}" for column, _ in names)
+    return [f"origin IN (SELECT id FROM audit_origins WHERE {inner})"], [value for _, value in names]
 
 
 @dataclass(frozen=True)
@@ -120,7 +132,7 @@ def to_row(record: Any) -> Row | None:
     code = v.code if v.code is not None and -(2**63) <= v.code < 2**63 else None  # the column is 64-bit
     return Row(clean(v.audit_id), clean(v.stage), ev.ts if ev.ts is not None else event_time(ev.record),
                clean(v.verb), clean(v.level), clean(v.user), clean(v.group), clean(v.resource), clean(v.namespace),
-               clean(v.name), clean(v.subresource), code, int(is_dry_run(ev.body)), len(ev.json), ev.meta, ev.json)
+               clean(v.name), clean(v.subresource), code, int(is_dry_run(ev.body)), len(ev.json), ev.meta, 0, ev.json)
 
 
 class Codec:

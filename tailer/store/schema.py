@@ -126,8 +126,19 @@ def _to_v3(t: Types) -> list[str]:
 
 
 def _v4_identity(t: Types) -> list[str]:
-    """Issue 12, identity: which source and cluster each event came from (owned by the store's rows)."""
-    return []
+    """Issue 12, identity: which source and cluster each event came from (owned by the store's rows).
+
+    ``audit_origins`` names each (cluster, source) once; ``audit_events.origin`` is its id. The column
+    has a constant default, so neither database rewrites a row to add it (SQLite keeps the default in
+    the schema, PostgreSQL 11+ as the column's missing value): rows from before read as origin 0, named
+    (cluster "", source "") when there were any. A small integer costs SQLite no payload byte for ids 0
+    and 1 (the common case: one forwarder) and one byte up to 127; PostgreSQL 4 bytes."""
+    return [
+        "CREATE TABLE audit_origins (id INTEGER PRIMARY KEY, cluster TEXT NOT NULL, source TEXT NOT NULL, "
+        "UNIQUE (cluster, source))",
+        "INSERT INTO audit_origins (id, cluster, source) SELECT 0, '', '' WHERE EXISTS (SELECT 1 FROM audit_events)",
+        "ALTER TABLE audit_events ADD COLUMN origin INTEGER NOT NULL DEFAULT 0",
+    ]
 
 
 def _v4_sources(t: Types) -> list[str]:

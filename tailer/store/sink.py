@@ -26,10 +26,12 @@ class StoreSink:
 
     async def write(self, records: Sequence[AuditEvent | Rejected], origin: Any = None) -> list[Rejected]:
         """Commit the chunk; a transient StoreError goes up (no ack). When the database refuses the chunk
-        for its data, each event is tried alone and those it refuses for good come back rejected."""
+        for its data, each event is tried alone and those it refuses for good come back rejected. Every
+        event keeps the chunk's source and cluster (``origin``, worked out once per chunk)."""
+        source = origin.source if origin is not None else None
         try:
             with self.metrics.store_commit.time():
-                self._count(await self.store.insert(records))
+                self._count(await self.store.insert(records, source))
             return []
         except StoreError as exc:
             if exc.transient:
@@ -39,7 +41,7 @@ class StoreSink:
             if not isinstance(item, AuditEvent):
                 continue
             try:
-                self._count(await self.store.insert([item]))
+                self._count(await self.store.insert([item], source))
             except StoreError as exc:
                 if exc.transient:
                     raise

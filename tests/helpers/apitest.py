@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from kube_audit.model.source import SourceId
 from kube_audit.runtime.http import build_app
 from tailer.api.authz import StaticTokens
 from tailer.api.routes import AuditApi, WatchHub
@@ -34,8 +35,8 @@ class Api:
         assert resp.status == expect, str(body)[:2000]
         return body
 
-    async def insert(self, events: list[dict[str, Any]]) -> None:
-        await self.store.insert(events)
+    async def insert(self, events: list[dict[str, Any]], source: SourceId | None = None) -> None:
+        await self.store.insert(events, source)
         self.hub.notify()
 
 

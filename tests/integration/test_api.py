@@ -31,7 +31,8 @@ async def test_scenario_versions(api: Api) -> None:
     await api.insert(SCENARIO[6:])
     body = await api.get(WEB + "/versions")
     assert body["kind"] == "ObjectVersionList"
-    assert body["objectRef"] == {"group": "apps", "resource": "deployments", "namespace": "shop", "name": "web"}
+    assert body["objectRef"] == {"group": "apps", "resource": "deployments", "namespace": "shop", "name": "web",
+                                  "cluster": ""}
     smp = "patch replaces the list spec.template.spec.containers; a strategic merge patch would have merged it by key"
     assert [brief(v) for v in body["items"]] == [
         (1, "create", "alice", True, None, None, 1, "web:1.0", False),

@@ -98,9 +98,11 @@ async def test_server_side_printing(api: Api) -> None:
     body = await resp.json()
     assert resp.status == 200 and resp.headers["Content-Type"].startswith("application/json;as=Table")
     assert body["kind"] == "Table" and body["apiVersion"] == "meta.k8s.io/v1"
-    assert [c["name"].upper() for c in body["columnDefinitions"]] == ["TIME", "USER", "VERB", "RESOURCE", "NAME", "CODE"]
+    assert [c["name"].upper() for c in body["columnDefinitions"]] == ["TIME", "USER", "VERB", "RESOURCE", "NAME", "CODE",
+                                                                       "CLUSTER", "SOURCE"]
+    assert [c["priority"] for c in body["columnDefinitions"]][-2:] == [1, 1]  # kubectl shows them with -o wide
     assert body["rows"][1]["cells"] == [SCENARIO[1]["stageTimestamp"], "alice@example.com", "create", "deployments",
-                                        "web", 201]
+                                        "web", 201, "", ""]
     assert body["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
     assert body["rows"][0]["object"]["metadata"]["namespace"] == "shop" and body["metadata"]["continue"]
     full = await api.client.get(SHOP_EVENTS, headers=TABLE, params={"includeObject": "Object", "limit": "1"})

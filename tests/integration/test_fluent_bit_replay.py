@@ -102,7 +102,7 @@ def test_fluent_bit_metadata_and_tag_are_kept_in_the_store_not_on_stdout(start_t
 
     wait_for(lambda: len(listed()) == len(events), what="every event in the store")
     kept = {i["auditID"]: json.loads(i["metadata"]["annotations"][FLUENT_ANNOTATION])
-            for i in listed() if "annotations" in i["metadata"]}
+            for i in listed() if FLUENT_ANNOTATION in i["metadata"]["annotations"]}  # every item names its source
     production = {"origin": "capture", "k8s": {"ns": "prod"}}
     assert kept == {
         "id-1": {"tag": "relay.in", "metadata": production},
