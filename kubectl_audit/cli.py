@@ -107,12 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--value", required=True, help="JSON value or string")
     for parser in (d, b):
         parser.set_defaults(by_name=False)
-    # conflict_handler: its own --cluster and -o (with wide) win over the shared parents' ones
-    s = sub.add_parser("sources", parents=[_common(("table", "wide", "json", "yaml")), api], conflict_handler="resolve",
+    s = sub.add_parser("sources", parents=[common, api],
                        help="the forwarders the tailer hears from: state, last seen, lag, gaps",
-                       description="The forwarders (sources) the tailer hears from: ok, lagging, silent or gap.")
+                       description="The forwarders (sources) the tailer hears from: ok, lagging, silent or gap. "
+                                   "--cluster: only that cluster's; --source: only that one.")
     s.add_argument("name", nargs="?", help="one source")
-    s.add_argument("--cluster", help="only the sources of this cluster (--cluster '' for the unnamed one)")
     s.set_defaults(by_name=False, resource=None)
     return p
 
