@@ -363,6 +363,21 @@ class Store:
 
         return await self._read(query)
 
+    async def rows_after(self, after: int, limit: int) -> list[tuple[int, Row]]:
+        """Every event with seq > ``after``, in sequence order, as its row: the filter columns and the
+        event's JSON bytes, decompressed but not parsed (what the API's watch ring keeps)."""
+        sql = f"SELECT seq, {', '.join(COLUMNS)} FROM audit_events WHERE seq > {self.ph} ORDER BY seq LIMIT {self.ph}"
+
+        def fetch(dict_id: int, conn: Any) -> bytes | None:
+            row = conn.execute(f"SELECT data FROM audit_dicts WHERE id = {self.ph}", (dict_id,)).fetchone()
+            return bytes(row[0]) if row else None
+
+        def query(conn: Any) -> list[tuple[int, Row]]:
+            rows = conn.execute(sql, (after, limit)).fetchall()
+            return [(int(r[0]), Row._make((*r[1:-1], self.codec.raw(r[-1], partial(fetch, conn=conn))))) for r in rows]
+
+        return await self._read(query)
+
     async def metas(self, first: int, last: int) -> dict[int, dict[str, Any]]:
         """What came beside the events from ``first`` to ``last`` (sequences, inclusive) on the forward
         protocol, ``{"tag", "metadata"}``, for those that have it (a primary-key range: one cheap read)."""
