@@ -179,7 +179,8 @@ def add_api_flags(p: EnvParser) -> None:
     p.add_argument("--requestheader-extra-headers-prefix", type=parse_names, default=("X-Remote-Extra-",),
                    metavar="PREFIXES", help="header prefixes of user extras (default X-Remote-Extra-)")
     p.add_argument("--watch-poll", type=parse_duration, default=1.0,
-                   help="how often an idle watch re-reads the store, for other replicas' writes (default 1s)")
+                   help="how often the watch ring re-reads the store when no commit woke it, for other replicas' writes "
+                        "(default 1s)")
     p.add_argument("--watch-write-timeout", type=parse_duration, default=10.0,
                    help="a watch client that takes longer to read one batch is cut off (default 10s)")
     p.add_argument("--watch-recheck", type=parse_duration, default=60.0,

@@ -95,7 +95,7 @@ class Watches:
                  ring_events: int = 20_000, ring_bytes: int = 64 * 1024**2) -> None:
         self.store, self.hub, self.metrics = store, hub, metrics
         self.poll, self.write_timeout, self.recheck, self.max_watchers = poll, write_timeout, recheck, max_watchers
-        self.ring = Ring(store, hub.wake, hub.feed, lambda: len(hub), metrics, poll, ring_events, ring_bytes)
+        self.ring = Ring(store, hub.wake, hub.feed, lambda: 0 if hub.closed else len(hub), metrics, poll, ring_events, ring_bytes)
 
     async def serve(self, request: web.Request, flt: EventFilter, rv: int | None, timeout: float | None = None,
                     still_allowed: Callable[[], Awaitable[bool]] | None = None, encode: Encode = with_rv,
