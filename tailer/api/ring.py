@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -31,6 +33,7 @@ from tailer.store import EventFilter, Store
 from tailer.store.rows import Row, clean
 
 FEED_BATCH = 1000  # rows per store read of the ring
+WAKE_EVERY = 0.1  # seconds: while the ring catches up on a large commit, it wakes the watchers this often
 ENTRY_OVERHEAD = 700  # bytes of Python objects per event beside its JSON and lines (Row tuple, strings, lists)
 # (EventFilter field, Row column) of the equality filters, in the order the index prefers them
 FIELDS: tuple[tuple[str, str], ...] = (
@@ -82,7 +85,7 @@ class Segment:
         self.entries = [Entry(seq, row) for seq, row in rows]
         self.last = self.entries[-1].seq if self.entries else after
         self.bytes = sum(len(e.row.event) + ENTRY_OVERHEAD for e in self.entries)
-        self._index: dict[str, dict[Any, list[Entry]]] = {}
+        self._index: dict[tuple[str, ...], dict[Any, list[Entry]]] = {}
         self._matches: dict[EventFilter, list[Entry]] = {}
 
     def matching(self, flt: EventFilter, after: int) -> list[Entry]:
@@ -93,16 +96,20 @@ class Segment:
         return found if after <= self.after else [e for e in found if e.seq > after]
 
     def _candidates(self, flt: EventFilter) -> list[Entry]:
-        for field, column in FIELDS:
-            want = getattr(flt, field)
-            if want is not None:
-                index = self._index.get(column)
-                if index is None:
-                    index = self._index[column] = {}
-                    for e in self.entries:
-                        index.setdefault(getattr(e.row, column), []).append(e)
-                return index.get(wanted(want), [])
-        return self.entries
+        """The entries equal to ``flt`` on every column it sets, from an index over those columns built on
+        first use (filters of the same shape share it); ``matches`` still decides."""
+        fields = [(field, column) for field, column in FIELDS if getattr(flt, field) is not None]
+        if not fields:
+            return self.entries
+        columns = tuple(column for _, column in fields)
+        index = self._index.get(columns)
+        if index is None:
+            index = self._index[columns] = {}
+            key = attrgetter(*columns)  # a tuple for several columns, the value for one
+            for e in self.entries:
+                index.setdefault(key(e.row), []).append(e)
+        want = tuple(wanted(getattr(flt, field)) for field, _ in fields)
+        return index.get(want if len(want) > 1 else want[0], [])
 
 
 class Ring:
@@ -156,14 +163,21 @@ class Ring:
             self.floor = self.last = await self.store.head()
             self.pruned = await self.store.pruned()
             self.running = True
+            pending, woken = False, time.monotonic()  # pending: appended since the watchers were woken
             while self.watchers():
                 self.feed.clear()
                 rows = await self.store.rows_after(self.last, FEED_BATCH)
                 pruned = await self.store.pruned()  # after the rows, as watchers read it (watch.py)
                 if rows or pruned != self.pruned:
                     self.append(rows, pruned)
+                    pending = True
+                full = len(rows) == FEED_BATCH
+                # Catching up on a large commit: wake the watchers at the end (or every WAKE_EVERY
+                # seconds), for fewer, larger writes to each of them.
+                if pending and (not full or time.monotonic() - woken >= WAKE_EVERY):
                     self.wake()
-                if len(rows) == FEED_BATCH:
+                    pending, woken = False, time.monotonic()
+                if full:
                     continue
                 try:
                     async with asyncio.timeout(self.poll):
