@@ -10,7 +10,9 @@ secrets|services|leases|events, level=RequestResponse, code=404, user=alice@exam
 The client counts the lines it receives. Reported: events/s, tailer CPU per event (from /proc), the
 tailer's peak RSS (VmHWM) and how many watch lines arrived of how many the filters select.
 
-    python -m bench.watchers [--events 30000] [--watchers 200] [--runs 3] [--before d0b19d0]
+    python -m bench.watchers [--events 30000] [--watchers 200] [--runs 3] [--before d0b19d0] [--mix all]
+
+``--mix all``: every watcher unfiltered (the issue's first measurement): 200 copies of every event.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ CLUSTER_WIDE: list[dict[str, str]] = [
 ]
 
 
-def filters(n: int) -> list[dict[str, str]]:
+def filters(n: int, mix: str = "filtered") -> list[dict[str, str]]:
+    if mix == "all":  # every watcher takes every event (kubectl get auditevents -A --watch)
+        return [{}] * n
     every = [{"namespace": ns, **v} for ns in NAMESPACES for v in VARIANTS] + CLUSTER_WIDE
     return [every[i % len(every)] for i in range(n)]
 
@@ -63,14 +67,14 @@ def selects(flt: dict[str, str], e: dict[str, Any]) -> bool:
     return all(have[k] == v for k, v in flt.items())
 
 
-async def client(base: str, n: int, counts: Path) -> None:
+async def client(base: str, n: int, counts: Path, mix: str) -> None:
     """Open ``n`` watches, say "ready", count lines into ``counts`` until killed."""
     import aiohttp
 
     got = [0] * n
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      timeout=aiohttp.ClientTimeout(total=None)) as session:
-        responses = [await session.get(base + PATH, params={"watch": "true", **flt}) for flt in filters(n)]
+        responses = [await session.get(base + PATH, params={"watch": "true", **flt}) for flt in filters(n, mix)]
         assert all(r.status == 200 for r in responses), [r.status for r in responses if r.status != 200][:3]
 
         async def read(i: int, resp: Any) -> None:
@@ -103,7 +107,7 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expected: int) -> dict[str, float]:
+def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expected: int, mix: str) -> dict[str, float]:
     import socket
 
     import fluent_forward as ff
@@ -125,7 +129,7 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
                     time.sleep(0.05)
             if watchers:
                 watch = subprocess.Popen([sys.executable, "-m", "bench.watchers", "--client", f"http://127.0.0.1:{http}",
-                                          "--watchers", str(watchers), "--counts", str(counts)],
+                                          "--watchers", str(watchers), "--counts", str(counts), "--mix", mix],
                                          stdout=subprocess.PIPE, text=True, cwd=str(HERE),
                                          env=dict(os.environ, PYTHONPATH=str(HERE)))
                 assert watch.stdout is not None and watch.stdout.readline().strip() == "ready"
@@ -172,16 +176,18 @@ def main() -> int:
     p.add_argument("--watchers", type=int, default=200)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--before", default="d0b19d0", help="git revision of the baseline ('' = none)")
+    p.add_argument("--mix", choices=("filtered", "all"), default="filtered",
+                   help="filtered: the mix above; all: every watcher unfiltered")
     p.add_argument("--client", help=argparse.SUPPRESS)
     p.add_argument("--counts", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.client:
-        asyncio.run(client(a.client, a.watchers, Path(a.counts)))
+        asyncio.run(client(a.client, a.watchers, Path(a.counts), a.mix))
         return 0
     records = list(many(a.events))
-    expected = sum(selects(f, e) for f in filters(a.watchers) for e in records)
+    expected = sum(selects(f, e) for f in filters(a.watchers, a.mix) for e in records)
     data = chunks(a.events)
-    print(f"{a.events} events, {a.watchers} watchers selecting {expected:,} watch lines in all", flush=True)
+    print(f"{a.events} events, {a.watchers} watchers ({a.mix}) selecting {expected:,} watch lines in all", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"after": HERE}
         if a.before:
@@ -190,7 +196,7 @@ def main() -> int:
         for r in range(a.runs):
             for name, tree in trees.items():
                 for w in (0, a.watchers):
-                    out = run(tree, data, a.events, w, expected)
+                    out = run(tree, data, a.events, w, expected, a.mix)
                     got.setdefault((name, w), []).append(out)
                     print(f"run {r + 1} {name:6} {w:3} watchers: {out['eps']:>7,.0f} events/s, {out['us']:4.0f} µs "
                           f"tailer CPU/event, peak RSS {out['rss']:5.0f} MB, {out['delivered']:,} of "

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import deque
+from collections import deque, namedtuple
 from collections.abc import Callable, Hashable
 from operator import attrgetter
 from typing import Any
@@ -30,16 +30,19 @@ import orjson
 
 from kube_audit.runtime.observability import get_logger
 from tailer.store import EventFilter, Store
-from tailer.store.rows import Row, clean
+from tailer.store.rows import clean
 
 FEED_BATCH = 1000  # rows per store read of the ring
 WAKE_EVERY = 0.1  # seconds: while the ring catches up on a large commit, it wakes the watchers this often
-ENTRY_OVERHEAD = 700  # bytes of Python objects per event beside its JSON and lines (Row tuple, strings, lists)
-# (EventFilter field, Row column) of the equality filters, in the order the index prefers them
+WAKE_GAP = 0.1  # seconds at least between two wakes otherwise: fewer, larger writes to each watcher
+ENTRY_OVERHEAD = 900  # bytes of Python objects per event beside its JSON and lines (measured: row, strings, index)
+# (EventFilter field, store column) of the equality filters, in the order the index prefers them
 FIELDS: tuple[tuple[str, str], ...] = (
     ("namespace", "namespace"), ("name", "name"), ("user", "username"), ("resource", "resource"),
     ("verb", "verb"), ("group", "api_group"), ("level", "level"), ("code", "code"),
 )
+# What the ring keeps of an event: the columns the filters read, and the JSON bytes (last)
+RingRow = namedtuple("RingRow", ["ts", *dict.fromkeys(column for _, column in FIELDS), "event"])  # type: ignore[misc]
 log = get_logger(component="api")
 
 
@@ -48,7 +51,7 @@ def wanted(value: Any) -> Any:
     return clean(value) if isinstance(value, str) else value
 
 
-def matches(flt: EventFilter, row: Row) -> bool:
+def matches(flt: EventFilter, row: Any) -> bool:
     """Whether the store's filter ``flt`` selects ``row``, as its SQL (EventFilter.where) would."""
     for field, column in FIELDS:
         want = getattr(flt, field)
@@ -67,7 +70,7 @@ def loads(data: bytes) -> dict[str, Any]:
 class Entry:
     __slots__ = ("lines", "row", "seq")
 
-    def __init__(self, seq: int, row: Row) -> None:
+    def __init__(self, seq: int, row: Any) -> None:
         self.seq, self.row = seq, row
         self.lines: dict[Hashable, bytes] | None = None  # watch lines by encoding, made on first use
 
@@ -80,9 +83,11 @@ class Segment:
 
     __slots__ = ("_index", "_matches", "after", "bytes", "entries", "last")
 
-    def __init__(self, after: int, rows: list[tuple[int, Row]]) -> None:
+    def __init__(self, after: int, rows: list[tuple[Any, ...]]) -> None:
+        """``rows``: (seq, *RingRow) as Store.rows_after reads them."""
         self.after = after
-        self.entries = [Entry(seq, row) for seq, row in rows]
+        make = RingRow._make
+        self.entries = [Entry(r[0], make(r[1:])) for r in rows]
         self.last = self.entries[-1].seq if self.entries else after
         self.bytes = sum(len(e.row.event) + ENTRY_OVERHEAD for e in self.entries)
         self._index: dict[tuple[str, ...], dict[Any, list[Entry]]] = {}
@@ -166,7 +171,7 @@ class Ring:
             pending, woken = False, time.monotonic()  # pending: appended since the watchers were woken
             while self.watchers():
                 self.feed.clear()
-                rows = await self.store.rows_after(self.last, FEED_BATCH)
+                rows = await self.store.rows_after(self.last, FEED_BATCH, RingRow._fields[:-1])
                 pruned = await self.store.pruned()  # after the rows, as watchers read it (watch.py)
                 if rows or pruned != self.pruned:
                     self.append(rows, pruned)
@@ -177,6 +182,8 @@ class Ring:
                 if pending and (not full or time.monotonic() - woken >= WAKE_EVERY):
                     self.wake()
                     pending, woken = False, time.monotonic()
+                    if not full:  # commits that come meanwhile are read (and written) together
+                        await asyncio.sleep(WAKE_GAP)
                 if full:
                     continue
                 try:
@@ -191,7 +198,7 @@ class Ring:
             self._task = None
             self.wake()
 
-    def append(self, rows: list[tuple[int, Row]], pruned: int) -> None:
+    def append(self, rows: list[tuple[Any, ...]], pruned: int) -> None:
         self.pruned = pruned
         if rows:
             segment = Segment(self.last, rows)

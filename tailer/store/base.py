@@ -363,18 +363,19 @@ class Store:
 
         return await self._read(query)
 
-    async def rows_after(self, after: int, limit: int) -> list[tuple[int, Row]]:
-        """Every event with seq > ``after``, in sequence order, as its row: the filter columns and the
-        event's JSON bytes, decompressed but not parsed (what the API's watch ring keeps)."""
-        sql = f"SELECT seq, {', '.join(COLUMNS)} FROM audit_events WHERE seq > {self.ph} ORDER BY seq LIMIT {self.ph}"
+    async def rows_after(self, after: int, limit: int, columns: Sequence[str]) -> list[tuple[Any, ...]]:
+        """Every event with seq > ``after``, in sequence order, as (seq, *``columns``, the event's JSON
+        bytes): decompressed, not parsed (what the API's watch ring keeps)."""
+        sql = (f"SELECT seq, {', '.join(columns)}, event FROM audit_events WHERE seq > {self.ph} "
+               f"ORDER BY seq LIMIT {self.ph}")
 
-        def fetch(dict_id: int, conn: Any) -> bytes | None:
-            row = conn.execute(f"SELECT data FROM audit_dicts WHERE id = {self.ph}", (dict_id,)).fetchone()
-            return bytes(row[0]) if row else None
+        def query(conn: Any) -> list[tuple[Any, ...]]:
+            def fetch(dict_id: int) -> bytes | None:
+                row = conn.execute(f"SELECT data FROM audit_dicts WHERE id = {self.ph}", (dict_id,)).fetchone()
+                return bytes(row[0]) if row else None
 
-        def query(conn: Any) -> list[tuple[int, Row]]:
-            rows = conn.execute(sql, (after, limit)).fetchall()
-            return [(int(r[0]), Row._make((*r[1:-1], self.codec.raw(r[-1], partial(fetch, conn=conn))))) for r in rows]
+            raw = self.codec.raw
+            return [(*r[:-1], raw(r[-1], fetch)) for r in conn.execute(sql, (after, limit)).fetchall()]
 
         return await self._read(query)
 
