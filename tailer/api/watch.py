@@ -34,7 +34,7 @@ from kube_audit.contract import API_VERSION
 from kube_audit.runtime.observability import get_logger
 from tailer.api.errors import ApiError, status
 from tailer.api.resource import watch_line
-from tailer.api.ring import Ring
+from tailer.api.ring import Ring, Segment
 from tailer.metrics import TailerMetrics
 from tailer.store import EventFilter, Store
 
@@ -164,33 +164,11 @@ class Watches:
             flag.clear()
             segments = self.ring.after(last)
             if segments is None:  # not in the ring (yet, or any more): read the store
-                if in_ring:
-                    self.metrics.watchers_behind.inc()
-                    log.info("watch_behind", resource_version=last, ring_floor=self.ring.floor)
-                self.ring.ensure_running()
+                mark, lines, top, full = await self._from_store(flt, last, keep, line, behind=in_ring)
                 in_ring = False
-                known = self.ring.last if self.ring.running else None  # committed and visible before our read
-                rows = await self.store.events(flt, last, WATCH_BATCH)
-                # Read after the rows: if retention deleted anything above ``last`` since we last looked,
-                # these rows may lack it (or it went just after we read: we cannot tell, so we say so too).
-                mark = await self.store.pruned()
-                kept = [(s, e) for s, e in rows if keep(e)] if keep is not None else rows
-                lines = [line(s, e) for s, e in kept]
-                full = len(rows) == WATCH_BATCH
-                top = rows[-1][0] if rows else last
-                if not full and known is not None:  # every match up to ``known`` was in this read: rejoin
-                    top = max(top, known)
             else:
                 in_ring = True
-                mark, lines, top = self.ring.pruned, [], last
-                for segment in segments:
-                    for entry in segment.matching(flt, top):
-                        if keep is None or keep(entry.event()):
-                            lines.append(self.ring.line(entry, encoding, line))
-                    top = segment.last
-                    if len(lines) >= WATCH_BATCH:
-                        break
-                full = top < self.ring.last
+                mark, lines, top, full = self._from_ring(segments, flt, last, keep, line, encoding)
             if mark > pruned and mark > last:
                 await self.final(response, status(410, "Expired", too_old(last, mark)))
                 self.metrics.watchers_expired.inc()
@@ -216,6 +194,42 @@ class Watches:
                     await flag.wait()
             except TimeoutError:
                 pass
+
+    async def _from_store(self, flt: EventFilter, last: int, keep: Callable[[dict[str, Any]], bool] | None,
+                          line: Callable[[int, dict[str, Any]], bytes], behind: bool
+                          ) -> tuple[int, list[bytes], int, bool]:
+        """(the pruned mark, the lines, the new position, more to read at once) from the store;
+        ``behind``: the watcher was in the ring and fell behind it."""
+        if behind:
+            self.metrics.watchers_behind.inc()
+            log.info("watch_behind", resource_version=last, ring_floor=self.ring.floor)
+        self.ring.ensure_running()
+        known = self.ring.last if self.ring.running else None  # committed and visible before our read
+        rows = await self.store.events(flt, last, WATCH_BATCH)
+        # Read after the rows: if retention deleted anything above ``last`` since we last looked,
+        # these rows may lack it (or it went just after we read: we cannot tell, so we say so too).
+        mark = await self.store.pruned()
+        kept = [(s, e) for s, e in rows if keep(e)] if keep is not None else rows
+        full = len(rows) == WATCH_BATCH
+        top = rows[-1][0] if rows else last
+        if not full and known is not None:  # every match up to ``known`` was in this read: rejoin the ring
+            top = max(top, known)
+        return mark, [line(s, e) for s, e in kept], top, full
+
+    def _from_ring(self, segments: list[Segment], flt: EventFilter, last: int,
+                   keep: Callable[[dict[str, Any]], bool] | None, line: Callable[[int, dict[str, Any]], bytes],
+                   encoding: Hashable) -> tuple[int, list[bytes], int, bool]:
+        """The same from the ring: each line made once per encoding, shared with every other watcher."""
+        lines: list[bytes] = []
+        top = last
+        for segment in segments:
+            for entry in segment.matching(flt, top):
+                if keep is None or keep(entry.event()):
+                    lines.append(self.ring.line(entry, encoding, line))
+            top = segment.last
+            if len(lines) >= WATCH_BATCH:
+                break
+        return self.ring.pruned, lines, top, top < self.ring.last
 
     async def _revoked(self, response: web.StreamResponse, still_allowed: Callable[[], Awaitable[bool]], last: int,
                        flt: EventFilter) -> bool:
