@@ -10,8 +10,10 @@ back, or it wrote too slowly and the ring dropped what it had not read) reads th
 every watcher once did, until it is back above ``floor``.
 
 Each segment answers "which of my rows does this filter select" once per distinct filter (a watcher with
-the same filter reuses the list), looking up the first equality filter in a per-column index built on
-first use, and each event's watch line is encoded once per encoding (``Ring.line``), not once per watcher.
+the same filter reuses the list), from an index over the columns the filter sets (built on first use,
+shared by filters of the same shape), and each event's watch line is encoded once per encoding
+(``Ring.line``), not once per watcher. ``matches`` is what a filter means, over the named fields in
+``FIELDS``: a new filter column is one more line there (and in EventFilter and the store's columns).
 The ring is bounded by events and by bytes (the JSON, the encoded lines and a per-event estimate of the
 Python objects); the oldest segments leave first.
 """
@@ -97,12 +99,15 @@ class Segment:
         """The entries ``flt`` selects with seq > ``after``: computed once per filter."""
         found = self._matches.get(flt)
         if found is None:
-            found = self._matches[flt] = [e for e in self._candidates(flt) if matches(flt, e.row)]
+            found = self._candidates(flt)
+            if flt.since is not None or flt.until is not None:  # else the index said all ``matches`` would
+                found = [e for e in found if matches(flt, e.row)]
+            self._matches[flt] = found
         return found if after <= self.after else [e for e in found if e.seq > after]
 
     def _candidates(self, flt: EventFilter) -> list[Entry]:
-        """The entries equal to ``flt`` on every column it sets, from an index over those columns built on
-        first use (filters of the same shape share it); ``matches`` still decides."""
+        """The entries equal to ``flt`` on every column it sets (what ``matches`` checks but the time range),
+        from an index over those columns built on first use (filters of the same shape share it)."""
         fields = [(field, column) for field, column in FIELDS if getattr(flt, field) is not None]
         if not fields:
             return self.entries
