@@ -130,7 +130,8 @@ async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sin
     a = settings.api
     proxy = FrontProxy(a.allowed_names, a.username_headers, a.group_headers, a.extra_prefixes) if a.client_ca else None
     api = AuditApi(store, authorizer, hub, metrics, a.watch_poll, a.watch_write_timeout, queries, proxy,
-                   a.watch_recheck)
+                   a.watch_recheck, {"max_watchers": a.watch_max, "ring_events": a.watch_ring_events,
+                                     "ring_bytes": a.watch_ring_bytes})
     rt.spawn(retention_loop(store, settings.store, metrics), "store-retention")
     rt.spawn(health_loop(store, metrics), "store-health")
     if a.requestheader_from_cluster and proxy is not None:

@@ -202,12 +202,20 @@ def add_api_flags(p: EnvParser) -> None:
     p.add_argument("--requestheader-extra-headers-prefix", type=parse_names, default=("X-Remote-Extra-",),
                    metavar="PREFIXES", help="header prefixes of user extras (default X-Remote-Extra-)")
     p.add_argument("--watch-poll", type=parse_duration, default=1.0,
-                   help="how often an idle watch re-reads the store, for other replicas' writes (default 1s)")
+                   help="how often the watch ring re-reads the store when no commit woke it, for other replicas' writes "
+                        "(default 1s)")
     p.add_argument("--watch-write-timeout", type=parse_duration, default=10.0,
                    help="a watch client that takes longer to read one batch is cut off (default 10s)")
     p.add_argument("--watch-recheck", type=parse_duration, default=60.0,
                    help="how often an open watch's authorization is checked again; revoked: ends with 403 "
                         "(default 1m)")
+    p.add_argument("--watch-max", type=int, default=500,
+                   help="watches open at once; more are refused with 429 and Retry-After (default 500)")
+    p.add_argument("--watch-ring-events", type=int, default=20_000,
+                   help="newest committed events kept in memory for all watchers; a watcher further behind "
+                        "reads the store (default 20000)")
+    p.add_argument("--watch-ring-bytes", type=parse_size, default=64 * 1024**2,
+                   help="the same bound in bytes (default 64Mi)")
     p.add_argument("--api-query-workers", type=int, default=2,
                    help="processes computing object views (versions, diff, bisect), off the event loop (default 2)")
     p.add_argument("--api-query-timeout", type=parse_duration, default=60.0,
@@ -234,6 +242,8 @@ def api_settings(parser: EnvParser, args: argparse.Namespace) -> ApiSettings:
         auth = "token-file" if args.token_file else "kubernetes" if front else "disabled"
     if auth == "token-file" and not args.token_file:
         parser.error("--api-auth token-file needs --token-file")
+    if args.watch_max < 1 or args.watch_ring_events < 1:
+        parser.error("--watch-max and --watch-ring-events must be at least 1")
     if args.api_query_workers < 1:
         parser.error("--api-query-workers must be at least 1")
     for path in (args.token_file, args.api_tls_cert, args.api_tls_key, args.requestheader_client_ca_file):
@@ -258,7 +268,8 @@ def api_settings(parser: EnvParser, args: argparse.Namespace) -> ApiSettings:
         query_timeout=max(args.api_query_timeout, 0.1), host=args.api_listen[0], port=args.api_listen[1], tls=tls,
         client_ca=client_ca, requestheader_from_cluster=args.requestheader_from_cluster, allowed_names=args.requestheader_allowed_names,
         username_headers=args.requestheader_username_headers, group_headers=args.requestheader_group_headers,
-        extra_prefixes=args.requestheader_extra_headers_prefix, watch_recheck=max(args.watch_recheck, 0.05))
+        extra_prefixes=args.requestheader_extra_headers_prefix, watch_recheck=max(args.watch_recheck, 0.05),
+        watch_max=args.watch_max, watch_ring_events=args.watch_ring_events, watch_ring_bytes=args.watch_ring_bytes)
 
 
 def read_users(path: str) -> dict[str, str]:

@@ -48,6 +48,14 @@ class TailerMetrics:
                                    "(/readyz answers 503)", registry=r)
         self.api_requests = Counter("tailer_api_requests", "Audit API requests", ["route", "code"], registry=r)
         self.watchers = Gauge("tailer_api_watchers", "Open watch streams", registry=r)
+        self.watchers_refused = Counter("tailer_api_watchers_refused", "Watch requests refused (429) because "
+                                        "--watch-max watches were open", registry=r)
+        self.watchers_behind = Counter("tailer_api_watchers_behind", "Times an open watch fell behind the watch "
+                                       "ring and read the store to catch up", registry=r)
+        self.watch_ring_events = Gauge("tailer_api_watch_ring_events", "Committed events held in the watch ring",
+                                       registry=r)
+        self.watch_ring_bytes = Gauge("tailer_api_watch_ring_bytes", "Bytes held in the watch ring (JSON, encoded "
+                                      "lines and an estimate of the objects)", registry=r)
         self.watchers_cut_off = Counter("tailer_api_watchers_cut_off", "Watch streams closed for reading too slowly",
                                         registry=r)
         self.watchers_expired = Counter("tailer_api_watchers_expired",

@@ -65,6 +65,9 @@ class ApiSettings:
     watch_write_timeout: float = 10.0  # seconds a watcher may take to read one batch before it is cut off
     query_workers: int = 2  # processes computing object views (versions, diff, ...), off the event loop
     query_timeout: float = 60.0  # seconds one object view may take before the request answers 504
+    watch_max: int = 500  # watches open at once; more answer 429 with Retry-After
+    watch_ring_events: int = 20_000  # newest committed events kept in memory for watchers
+    watch_ring_bytes: int = 64 * 1024**2  # and their bytes at most (a watcher below the ring reads the store)
     watch_recheck: float = 60.0  # seconds between re-authorizations of an open watch (revoked: ERROR 403)
     host: str = "0.0.0.0"  # the HTTPS API address, used when ``tls`` is set (else the API is on HttpSettings)
     port: int = 8443

@@ -58,10 +58,11 @@ def split_resource(name: str) -> tuple[str, str | None]:
 class AuditApi:
     def __init__(self, store: Store, authorizer: Authorizer | None, hub: WatchHub, metrics: TailerMetrics,
                  poll: float = 1.0, write_timeout: float = 10.0, queries: QueryPool | None = None,
-                 front_proxy: FrontProxy | None = None, watch_recheck: float = 60.0) -> None:
+                 front_proxy: FrontProxy | None = None, watch_recheck: float = 60.0,
+                 watch_limits: dict[str, int] | None = None) -> None:
         self.store, self.authorizer, self.hub, self.metrics = store, authorizer, hub, metrics
         self.authn = Authenticator(authorizer, front_proxy)
-        self.watches = Watches(store, hub, metrics, poll, write_timeout, watch_recheck)
+        self.watches = Watches(store, hub, metrics, poll, write_timeout, watch_recheck, **(watch_limits or {}))
         self.queries = queries or QueryPool(metrics=metrics)
         self.on_close: list[Callable[[], None]] = []
         self.sources: Any = None  # the sources stage (tailer/sources/), set by app.py: /sources, gap warnings
@@ -82,6 +83,7 @@ class AuditApi:
 
     def close(self) -> None:
         self.hub.close()
+        self.watches.ring.stop()
         self.queries.close()
         close = getattr(self.authorizer, "close", None)
         for hook in [*self.on_close, *([close] if close else [])]:
@@ -158,7 +160,7 @@ class AuditApi:
             bookmarks = bookmarks or q.get("allowWatchBookmarks", "").lower() == "true"
             return await self.watches.serve(request, query.store, uint(rv, "resourceVersion") if rv else None,
                                             timeout, self._still_allowed(request, scope, "watch"), encode,
-                                            query.keep, bookmarks)
+                                            query.keep, bookmarks, ("table", version, include) if version else "item")
         limit = max(1, min(uint(q.get("limit") or "500", "limit"), MAX_LIMIT))
         after = decode_continue(q["continue"]) if q.get("continue") else 0
         head = await self.store.head()

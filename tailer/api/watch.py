@@ -1,9 +1,13 @@
 """Watch streams: one JSON line per event (``{"type": "ADDED", "object": ...}``), as a Kubernetes watch.
 
-Every watcher reads the store by sequence (``seq > last``), a batch at a time, and sleeps until the store
-sink says it committed or ``poll`` seconds pass (the timer picks up other replicas' writes to a shared
-PostgreSQL). So a watcher holds at most one batch in memory; one that cannot take a batch within
-``write_timeout`` is cut off with a final ERROR line saying where to resume.
+Watchers read the shared ring of committed events (ring.py: one store read per commit for all of them,
+each event encoded once per encoding) and sleep until the ring took new events or ``poll`` seconds pass.
+A watcher below the ring (it resumes from further back, or wrote too slowly while the ring moved on)
+reads the store by sequence (``seq > last``), a batch at a time, until it is back in the ring's range:
+either way it sees every event after its resourceVersion once, in sequence order. So a watcher holds at
+most one batch in memory; one that cannot take a batch within ``write_timeout`` is cut off with a final
+ERROR line saying where to resume. At most ``max_watchers`` are open at once; more answer 429 with a
+Retry-After header.
 
 Like Kubernetes, a watch from a resourceVersion that retention has overtaken (an event above it was
 deleted) answers 410 Gone (reason Expired) rather than skipping what is gone; when retention overtakes a
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 import orjson
@@ -31,23 +35,30 @@ from kube_audit.model.source import SourceId
 from kube_audit.runtime.observability import get_logger
 from tailer.api.errors import ApiError, status
 from tailer.api.resource import watch_line
+from tailer.api.ring import Ring, Segment
 from tailer.metrics import TailerMetrics
 from tailer.store import EventFilter, Store
 
 WATCH_BATCH = 500
 BOOKMARK_EVERY = 30.0
+RETRY_AFTER = 5  # seconds a refused watcher is asked to wait (Retry-After)
 log = get_logger(component="api")
 Encode = Callable[[int, dict[str, Any], SourceId], dict[str, Any]]  # (seq, event, where it came from)
 
 
 class WatchHub:
-    """Wakes watchers after the store committed; each watcher owns one flag, no queue."""
+    """Wakes the watch ring after the store committed (``notify``), and the watchers after the ring took
+    new events (``wake``); each watcher owns one flag, no queue."""
 
     def __init__(self) -> None:
         self._flags: set[asyncio.Event] = set()
+        self.feed = asyncio.Event()  # the ring's: the store committed
         self.closed = False
 
     def notify(self) -> None:
+        self.feed.set()
+
+    def wake(self) -> None:
         for flag in self._flags:
             flag.set()
 
@@ -62,7 +73,8 @@ class WatchHub:
     def close(self) -> None:
         """Shutdown: every watcher ends its stream now, new watches are refused."""
         self.closed = True
-        self.notify()
+        self.feed.set()
+        self.wake()
 
     def __len__(self) -> int:
         return len(self._flags)
@@ -80,15 +92,21 @@ def with_rv(seq: int, event: dict[str, Any], source: SourceId | None = None) -> 
 
 class Watches:
     def __init__(self, store: Store, hub: WatchHub, metrics: TailerMetrics, poll: float = 1.0,
-                 write_timeout: float = 10.0, recheck: float = 60.0) -> None:
+                 write_timeout: float = 10.0, recheck: float = 60.0, max_watchers: int = 500,
+                 ring_events: int = 20_000, ring_bytes: int = 64 * 1024**2) -> None:
         self.store, self.hub, self.metrics = store, hub, metrics
-        self.poll, self.write_timeout, self.recheck = poll, write_timeout, recheck
+        self.poll, self.write_timeout, self.recheck, self.max_watchers = poll, write_timeout, recheck, max_watchers
+        self.ring = Ring(store, hub.wake, hub.feed, lambda: 0 if hub.closed else len(hub), metrics, poll, ring_events, ring_bytes)
 
     async def serve(self, request: web.Request, flt: EventFilter, rv: int | None, timeout: float | None = None,
                     still_allowed: Callable[[], Awaitable[bool]] | None = None, encode: Encode = with_rv,
-                    keep: Callable[[dict[str, Any]], bool] | None = None, bookmarks: bool = True) -> web.StreamResponse:
+                    keep: Callable[[dict[str, Any]], bool] | None = None, bookmarks: bool = True,
+                    encoding: Hashable = "rv") -> web.StreamResponse:
+        """``encoding`` names ``encode``: watchers with the same one share each event's encoded line."""
         if self.hub.closed:
             raise ApiError(503, "ServiceUnavailable", "the tailer is shutting down")
+        if len(self.hub) >= self.max_watchers:
+            return self.refuse()
         last = rv if rv is not None else await self.store.head()
         pruned = await self.store.pruned()
         if last and last < pruned:
@@ -102,7 +120,7 @@ class Watches:
         try:
             await self.stream(response, flt, last, flag, pruned, deadline=deadline, still_allowed=still_allowed,
                               gone=lambda: request.transport is None or request.transport.is_closing(),
-                              encode=encode, keep=keep, bookmarks=bookmarks)
+                              encode=encode, keep=keep, bookmarks=bookmarks, encoding=encoding)
         except (ConnectionError, asyncio.CancelledError):
             pass
         except Exception as exc:  # the store failed, or a bookmark could not be written: end cleanly
@@ -114,13 +132,28 @@ class Watches:
             self.metrics.watchers.dec()
         return response
 
+    def refuse(self) -> web.Response:
+        """Too many watchers: 429 with Retry-After, as kube-apiserver's max-in-flight limit answers."""
+        self.metrics.watchers_refused.inc()
+        log.warning("watch_refused", watchers=len(self.hub), max_watchers=self.max_watchers)
+        body = status(429, "TooManyRequests", f"too many watches open ({len(self.hub)}, at most "
+                      f"{self.max_watchers}: --watch-max); retry later", retryAfterSeconds=RETRY_AFTER)
+        return web.Response(body=orjson.dumps(body), status=429, content_type="application/json",
+                            headers={"Retry-After": str(RETRY_AFTER)})
+
     async def stream(self, response: web.StreamResponse, flt: EventFilter, last: int, flag: asyncio.Event,
                      pruned: int = 0, gone: Callable[[], bool] = lambda: False, deadline: float | None = None,
                      still_allowed: Callable[[], Awaitable[bool]] | None = None, encode: Encode = with_rv,
-                     keep: Callable[[dict[str, Any]], bool] | None = None, bookmarks: bool = True) -> None:
+                     keep: Callable[[dict[str, Any]], bool] | None = None, bookmarks: bool = True,
+                     encoding: Hashable = "rv") -> None:
         """``pruned``: the retention mark the watcher started with (what it accepted as gone); ``keep``:
         the part of the filter the store cannot apply; ``bookmarks``: send one every 30 s when quiet."""
         quiet_since = checked = time.monotonic()
+        in_ring = False
+
+        def line(seq: int, event: dict[str, Any], source: SourceId) -> bytes:
+            return watch_line("ADDED", encode(seq, event, source))
+
         while not gone():  # aiohttp does not cancel handlers when the client leaves; we look each poll
             if self.hub.closed or (deadline is not None and time.monotonic() >= deadline):
                 await self.end(response)
@@ -130,31 +163,30 @@ class Watches:
                 if await self._revoked(response, still_allowed, last, flt):
                     return
             flag.clear()
-            rows = await self.store.sourced_events(flt, last, WATCH_BATCH)
-            # Read after the rows: if retention deleted anything above ``last`` since we last looked,
-            # these rows may lack it (or it went just after we read: we cannot tell, so we say so too).
-            mark = await self.store.pruned()
+            segments = self.ring.after(last)
+            if segments is None:  # not in the ring (yet, or any more): read the store
+                mark, lines, top, full = await self._from_store(flt, last, keep, line, behind=in_ring)
+                in_ring = False
+            else:
+                in_ring = True
+                mark, lines, top, full = self._from_ring(segments, flt, last, keep, line, encoding)
             if mark > pruned and mark > last:
                 await self.final(response, status(410, "Expired", too_old(last, mark)))
                 self.metrics.watchers_expired.inc()
                 log.warning("watch_expired", resource_version=last, pruned=mark)
                 return
-            pruned = mark
-            kept = [row for row in rows if keep(row[1])] if keep is not None else rows
-            if rows:
-                last = rows[-1][0]
-            if kept:
-                data = b"".join(watch_line("ADDED", encode(*row)) for row in kept)
+            pruned, last = max(pruned, mark), top
+            if lines:
                 try:
                     async with asyncio.timeout(self.write_timeout):
-                        await response.write(data)
+                        await response.write(b"".join(lines))
                 except TimeoutError:
                     await self.cut_off(response, last)
                     return
                 quiet_since = time.monotonic()
-            if len(rows) == WATCH_BATCH:
+            if full:
                 continue
-            if not kept and bookmarks and time.monotonic() - quiet_since > BOOKMARK_EVERY:  # finds gone clients
+            if not lines and bookmarks and time.monotonic() - quiet_since > BOOKMARK_EVERY:  # finds gone clients
                 await self._bookmark(response, last)
                 quiet_since = time.monotonic()
             wait = self.poll if deadline is None else max(0.0, min(self.poll, deadline - time.monotonic()))
@@ -163,6 +195,42 @@ class Watches:
                     await flag.wait()
             except TimeoutError:
                 pass
+
+    async def _from_store(self, flt: EventFilter, last: int, keep: Callable[[dict[str, Any]], bool] | None,
+                          line: Callable[[int, dict[str, Any], SourceId], bytes], behind: bool
+                          ) -> tuple[int, list[bytes], int, bool]:
+        """(the pruned mark, the lines, the new position, more to read at once) from the store;
+        ``behind``: the watcher was in the ring and fell behind it."""
+        if behind:
+            self.metrics.watchers_behind.inc()
+            log.info("watch_behind", resource_version=last, ring_floor=self.ring.floor)
+        self.ring.ensure_running()
+        known = self.ring.last if self.ring.running else None  # committed and visible before our read
+        rows = await self.store.sourced_events(flt, last, WATCH_BATCH)
+        # Read after the rows: if retention deleted anything above ``last`` since we last looked,
+        # these rows may lack it (or it went just after we read: we cannot tell, so we say so too).
+        mark = await self.store.pruned()
+        kept = [row for row in rows if keep(row[1])] if keep is not None else rows
+        full = len(rows) == WATCH_BATCH
+        top = rows[-1][0] if rows else last
+        if not full and known is not None:  # every match up to ``known`` was in this read: rejoin the ring
+            top = max(top, known)
+        return mark, [line(*row) for row in kept], top, full
+
+    def _from_ring(self, segments: list[Segment], flt: EventFilter, last: int,
+                   keep: Callable[[dict[str, Any]], bool] | None, line: Callable[[int, dict[str, Any], SourceId], bytes],
+                   encoding: Hashable) -> tuple[int, list[bytes], int, bool]:
+        """The same from the ring: each line made once per encoding, shared with every other watcher."""
+        lines: list[bytes] = []
+        top = last
+        for segment in segments:
+            for entry in segment.matching(flt, top):
+                if keep is None or keep(entry.event()):
+                    lines.append(self.ring.line(entry, encoding, line))
+            top = segment.last
+            if len(lines) >= WATCH_BATCH:
+                break
+        return self.ring.pruned, lines, top, top < self.ring.last
 
     async def _revoked(self, response: web.StreamResponse, still_allowed: Callable[[], Awaitable[bool]], last: int,
                        flt: EventFilter) -> bool:

@@ -405,6 +405,28 @@ class Store:
             names = self._origin_names = {**names, **{int(i): SourceId(str(c), str(s)) for i, c, s in read}}
         return {i: names.get(i, UNNAMED) for i in ids}
 
+    async def rows_after(self, after: int, limit: int, columns: Sequence[str]) -> list[tuple[Any, ...]]:
+        """Every event with seq > ``after``, in sequence order, as (seq, *``columns``, the event's JSON
+        bytes): decompressed, not parsed (what the API's watch ring keeps). An ``origin`` column comes as
+        the SourceId it names."""
+        sql = (f"SELECT seq, {', '.join(columns)}, event FROM audit_events WHERE seq > {self.ph} "
+               f"ORDER BY seq LIMIT {self.ph}")
+
+        def query(conn: Any) -> list[tuple[Any, ...]]:
+            def fetch(dict_id: int) -> bytes | None:
+                row = conn.execute(f"SELECT data FROM audit_dicts WHERE id = {self.ph}", (dict_id,)).fetchone()
+                return bytes(row[0]) if row else None
+
+            raw = self.codec.raw
+            rows = conn.execute(sql, (after, limit)).fetchall()
+            if "origin" in columns:
+                at = 1 + list(columns).index("origin")
+                names = self._names(conn, {int(r[at]) for r in rows})
+                rows = [(*r[:at], names[int(r[at])], *r[at + 1:]) for r in rows]
+            return [(*r[:-1], raw(r[-1], fetch)) for r in rows]
+
+        return await self._read(query)
+
     async def metas(self, first: int, last: int) -> dict[int, dict[str, Any]]:
         """What came beside the events from ``first`` to ``last`` (sequences, inclusive) on the forward
         protocol, ``{"tag", "metadata"}``, for those that have it (a primary-key range: one cheap read)."""

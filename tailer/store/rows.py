@@ -192,6 +192,14 @@ class Codec:
         except orjson.JSONDecodeError:  # lone surrogates, escaped by encode_line's fallback
             return json.loads(bytes(body) if not isinstance(body, str) else body)
 
+    def raw(self, body: bytes | str, fetch: Callable[[int], bytes | None]) -> bytes:
+        """The JSON bytes of a stored body, not parsed (the watch ring keeps them as they are)."""
+        if isinstance(body, str):
+            return body.encode()
+        if body[:1] == b"{":
+            return bytes(body)
+        return self._decompressor(zstandard.get_frame_parameters(body).dict_id, fetch).decompress(body)
+
     def _decompressor(self, dict_id: int, fetch: Callable[[int], bytes | None]) -> zstandard.ZstdDecompressor:
         cache: dict[int, zstandard.ZstdDecompressor] = getattr(_local, "d", None) or {}
         _local.d = cache  # decompressors are not thread-safe: one per thread and dictionary

@@ -283,6 +283,11 @@ async def test_retention_overtaking_a_slow_watcher_ends_its_stream_with_410(api:
         await gated.writing.wait()  # it has read days 1..5
     await api.insert([aged(n) for n in range(6, 11)])
     assert await prune_through(api, 7) == (7, 0)  # days 6 and 7 were never read
+    marked = (await api.store.events(EventFilter(), 0, 100))[0][0] - 1  # day 7's sequence
+    api.hub.notify()  # the ring learns of the prune at its next read (at the latest after --watch-poll)
+    async with asyncio.timeout(10):
+        while api.api.watches.ring.pruned < marked:
+            await asyncio.sleep(0.01)  # polling the ring's state, not synchronisation
     gated.gate.set()  # the watcher writes its first batch (days 1..5), then reads on
     async with asyncio.timeout(10):
         await watcher

@@ -1,0 +1,217 @@
+"""Ingest with 200 open watches vs none (issue 13's watch row), before and after, in the same run.
+
+A tailer with its SQLite store takes ``--events`` realistic events (bench/events.py) as compressed
+1,000-event chunks, 4 in flight, acks awaited (as bench/store_e2e.py); stdout goes to /dev/null. With
+``--watchers``, a client process first opens that many watches on the tailer's API, each with its own
+filter, as the product is used: teams watching their namespace, or one kind of change in it (12
+namespaces x 16 filters: all, verb=update|patch|create|delete, resource=pods|configmaps|deployments|
+secrets|services|leases|events, level=RequestResponse, code=404, user=alice@example.com, name=web), and
+8 cluster-wide ones (resource=secrets, nodes, user=each human, verb=delete, resource=deployments&verb=patch).
+The client counts the lines it receives. Reported: events/s, tailer CPU per event (from /proc), the
+tailer's peak RSS (VmHWM) and how many watch lines arrived of how many the filters select.
+
+    python -m bench.watchers [--events 30000] [--watchers 200] [--runs 3] [--before d0b19d0] [--mix all]
+
+``--mix all``: every watcher unfiltered (the issue's first measurement): 200 copies of every event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(HERE))
+
+from bench.events import NAMESPACES, many  # noqa: E402
+from bench.store_e2e import chunks, cpu_seconds  # noqa: E402
+from bench.store_perf import unpack  # noqa: E402
+from bench.synth import free_port  # noqa: E402
+from kube_audit.contract import PREFIX  # noqa: E402
+
+PATH = PREFIX + "/auditevents"
+VARIANTS: list[dict[str, str]] = [
+    {}, {"verb": "update"}, {"verb": "patch"}, {"verb": "create"}, {"verb": "delete"}, {"resource": "pods"},
+    {"resource": "configmaps"}, {"resource": "deployments"}, {"resource": "secrets"}, {"resource": "services"},
+    {"resource": "leases"}, {"resource": "events"}, {"level": "RequestResponse"}, {"code": "404"},
+    {"user": "alice@example.com"}, {"name": "web"},
+]
+CLUSTER_WIDE: list[dict[str, str]] = [
+    {"resource": "secrets"}, {"resource": "nodes"}, {"user": "alice@example.com"}, {"user": "bob@example.com"},
+    {"user": "carol@example.com"}, {"user": "dave@example.com"}, {"verb": "delete"},
+    {"resource": "deployments", "verb": "patch"},
+]
+
+
+def filters(n: int, mix: str = "filtered") -> list[dict[str, str]]:
+    if mix == "all":  # every watcher takes every event (kubectl get auditevents -A --watch)
+        return [{}] * n
+    every = [{"namespace": ns, **v} for ns in NAMESPACES for v in VARIANTS] + CLUSTER_WIDE
+    return [every[i % len(every)] for i in range(n)]
+
+
+def selects(flt: dict[str, str], e: dict[str, Any]) -> bool:
+    ref = e.get("objectRef") or {}
+    have = {"namespace": ref.get("namespace", ""), "resource": ref.get("resource", ""), "name": ref.get("name", ""),
+            "verb": e.get("verb", ""), "level": e.get("level", ""), "user": (e.get("user") or {}).get("username", ""),
+            "code": str((e.get("responseStatus") or {}).get("code", ""))}
+    return all(have[k] == v for k, v in flt.items())
+
+
+async def client(base: str, n: int, counts: Path, mix: str) -> None:
+    """Open ``n`` watches, say "ready", count lines into ``counts`` until killed."""
+    import aiohttp
+
+    got = [0] * n
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     timeout=aiohttp.ClientTimeout(total=None)) as session:
+        responses = [await session.get(base + PATH, params={"watch": "true", **flt}) for flt in filters(n, mix)]
+        assert all(r.status == 200 for r in responses), [r.status for r in responses if r.status != 200][:3]
+
+        async def read(i: int, resp: Any) -> None:
+            while chunk := await resp.content.readany():
+                got[i] += chunk.count(b"\n")
+
+        tasks = [asyncio.create_task(read(i, r)) for i, r in enumerate(responses)]
+        print("ready", flush=True)
+        while True:
+            counts.write_text(str(sum(got)))
+            await asyncio.sleep(0.2)
+            if any(t.done() for t in tasks):
+                for t in tasks:
+                    if t.done() and t.exception():
+                        raise t.exception()  # type: ignore[misc]
+
+
+def metric(http: int, name: str) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expected: int, mix: str) -> dict[str, float]:
+    import socket
+
+    import fluent_forward as ff
+
+    port, http = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "wb") as null:
+        env = dict(os.environ, PYTHONPATH=str(tree), KUBECONFIG=os.devnull)
+        proc = subprocess.Popen([sys.executable, "-m", "tailer.cli", "--listen", f"127.0.0.1:{port}", "--http-listen",
+                                 f"127.0.0.1:{http}", "--log-level", "warning", "--data-dir", tmp, "--store", "sqlite",
+                                 "--configmaps", "false", "--api-auth", "none"], stdout=null, env=env, cwd=str(tree))
+        watch = None
+        counts = Path(tmp) / "counts"
+        try:
+            for _ in range(400):
+                try:
+                    sock = socket.create_connection(("127.0.0.1", port))
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            if watchers:
+                watch = subprocess.Popen([sys.executable, "-m", "bench.watchers", "--client", f"http://127.0.0.1:{http}",
+                                          "--watchers", str(watchers), "--counts", str(counts), "--mix", mix],
+                                         stdout=subprocess.PIPE, text=True, cwd=str(HERE),
+                                         env=dict(os.environ, PYTHONPATH=str(HERE)))
+                assert watch.stdout is not None and watch.stdout.readline().strip() == "ready"
+                for _ in range(200):
+                    if metric(http, "tailer_api_watchers") == watchers:
+                        break
+                    time.sleep(0.05)
+            idle = cpu_seconds(proc.pid)
+            decoder, acked, sent = ff.Decoder(), 0, 0
+            start = time.perf_counter()
+            with sock:
+                while acked < len(data):
+                    while sent < len(data) and sent - acked < 4:
+                        sock.sendall(data[sent][1])
+                        sent += 1
+                    for msg in decoder.feed(sock.recv(65536)):
+                        assert msg == ff.Ack(data[acked][0]), msg
+                        acked += 1
+            elapsed = time.perf_counter() - start
+            cpu = cpu_seconds(proc.pid) - idle
+            delivered = 0
+            if watchers:  # how far the watchers got: wait until their count stops growing (at most 30 s)
+                last, still = -1, 0
+                for _ in range(150):
+                    time.sleep(0.2)
+                    delivered = int(counts.read_text() or 0) if counts.exists() else 0
+                    still = still + 1 if delivered == last else 0
+                    if delivered >= expected or still >= 10:
+                        break
+                    last = delivered
+            rss = peak_rss_mb(proc.pid)
+        finally:
+            if watch is not None:
+                watch.kill()
+                watch.wait(10)
+            proc.terminate()
+            proc.wait(30)
+    return {"eps": n / elapsed, "us": cpu / n * 1e6, "rss": rss, "delivered": delivered}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--events", type=int, default=30_000)
+    p.add_argument("--watchers", type=int, default=200)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--before", default="d0b19d0", help="git revision of the baseline ('' = none)")
+    p.add_argument("--mix", choices=("filtered", "all"), default="filtered",
+                   help="filtered: the mix above; all: every watcher unfiltered")
+    p.add_argument("--client", help=argparse.SUPPRESS)
+    p.add_argument("--counts", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.client:
+        asyncio.run(client(a.client, a.watchers, Path(a.counts), a.mix))
+        return 0
+    records = list(many(a.events))
+    expected = sum(selects(f, e) for f in filters(a.watchers, a.mix) for e in records)
+    data = chunks(a.events)
+    print(f"{a.events} events, {a.watchers} watchers ({a.mix}) selecting {expected:,} watch lines in all", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"after": HERE}
+        if a.before:
+            trees = {"before": unpack(a.before, Path(tmp) / "before"), **trees}
+        got: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for r in range(a.runs):
+            for name, tree in trees.items():
+                for w in (0, a.watchers):
+                    out = run(tree, data, a.events, w, expected, a.mix)
+                    got.setdefault((name, w), []).append(out)
+                    print(f"run {r + 1} {name:6} {w:3} watchers: {out['eps']:>7,.0f} events/s, {out['us']:4.0f} µs "
+                          f"tailer CPU/event, peak RSS {out['rss']:5.0f} MB, {out['delivered']:,} of "
+                          f"{expected if w else 0:,} watch lines", flush=True)
+    print(f"\nmedians of {a.runs} runs, {a.events} events, SQLite store")
+    for name in trees:
+        med = {w: {k: statistics.median(o[k] for o in got[(name, w)]) for k in ("eps", "us", "rss", "delivered")}
+               for w in (0, a.watchers)}
+        z, w = med[0], med[a.watchers]
+        print(f"{name:6} none {z['eps']:>7,.0f} ev/s {z['us']:4.0f} µs/ev RSS {z['rss']:4.0f} MB | {a.watchers} watchers "
+              f"{w['eps']:>7,.0f} ev/s {w['us']:4.0f} µs/ev RSS {w['rss']:5.0f} MB, {w['delivered']:,.0f}/{expected:,} "
+              f"lines | throughput {w['eps'] / z['eps']:.2f}x, RSS +{w['rss'] - z['rss']:.0f} MB "
+              "(goal >= 0.9x, +< 100 MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""The watch ring: the newest committed events, shared by every watcher of this tailer.
+
+One task (``Ring.run``, started by the first watcher, ended when the last one leaves) reads what the store
+committed, by sequence, after each commit (``WatchHub.notify``) or every ``poll`` seconds (other replicas'
+writes to a shared PostgreSQL): one store read per commit for all watchers, where each watcher used to
+read on its own. Each read becomes a ``Segment`` of rows (the filter columns and the event's JSON bytes).
+The ring is complete above ``floor``: every committed event with ``floor < seq <= last`` is in it, so a
+watcher whose position is at or above ``floor`` reads the ring only; one below it (it started further
+back, or it wrote too slowly and the ring dropped what it had not read) reads the store by sequence, as
+every watcher once did, until it is back above ``floor``.
+
+Each segment answers "which of my rows does this filter select" once per distinct filter (a watcher with
+the same filter reuses the list), from an index over the columns the filter sets (built on first use,
+shared by filters of the same shape), and each event's watch line is encoded once per encoding
+(``Ring.line``), not once per watcher. ``matches`` is what a filter means, over the named fields in
+``FIELDS``: a new filter column is one more line there (and in EventFilter and the store's columns).
+The ring is bounded by events and by bytes (the JSON, the encoded lines and a per-event estimate of the
+Python objects); the oldest segments leave first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque, namedtuple
+from collections.abc import Callable, Hashable
+from operator import attrgetter
+from typing import Any
+
+import orjson
+
+from kube_audit.model.source import SourceId
+from kube_audit.runtime.observability import get_logger
+from tailer.store import EventFilter, Store
+from tailer.store.rows import clean
+
+FEED_BATCH = 1000  # rows per store read of the ring
+WAKE_EVERY = 0.1  # seconds: while the ring catches up on a large commit, it wakes the watchers this often
+WAKE_GAP = 0.1  # seconds at least between two wakes otherwise: fewer, larger writes to each watcher
+ENTRY_OVERHEAD = 900  # bytes of Python objects per event beside its JSON and lines (measured: row, strings, index)
+# (EventFilter field, store column) of the equality filters, in the order the index prefers them
+FIELDS: tuple[tuple[str, str], ...] = (
+    ("namespace", "namespace"), ("name", "name"), ("user", "username"), ("resource", "resource"),
+    ("verb", "verb"), ("group", "api_group"), ("level", "level"), ("code", "code"),
+)
+# What the ring keeps of an event: the columns the filters read, where it came from (a SourceId: the
+# cluster and source filters compare its names), and the JSON bytes (last)
+RingRow = namedtuple("RingRow", ["ts", *dict.fromkeys(column for _, column in FIELDS), "origin", "event"])  # type: ignore[misc]
+log = get_logger(component="api")
+
+
+def wanted(value: Any) -> Any:
+    """A filter value as the store compares it (EventFilter.where cleans strings the same way)."""
+    return clean(value) if isinstance(value, str) else value
+
+
+def matches(flt: EventFilter, row: Any) -> bool:
+    """Whether the store's filter ``flt`` selects ``row``, as its SQL (EventFilter.where) would."""
+    for field, column in FIELDS:
+        want = getattr(flt, field)
+        if want is not None and getattr(row, column) != wanted(want):
+            return False
+    if not from_origin(flt, row.origin):
+        return False
+    return (flt.since is None or row.ts >= flt.since) and (flt.until is None or row.ts < flt.until)
+
+
+def from_origin(flt: EventFilter, origin: SourceId) -> bool:
+    return (flt.cluster is None or origin.cluster == wanted(flt.cluster)) and \
+        (flt.source is None or origin.name == wanted(flt.source))
+
+
+def loads(data: bytes) -> dict[str, Any]:
+    try:
+        return orjson.loads(data)  # type: ignore[no-any-return,unused-ignore]
+    except orjson.JSONDecodeError:  # lone surrogates, escaped by the model's dumps fallback
+        return json.loads(data)  # type: ignore[no-any-return,unused-ignore]
+
+
+class Entry:
+    __slots__ = ("lines", "row", "seq")
+
+    def __init__(self, seq: int, row: Any) -> None:
+        self.seq, self.row = seq, row
+        self.lines: dict[Hashable, bytes] | None = None  # watch lines by encoding, made on first use
+
+    def event(self) -> dict[str, Any]:
+        return loads(self.row.event)
+
+
+class Segment:
+    """The rows of one store read: complete in (``after``, ``last``]."""
+
+    __slots__ = ("_index", "_matches", "after", "bytes", "entries", "last")
+
+    def __init__(self, after: int, rows: list[tuple[Any, ...]]) -> None:
+        """``rows``: (seq, *RingRow) as Store.rows_after reads them."""
+        self.after = after
+        make = RingRow._make
+        self.entries = [Entry(r[0], make(r[1:])) for r in rows]
+        self.last = self.entries[-1].seq if self.entries else after
+        self.bytes = sum(len(e.row.event) + ENTRY_OVERHEAD for e in self.entries)
+        self._index: dict[tuple[str, ...], dict[Any, list[Entry]]] = {}
+        self._matches: dict[EventFilter, list[Entry]] = {}
+
+    def matching(self, flt: EventFilter, after: int) -> list[Entry]:
+        """The entries ``flt`` selects with seq > ``after``: computed once per filter."""
+        found = self._matches.get(flt)
+        if found is None:
+            found = self._candidates(flt)
+            if flt.since is not None or flt.until is not None or flt.cluster is not None or flt.source is not None:
+                # (else the index said all ``matches`` would)
+                found = [e for e in found if matches(flt, e.row)]
+            self._matches[flt] = found
+        return found if after <= self.after else [e for e in found if e.seq > after]
+
+    def _candidates(self, flt: EventFilter) -> list[Entry]:
+        """The entries equal to ``flt`` on every column it sets (what ``matches`` checks but the time range),
+        from an index over those columns built on first use (filters of the same shape share it)."""
+        fields = [(field, column) for field, column in FIELDS if getattr(flt, field) is not None]
+        if not fields:
+            return self.entries
+        columns = tuple(column for _, column in fields)
+        index = self._index.get(columns)
+        if index is None:
+            index = self._index[columns] = {}
+            key = attrgetter(*columns)  # a tuple for several columns, the value for one
+            for e in self.entries:
+                index.setdefault(key(e.row), []).append(e)
+        want = tuple(wanted(getattr(flt, field)) for field, _ in fields)
+        return index.get(want if len(want) > 1 else want[0], [])
+
+
+class Ring:
+    def __init__(self, store: Store, wake: Callable[[], None], feed: asyncio.Event, watchers: Callable[[], int],
+                 metrics: Any, poll: float = 1.0, max_events: int = 20_000, max_bytes: int = 64 * 1024**2) -> None:
+        self.store, self.wake, self.feed, self.watchers, self.metrics = store, wake, feed, watchers, metrics
+        self.poll, self.max_events, self.max_bytes = poll, max_events, max_bytes
+        self.segments: deque[Segment] = deque()
+        self.running = False
+        self.floor = self.last = self.pruned = self.events = self.bytes = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def ensure_running(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="api-watch-ring")
+
+    def stop(self) -> None:
+        """Shutdown: the task ends now, not at its next read."""
+        if self._task is not None:
+            self._task.cancel()
+
+    def after(self, cursor: int) -> list[Segment] | None:
+        """The segments above ``cursor``; None when the ring cannot say (not running, or ``cursor`` is
+        below ``floor``): then the store must be read."""
+        if not self.running or cursor < self.floor:
+            return None
+        out = []
+        for segment in reversed(self.segments):
+            if segment.last <= cursor:
+                break
+            out.append(segment)
+        out.reverse()
+        return out
+
+    def line(self, entry: Entry, key: Hashable, make: Callable[[int, dict[str, Any], SourceId], bytes]) -> bytes:
+        """``entry``'s watch line in the encoding ``key``; made once, then shared by every watcher."""
+        if entry.lines is None:
+            entry.lines = {}
+        found = entry.lines.get(key)
+        if found is None:
+            found = entry.lines[key] = make(entry.seq, entry.event(), entry.row.origin)
+            self.bytes += len(found)
+            for segment in reversed(self.segments):  # (the newest, almost always)
+                if segment.after < entry.seq <= segment.last:
+                    segment.bytes += len(found)
+                    break
+        return found
+
+    async def run(self) -> None:
+        try:
+            self.floor = self.last = await self.store.head()
+            self.pruned = await self.store.pruned()
+            self.running = True
+            pending, woken = False, time.monotonic()  # pending: appended since the watchers were woken
+            while self.watchers():
+                self.feed.clear()
+                rows = await self.store.rows_after(self.last, FEED_BATCH, RingRow._fields[:-1])
+                pruned = await self.store.pruned()  # after the rows, as watchers read it (watch.py)
+                if rows or pruned != self.pruned:
+                    self.append(rows, pruned)
+                    pending = True
+                full = len(rows) == FEED_BATCH
+                # Catching up on a large commit: wake the watchers at the end (or every WAKE_EVERY
+                # seconds), for fewer, larger writes to each of them.
+                if pending and (not full or time.monotonic() - woken >= WAKE_EVERY):
+                    self.wake()
+                    pending, woken = False, time.monotonic()
+                    if not full:  # commits that come meanwhile are read (and written) together
+                        await asyncio.sleep(WAKE_GAP)
+                if full:
+                    continue
+                try:
+                    async with asyncio.timeout(self.poll):
+                        await self.feed.wait()
+                except TimeoutError:
+                    pass
+        except Exception as exc:  # the store failed: watchers read it themselves (and say so), or restart us
+            log.warning("watch_ring_failed", error=str(exc) or type(exc).__name__)
+        finally:
+            self.clear()
+            self._task = None
+            self.wake()
+
+    def append(self, rows: list[tuple[Any, ...]], pruned: int) -> None:
+        self.pruned = pruned
+        if rows:
+            segment = Segment(self.last, rows)
+            self.segments.append(segment)
+            self.last = segment.last
+            self.events += len(segment.entries)
+            self.bytes += segment.bytes
+        while self.segments and (self.events > self.max_events or self.bytes > self.max_bytes):
+            old = self.segments.popleft()
+            self.floor = old.last
+            self.events -= len(old.entries)
+            self.bytes -= old.bytes
+        self.metrics.watch_ring_events.set(self.events)
+        self.metrics.watch_ring_bytes.set(self.bytes)
+
+    def clear(self) -> None:
+        self.running = False
+        self.segments.clear()
+        self.events = self.bytes = 0
+        self.metrics.watch_ring_events.set(0)
+        self.metrics.watch_ring_bytes.set(0)

@@ -1,0 +1,221 @@
+"""The watch ring (tailer/api/ring.py) over SQLite and PostgreSQL: it selects what the store's filter
+selects, watchers share one store read per commit and one encoding per event, a watcher that falls
+behind the ring catches up from the store without gaps or repeats, and the cap answers 429."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+import tailer.api.watch as watch_module
+from tailer.api.ring import Ring, RingRow, Segment, matches
+from tailer.api.routes import PREFIX
+from tailer.store import EventFilter
+from tests.helpers.apitest import ADMIN, SCENARIO, Api, api_fixture, resource_tracker  # noqa: F401 - fixtures
+
+
+def variety() -> list[dict[str, Any]]:
+    """The scenario's events in other namespaces, by other users, verbs, levels, codes and times."""
+    out = []
+    for i in range(60):
+        e = copy.deepcopy(SCENARIO[i % len(SCENARIO)])
+        e["auditID"] = f"v-{i}"
+        ref = e.setdefault("objectRef", {})
+        ref["namespace"] = ("shop", "staging", "ünicode", None)[i % 4]
+        if ref["namespace"] is None:
+            del ref["namespace"]
+        ref["apiGroup"] = ("apps", "", "example.com")[i % 3]
+        e["user"] = {"username": ("alice", "bob", "system:node:n1")[i % 3 - 1 if i % 5 else 0]}
+        e["verb"] = ("update", "patch", "get", "create")[i % 4 - (i % 7 == 0)]
+        e["level"] = ("Metadata", "RequestResponse")[i % 2]
+        e["responseStatus"] = {"code": (200, 404, 201)[i % 3]} if i % 11 else {}
+        e["stageTimestamp"] = f"2026-11-20T09:{i:02d}:00.000000Z"
+        out.append(e)
+    return out
+
+
+HALF = datetime(2026, 11, 20, 9, 30, tzinfo=UTC).timestamp()
+FILTERS = [EventFilter(), EventFilter(namespace="shop"), EventFilter(namespace=""), EventFilter(namespace="ünicode"),
+           EventFilter(user="bob"), EventFilter(verb="patch"), EventFilter(group=""), EventFilter(group="apps"),
+           EventFilter(resource="deployments", group="apps"), EventFilter(name="web"), EventFilter(level="Metadata"),
+           EventFilter(code=404), EventFilter(namespace="staging", verb="update", level="RequestResponse"),
+           EventFilter(since=HALF), EventFilter(until=HALF, user="alice"), EventFilter(since=HALF, until=HALF + 600),
+           EventFilter(namespace="nowhere")]
+
+
+async def test_the_ring_selects_what_the_store_selects(api: Api) -> None:
+    await api.insert(variety())
+    read = await api.store.rows_after(0, 10_000, RingRow._fields[:-1])
+    segment = Segment(0, read)
+    rows = [(e.seq, e.row) for e in segment.entries]
+    assert len(rows) == 60 and all(orjson.loads(row.event)["auditID"].startswith("v-") for _, row in rows)
+    for flt in FILTERS:
+        want = [s for s, _ in await api.store.events(flt, 0, 10_000)]
+        assert [s for s, row in rows if matches(flt, row)] == want, flt
+        assert [e.seq for e in segment.matching(flt, 0)] == want, flt  # through the column index
+        assert [e.seq for e in segment.matching(flt, want[1] if len(want) > 1 else 0)] == want[2:] or len(want) < 2
+    sizes = [sum(1 for _, r in rows if matches(flt, r)) for flt in FILTERS]
+    assert sizes.count(0) == 1 and sizes.count(60) == 2  # only "nowhere" is empty; none and name=web are all
+
+
+class Metrics:
+    def __init__(self) -> None:
+        from tailer.metrics import TailerMetrics
+
+        m = TailerMetrics()
+        self.watch_ring_events, self.watch_ring_bytes = m.watch_ring_events, m.watch_ring_bytes
+
+
+def test_the_ring_is_bounded_and_knows_what_it_cannot_answer() -> None:
+    from tailer.store.rows import to_row
+
+    ring = Ring(None, lambda: None, asyncio.Event(), lambda: 1, Metrics(), max_events=4, max_bytes=10**9)  # type: ignore[arg-type]
+    ring.running, ring.floor, ring.last = True, 10, 10
+    rows = [(10 + i, *(getattr(to_row(e), f) for f in RingRow._fields)) for i, e in enumerate(variety()[:6], 1)]
+    ring.append(rows[:3], 0)
+    assert (ring.floor, ring.last, ring.events) == (10, 13, 3)
+    assert [[e.seq for e in s.entries] for s in ring.after(10) or []] == [[11, 12, 13]]
+    assert ring.after(13) == [] and ring.after(9) is None
+    ring.append(rows[3:], 0)
+    assert (ring.floor, ring.last, ring.events) == (13, 16, 3)  # the oldest segment left first
+    assert ring.after(12) is None and [e.seq for s in ring.after(13) or [] for e in s.entries] == [14, 15, 16]
+    made = []
+
+    def make(seq: int, event: dict[str, Any], source: Any) -> bytes:
+        made.append(seq)
+        return orjson.dumps({"seq": seq, "id": event["auditID"]}) + b"\n"
+
+    entry = ring.segments[-1].entries[0]
+    before = ring.bytes
+    assert ring.line(entry, "k", make) is ring.line(entry, "k", make) and made == [14]  # once per encoding
+    assert ring.bytes == before + len(ring.line(entry, "k", make))
+    ring.line(entry, "other", make)
+    assert made == [14, 14]
+    ring.max_bytes = 0
+    ring.append([], 0)  # over the byte bound: everything leaves, the ring still answers from ``last`` on
+    assert (ring.events, ring.floor) == (0, 16) and ring.after(16) == []
+
+
+async def read_lines(resp: Any, n: int) -> list[dict[str, Any]]:
+    out = []
+    while len(out) < n:
+        line = await resp.content.readline()
+        assert line, f"stream ended after {len(out)} lines"
+        out.append(orjson.loads(line))
+    return out
+
+
+async def test_watchers_share_one_store_read_per_commit_and_one_encoding_per_event(api: Api, monkeypatch: Any) -> None:
+    calls = {"sourced_events": 0, "rows_after": 0, "encoded": 0}
+    for name in ("sourced_events", "rows_after"):
+        original = getattr(api.store, name)
+
+        def counted(*args: Any, _original: Any = original, _name: str = name) -> Any:
+            calls[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(api.store, name, counted)
+    real_line = watch_module.watch_line
+
+    def line(kind: str, obj: Any) -> bytes:
+        calls["encoded"] += 1
+        return real_line(kind, obj)
+
+    monkeypatch.setattr(watch_module, "watch_line", line)
+    url = PREFIX + "/auditevents"
+    streams = [await api.client.get(url, headers=ADMIN, params={"watch": "true", **({"verb": "update"} if i % 2 else {})})
+               for i in range(20)]
+    assert all(r.status == 200 for r in streams)
+    async with asyncio.timeout(10):
+        while not api.api.watches.ring.running:
+            await asyncio.sleep(0.01)  # polling the ring's state, not synchronisation
+    commits = [SCENARIO[i:i + 2] for i in range(0, len(SCENARIO), 2)]
+    for chunk in commits:
+        await api.insert(chunk)
+    updates = sum(1 for e in SCENARIO if e["verb"] == "update")
+    for i, resp in enumerate(streams):
+        got = await read_lines(resp, updates if i % 2 else len(SCENARIO))
+        assert [e["object"]["auditID"] for e in got] == [e["auditID"] for e in SCENARIO if i % 2 == 0 or e["verb"] == "update"]
+        assert len({e["object"]["metadata"]["resourceVersion"] for e in got}) == len(got)
+        resp.close()
+    # each watcher read the store at most while it joined the ring; the ring read it once per commit (or fewer)
+    assert calls["sourced_events"] <= 2 * len(streams) < len(streams) * len(commits), calls
+    assert calls["rows_after"] >= 1
+    assert calls["encoded"] == len(SCENARIO), calls  # once per event, not once per watcher
+
+
+class GatedResponse:
+    """A watch client whose writes wait until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.gate, self.writing = asyncio.Event(), asyncio.Event()
+        self.lines: list[dict[str, Any]] = []
+
+    async def write(self, data: bytes) -> None:
+        self.writing.set()
+        await self.gate.wait()
+        self.lines += [orjson.loads(line) for line in data.splitlines()]
+
+    async def write_eof(self) -> None:
+        pass
+
+
+def event(n: int) -> dict[str, Any]:
+    return {**SCENARIO[0], "auditID": f"behind-{n}"}
+
+
+async def test_a_watcher_behind_the_ring_catches_up_from_the_store_without_gaps_or_repeats(api: Api) -> None:
+    watches = api.api.watches
+    watches.ring.max_events = 3
+    gated = GatedResponse()
+    watcher = asyncio.create_task(watches.stream(gated, EventFilter(), 0, api.hub.register()))  # type: ignore[arg-type]
+    async with asyncio.timeout(10):
+        while not watches.ring.running:
+            await asyncio.sleep(0.01)  # polling the ring's state, not synchronisation
+        await api.insert([event(0), event(1)])
+        await gated.writing.wait()  # it took events 0 and 1 from the ring and is stuck writing them
+    taken = await api.store.head()
+    for n in range(2, 30, 2):  # meanwhile the ring moves on and drops what the watcher has not read
+        await api.insert([event(n), event(n + 1)])
+    async with asyncio.timeout(10):
+        while watches.ring.last < (await api.store.head()) or watches.ring.floor <= taken:
+            await asyncio.sleep(0.01)
+    gated.gate.set()
+    async with asyncio.timeout(10):
+        while len(gated.lines) < 30:
+            await asyncio.sleep(0.01)
+    await api.insert([event(30)])  # back in the ring: live events still come
+    async with asyncio.timeout(10):
+        while len(gated.lines) < 31:
+            await asyncio.sleep(0.01)
+    api.hub.close()
+    async with asyncio.timeout(10):
+        await watcher
+    assert [e["object"]["auditID"] for e in gated.lines] == [f"behind-{n}" for n in range(31)]
+    assert api.api.metrics.watchers_behind._value.get() == 1
+
+
+async def test_watchers_beyond_the_cap_get_429_with_retry_after(api: Api) -> None:
+    api.api.watches.max_watchers = 2
+    url = PREFIX + "/auditevents"
+    open_ = [await api.client.get(url, headers=ADMIN, params={"watch": "true"}) for _ in range(2)]
+    assert [r.status for r in open_] == [200, 200]
+    refused = await api.client.get(url, headers=ADMIN, params={"watch": "true"})
+    body = await refused.json()
+    assert refused.status == 429 and refused.headers["Retry-After"] == "5"
+    assert (body["kind"], body["code"], body["reason"]) == ("Status", 429, "TooManyRequests")
+    assert body["details"] == {"retryAfterSeconds": 5} and "--watch-max" in body["message"]
+    assert api.api.metrics.watchers_refused._value.get() == 1
+    assert (await api.client.get(url, headers=ADMIN)).status == 200  # lists are not capped
+    open_[0].close()
+    async with asyncio.timeout(10):
+        while len(api.hub) > 1:
+            await asyncio.sleep(0.01)  # the server notices the client left at its next poll
+    again = await api.client.get(url, headers=ADMIN, params={"watch": "true"})
+    assert again.status == 200
+    again.close()
+    open_[1].close()
