@@ -51,6 +51,8 @@ class PostgresStore(Store):
 
     def _setup(self) -> None:
         with self._transaction() as conn:
+            # replicas starting together: one creates or migrates the schema, the others then find it
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (schema.WRITE_LOCK_KEY,))
             found: Any = conn.execute("SELECT to_regclass('schema_version'), to_regclass('audit_events')").fetchone()
             current = 0
             if found[0] is not None:

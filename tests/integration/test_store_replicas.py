@@ -121,3 +121,14 @@ async def test_two_replicas_pruning_at_once_keep_the_totals_true(replicas: tuple
     with psycopg.connect(url) as raw:
         actual = raw.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM audit_events").fetchone()
     assert actual is not None and await reader.totals() == (int(actual[0]), int(actual[1]))
+
+
+async def test_replicas_starting_together_on_an_empty_database(postgres: Any) -> None:
+    url = postgres.new_database()
+    stores = await asyncio.gather(*(Store.open(url) for _ in range(3)))  # one creates the schema
+    try:
+        await asyncio.gather(*(s.insert([ev(i, auditID=f"s{n}-{i}") for i in range(3)]) for n, s in enumerate(stores)))
+        assert await stores[0].count() == 9
+    finally:
+        for s in stores:
+            await s.close()

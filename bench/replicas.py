@@ -1,0 +1,117 @@
+"""Two tailer replicas on one PostgreSQL vs one (issue 13), on realistic events (bench/events.py).
+
+Each replica is its own process with its own ``Store`` (as two tailer pods would be), inserting
+1,000-event chunks one after another (one forwarder connection each) into one fresh database on a local
+PostgreSQL server (fsync on). The replicas warm up first (their zstd dictionary trained), then start
+together; the figure is all events over the wall time from the first start to the last end. Per run and
+code tree (``--before``: a git revision; after: this tree), 1 and then 2 replicas, interleaved ``--runs``
+times; medians printed side by side.
+
+    python -m bench.replicas [--events 20000] [--runs 3] [--before d0b19d0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.store_perf import HERE, shim, unpack
+
+GOAL = ">= 1.7"
+
+
+async def replica(url: str, n: int, seed: int) -> None:
+    """One replica: warm up, say ``ready``, wait for ``go`` on stdin, insert, print when it started and ended."""
+    from bench.events import events
+    from tailer.store import Store
+
+    records = list(events(n, seed=seed))
+    chunks = [records[i:i + 1000] for i in range(0, n, 1000)]
+    store = await Store.open(url)
+    try:
+        warm = list(events(2000, seed=seed + 1000))
+        await store.insert(warm)
+        for i in range(100):  # the dictionary is trained beside the writer: wait until it is in use
+            if getattr(store, "_training", None) is None and store.codec.current is not None:
+                break
+            await asyncio.sleep(0.1)
+            await store.insert(list(events(1, seed=seed + 2000 + i)))
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        start = time.time()
+        for chunk in chunks:
+            await store.insert(chunk)
+        print(json.dumps({"start": start, "end": time.time(), "events": n}), flush=True)
+    finally:
+        await store.close()
+
+
+def measure(tree: Path, shim_root: Path, url: str, replicas: int, n: int) -> float:
+    """Events per second of ``replicas`` processes of ``tree`` inserting ``n`` events each."""
+    code = (f"import sys; sys.path[:0] = [{str(shim_root)!r}, {str(tree)!r}]; import asyncio; "
+            f"from bench.replicas import replica; asyncio.run(replica(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))")
+    env = dict(os.environ, PYTHONPATH="")
+    procs = [subprocess.Popen([sys.executable, "-c", code, url, str(n), str(100 + i)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env, cwd=str(tree)) for i in range(replicas)]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready", "a replica did not start"
+        for p in procs:  # all at once
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        done = [json.loads(p.communicate(timeout=1800)[0].strip().splitlines()[-1]) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return sum(d["events"] for d in done) / (max(d["end"] for d in done) - min(d["start"] for d in done))
+
+
+def main() -> int:
+    from bench.synth import free_port
+    from tests.helpers.pgserver import PostgresServer
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--events", type=int, default=20_000, help="events per replica")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--before", default="d0b19d0", help="git revision to compare with ('' = none)")
+    a = p.parse_args()
+    server = PostgresServer(free_port(), fsync=True).start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            trees = {"after": HERE}
+            if a.before:
+                trees = {"before": unpack(a.before, Path(tmp) / "before"), "after": HERE}
+            shim_root = shim(Path(tmp))
+            results: dict[str, dict[str, list[float]]] = {name: {"1": [], "2": [], "ratio": []} for name in trees}
+            for run in range(a.runs):
+                for name, tree in trees.items():  # interleaved: before, after, before, after, ...
+                    one = measure(tree, shim_root, server.new_database(), 1, a.events)
+                    two = measure(tree, shim_root, server.new_database(), 2, a.events)
+                    print(f"run {run + 1} {name}: 1 replica {one:,.0f} events/s, 2 replicas {two:,.0f} "
+                          f"events/s, {two / one:.2f}x", flush=True)
+                    for key, value in (("1", one), ("2", two), ("ratio", two / one)):
+                        results[name][key].append(value)
+    finally:
+        server.stop()
+    print(f"\n{'medians of ' + str(a.runs) + ' runs':32} " + " ".join(f"{n:>12}" for n in trees) + "   goal")
+    for key, label in (("1", "1 replica (events/s)"), ("2", "2 replicas (events/s)"), ("ratio", "2 replicas / 1")):
+        cells = [statistics.median(results[n][key]) for n in trees]
+        print(f"{label:32} " + " ".join(f"{c:>12,.2f}" if key == "ratio" else f"{c:>12,.0f}" for c in cells)
+              + f"   {GOAL if key == 'ratio' else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
