@@ -3,7 +3,9 @@
 Each replica is its own process with its own ``Store`` (as two tailer pods would be), inserting
 1,000-event chunks one after another (one forwarder connection each) into one fresh database on a local
 PostgreSQL server (fsync on). The replicas warm up first (their zstd dictionary trained), then start
-together; the figure is all events over the wall time from the first start to the last end. Per run and
+together; the figure is all events over the wall time from the first start to the last end. Beside it,
+the CPU each replica took per event (its process and its PostgreSQL backend): on a machine with few
+cores that, not a lock, bounds what two replicas can reach. Per run and
 code tree (``--before``: a git revision; after: this tree), 1 and then 2 replicas, interleaved ``--runs``
 times; medians printed side by side.
 
@@ -47,16 +49,25 @@ async def replica(url: str, n: int, seed: int) -> None:
             await store.insert(list(events(1, seed=seed + 2000 + i)))
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
-        start = time.time()
+        backend = store._wconn.info.backend_pid  # type: ignore[attr-defined]
+        start, cpu = time.time(), time.process_time() + backend_cpu(backend)
         for chunk in chunks:
             await store.insert(chunk)
-        print(json.dumps({"start": start, "end": time.time(), "events": n}), flush=True)
+        end, cpu = time.time(), time.process_time() + backend_cpu(backend) - cpu
+        print(json.dumps({"start": start, "end": end, "events": n, "cpu": cpu}), flush=True)
     finally:
         await store.close()
 
 
-def measure(tree: Path, shim_root: Path, url: str, replicas: int, n: int) -> float:
-    """Events per second of ``replicas`` processes of ``tree`` inserting ``n`` events each."""
+def backend_cpu(pid: int) -> float:
+    """CPU seconds of a PostgreSQL backend on this machine (its /proc entry: utime + stime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(tree: Path, shim_root: Path, url: str, replicas: int, n: int) -> tuple[float, float]:
+    """Events per second of ``replicas`` processes of ``tree`` inserting ``n`` events each, and the CPU
+    each took per event (its process and its PostgreSQL writer backend, µs)."""
     code = (f"import sys; sys.path[:0] = [{str(shim_root)!r}, {str(tree)!r}]; import asyncio; "
             f"from bench.replicas import replica; asyncio.run(replica(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))")
     env = dict(os.environ, PYTHONPATH="")
@@ -75,7 +86,8 @@ def measure(tree: Path, shim_root: Path, url: str, replicas: int, n: int) -> flo
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return sum(d["events"] for d in done) / (max(d["end"] for d in done) - min(d["start"] for d in done))
+    total = sum(d["events"] for d in done)
+    return total / (max(d["end"] for d in done) - min(d["start"] for d in done)), sum(d["cpu"] for d in done) / total * 1e6
 
 
 def main() -> int:
@@ -94,22 +106,27 @@ def main() -> int:
             if a.before:
                 trees = {"before": unpack(a.before, Path(tmp) / "before"), "after": HERE}
             shim_root = shim(Path(tmp))
-            results: dict[str, dict[str, list[float]]] = {name: {"1": [], "2": [], "ratio": []} for name in trees}
+            results: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
             for run in range(a.runs):
                 for name, tree in trees.items():  # interleaved: before, after, before, after, ...
-                    one = measure(tree, shim_root, server.new_database(), 1, a.events)
-                    two = measure(tree, shim_root, server.new_database(), 2, a.events)
-                    print(f"run {run + 1} {name}: 1 replica {one:,.0f} events/s, 2 replicas {two:,.0f} "
-                          f"events/s, {two / one:.2f}x", flush=True)
-                    for key, value in (("1", one), ("2", two), ("ratio", two / one)):
-                        results[name][key].append(value)
+                    one, cpu1 = measure(tree, shim_root, server.new_database(), 1, a.events)
+                    two, cpu2 = measure(tree, shim_root, server.new_database(), 2, a.events)
+                    print(f"run {run + 1} {name}: 1 replica {one:,.0f} events/s ({cpu1:.0f} µs CPU/event), "
+                          f"2 replicas {two:,.0f} events/s ({cpu2:.0f} µs), {two / one:.2f}x; "
+                          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+                    for key, value in (("1", one), ("2", two), ("ratio", two / one), ("cpu1", cpu1),
+                                       ("cores1", one * cpu1 / 1e6)):
+                        results[name].setdefault(key, []).append(value)
     finally:
         server.stop()
     print(f"\n{'medians of ' + str(a.runs) + ' runs':32} " + " ".join(f"{n:>12}" for n in trees) + "   goal")
-    for key, label in (("1", "1 replica (events/s)"), ("2", "2 replicas (events/s)"), ("ratio", "2 replicas / 1")):
+    for key, label in (("1", "1 replica (events/s)"), ("2", "2 replicas (events/s)"), ("ratio", "2 replicas / 1"),
+                       ("cpu1", "1 replica: CPU µs per event"), ("cores1", "1 replica: cores busy")):
         cells = [statistics.median(results[n][key]) for n in trees]
-        print(f"{label:32} " + " ".join(f"{c:>12,.2f}" if key == "ratio" else f"{c:>12,.0f}" for c in cells)
-              + f"   {GOAL if key == 'ratio' else ''}")
+        print(f"{label:32} " + " ".join(f"{c:>12,.2f}" if key in ("ratio", "cores1") else f"{c:>12,.0f}"
+                                        for c in cells) + f"   {GOAL if key == 'ratio' else ''}")
+    print(f"(2 replicas can reach at most {os.cpu_count()} / cores busy of 1 replica on this machine, "
+          "less what other processes take)")
     return 0
 
 

@@ -20,6 +20,8 @@ Version 3 (in place, no rebuild: one nullable column):
 Version 4 (in place; issue 12): sources, their status, and the chunk chain. Three sections, one per
 stage that owns the tables: identity (columns on ``audit_events``), sources (``audit_sources``), chain
 (``audit_chain``, and what retention deleted of it).
+Issue 13 adds a fourth, replicas (PostgreSQL only): ``xid`` on ``audit_events``, ``audit_events_hw``
+and ``audit_reserve``, so replicas insert concurrently and readers stay gap-free.
 """
 
 from __future__ import annotations
