@@ -132,3 +132,15 @@ async def test_replicas_starting_together_on_an_empty_database(postgres: Any) ->
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_the_health_probe_takes_its_sequence_number_like_an_insert(
+        replicas: tuple[Store, Store, Store, str]) -> None:
+    a, b, reader, _ = replicas
+    await a.insert([ev(1, auditID="one")])
+    await b.probe()  # a row inserted and deleted again in one transaction, with its own reserved number
+    await a.probe()
+    await b.insert([ev(2, auditID="two")])
+    rows, _ = await follow(reader, 0)
+    assert [i for _, i in rows] == ["one", "two"] and rows[1][0] > rows[0][0] + 2
+    assert await reader.count() == 2
