@@ -20,7 +20,7 @@ from typing import Any
 from kube_audit.runtime.observability import get_logger
 from tailer.metrics import TailerMetrics
 
-BATCH = 1_000  # rows of the first delete transaction
+BATCH = 250  # rows of the first delete transaction
 BATCH_SECONDS = 0.04  # what one delete transaction should take
 MIN_BATCH, MAX_BATCH = 20, 10_000
 
