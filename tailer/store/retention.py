@@ -1,9 +1,6 @@
 """Retention: what to delete and when. The store offers the primitives (store/base.py); this module
-decides, in batches, each its own short transaction on the writer, so chunks waiting to commit get the
-writer between two batches (an ack never waits behind a whole prune). A batch is sized by time, not rows:
-the first takes ``BATCH`` rows, each next one as many as the last one's pace says fit in
-``BATCH_SECONDS`` (a delete costs more on a large or busy database), so a chunk that arrives during a
-prune waits for at most about that long before its own commit.
+decides, in batches of at most ``BATCH`` rows, each its own short transaction on the writer, so chunks
+waiting to commit get the writer between two batches (an ack never waits behind a whole prune).
 
 Retention deletes a prefix of the sequence: by age, every event below the first one whose running
 maximum of ``stageTimestamp`` (``hw``) reaches the cutoff (an event that arrived late with an old
@@ -20,41 +17,20 @@ from typing import Any
 from kube_audit.runtime.observability import get_logger
 from tailer.metrics import TailerMetrics
 
-BATCH = 250  # rows of the first delete transaction
-BATCH_SECONDS = 0.04  # what one delete transaction should take
-MIN_BATCH, MAX_BATCH = 20, 10_000
-
-
-class Pace:
-    """Rows per delete transaction: ``fixed``, or adjusted after each full batch to take ~BATCH_SECONDS
-    (at most doubling, so one fast batch on a cold cache does not make the next one huge)."""
-
-    def __init__(self, fixed: int | None = None) -> None:
-        self.rows, self.fixed = fixed or BATCH, fixed is not None
-
-    async def delete(self, store: Any, below: int | None, excess: int | None) -> int:
-        start = time.perf_counter()
-        n = await store.delete_oldest(below, excess, self.rows)
-        took = time.perf_counter() - start
-        if not self.fixed and n >= self.rows:
-            fit = int(self.rows * BATCH_SECONDS / max(took, 1e-4))
-            self.rows = max(MIN_BATCH, min(MAX_BATCH, fit, self.rows * 2))
-        return int(n)
+BATCH = 1_000  # rows per delete transaction
 
 
 async def prune(store: Any, max_age: float | None, max_bytes: int | None, now: float | None = None,
-                batch: int | None = None) -> tuple[int, int]:
-    """Apply both limits once: (deleted by age, deleted by size). ``batch``: a fixed number of rows per
-    delete transaction instead of the paced one (tests)."""
+                batch: int = BATCH) -> tuple[int, int]:
+    """Apply both limits once: (deleted by age, deleted by size)."""
     by_age = by_size = 0
-    pace = Pace(batch)
     if max_age:
         oldest, below = await store.first_at((now or time.time()) - max_age)
-        while below > oldest and (n := await pace.delete(store, below, None)) > 0:
+        while below > oldest and (n := await store.delete_oldest(below, None, batch)) > 0:
             by_age += n
     if max_bytes:
         while (excess := (await store.totals())[1] - max_bytes) > 0:
-            n = await pace.delete(store, None, excess)
+            n = await store.delete_oldest(None, excess, batch)
             if n == 0:
                 break
             by_size += n

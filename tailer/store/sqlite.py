@@ -14,8 +14,7 @@ from typing import Any
 from tailer.store import schema
 from tailer.store.base import Store, StoreError
 
-RECLAIM_PAGES = 4096  # pages (16 MiB at 4 KiB) given back to the file system per retention run
-RECLAIM_STEP = 256  # pages per transaction: moving pages holds the writer, so acks interleave
+RECLAIM_PAGES = 4096  # pages (16 MiB at 4 KiB) given back to the file system per retention batch
 
 
 class SqliteStore(Store):
@@ -107,11 +106,8 @@ class SqliteStore(Store):
         return int(conn.executemany(sql, params).rowcount)
 
     async def reclaim(self) -> None:
-        def vacuum() -> int:
+        def vacuum() -> None:
             with self._transaction() as conn:
-                conn.execute(f"PRAGMA incremental_vacuum({RECLAIM_STEP})").fetchall()  # one page per step
-                return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+                conn.execute(f"PRAGMA incremental_vacuum({RECLAIM_PAGES})").fetchall()  # one page per step
 
-        for _ in range(RECLAIM_PAGES // RECLAIM_STEP):
-            if await self._write(vacuum) == 0:
-                break
+        await self._write(vacuum)
