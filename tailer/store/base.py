@@ -50,6 +50,11 @@ class Store:
 
     kind = "store"
     ph = "?"  # the driver's placeholder
+    assigns_seq = False  # inserts set ``seq`` from ``_reserve`` (with ``override``), not the database
+    override = ""
+    # what a reader may see of ``audit_events``: a prefix of the sequence that no open write transaction
+    # can still commit into (one writer: every committed row)
+    visible = "TRUE"
     errors: tuple[type[BaseException], ...] = ()  # the driver's exception classes
 
     def __init__(self, target: str, readers: int = 4, query_timeout: float = 10.0) -> None:
@@ -198,26 +203,27 @@ class Store:
                 self.codec.give_up()
             else:
                 self._keep_dict(trained)
-        sql = (f"INSERT INTO audit_events (hw, {', '.join(COLUMNS)}) VALUES ({', '.join([p] * (len(COLUMNS) + 1))}) "
-               "ON CONFLICT (ts, audit_id, stage) DO NOTHING")
+        n = sum(len(rows) for rows in groups)
         fresh: dict[SourceId, int] = {}
         with self._transaction() as conn:
-            last = conn.execute("SELECT seq, hw FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
-            top, hw = (int(last[0]), float(last[1])) if last else (0, float("-inf"))
+            first, hw = self._reserve(conn, n, max(r.ts for rows in groups for r in rows))
+            sql, seq = self._insert_sql(), first
             counts = []
             for rows, source in chunks:
                 origin = self._origin_id(conn, source, fresh)
                 params = []
                 for r in rows:
                     hw = max(hw, r.ts)  # the running maximum: non-decreasing in seq
-                    params.append((hw, *r[:-2], origin, self.codec.compress(r.event)))
+                    own = (seq,) if self.assigns_seq else ()
+                    params.append((*own, hw, *r[:-2], origin, self.codec.compress(r.event)))
+                    seq += 1
                 counts.append(self._executemany(conn, sql, params))
             added = sum(counts)
-            if added == sum(len(rows) for rows in groups):
+            if added == n:
                 size = sum(r.bytes for rows in groups for r in rows)
-            else:  # some were repeats: the new rows are the ones above the old top (writes are serialised)
-                size = int(conn.execute(f"SELECT COALESCE(SUM(bytes), 0) FROM audit_events WHERE seq > {p}",
-                                        (top,)).fetchone()[0])
+            else:  # some were repeats: the new rows are this transaction's, from ``first`` on
+                size = int(conn.execute(f"SELECT COALESCE(SUM(bytes), 0) FROM audit_events WHERE seq >= {p} "
+                                        f"AND seq < {p}", (first, first + n)).fetchone()[0])
             conn.execute(f"UPDATE audit_totals SET rows = rows + {p}, bytes = bytes + {p} WHERE id = 1", (added, size))
         self._origin_ids.update(fresh)  # committed: from now on known without a read
         return counts
@@ -241,6 +247,19 @@ class Store:
         fresh[source] = int(row[0])
         return fresh[source]
 
+    def _insert_sql(self) -> str:
+        own = ["seq"] if self.assigns_seq else []
+        names = [*own, "hw", *COLUMNS]
+        return (f"INSERT INTO audit_events ({', '.join(names)}) {self.override if own else ''}"
+                f"VALUES ({', '.join([self.ph] * len(names))}) ON CONFLICT (ts, audit_id, stage) DO NOTHING")
+
+    def _reserve(self, conn: Any, n: int, top: float) -> tuple[int, float]:
+        """Before the first write of an insert transaction: (the sequence its first row gets, the ``hw``
+        below it). Writes are serialised here (one writer): the next number above the last row. A driver
+        whose writers run concurrently sets ``assigns_seq`` and hands out the numbers itself."""
+        last = conn.execute("SELECT seq, hw FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+        return (int(last[0]) + 1, float(last[1])) if last else (1, float("-inf"))
+
     def _executemany(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
         raise NotImplementedError
 
@@ -248,9 +267,12 @@ class Store:
         """Store the bodies' zstd dictionary, trained on the first events, then use it (not before it
         is committed: a row must never name a dictionary the store lacks)."""
         with self._transaction() as conn:
-            dict_id = int(conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM audit_dicts").fetchone()[0])
-            data = self.codec.with_id(trained, dict_id)
-            conn.execute(f"INSERT INTO audit_dicts (id, data) VALUES ({self.ph}, {self.ph})", (dict_id, data))
+            dict_id, stored = int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit_dicts").fetchone()[0]), 0
+            while not stored:  # another replica may store one at the same moment: take the next free id
+                dict_id += 1
+                data = self.codec.with_id(trained, dict_id)
+                stored = self._executemany(conn, f"INSERT INTO audit_dicts (id, data) VALUES ({self.ph}, {self.ph}) "
+                                           "ON CONFLICT (id) DO NOTHING", [(dict_id, data)])
         self.codec.use(dict_id, data)
         self._training = None
 
@@ -269,14 +291,14 @@ class Store:
         """One small real write (a row inserted and deleted again, committed): the store is healthy
         again when it succeeds. The row takes a sequence number that no event will have."""
         p = self.ph
-        values = ("probe", "probe", 0.0, "", "", "", "", "", "", "", "", None, 0, 0, None, 0, b"{}")
+        values = Row("probe", "probe", 0.0, "", "", "", "", "", "", "", "", None, 0, 0, None, 0, b"{}")
 
         def touch() -> None:
             with self._transaction() as conn:
-                last = conn.execute("SELECT hw FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
-                conn.execute(f"INSERT INTO audit_events (hw, {', '.join(COLUMNS)}) VALUES "
-                             f"({', '.join([p] * (len(COLUMNS) + 1))})", (last[0] if last else 0.0, *values))
-                conn.execute("DELETE FROM audit_events WHERE audit_id = 'probe' AND stage = 'probe'")
+                seq, hw = self._reserve(conn, 1, 0.0)
+                conn.execute(self._insert_sql(), ((seq,) if self.assigns_seq else ()) + (max(hw, 0.0), *values))
+                conn.execute(f"DELETE FROM audit_events WHERE audit_id = 'probe' AND stage = 'probe' AND ts = {p}",
+                             (0.0,))
 
         await self._write(touch)
 
@@ -326,19 +348,20 @@ class Store:
 
         def delete() -> int:
             with self._transaction() as conn:
-                where, args = (f"WHERE seq < {p}", [below]) if below is not None else ("", [])
-                oldest = conn.execute(f"SELECT seq, bytes FROM audit_events {where} ORDER BY seq LIMIT {p}",
-                                      (*args, max_rows)).fetchall()
+                where, args = (f"AND seq < {p}", [below]) if below is not None else ("", [])
+                oldest = conn.execute(f"SELECT seq, bytes FROM audit_events WHERE {self.visible} {where} "
+                                      f"ORDER BY seq LIMIT {p}", (*args, max_rows)).fetchall()
                 if excess is not None:
                     oldest = list(_covering(oldest, excess))
                 if not oldest:
                     return 0
-                top, size = int(oldest[-1][0]), sum(int(b) for _, b in oldest)
-                conn.execute(f"DELETE FROM audit_events WHERE seq <= {p}", (top,))
+                top = int(oldest[-1][0])
+                # what this statement deleted (another replica's retention may have taken some of them)
+                gone = conn.execute(f"DELETE FROM audit_events WHERE seq <= {p} RETURNING bytes", (top,)).fetchall()
                 conn.execute(f"UPDATE audit_pruned SET max_seq = {p} WHERE id = 1 AND max_seq < {p}", (top, top))
                 conn.execute(f"UPDATE audit_totals SET rows = rows - {p}, bytes = bytes - {p} WHERE id = 1",
-                             (len(oldest), size))
-                return len(oldest)
+                             (len(gone), sum(int(b) for b, in gone)))
+                return len(gone)
 
         return await self._write(delete)
 
@@ -363,9 +386,9 @@ class Store:
         return lo
 
     async def head(self) -> int:
-        """The highest sequence stored or pruned (0 when nothing was ever stored)."""
+        """The highest sequence stored (and ``visible``) or pruned (0 when nothing was ever stored)."""
         def query(conn: Any) -> int:
-            stored = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_events").fetchone()[0]
+            stored = conn.execute(f"SELECT COALESCE(MAX(seq), 0) FROM audit_events WHERE {self.visible}").fetchone()[0]
             return max(int(stored), _pruned(conn))
 
         return await self._read(query)
@@ -378,14 +401,15 @@ class Store:
         return (await self.totals())[0]
 
     async def events(self, flt: EventFilter, after: int = 0, limit: int = 500) -> EventRows:
-        """Events matching ``flt`` with seq > ``after``, in sequence order."""
+        """Events matching ``flt`` with seq > ``after``, in sequence order (only ``visible`` ones: a follower
+        that resumes after the last one it got never misses a row)."""
         return [(seq, event) for seq, event, _ in await self.sourced_events(flt, after, limit)]
 
     async def sourced_events(self, flt: EventFilter, after: int = 0, limit: int = 500) -> SourcedRows:
         """``events``, each with the (cluster, source) it came from."""
         clauses, args = flt.where(self.ph)
         sql = (f"SELECT seq, origin, event FROM audit_events WHERE "
-               f"{' AND '.join([f'seq > {self.ph}', *clauses])} ORDER BY seq LIMIT {self.ph}")
+               f"{' AND '.join([f'seq > {self.ph}', *clauses, self.visible])} ORDER BY seq LIMIT {self.ph}")
 
         def query(conn: Any) -> SourcedRows:
             start = after
@@ -409,7 +433,7 @@ class Store:
         """Every event with seq > ``after``, in sequence order, as (seq, *``columns``, the event's JSON
         bytes): decompressed, not parsed (what the API's watch ring keeps). An ``origin`` column comes as
         the SourceId it names."""
-        sql = (f"SELECT seq, {', '.join(columns)}, event FROM audit_events WHERE seq > {self.ph} "
+        sql = (f"SELECT seq, {', '.join(columns)}, event FROM audit_events WHERE seq > {self.ph} AND {self.visible} "
                f"ORDER BY seq LIMIT {self.ph}")
 
         def query(conn: Any) -> list[tuple[Any, ...]]:

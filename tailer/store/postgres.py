@@ -1,13 +1,18 @@
 """The PostgreSQL store, shared by several tailer replicas. The only importer of psycopg.
 
 One writer connection and a pool of reader connections (psycopg_pool), each reader with a
-``statement_timeout``. Every write transaction takes one transaction-scoped advisory lock first, so
-sequence numbers become visible in commit order across replicas: a reader that has seen ``seq`` N never
-later finds a new row below N (watchers resume by sequence without gaps), and ``hw`` stays non-decreasing.
+``statement_timeout``. Replicas insert concurrently: an insert transaction first calls ``audit_reserve``
+(schema v4, replicas), which under a lock held for microseconds gives it its transaction id and its block
+of sequence numbers, so a transaction with a higher id always has higher numbers. Readers see only rows
+whose ``xid`` is below their snapshot's ``xmin`` (``visible``): every transaction older than that has
+ended, and every one still open will commit above each row shown. So a reader that has seen ``seq`` N
+never later finds a new row below N (watchers and the ConfigMap projection resume by sequence without
+gaps), at the price of a row showing only once the write transactions older than its own have ended.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,12 +23,15 @@ from psycopg_pool import ConnectionPool
 from tailer.store import schema
 from tailer.store.base import Store, StoreError
 
-WRITE_LOCK_KEY = 0x6B617564  # pg_advisory_xact_lock key: serialises writes across replicas
+US = 1e6  # ``audit_events_hw`` counts microseconds
 
 
 class PostgresStore(Store):
     kind = "postgresql"
     ph = "%s"
+    assigns_seq = True
+    override = "OVERRIDING SYSTEM VALUE "
+    visible = "(xid IS NULL OR xid < (SELECT pg_snapshot_xmin(pg_current_snapshot())))"
     errors = (psycopg.Error,)
 
     def is_transient(self, exc: BaseException) -> bool:
@@ -43,6 +51,8 @@ class PostgresStore(Store):
 
     def _setup(self) -> None:
         with self._transaction() as conn:
+            # replicas starting together: one creates or migrates the schema, the others then find it
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (schema.WRITE_LOCK_KEY,))
             found: Any = conn.execute("SELECT to_regclass('schema_version'), to_regclass('audit_events')").fetchone()
             current = 0
             if found[0] is not None:
@@ -78,8 +88,13 @@ class PostgresStore(Store):
             self._wconn = self._connect()
         conn = self._wconn
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
             yield conn
+
+    def _reserve(self, conn: Any, n: int, top: float) -> tuple[int, float]:
+        # rounded up, plus one: the next reservation's base is >= every hw of this one
+        top_us = max(0, math.ceil(top * US) + 1) if math.isfinite(top) else 0
+        first, base_us = conn.execute("SELECT * FROM audit_reserve(%s, %s)", (n, top_us)).fetchone()
+        return int(first), int(base_us) / US
 
     @contextmanager
     def _reading(self) -> Iterator[psycopg.Connection[Any]]:

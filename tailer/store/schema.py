@@ -20,6 +20,8 @@ Version 3 (in place, no rebuild: one nullable column):
 Version 4 (in place; issue 12): sources, their status, and the chunk chain. Three sections, one per
 stage that owns the tables: identity (columns on ``audit_events``), sources (``audit_sources``), chain
 (``audit_chain``, and what retention deleted of it).
+Issue 13 adds a fourth, replicas (PostgreSQL only): ``xid`` on ``audit_events``, ``audit_events_hw``
+and ``audit_reserve``, so replicas insert concurrently and readers stay gap-free.
 """
 
 from __future__ import annotations
@@ -160,8 +162,54 @@ def _v4_chain(t: Types) -> list[str]:
     return []
 
 
+# ---- issue 13, replicas (PostgreSQL only): concurrent writers, gap-free readers ----
+RESERVE_LOCK_KEY = 0x6B617565  # session advisory lock held only while a writer takes its sequence numbers
+WRITE_LOCK_KEY = 0x6B617564  # the lock writers before v4 took exclusively per transaction; v4 takes it shared
+RESERVE = f"""CREATE FUNCTION audit_reserve(n BIGINT, top_us BIGINT, OUT first_seq BIGINT, OUT base_us BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE seqname TEXT := pg_get_serial_sequence('audit_events', 'seq');
+BEGIN
+  IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+    RAISE EXCEPTION 'audit_reserve must be the first write of its transaction';
+  END IF;
+  PERFORM pg_advisory_xact_lock_shared({WRITE_LOCK_KEY});
+  PERFORM pg_advisory_lock({RESERVE_LOCK_KEY});
+  BEGIN
+    PERFORM pg_current_xact_id();
+    first_seq := nextval(seqname);
+    IF n > 1 THEN PERFORM setval(seqname, first_seq + n - 1); END IF;
+    SELECT last_value INTO base_us FROM audit_events_hw;
+    IF top_us > base_us THEN PERFORM setval('audit_events_hw', top_us); END IF;
+  EXCEPTION WHEN OTHERS THEN
+    PERFORM pg_advisory_unlock({RESERVE_LOCK_KEY});
+    RAISE;
+  END;
+  PERFORM pg_advisory_unlock({RESERVE_LOCK_KEY});
+END $$"""
+
+
+def _v4_replicas(t: Types) -> list[str]:
+    """Issue 13, replicas: each row keeps the id of the transaction that wrote it (``xid``; NULL for rows
+    from before), and ``audit_reserve`` gives a transaction its id and a block of sequence numbers under
+    one short lock, so transaction ids and sequence numbers grow together. A reader then shows only rows
+    whose ``xid`` is below its snapshot's ``xmin`` (every older transaction has ended): a prefix of the
+    sequence that no open transaction can commit into. ``audit_events_hw`` carries the running maximum of
+    ``ts`` (in microseconds, rounded up) from one reservation to the next, so ``hw`` stays non-decreasing.
+    The column default covers writers from before v4 (they serialise on WRITE_LOCK_KEY)."""
+    if t is not POSTGRES:
+        return []
+    return [
+        "ALTER TABLE audit_events ADD COLUMN xid xid8",  # no default here: existing rows are not rewritten
+        "ALTER TABLE audit_events ALTER COLUMN xid SET DEFAULT pg_current_xact_id()",
+        "CREATE SEQUENCE audit_events_hw MINVALUE 0 START 0",
+        "SELECT setval('audit_events_hw', GREATEST(0, COALESCE(CEIL((SELECT hw FROM audit_events "
+        "ORDER BY seq DESC LIMIT 1) * 1e6)::BIGINT + 1, 0)))",
+        RESERVE,
+    ]
+
+
 def _to_v4(t: Types) -> list[str]:
-    return [*_v4_identity(t), *_v4_sources(t), *_v4_chain(t)]
+    return [*_v4_identity(t), *_v4_sources(t), *_v4_chain(t), *_v4_replicas(t)]
 
 
 MIGRATIONS = {2: _to_v2, 3: _to_v3, 4: _to_v4}  # version -> the statements that lead to it from the one before

@@ -1,0 +1,146 @@
+"""Two tailer replicas on one real PostgreSQL: they insert concurrently, and a follower reading by
+sequence (a watch, the ConfigMap projection) still sees every row exactly once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tailer.store import EventFilter, Store
+from tailer.store.retention import prune
+from tests.integration.test_store import ev
+
+
+@pytest.fixture
+async def replicas(postgres: Any) -> AsyncIterator[tuple[Store, Store, Store, str]]:
+    """Two writers and a follower, each its own Store (own connections) on one fresh database."""
+    url = postgres.new_database()
+    stores = [await Store.open(url) for _ in range(3)]
+    try:
+        yield stores[0], stores[1], stores[2], url
+    finally:
+        for s in stores:
+            await s.close()
+
+
+def hold_open(store: Store) -> tuple[threading.Event, threading.Event]:
+    """Make ``store``'s next insert transaction stop after its rows are written, before it commits,
+    until ``release`` is set; ``inside`` is set once it is there."""
+    inside, release = threading.Event(), threading.Event()
+    original = store._executemany
+
+    def paused(conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
+        count = original(conn, sql, params)
+        if sql.startswith("INSERT INTO audit_events") and not release.is_set():
+            inside.set()
+            assert release.wait(30), "the test never released the open transaction"
+        return count
+
+    store._executemany = paused  # type: ignore[method-assign]
+    return inside, release
+
+
+async def follow(store: Store, after: int, limit: int = 1000) -> tuple[list[tuple[int, str]], int]:
+    rows = await store.events(EventFilter(), after, limit)
+    got = [(seq, e["auditID"]) for seq, e in rows]
+    return got, (got[-1][0] if got else after)
+
+
+async def test_a_reader_never_passes_a_row_an_open_transaction_will_commit_below(
+        replicas: tuple[Store, Store, Store, str]) -> None:
+    a, b, reader, url = replicas
+    await a.insert([ev(0, auditID="before")])
+    seen, cursor = await follow(reader, 0)
+    assert [i for _, i in seen] == ["before"]
+    inside, release = hold_open(a)
+    try:
+        slow = asyncio.create_task(a.insert([ev(i, auditID=f"a{i}") for i in range(5)]))
+        assert await asyncio.to_thread(inside.wait, 20), "replica a never got to its insert"
+        # replica b commits while a's transaction is open (the old global lock made b wait here)
+        assert (await asyncio.wait_for(b.insert([ev(i, auditID=f"b{i}") for i in range(5)]), 10)).inserted == 5
+        with psycopg.connect(url) as raw:  # b's rows are committed, above a's still open sequence numbers
+            committed = raw.execute("SELECT audit_id, seq FROM audit_events WHERE audit_id LIKE 'b_' "
+                                    "ORDER BY seq").fetchall()
+        assert len(committed) == 5
+        more, cursor = await follow(reader, cursor)
+        assert more == [], "the reader went past sequence numbers replica a has not committed yet"
+        assert await reader.head() == seen[-1][0]  # a watch started now resumes below a's rows
+    finally:
+        release.set()  # also when an assertion failed: the paused writer thread must end
+    assert (await slow).inserted == 5
+    more, cursor = await follow(reader, cursor)
+    assert [i for _, i in more] == [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(5)]
+    assert [s for s, _ in more] == sorted(s for s, _ in more)
+    assert more[-1][0] == committed[-1][1] and await reader.head() == cursor
+
+
+async def test_a_follower_sees_every_row_of_two_busy_writers_once_in_order(
+        replicas: tuple[Store, Store, Store, str]) -> None:
+    a, b, reader, url = replicas
+    rng = random.Random(13)
+    chunks = 30
+
+    async def write(store: Store, name: str) -> None:
+        for c in range(chunks):
+            size = rng.randint(1, 40)
+            await store.insert([ev(i, auditID=f"{name}-{c}-{i}", ts=f"2026-11-20T09:{c:02d}:{rng.randint(0, 59):02d}Z")
+                                for i in range(size)])
+            await asyncio.sleep(rng.random() * 0.01)  # vary the interleaving, not synchronisation
+
+    writers = asyncio.gather(write(a, "a"), write(b, "b"))
+    got: list[tuple[int, str]] = []
+    cursor = 0
+    while not writers.done():
+        more, cursor = await follow(reader, cursor, rng.randint(1, 50))
+        got += more
+        await asyncio.sleep(0)
+    await writers
+    while more := (await follow(reader, cursor))[0]:
+        got += more
+        cursor = more[-1][0]
+    final, _ = await follow(reader, 0, 100_000)
+    assert got == final, "the follower missed or repeated rows that a full read has"
+    assert len({i for _, i in got}) == len(got)
+    with psycopg.connect(url) as raw:
+        hws = [float(h) for h, in raw.execute("SELECT hw FROM audit_events ORDER BY seq").fetchall()]
+        ts_hw = raw.execute("SELECT COUNT(*) FROM audit_events WHERE hw < ts").fetchone()
+    assert hws == sorted(hws) and ts_hw == (0,)  # hw stays a non-decreasing bound across replicas
+    assert await reader.count() == len(got)
+
+
+async def test_two_replicas_pruning_at_once_keep_the_totals_true(replicas: tuple[Store, Store, Store, str]) -> None:
+    a, b, reader, url = replicas
+    await a.insert([ev(i, auditID=f"x{i}", ts=f"2026-11-{1 + i % 20:02d}T00:00:00Z") for i in range(400)])
+    await asyncio.gather(prune(a, None, 1000, batch=7), prune(b, None, 1000, batch=5))
+    with psycopg.connect(url) as raw:
+        actual = raw.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM audit_events").fetchone()
+    assert actual is not None and await reader.totals() == (int(actual[0]), int(actual[1]))
+
+
+async def test_replicas_starting_together_on_an_empty_database(postgres: Any) -> None:
+    url = postgres.new_database()
+    stores = await asyncio.gather(*(Store.open(url) for _ in range(3)))  # one creates the schema
+    try:
+        await asyncio.gather(*(s.insert([ev(i, auditID=f"s{n}-{i}") for i in range(3)]) for n, s in enumerate(stores)))
+        assert await stores[0].count() == 9
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_the_health_probe_takes_its_sequence_number_like_an_insert(
+        replicas: tuple[Store, Store, Store, str]) -> None:
+    a, b, reader, _ = replicas
+    await a.insert([ev(1, auditID="one")])
+    await b.probe()  # a row inserted and deleted again in one transaction, with its own reserved number
+    await a.probe()
+    await b.insert([ev(2, auditID="two")])
+    rows, _ = await follow(reader, 0)
+    assert [i for _, i in rows] == ["one", "two"] and rows[1][0] > rows[0][0] + 2
+    assert await reader.count() == 2
