@@ -22,6 +22,11 @@ KIND_VERSIONS = "ObjectVersionList"
 KIND_FIELD_HISTORY = "FieldHistory"
 KIND_DIFF = "ObjectDiff"
 KIND_BISECT = "BisectResult"
+VERIFY = "verify"  # GET PREFIX/verify?source&cluster&since: the chunk chain and the stored events re-checked
+KIND_VERIFY = "ChainVerification"
+# a verification: clean, checked {links, rows}, scope, problems [{kind: altered|deleted|inserted|linkAltered|
+# linkMissing|anchor, message, link, cluster, source, seq, row, auditID}], breaks [{link, cluster, source,
+# epoch, seq, kind: missing|bad_mac|restarted}]
 # a version: version, resourceVersion, auditID, time, user, verb, subresource, code, complete, deleted,
 # object, change (kube_audit/model/change.py), and patch, patchType for a patch, reason when incomplete
 

@@ -50,7 +50,8 @@ async def start(settings: Settings, rt: Runtime) -> None:
             store_sink.on_commit = _both(store_sink.on_commit, configmaps.notify)
     rejected = (RejectedFile(settings.rejected_file, metrics, settings.rejected_file_max_bytes)
                 if settings.rejected_file else None)
-    pipeline = Pipeline(sinks, metrics, observers, rejected)
+    chain = await open_chain(settings, metrics, store, apis, rt)
+    pipeline = Pipeline(sinks, metrics, observers, rejected, chain=chain)
     forward = ForwardServer(settings.forward, pipeline, metrics)
     # not ready while the store refuses writes (a full disk, PostgreSQL down): every chunk would be refused
     web_app = build_app(metrics.registry, ready=lambda: state["ready"] and (store is None or store.healthy))
@@ -134,6 +135,20 @@ async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sin
         rt.spawn(await follow_requestheader(settings, api, proxy), "api-requestheader")
     log.info("store_opened", store=store.kind, api_auth=settings.api.auth)
     return store, [api], sink
+
+
+async def open_chain(settings: Settings, metrics: TailerMetrics, store: Any, apis: list[Any], rt: Runtime) -> Any:
+    """The chunk chain (tamper evidence) over the store, with its key: none without a store or a key."""
+    if store is None or settings.integrity_key is None:
+        return None
+    from tailer.chain.stage import ChainStage
+
+    chain = ChainStage(settings.integrity_key, metrics, store)
+    await chain.start()
+    rt.spawn(chain.gap_loop(), "chain-gaps")
+    for api in apis:
+        api.chain_key = settings.integrity_key  # verify checks the seals with it
+    return chain
 
 
 async def follow_requestheader(settings: Settings, api: Any, base: Any) -> Coroutine[Any, Any, None]:

@@ -65,3 +65,8 @@ class TailerMetrics:
         self.api_token_file_errors = Counter("tailer_api_token_file_errors", "Times the API token file became "
                                              "unusable (every request refused until it is valid)", ["reason"],
                                              registry=r)
+        # the chunk chain (tailer/chain)
+        self.chain_chunks = Counter("tailer_chain_chunks", "Chunks stored, by how their chain link relates to the "
+                                    "stored ones", ["outcome"], registry=r)
+        self.chain_breaks = Counter("tailer_chain_breaks", "Breaks of a forwarder's chunk chain (a gap of that "
+                                    "source, reason chain_break)", ["kind"], registry=r)

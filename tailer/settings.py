@@ -89,3 +89,4 @@ class Settings:
     configmaps: ConfigMapSettings = ConfigMapSettings()
     store: StoreSettings = StoreSettings()
     api: ApiSettings = ApiSettings()
+    integrity_key: bytes | None = None  # the chunk chain's key: --integrity-key-file, else the shared key

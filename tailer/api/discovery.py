@@ -33,7 +33,8 @@ def api_resource_list() -> dict[str, Any]:
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": API_VERSION, "resources": [
         {"name": "auditevents", "singularName": "auditevent", "namespaced": True, "kind": "AuditEvent",
          "verbs": ["list", "watch"], "shortNames": ["ae"], "categories": ["audit"]},
-        *views]}
+        *views,
+        {"name": "verify", "singularName": "", "namespaced": False, "kind": "ChainVerification", "verbs": ["get"]}]}
 
 
 _STRING = {"type": "string"}

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from tailer.store.chainstore import ChainStore
 from tailer.store.rows import COLUMNS, Codec, EventFilter, InsertResult, Row, to_row
 
 T = TypeVar("T")
@@ -42,7 +43,7 @@ class StoreError(RuntimeError):
         self.transient = transient
 
 
-class Store:
+class Store(ChainStore):
     """Open with ``Store.open(target)``: a ``postgresql://`` URL or an SQLite file path."""
 
     kind = "store"
@@ -60,7 +61,7 @@ class Store:
         self.codec = Codec()
         self._trainer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.kind}-train")
         self._training: Future[Any] | None = None
-        self._pending: list[tuple[list[Row], asyncio.Future[int]]] = []
+        self._pending: list[tuple[list[Row], asyncio.Future[int], Any]] = []  # rows, result, chain link
         self._drainer: asyncio.Task[None] | None = None
 
     @classmethod
@@ -143,14 +144,15 @@ class Store:
 
     # ---- writes ----
 
-    async def insert(self, records: Sequence[Any]) -> InsertResult:
-        """Store a chunk durably; repeats of a stored (auditID, stage) are dropped."""
+    async def insert(self, records: Sequence[Any], link: Any = None) -> InsertResult:
+        """Store a chunk durably; repeats of a stored (auditID, stage) are dropped. ``link`` (the chain
+        stage's, tailer/chain) is written with the events, in the same transaction."""
         rows = [r for r in map(to_row, records) if r is not None]
         skipped = len(records) - len(rows)
-        if not rows:
+        if not rows and (link is None or self.chain_key is None):  # a chained chunk keeps its place in the chain
             return InsertResult(0, 0, skipped)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((rows, future))
+        self._pending.append((rows, future, link))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name=f"{self.kind}-group-commit")
         inserted = await future
@@ -158,27 +160,28 @@ class Store:
 
     async def _drain(self) -> None:
         while self._pending:
-            group: list[tuple[list[Row], asyncio.Future[int]]] = []
+            group: list[tuple[list[Row], asyncio.Future[int], Any]] = []
             size = 0
             while self._pending and (not group or size + len(self._pending[0][0]) <= GROUP_ROWS):
                 group.append(self._pending.pop(0))
                 size += len(group[-1][0])
             try:
-                counts = await self._write(partial(self._insert, [rows for rows, _ in group]))
+                counts = await self._write(partial(self._insert, [rows for rows, _, _ in group],
+                                                   [link for _, _, link in group]))
             except StoreError as exc:
                 if len(group) == 1:
                     _settle(group[0][1], exc)
                     continue
-                for rows, future in group:  # one by one: only a chunk the database refuses fails
+                for rows, future, link in group:  # one by one: only a chunk the database refuses fails
                     try:
-                        _settle(future, (await self._write(partial(self._insert, [rows])))[0])
+                        _settle(future, (await self._write(partial(self._insert, [rows], [link])))[0])
                     except StoreError as one:
                         _settle(future, one)
             else:
-                for (_, future), count in zip(group, counts, strict=True):
+                for (_, future, _), count in zip(group, counts, strict=True):
                     _settle(future, count)
 
-    def _insert(self, groups: list[list[Row]]) -> list[int]:
+    def _insert(self, groups: list[list[Row]], links: Sequence[Any] = ()) -> list[int]:
         p = self.ph
         if self.codec.current is None and self._training is None and \
                 self.codec.wants_training([r.event for rows in groups for r in rows]):
@@ -197,12 +200,15 @@ class Store:
             last = conn.execute("SELECT seq, hw FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
             top, hw = (int(last[0]), float(last[1])) if last else (0, float("-inf"))
             counts = []
-            for rows in groups:
+            lo = top
+            for i, rows in enumerate(groups):
                 params = []
                 for r in rows:
                     hw = max(hw, r.ts)  # the running maximum: non-decreasing in seq
                     params.append((hw, *r[:-1], self.codec.compress(r.event)))
-                counts.append(self._executemany(conn, sql, params))
+                counts.append(self._executemany(conn, sql, params) if params else 0)
+                if self.chain_key is not None:  # the chunk's link, with its events (chainstore.py)
+                    lo = self._chain_link(conn, links[i] if i < len(links) else None, rows, lo)
             added = sum(counts)
             if added == sum(len(rows) for rows in groups):
                 size = sum(r.bytes for rows in groups for r in rows)
@@ -307,6 +313,7 @@ class Store:
                 top, size = int(oldest[-1][0]), sum(int(b) for _, b in oldest)
                 conn.execute(f"DELETE FROM audit_events WHERE seq <= {p}", (top,))
                 conn.execute(f"UPDATE audit_pruned SET max_seq = {p} WHERE id = 1 AND max_seq < {p}", (top, top))
+                self._chain_pruned(conn, top)  # recorded, sealed: verify does not take it for tampering
                 conn.execute(f"UPDATE audit_totals SET rows = rows - {p}, bytes = bytes - {p} WHERE id = 1",
                              (len(oldest), size))
                 return len(oldest)

@@ -27,9 +27,10 @@ class StoreSink:
     async def write(self, records: Sequence[AuditEvent | Rejected], origin: Any = None) -> list[Rejected]:
         """Commit the chunk; a transient StoreError goes up (no ack). When the database refuses the chunk
         for its data, each event is tried alone and those it refuses for good come back rejected."""
+        link = getattr(origin, "link", None)  # the chain stage's link: stored with the events (tailer/chain)
         try:
             with self.metrics.store_commit.time():
-                self._count(await self.store.insert(records))
+                self._count(await self.store.insert(records, link))
             return []
         except StoreError as exc:
             if exc.transient:
@@ -39,7 +40,7 @@ class StoreSink:
             if not isinstance(item, AuditEvent):
                 continue
             try:
-                self._count(await self.store.insert([item]))
+                self._count(await self.store.insert([item], link))  # each part sealed under the chunk's link
             except StoreError as exc:
                 if exc.transient:
                     raise
