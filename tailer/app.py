@@ -143,7 +143,7 @@ async def open_chain(settings: Settings, metrics: TailerMetrics, store: Any, api
         return None
     from tailer.chain.stage import ChainStage
 
-    chain = ChainStage(settings.integrity_key, metrics, store)
+    chain = ChainStage(settings.integrity_key, metrics, store, settings.chain_grace)
     await chain.start()
     rt.spawn(chain.gap_loop(), "chain-gaps")
     for api in apis:

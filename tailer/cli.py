@@ -51,6 +51,9 @@ def build_parser() -> EnvParser:
     p.add_argument("--integrity-key-file", metavar="FILE",
                    help="key of the chunk chain (tamper evidence: checked on receipt, sealed in the store, "
                         "kubectl audit verify); default: the shared key; neither: no chain is kept")
+    p.add_argument("--chain-grace", type=parse_duration, default=30.0,
+                   help="how long a missing chunk of a forwarder's chain may take to arrive (another "
+                        "connection, a resend) before it is a chain break (default 30s)")
     p.add_argument("--users-file", metavar="FILE",
                    help="handshake users, one 'USER PASSWORD' per line as in Fluent Bit's security.users; "
                         "needs --shared-key")
@@ -320,6 +323,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         store=store,
         api=api,
         integrity_key=integrity.encode() if integrity is not None else None,
+        chain_grace=max(args.chain_grace, 0.0),
     )
 
 

@@ -59,7 +59,7 @@ class ChainStage:
 
     async def gap_loop(self, every: float = SCAN_EVERY) -> None:
         while True:
-            await asyncio.sleep(min(every, self.grace))
+            await asyncio.sleep(min(every, max(self.grace, 0.1)))
             try:
                 await self.scan()
             except Exception as exc:  # the store may be back next time
