@@ -171,3 +171,85 @@ def mac_of(records: list[dict[str, Any]], seq: int, prev: bytes) -> bytes:
     entries = msgpack.unpackb(ff.encode_packed_forward("audit", payload, chunk="x", size=len(records),
                                                        compress=True), raw=False)[1]
     return chain.chunk_mac(KEY.encode(), "prod", "apiserver-0", "audit", seq, prev, entries)
+
+
+def store_of(tailer: Any, target: str) -> str:
+    if target.startswith("postgresql"):
+        return target
+    return str(Path(tailer.args[tailer.args.index("--data-dir") + 1]) / "audit.db")
+
+
+def row_of(target: str, audit_id: str) -> int:
+    if target.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(target) as conn:
+            found = conn.execute("SELECT seq FROM audit_events WHERE audit_id = %s", (audit_id,)).fetchone()
+    else:
+        conn = sqlite3.connect(target)
+        found = conn.execute("SELECT seq FROM audit_events WHERE audit_id = ?", (audit_id,)).fetchone()
+        conn.close()
+    assert found is not None
+    return int(found[0])
+
+
+TAMPER = {
+    "update": "UPDATE audit_events SET event = ? WHERE seq = ?",
+    "delete": "DELETE FROM audit_events WHERE seq = ?",
+    "insert": "INSERT INTO audit_events (hw, audit_id, stage, ts, verb, level, username, api_group, resource, "
+              "namespace, name, subresource, code, dry, bytes, event) SELECT hw, 'forged', stage, ts + 1, verb, "
+              "level, username, api_group, resource, namespace, name, subresource, code, dry, bytes, event "
+              "FROM audit_events WHERE seq = ?",
+}
+
+
+@pytest.mark.parametrize("how", ["update", "delete", "insert"])
+def test_one_tampered_row_makes_verify_fail_naming_it(start_tailer, tokens, store_target, capsys, how) -> None:
+    tailer = start(start_tailer, tokens, store_target)
+    send_three(tailer)
+    target = store_of(tailer, store_target)
+    seq = row_of(target, "id-21")  # the middle chunk's second event
+    forged = orjson.dumps({**ev(21), "user": {"username": "someone-else"}})
+    sql(target, TAMPER[how], *((forged, seq) if how == "update" else (seq,)))
+    code, out, body = verify(tailer, capsys)
+    assert code == 1, out
+    first = body["problems"][0]
+    if how == "insert":
+        assert (first["kind"], first["auditID"]) == ("inserted", "forged")
+        assert first["row"] == row_of(target, "forged") and "(forged) is in no link" in out
+    else:
+        assert (first["kind"], first["row"], first["seq"], first["source"]) == (
+            {"update": "altered", "delete": "deleted"}[how], seq, 2, "apiserver-0")
+        assert f"row {seq}" in out.splitlines()[1]
+    assert len(body["problems"]) == 1 and body["breaks"] == []
+
+
+def test_an_edited_link_is_found(start_tailer, tokens, capsys) -> None:
+    tailer = start(start_tailer, tokens)
+    send_three(tailer)
+    target = store_of(tailer, "sqlite")
+    sql(target, "UPDATE audit_chain SET digests = ? WHERE seq = 2", bytes(16 * 3))  # digests to hide an edit
+    code, _, body = verify(tailer, capsys)
+    assert code == 1 and body["problems"][0]["kind"] == "linkAltered" and body["problems"][0]["seq"] == 2
+    sql(target, "DELETE FROM audit_chain WHERE seq = 2")  # and the whole link, rows and all
+    sql(target, "DELETE FROM audit_events WHERE audit_id IN ('id-20', 'id-21', 'id-22')")
+    code, _, body = verify(tailer, capsys)
+    assert code == 1 and body["problems"][0]["kind"] == "linkMissing"
+    assert {(b["kind"], b["seq"]) for b in body["breaks"]} == {("missing", 3)}
+
+
+def test_verify_is_clean_after_retention_ran(start_tailer, tokens, store_target, capsys) -> None:
+    tailer = start(start_tailer, tokens, store_target, "--retention-bytes", "2Ki", "--retention-interval", "1s")
+    prev = chain.GENESIS
+    with Sender("127.0.0.1", tailer.port, shared_key=KEY) as s:
+        for seq in range(1, 9):
+            prev = chained(s, events(seq * 10, 3), seq, prev)
+    wait_for(lambda: tailer.metric("tailer_store_pruned_total", reason="size") > 0, what="retention")
+    code, out, body = verify(tailer, capsys)
+    assert code == 0, out
+    assert 0 < body["checked"]["links"] < 8  # the links whose rows are all gone went with them
+    target = store_of(tailer, store_target)
+    seq = row_of(target, "id-81")  # kept (the newest): deleting it is still found
+    sql(target, TAMPER["delete"], seq)
+    code, _, body = verify(tailer, capsys)
+    assert code == 1 and (body["problems"][0]["kind"], body["problems"][0]["row"]) == ("deleted", seq)
