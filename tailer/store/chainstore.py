@@ -202,27 +202,26 @@ class ChainStore:
                                     (after, limit)).fetchone()[0]
                 if upto is None:
                     return added
-                anchor = self._anchor(conn)
-                pruned = anchor is not None and anchor[0].link_id > 0
                 late = conn.execute(
                     "SELECT a.cluster, a.source, a.epoch, a.seq FROM audit_chain a WHERE a.id > "
                     f"{p} AND a.id <= {p} AND a.seq > 1 AND NOT EXISTS (SELECT 1 FROM audit_chain b WHERE "
                     "b.cluster = a.cluster AND b.source = a.source AND b.seq = a.seq - 1 AND b.mac = a.prev) "
                     "ORDER BY a.id", (after, int(upto))).fetchall()
                 for cluster, source, epoch, seq in late:
-                    added += self._gap(conn, SourceId(cluster, source), int(epoch), int(seq), pruned)
+                    added += self._gap(conn, SourceId(cluster, source), int(epoch), int(seq))
                 conn.execute(f"INSERT INTO audit_cursors (name, seq) VALUES ({p}, {p}) ON CONFLICT (name) DO UPDATE "
                              "SET seq = excluded.seq", (SCAN_CURSOR, int(upto)))
             return added
 
         return await self._write(scan)
 
-    def _gap(self, conn: Any, source: SourceId, epoch: int, seq: int, pruned: bool) -> list[dict[str, Any]]:
+    def _gap(self, conn: Any, source: SourceId, epoch: int, seq: int) -> list[dict[str, Any]]:
         p, key = self.ph, (source.cluster, source.name, epoch)
         below = conn.execute(f"SELECT MAX(seq) FROM audit_chain WHERE cluster = {p} AND source = {p} AND "
                              f"epoch = {p} AND seq < {p}", (*key, seq)).fetchone()[0]
-        if below is None and pruned:
-            return []  # the first link left of its chain: retention took its predecessors
+        if below is None:
+            return []  # the first link of its chain here: where the tailer first saw the source, or retention
+            # took its predecessors (a link deleted otherwise is found by verify: the store numbers its links)
         if below is not None and int(below) == seq - 1:
             first, kind, detail = seq - 1, L.PREV_MISMATCH, "the link before does not match this chunk's prev"
         else:
@@ -319,7 +318,8 @@ class ChainStore:
     async def chain_continuity(self, cluster: str | None, source: str | None,
                                since_ms: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Where the stored forwarder chains break: a flagged MAC, a chain restarted at seq 1, a link whose
-        predecessor (the link at seq - 1 with the MAC its prev names) is not stored."""
+        predecessor (the link at seq - 1 with the MAC its prev names) is not stored (``missing``; another
+        link at seq - 1: ``prev_mismatch``)."""
         p = self.ph
         where, args = ["a.seq > 0"], list[Any]()
         for column, value in (("cluster", cluster), ("source", source)):
@@ -330,18 +330,21 @@ class ChainStore:
             where.append(f"a.received >= {p}")
             args.append(since_ms)
 
+        # the first link of a chain has no predecessor here (first seen, or retention took it): not a break
+        sql = ("SELECT a.id, a.cluster, a.source, a.epoch, a.seq, a.state, EXISTS (SELECT 1 FROM audit_chain d "
+               "WHERE d.cluster = a.cluster AND d.source = a.source AND d.epoch = a.epoch AND d.seq = a.seq - 1) "
+               "FROM audit_chain a WHERE "
+               f"{' AND '.join(where)} AND (a.state = 'bad_mac' OR (a.seq = 1 AND a.epoch > 1) OR (a.seq > 1 "
+               "AND NOT EXISTS (SELECT 1 FROM audit_chain b WHERE b.cluster = a.cluster AND b.source = a.source "
+               "AND b.seq = a.seq - 1 AND b.mac = a.prev) AND EXISTS (SELECT 1 FROM audit_chain c WHERE "
+               "c.cluster = a.cluster AND c.source = a.source AND c.epoch = a.epoch AND c.seq < a.seq))) "
+               f"ORDER BY a.id LIMIT {p}")
+
         def read(conn: Any) -> list[dict[str, Any]]:
-            anchor = self._anchor(conn)
-            pruned = 1 if anchor is not None and anchor[0].link_id > 0 else 0
-            sql = ("SELECT a.id, a.cluster, a.source, a.epoch, a.seq, a.state FROM audit_chain a WHERE "
-                   f"{' AND '.join(where)} AND (a.state = 'bad_mac' OR (a.seq = 1 AND a.epoch > 1) OR (a.seq > 1 "
-                   "AND NOT EXISTS (SELECT 1 FROM audit_chain b WHERE b.cluster = a.cluster AND b.source = a.source "
-                   "AND b.seq = a.seq - 1 AND b.mac = a.prev) AND NOT (" f"{p} = 1 AND NOT EXISTS (SELECT 1 FROM "
-                   "audit_chain c WHERE c.cluster = a.cluster AND c.source = a.source AND c.epoch = a.epoch AND "
-                   f"c.seq < a.seq)))) ORDER BY a.id LIMIT {p}")
             out = []
-            for id_, c, s, epoch, seq, state in conn.execute(sql, (*args, pruned, limit)).fetchall():
-                kind = L.BAD_MAC if state == L.BAD_MAC else L.RESTARTED if int(seq) == 1 else L.MISSING
+            for id_, c, s, epoch, seq, state, fork in conn.execute(sql, (*args, limit)).fetchall():
+                kind = L.BAD_MAC if state == L.BAD_MAC else L.RESTARTED if int(seq) == 1 else \
+                    L.PREV_MISMATCH if fork else L.MISSING
                 out.append({"link": int(id_), "cluster": c, "source": s, "epoch": int(epoch), "seq": int(seq),
                             "kind": kind})
             return out

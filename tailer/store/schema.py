@@ -149,6 +149,7 @@ def _v4_chain(t: Types) -> list[str]:
           state TEXT NOT NULL, received BIGINT NOT NULL, lo BIGINT NOT NULL, hi BIGINT NOT NULL,
           rows {t.blob} NOT NULL, digests {t.blob} NOT NULL, seal {t.blob} NOT NULL)""",
         "CREATE INDEX audit_chain_source ON audit_chain (cluster, source, seq)",
+        "CREATE INDEX audit_chain_hi ON audit_chain (hi)",  # retention: the links wholly below its mark
         f"""CREATE TABLE audit_chain_breaks (
           id {t.seq}, cluster TEXT NOT NULL, source TEXT NOT NULL, epoch INTEGER NOT NULL,
           first_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL,

@@ -39,6 +39,10 @@ def chained(sender: Sender, records: list[dict[str, Any]], seq: int, prev: bytes
     return mac
 
 
+def mac(n: int) -> bytes:
+    return bytes([n]) * 32
+
+
 def events(first: int, n: int) -> list[dict[str, Any]]:
     return [ev(i, ts=f"2026-11-20T09:{i // 60 % 60:02d}:{i % 60:02d}.000000Z") for i in range(first, first + n)]
 
@@ -156,6 +160,7 @@ def test_a_dropped_chunk_and_a_bad_mac_are_breaks(start_tailer, tokens, capsys) 
         one = chained(s, events(10, 2), 1, chain.GENESIS)
         three = chained(s, events(30, 2), 3, mac_of(events(20, 2), 2, one))  # seq 2 was lost on the way
         chained(s, events(40, 2), 4, three, bad_mac=True)  # altered on the way: stored, flagged
+        chained(s, events(50, 1), 7, mac(7), source="apiserver-1")  # first seen at 7: where its chain starts here
     wait_for(lambda: breaks(tailer) == 2, what="both breaks")
     found = {(e["kind"], e["first_seq"]) for e in tailer.logs() if e.get("event") == "chain_break"}
     assert found == {("missing", 2), ("bad_mac", 4)}
@@ -163,7 +168,7 @@ def test_a_dropped_chunk_and_a_bad_mac_are_breaks(start_tailer, tokens, capsys) 
     assert code == 1
     assert {(b["kind"], b["seq"]) for b in body["breaks"]} == {("missing", 3), ("bad_mac", 4)}
     assert body["problems"] == [] and "chain breaks" in out
-    assert body["checked"]["rows"] == 6  # the chunk with the bad MAC is stored all the same
+    assert body["checked"]["rows"] == 7  # the chunk with the bad MAC is stored all the same
 
 
 def mac_of(records: list[dict[str, Any]], seq: int, prev: bytes) -> bytes:
