@@ -40,6 +40,14 @@ class ChainStage:
         origin.link = L.receive(self.key, origin.source, origin.tag or "", options.get(OPTION),
                                 getattr(records, "payload", None))
 
+    async def record(self, origin: Any) -> None:
+        """A chained chunk that stores no events (status records, on the sources stage's tag) keeps its
+        place in the chain: a link without rows, in its own transaction."""
+        link: L.Link | None = origin.link
+        if link is not None and link.seq:
+            await self.store.insert([], link)
+        self.settle(origin)
+
     def settle(self, origin: Any) -> None:
         link: L.Link | None = origin.link
         if link is None or not link.outcome:

@@ -74,6 +74,8 @@ def check(key: bytes, state: State, batch: dict[str, Any]) -> State:
     gone_below = max(anchor.pruned_row, anchor.start_row)
     present = sorted(bodies)
     for s in links:
+        if s.id != state.prev_id + 1 and s.id - 1 == anchor.link_id:  # retention ran meanwhile: its anchor
+            state.prev_id, state.prev_seal = anchor.link_id, anchor.link_seal
         _link(key, state, s)
         in_scope = (state.cluster is None or s.cluster == state.cluster) and \
                    (state.source is None or s.source == state.source)

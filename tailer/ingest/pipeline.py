@@ -148,15 +148,19 @@ class Pipeline:
                 log.error("observer_failed", observer=observer.name, error=repr(exc))
 
     async def _status(self, records: Sequence[Record], origin: Origin) -> None:
+        if self.chain is not None:
+            self.chain.check(records, origin)
         if self.control is None:
             await self._reject([reject(r, "status_unhandled", "a forwarder status record; this tailer has no "
                                        "sources stage") for r in records])
-            return
-        try:
-            await self.control.write(records, origin)
-        except Exception:
-            self.metrics.sink_errors.labels(self.control.name).inc()
-            raise
+        else:
+            try:
+                await self.control.write(records, origin)
+            except Exception:
+                self.metrics.sink_errors.labels(self.control.name).inc()
+                raise
+        if self.chain is not None:
+            await self.chain.record(origin)  # a chained status chunk keeps its place in the source's chain
 
     async def _reject(self, rejected: Sequence[Rejected]) -> None:
         for r in rejected:

@@ -14,7 +14,7 @@ import pytest
 
 import fluent_forward as ff
 from kube_audit.model import chain
-from kube_audit.model.source import OPTION
+from kube_audit.model.source import OPTION, STATUS_TAG
 from kubectl_audit.cli import main as kubectl_audit
 from tests.conftest import wait_for
 from tests.helpers.sender import Sender
@@ -258,3 +258,20 @@ def test_verify_is_clean_after_retention_ran(start_tailer, tokens, store_target,
     sql(target, TAMPER["delete"], seq)
     code, _, body = verify(tailer, capsys)
     assert code == 1 and (body["problems"][0]["kind"], body["problems"][0]["row"]) == ("deleted", seq)
+
+
+def test_a_chained_status_chunk_keeps_its_place_in_the_chain(start_tailer, tokens, capsys) -> None:
+    """Status records (the sources stage's tag) store no events; their chunk is still a link of the chain."""
+    tailer = start(start_tailer, tokens, None, "--chain-grace", "200ms")
+    status = {"kind": "ForwarderStatus", "source": "apiserver-0", "cluster": "prod"}
+    with Sender("127.0.0.1", tailer.port, shared_key=KEY) as s:
+        one = chained(s, events(10, 2), 1, chain.GENESIS)
+        two = chained(s, [status], 2, one, tag=STATUS_TAG)
+        chained(s, events(30, 2), 3, two)
+        chained(s, events(40, 1), 9, mac(8), source="sentinel")
+        chained(s, events(41, 1), 11, mac(10), source="sentinel")  # seq 10 lost: a break, found by the scan
+    wait_for(lambda: breaks(tailer) >= 1, what="the sentinel's break")
+    assert breaks(tailer) == 1  # the scan that found it saw the status chunk in apiserver-0's chain
+    code, _, body = verify(tailer, capsys)
+    assert code == 1 and [(b["source"], b["seq"]) for b in body["breaks"]] == [("sentinel", 11)]
+    assert body["problems"] == [] and body["checked"]["rows"] == 6
