@@ -33,8 +33,7 @@ def api_resource_list() -> dict[str, Any]:
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": API_VERSION, "resources": [
         {"name": "auditevents", "singularName": "auditevent", "namespaced": True, "kind": "AuditEvent",
          "verbs": ["list", "watch"], "shortNames": ["ae"], "categories": ["audit"]},
-        *views,
-        {"name": "verify", "singularName": "", "namespaced": False, "kind": "ChainVerification", "verbs": ["get"]}]}
+        *views]}
 
 
 _STRING = {"type": "string"}
