@@ -121,6 +121,8 @@ async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sin
             await close()
 
     rt.on_exit("store", close_store)
+    if settings.integrity_key is not None:  # before retention runs: what it deletes is recorded (tailer/chain)
+        await store.chain_start(settings.integrity_key)
     hub = WatchHub()
     sink = StoreSink(store, metrics, on_commit=hub.notify)
     sinks.append(sink)
@@ -143,8 +145,7 @@ async def open_chain(settings: Settings, metrics: TailerMetrics, store: Any, api
         return None
     from tailer.chain.stage import ChainStage
 
-    chain = ChainStage(settings.integrity_key, metrics, store, settings.chain_grace)
-    await chain.start()
+    chain = ChainStage(settings.integrity_key, metrics, store, settings.chain_grace)  # store.chain_start ran
     rt.spawn(chain.gap_loop(), "chain-gaps")
     for api in apis:
         api.chain_key = settings.integrity_key  # verify checks the seals with it

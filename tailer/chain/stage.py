@@ -32,9 +32,6 @@ class ChainStage:
     def __init__(self, key: bytes, metrics: TailerMetrics, store: Any, grace: float = GRACE) -> None:
         self.key, self.metrics, self.store, self.grace = key, metrics, store, grace
 
-    async def start(self) -> None:
-        await self.store.chain_start(self.key)
-
     def check(self, records: Sequence[Record], origin: Any) -> None:
         options = getattr(records, "options", None) or {}
         origin.link = L.receive(self.key, origin.source, origin.tag or "", options.get(OPTION),

@@ -275,3 +275,19 @@ def test_a_chained_status_chunk_keeps_its_place_in_the_chain(start_tailer, token
     code, _, body = verify(tailer, capsys)
     assert code == 1 and [(b["source"], b["seq"]) for b in body["breaks"]] == [("sentinel", 11)]
     assert body["problems"] == [] and body["checked"]["rows"] == 6
+
+
+def test_retention_at_start_up_is_recorded(start_tailer, tokens, tmp_path, capsys) -> None:
+    """Retention right at start-up (a restarted tailer, a lower --retention-bytes) is recorded too: the
+    chain has its key before retention first runs."""
+    data = str(tmp_path / "kept")
+    first = start(start_tailer, tokens, None, "--data-dir", data)
+    prev = chain.GENESIS
+    with Sender("127.0.0.1", first.port, shared_key=KEY) as s:
+        for seq in range(1, 9):
+            prev = chained(s, events(seq * 10, 3), seq, prev)
+    first.stop()
+    second = start(start_tailer, tokens, None, "--data-dir", data, "--retention-bytes", "2Ki")
+    wait_for(lambda: second.metric("tailer_store_pruned_total", reason="size") > 0, what="retention at start-up")
+    code, out, _ = verify(second, capsys)
+    assert code == 0, out
