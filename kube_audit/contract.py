@@ -33,6 +33,11 @@ KIND_BISECT = "BisectResult"
 SOURCES = "sources"
 KIND_SOURCE = "Source"
 KIND_SOURCE_LIST = "SourceList"
+VERIFY = "verify"  # GET PREFIX/verify?source&cluster&since: the chunk chain and the stored events re-checked
+KIND_VERIFY = "ChainVerification"
+# a verification: clean, checked {links, rows}, scope, problems [{kind: altered|deleted|inserted|linkAltered|
+# linkMissing|anchor, message, link, cluster, source, seq, row, auditID}], breaks [{link, cluster, source,
+# epoch, seq, kind: missing|bad_mac|restarted}]
 # a version: version, resourceVersion, auditID, time, user, verb, subresource, code, complete, deleted,
 # object, change (kube_audit/model/change.py), and patch, patchType for a patch, reason when incomplete
 

@@ -6,6 +6,7 @@
                                                     of that name the audit API knows
     kubectl audit history|diff|bisect|watch|sources the audit API (api.py, sources.py: through the kubeconfig's
                                                     apiserver, or a tailer's own URL with --server)
+    kubectl audit verify [--source S] [--since T]   the stored chain and events re-checked (verify.py)
 
 kubectl's conventions: the namespace is ``-n`` or else the kubeconfig context's (else "default"), flags go
 before or after the command, every error is one line on stderr with exit status 1. Imports are lazy: this
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 API_COMMANDS = ("history", "diff", "bisect", "watch", "sources")
-COMMANDS = ("show", *API_COMMANDS)
+COMMANDS = ("show", *API_COMMANDS, "verify")
 
 
 class CommandError(Exception):
@@ -105,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name")
     b.add_argument("--field", required=True, help="dotted path, e.g. spec.replicas")
     b.add_argument("--value", required=True, help="JSON value or string")
-    for parser in (d, b):
+    v = sub.add_parser("verify", parents=[common, api], help="re-check the stored chunk chain and events "
+                       "(tamper evidence); exit 1 when a row was altered, deleted or inserted, or a chain breaks")
+    v.add_argument("--since", help="only chunks the tailer received since: a duration (1h) or RFC 3339 time")
+    for parser in (d, b, v):
         parser.set_defaults(by_name=False)
     s = sub.add_parser("sources", parents=[common, api],
                        help="the forwarders the tailer hears from: state, last seen, lag, gaps",
@@ -183,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Any
     if args.command == "show":
         from kubectl_audit.configmap import run
+    elif args.command == "verify":
+        from kubectl_audit.verify import run
     else:
         if args.namespace and args.all_namespaces:
             parser.error("-n and -A go separately")

@@ -53,7 +53,8 @@ async def start(settings: Settings, rt: Runtime) -> None:
     sources = await open_sources(settings, store, metrics, apis, rt) if store is not None else None
     if sources is not None:
         sinks.append(sources.seen)  # last: notes the chunks every other sink took
-    pipeline = Pipeline(sinks, metrics, observers, rejected, control=sources)
+    chain = await open_chain(settings, metrics, store, apis, rt)
+    pipeline = Pipeline(sinks, metrics, observers, rejected, control=sources, chain=chain)
     forward = ForwardServer(settings.forward, pipeline, metrics)
     # not ready while the store refuses writes (a full disk, PostgreSQL down): every chunk would be refused
     web_app = build_app(metrics.registry, ready=lambda: state["ready"] and (store is None or store.healthy))
@@ -123,6 +124,8 @@ async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sin
             await close()
 
     rt.on_exit("store", close_store)
+    if settings.integrity_key is not None:  # before retention runs: what it deletes is recorded (tailer/chain)
+        await store.chain_start(settings.integrity_key)
     hub = WatchHub()
     sink = StoreSink(store, metrics, on_commit=hub.notify)
     sinks.append(sink)
@@ -154,6 +157,17 @@ async def open_sources(settings: Settings, store: Any, metrics: TailerMetrics, a
     rt.spawn(stage.run(), "sources")
     rt.on_shutdown("sources", stage.stop)  # after the forward server (registered later, stopped first)
     return stage
+async def open_chain(settings: Settings, metrics: TailerMetrics, store: Any, apis: list[Any], rt: Runtime) -> Any:
+    """The chunk chain (tamper evidence) over the store, with its key: none without a store or a key."""
+    if store is None or settings.integrity_key is None:
+        return None
+    from tailer.chain.stage import ChainStage
+
+    chain = ChainStage(settings.integrity_key, metrics, store, settings.chain_grace)  # store.chain_start ran
+    rt.spawn(chain.gap_loop(), "chain-gaps")
+    for api in apis:
+        api.chain_key = settings.integrity_key  # verify checks the seals with it
+    return chain
 
 
 async def follow_requestheader(settings: Settings, api: Any, base: Any) -> Coroutine[Any, Any, None]:

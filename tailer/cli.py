@@ -49,6 +49,12 @@ def build_parser() -> EnvParser:
                    help="require a client certificate signed by --tls-ca (default false)")
     p.add_argument("--shared-key", help="shared key for the HELO/PING/PONG handshake")
     p.add_argument("--shared-key-file", help="file holding the shared key (wins over --shared-key)")
+    p.add_argument("--integrity-key-file", metavar="FILE",
+                   help="key of the chunk chain (tamper evidence: checked on receipt, sealed in the store, "
+                        "kubectl audit verify); default: the shared key; neither: no chain is kept")
+    p.add_argument("--chain-grace", type=parse_duration, default=30.0,
+                   help="how long a missing chunk of a forwarder's chain may take to arrive (another "
+                        "connection, a resend) before it is a chain break (default 30s)")
     p.add_argument("--users-file", metavar="FILE",
                    help="handshake users, one 'USER PASSWORD' per line as in Fluent Bit's security.users; "
                         "needs --shared-key")
@@ -328,6 +334,13 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         parser.error(str(exc))
     if shared_key == "":
         parser.error("the shared key is empty")
+    try:
+        integrity = read_secret(None, args.integrity_key_file, "integrity key")
+    except ValueError as exc:
+        parser.error(str(exc))
+    if integrity == "":
+        parser.error("the integrity key is empty")
+    integrity = integrity if integrity is not None else shared_key
     forward = forward_settings(parser, args, shared_key)
     store, api = store_settings(parser, args), api_settings(parser, args)
     return Settings(
@@ -344,6 +357,8 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         store=store,
         api=api,
         sources=source_settings(args),
+        integrity_key=integrity.encode() if integrity is not None else None,
+        chain_grace=max(args.chain_grace, 0.0),
     )
 
 

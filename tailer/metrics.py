@@ -85,3 +85,8 @@ class TailerMetrics:
                                    "counted once)", ["source", "reason"], registry=r)
         self.source_bad_lines = Counter("tailer_source_bad_lines", "Audit log lines the source skipped as bad, "
                                         "by kind", ["source", "kind"], registry=r)
+        # the chunk chain (tailer/chain)
+        self.chain_chunks = Counter("tailer_chain_chunks", "Chunks stored, by how their chain link relates to the "
+                                    "stored ones", ["outcome"], registry=r)
+        self.chain_breaks = Counter("tailer_chain_breaks", "Breaks of a forwarder's chunk chain (a gap of that "
+                                    "source, reason chain_break)", ["kind"], registry=r)

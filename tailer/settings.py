@@ -104,3 +104,5 @@ class Settings:
     store: StoreSettings = StoreSettings()
     api: ApiSettings = ApiSettings()
     sources: SourcesSettings = SourcesSettings()
+    integrity_key: bytes | None = None  # the chunk chain's key: --integrity-key-file, else the shared key
+    chain_grace: float = 30.0  # seconds a missing chunk may take to arrive before it is a chain break

@@ -111,13 +111,18 @@ class QueryPool:
             self.metrics.api_query_rejected.labels(reason).inc()
 
     async def object_view(self, *args: Any) -> tuple[int, bytes]:
+        result: tuple[int, bytes] = await self.run(run_object_view, *args)
+        return result
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` in a worker (a module-level function: it is pickled by name)."""
         if self._pending >= self.max_pending:
             self._reject("busy")
-            raise ApiError(429, "TooManyRequests", f"{self._pending} object views are being computed; retry later")
+            raise ApiError(429, "TooManyRequests", f"{self._pending} queries are being computed; retry later")
         self._pending += 1  # released when the worker is done, not when we stop waiting: the bound holds
         started = time.monotonic()
         try:
-            future: Future[tuple[int, bytes]] = self._executor().submit(run_object_view, *args)
+            future: Future[Any] = self._executor().submit(fn, *args)
         except BrokenProcessPool:
             self._pending -= 1
             self._broken()
@@ -129,8 +134,8 @@ class QueryPool:
                 return await asyncio.wrap_future(future)
         except TimeoutError:
             self._reject("timeout")
-            raise ApiError(504, "Timeout", f"the object view took longer than {self.timeout:g}s; "
-                           "ask for fewer changes with limit") from None
+            raise ApiError(504, "Timeout", f"the query took longer than {self.timeout:g}s; "
+                           "narrow it (object views: limit; verify: since, source)") from None
         except BrokenProcessPool:  # a worker died (OOM killer): rebuild for the next query
             self._broken()
             raise ApiError(503, "ServiceUnavailable", "a query worker died; retry") from None

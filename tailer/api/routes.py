@@ -4,6 +4,7 @@
     GET {PREFIX}/[namespaces/{ns}/]auditevents   list (Table or AuditEventList) | ?watch=true   (resource.py)
     GET {PREFIX}/[namespaces/{ns}/]events        the same, as the first API had it (the plugin's path)
     GET {PREFIX}/[namespaces/{ns}/]{resource}/{name}/versions|spechistory|diff|bisect   (queries.py)
+    GET {PREFIX}/verify?source&cluster&since   the chunk chain and stored events re-checked (verify.py)
 
 ``resource`` is the plural, optionally ``plural.group`` (kubectl style, e.g. ``databases.example.com``);
 a bare plural matches any group and is refused (409) when two groups have such an object. An object view
@@ -27,7 +28,7 @@ from aiohttp import web
 from kube_audit.contract import API_GROUP, API_VERSION, PREFIX
 from kube_audit.model.source import SourceId
 from kube_audit.runtime.observability import get_logger
-from tailer.api import discovery, resource
+from tailer.api import discovery, resource, verify
 from tailer.api import sources as sources_api
 from tailer.api.authn import Authenticator, FrontProxy
 from tailer.api.authz import CLUSTER, RESOURCE, Authorizer, Identity
@@ -66,6 +67,7 @@ class AuditApi:
         self.queries = queries or QueryPool(metrics=metrics)
         self.on_close: list[Callable[[], None]] = []
         self.sources: Any = None  # the sources stage (tailer/sources/), set by app.py: /sources, gap warnings
+        self.chain_key: bytes | None = None  # the chunk chain's key (tailer/app.py open_chain): verify needs it
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -78,6 +80,7 @@ class AuditApi:
             r.add_get(PREFIX + ns + "/auditevents", self._wrap("events", self.events))
             r.add_get(PREFIX + ns + "/events", self._wrap("events", self.legacy_events))
         sources_api.add_routes(r, self)
+        r.add_get(PREFIX + "/verify", self._wrap("verify", self.verify))
         r.add_get(PREFIX + "/namespaces/{namespace}/{resource}/{name}/{view}", self._wrap("object", self.object))
         r.add_get(PREFIX + "/{resource}/{name}/{view}", self._wrap("object", self.object))
 
@@ -198,6 +201,9 @@ class AuditApi:
             cursor, scanned = batch[-1][0], scanned + len(batch)
             if scanned >= MAX_SCAN:
                 return out, cursor
+
+    async def verify(self, request: web.Request) -> web.Response:
+        return await verify.serve(self, request)
 
     # ---- provenance ----
 

@@ -106,8 +106,10 @@ def with_meta(items: list[Item], records: Sequence[Record]) -> list[Item]:
 
 class Pipeline:
     def __init__(self, sinks: Sequence[Sink], metrics: TailerMetrics, observers: Sequence[Observer] = (),
-                 rejected: RejectedSink | None = None, control: ControlSink | None = None) -> None:
+                 rejected: RejectedSink | None = None, control: ControlSink | None = None,
+                 chain: Any = None) -> None:
         self.sinks = list(sinks)
+        self.chain = chain  # tailer/chain/stage.py: sets origin.link before the sinks, counts it after
         self.control = control
         self.observers = list(observers)
         self.metrics = metrics
@@ -121,6 +123,8 @@ class Pipeline:
             await self._status(records, origin)
             return
         items: list[Item] = with_meta([parse(r) for r in records], records)
+        if self.chain is not None:
+            self.chain.check(records, origin)
         for sink in self.sinks:
             try:
                 refused = await sink.write(items, origin)
@@ -130,6 +134,8 @@ class Pipeline:
             if refused:
                 by_record = {id(r.record): r for r in refused}
                 items = [by_record.get(id(i.record), i) if isinstance(i, AuditEvent) else i for i in items]
+        if self.chain is not None:
+            self.chain.settle(origin)
         rejected = [i for i in items if isinstance(i, Rejected)]
         if rejected:
             await self._reject(rejected)
@@ -142,15 +148,19 @@ class Pipeline:
                 log.error("observer_failed", observer=observer.name, error=repr(exc))
 
     async def _status(self, records: Sequence[Record], origin: Origin) -> None:
+        if self.chain is not None:
+            self.chain.check(records, origin)
         if self.control is None:
             await self._reject([reject(r, "status_unhandled", "a forwarder status record; this tailer has no "
                                        "sources stage") for r in records])
-            return
-        try:
-            await self.control.write(records, origin)
-        except Exception:
-            self.metrics.sink_errors.labels(self.control.name).inc()
-            raise
+        else:
+            try:
+                await self.control.write(records, origin)
+            except Exception:
+                self.metrics.sink_errors.labels(self.control.name).inc()
+                raise
+        if self.chain is not None:
+            await self.chain.record(origin)  # a chained status chunk keeps its place in the source's chain
 
     async def _reject(self, rejected: Sequence[Rejected]) -> None:
         for r in rejected:

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import orjson
 
 from kube_audit.model.source import SourceId
+from tailer.store.chainstore import ChainStore
 from tailer.store.rows import COLUMNS, Codec, EventFilter, InsertResult, Row, clean, origin_where, to_row
 
 T = TypeVar("T")
@@ -45,7 +46,7 @@ class StoreError(RuntimeError):
         self.transient = transient
 
 
-class Store:
+class Store(ChainStore):
     """Open with ``Store.open(target)``: a ``postgresql://`` URL or an SQLite file path."""
 
     kind = "store"
@@ -68,7 +69,7 @@ class Store:
         self.codec = Codec()
         self._trainer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.kind}-train")
         self._training: Future[Any] | None = None
-        self._pending: list[tuple[list[Row], SourceId, asyncio.Future[int]]] = []
+        self._pending: list[tuple[list[Row], SourceId, asyncio.Future[int], Any]] = []  # rows, from, result, link
         self._origin_ids: dict[SourceId, int] = {}  # writer thread: committed ids of audit_origins
         self._origin_names: dict[int, SourceId] = {0: UNNAMED}  # readers: the same, the other way round
         self._drainer: asyncio.Task[None] | None = None
@@ -153,15 +154,16 @@ class Store:
 
     # ---- writes ----
 
-    async def insert(self, records: Sequence[Any], source: SourceId | None = None) -> InsertResult:
+    async def insert(self, records: Sequence[Any], source: SourceId | None = None, link: Any = None) -> InsertResult:
         """Store a chunk from ``source`` durably; repeats of a stored (auditID, stage) are dropped (the
-        first copy keeps its source)."""
+        first copy keeps its source). ``link`` (the chain stage's, tailer/chain) is written with the
+        events, in the same transaction."""
         rows = [r for r in map(to_row, records) if r is not None]
         skipped = len(records) - len(rows)
-        if not rows:
+        if not rows and (link is None or self.chain_key is None):  # a chained chunk keeps its place in the chain
             return InsertResult(0, 0, skipped)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((rows, source or UNNAMED, future))
+        self._pending.append((rows, source or UNNAMED, future, link))
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name=f"{self.kind}-group-commit")
         inserted = await future
@@ -169,27 +171,28 @@ class Store:
 
     async def _drain(self) -> None:
         while self._pending:
-            group: list[tuple[list[Row], SourceId, asyncio.Future[int]]] = []
+            group: list[tuple[list[Row], SourceId, asyncio.Future[int], Any]] = []
             size = 0
             while self._pending and (not group or size + len(self._pending[0][0]) <= GROUP_ROWS):
                 group.append(self._pending.pop(0))
                 size += len(group[-1][0])
             try:
-                counts = await self._write(partial(self._insert, [(rows, src) for rows, src, _ in group]))
+                counts = await self._write(partial(self._insert, [(rows, src) for rows, src, _, _ in group],
+                                                   [link for _, _, _, link in group]))
             except StoreError as exc:
                 if len(group) == 1:
                     _settle(group[0][2], exc)
                     continue
-                for rows, src, future in group:  # one by one: only a chunk the database refuses fails
+                for rows, src, future, link in group:  # one by one: only a chunk the database refuses fails
                     try:
-                        _settle(future, (await self._write(partial(self._insert, [(rows, src)])))[0])
+                        _settle(future, (await self._write(partial(self._insert, [(rows, src)], [link])))[0])
                     except StoreError as one:
                         _settle(future, one)
             else:
-                for (_, _, future), count in zip(group, counts, strict=True):
+                for (_, _, future, _), count in zip(group, counts, strict=True):
                     _settle(future, count)
 
-    def _insert(self, chunks: list[tuple[list[Row], SourceId]]) -> list[int]:
+    def _insert(self, chunks: list[tuple[list[Row], SourceId]], links: Sequence[Any] = ()) -> list[int]:
         p = self.ph
         groups = [rows for rows, _ in chunks]
         if self.codec.current is None and self._training is None and \
@@ -206,10 +209,11 @@ class Store:
         n = sum(len(rows) for rows in groups)
         fresh: dict[SourceId, int] = {}
         with self._transaction() as conn:
-            first, hw = self._reserve(conn, n, max(r.ts for rows in groups for r in rows))
+            first, hw = self._reserve(conn, n, max((r.ts for rows in groups for r in rows), default=0.0))
             sql, seq = self._insert_sql(), first
             counts = []
-            for rows, source in chunks:
+            lo = first - 1
+            for i, (rows, source) in enumerate(chunks):
                 origin = self._origin_id(conn, source, fresh)
                 params = []
                 for r in rows:
@@ -217,7 +221,9 @@ class Store:
                     own = (seq,) if self.assigns_seq else ()
                     params.append((*own, hw, *r[:-2], origin, self.codec.compress(r.event)))
                     seq += 1
-                counts.append(self._executemany(conn, sql, params))
+                counts.append(self._executemany(conn, sql, params) if params else 0)
+                if self.chain_key is not None:  # the chunk's link, with its events (chainstore.py)
+                    lo = self._chain_link(conn, links[i] if i < len(links) else None, rows, lo)
             added = sum(counts)
             if added == n:
                 size = sum(r.bytes for rows in groups for r in rows)
@@ -359,6 +365,7 @@ class Store:
                 # what this statement deleted (another replica's retention may have taken some of them)
                 gone = conn.execute(f"DELETE FROM audit_events WHERE seq <= {p} RETURNING bytes", (top,)).fetchall()
                 conn.execute(f"UPDATE audit_pruned SET max_seq = {p} WHERE id = 1 AND max_seq < {p}", (top, top))
+                self._chain_pruned(conn, top)  # recorded, sealed: verify does not take it for tampering
                 conn.execute(f"UPDATE audit_totals SET rows = rows - {p}, bytes = bytes - {p} WHERE id = 1",
                              (len(gone), sum(int(b) for b, in gone)))
                 return len(gone)

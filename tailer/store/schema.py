@@ -158,8 +158,29 @@ def _v4_sources(t: Types) -> list[str]:
 
 
 def _v4_chain(t: Types) -> list[str]:
-    """Issue 12, chain: the chunk chain as received and stored (owned by the chain stage)."""
-    return []
+    """Issue 12, chain: the chunk chain as received and stored (owned by the chain stage, tailer/chain).
+
+    ``audit_chain``: one link per stored chunk, numbered (``id``) and sealed in commit order; ``rows``
+    8 bytes per event (the row it went to), ``digests`` 16 bytes per event; ``received`` in milliseconds.
+    ``audit_chain_breaks``: breaks found on receipt or by the gap scan (``resolved`` once a late link
+    fills it). ``audit_chain_anchor``: one sealed row, where the chain starts and what retention deleted."""
+    return [
+        f"""CREATE TABLE audit_chain (
+          id BIGINT PRIMARY KEY, cluster TEXT NOT NULL, source TEXT NOT NULL, tag TEXT NOT NULL,
+          epoch INTEGER NOT NULL, seq BIGINT NOT NULL, prev {t.blob} NOT NULL, mac {t.blob} NOT NULL,
+          state TEXT NOT NULL, received BIGINT NOT NULL, lo BIGINT NOT NULL, hi BIGINT NOT NULL,
+          rows {t.blob} NOT NULL, digests {t.blob} NOT NULL, seal {t.blob} NOT NULL)""",
+        "CREATE INDEX audit_chain_source ON audit_chain (cluster, source, seq)",
+        "CREATE INDEX audit_chain_hi ON audit_chain (hi)",  # retention: the links wholly below its mark
+        f"""CREATE TABLE audit_chain_breaks (
+          id {t.seq}, cluster TEXT NOT NULL, source TEXT NOT NULL, epoch INTEGER NOT NULL,
+          first_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL,
+          detected {t.real} NOT NULL, resolved {t.real},
+          UNIQUE (cluster, source, epoch, first_seq, last_seq, kind))""",
+        f"""CREATE TABLE audit_chain_anchor (
+          id INTEGER PRIMARY KEY, start_row BIGINT NOT NULL, link_id BIGINT NOT NULL,
+          link_seal {t.blob} NOT NULL, pruned_row BIGINT NOT NULL, seal {t.blob} NOT NULL)""",
+    ]
 
 
 # ---- issue 13, replicas (PostgreSQL only): concurrent writers, gap-free readers ----

@@ -27,11 +27,13 @@ class StoreSink:
     async def write(self, records: Sequence[AuditEvent | Rejected], origin: Any = None) -> list[Rejected]:
         """Commit the chunk; a transient StoreError goes up (no ack). When the database refuses the chunk
         for its data, each event is tried alone and those it refuses for good come back rejected. Every
-        event keeps the chunk's source and cluster (``origin``, worked out once per chunk)."""
+        event keeps the chunk's source and cluster (``origin``, worked out once per chunk), and the chunk's
+        chain link is stored with them (tailer/chain)."""
         source = origin.source if origin is not None else None
+        link = getattr(origin, "link", None)
         try:
             with self.metrics.store_commit.time():
-                self._count(await self.store.insert(records, source))
+                self._count(await self.store.insert(records, source, link))
             return []
         except StoreError as exc:
             if exc.transient:
@@ -41,7 +43,7 @@ class StoreSink:
             if not isinstance(item, AuditEvent):
                 continue
             try:
-                self._count(await self.store.insert([item], source))
+                self._count(await self.store.insert([item], source, link))  # each part sealed under the chunk's link
             except StoreError as exc:
                 if exc.transient:
                     raise

@@ -161,9 +161,9 @@ async def test_concurrent_chunks_share_a_commit_and_a_refused_one_fails_alone(st
     calls: list[int] = []
     insert = store._insert
 
-    def counting(groups: list[Any]) -> list[int]:
+    def counting(groups: list[Any], *links: Any) -> list[int]:  # links: the chain's, one per chunk
         calls.append(len(groups))
-        return insert(groups)
+        return insert(groups, *links)
 
     store._insert = counting  # type: ignore[method-assign]
     try:
