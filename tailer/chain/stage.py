@@ -42,7 +42,7 @@ class ChainStage:
         place in the chain: a link without rows, in its own transaction."""
         link: L.Link | None = origin.link
         if link is not None and link.seq:
-            await self.store.insert([], link)
+            await self.store.insert([], origin.source, link=link)
         self.settle(origin)
 
     def settle(self, origin: Any) -> None:

@@ -91,6 +91,9 @@ def check(key: bytes, state: State, batch: dict[str, Any]) -> State:
                         state.add("deleted", f"row {ref} of link {s.id} is gone", row=ref, **_where(s))
                 elif chain.body_digest(body[1]) != digest:
                     state.add("altered", f"row {ref} ({body[0]}) was altered", row=ref, auditID=body[0], **_where(s))
+                elif ref in batch.get("mismatch", {}):
+                    state.add("altered", f"row {ref} ({body[0]}) was altered: {batch['mismatch'][ref]}", row=ref,
+                              auditID=body[0], **_where(s))
         if not state.scoped:
             named = set(refs)
             for seq in present[bisect_right(present, state.prev_hi):bisect_left(present, s.hi + 1)]:

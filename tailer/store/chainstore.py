@@ -14,11 +14,33 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import orjson
 import zstandard
 
 from kube_audit.model import chain
 from kube_audit.model.source import SourceId
 from tailer.chain import link as L
+from tailer.store.rows import to_row
+
+# The columns the API filters on, which verify checks against the sealed body they were derived from: a
+# row whose body is intact but whose ``username`` says someone else would hide it from ``--user`` lists.
+CHECKED = ("audit_id", "stage", "ts", "verb", "level", "username", "api_group", "resource", "namespace", "name",
+           "subresource", "code")
+
+
+def columns_differ(body: bytes, stored: tuple[Any, ...]) -> str | None:
+    """Why the stored columns are not the ones the (sealed) body gives, or None when they are."""
+    try:
+        row = to_row(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return None  # a body only the slow JSON path reads (lone surrogates): its digest is all we check
+    if row is None:
+        return "its event is not an audit event"
+    for name, value in zip(CHECKED, stored, strict=True):
+        want = getattr(row, name)
+        if value != want and not (isinstance(want, float) and value is not None and abs(float(value) - want) < 1e-6):
+            return f"its {name} column says {value!r}, its event {want!r}"
+    return None
 
 T = TypeVar("T")
 LINK_COLUMNS = ("id", "cluster", "source", "tag", "epoch", "seq", "prev", "mac", "state", "received", "lo", "hi",
@@ -294,15 +316,23 @@ class ChainStore:
                 prior = bytes(row[0]) if row else None
                 prev = kept[0].lo
             bodies: dict[int, tuple[str, bytes]] = {}
+            mismatch: dict[int, str] = {}  # rows whose filter columns are not what their body says
+            columns = ", ".join(CHECKED)
+
+            def keep(seq: int, body: Any, stored: tuple[Any, ...]) -> None:
+                bodies[seq] = (stored[0], self._json_of(conn, body))
+                if (why := columns_differ(bodies[seq][1], stored)) is not None:
+                    mismatch[seq] = why
+
             if kept:
-                for seq, audit_id, body in conn.execute(
-                        f"SELECT seq, audit_id, event FROM audit_events WHERE seq > {p} AND seq <= {p} ORDER BY seq",
+                for seq, body, *stored in conn.execute(
+                        f"SELECT seq, event, {columns} FROM audit_events WHERE seq > {p} AND seq <= {p} ORDER BY seq",
                         (min(prev, kept[0].lo), kept[-1].hi)).fetchall():
-                    bodies[int(seq)] = (audit_id, self._json_of(conn, body))
+                    keep(int(seq), body, tuple(stored))
                 for ref in {r for s in kept for r in L.unpack_rows(s.rows) if 0 < r <= min(prev, kept[0].lo)}:
-                    row = conn.execute(f"SELECT audit_id, event FROM audit_events WHERE seq = {p}", (ref,)).fetchone()
+                    row = conn.execute(f"SELECT event, {columns} FROM audit_events WHERE seq = {p}", (ref,)).fetchone()
                     if row is not None:
-                        bodies[ref] = (row[0], self._json_of(conn, row[1]))
+                        keep(ref, row[0], tuple(row[1:]))
             anchor = self._anchor(conn)  # after the rows: a row retention took meanwhile is below its mark
             tail: list[tuple[int, str]] = []
             top = None
@@ -310,7 +340,7 @@ class ChainStore:
                 tail = [(int(s), a) for s, a in conn.execute(
                     f"SELECT seq, audit_id FROM audit_events WHERE seq > {p} ORDER BY seq LIMIT 10", (prev,)).fetchall()]
                 top = conn.execute("SELECT MAX(hi) FROM audit_chain").fetchone()[0]
-            return {"links": kept, "bodies": bodies, "anchor": anchor, "prior_seal": prior, "prev_hi": prev,
+            return {"links": kept, "bodies": bodies, "mismatch": mismatch, "anchor": anchor, "prior_seal": prior, "prev_hi": prev,
                     "tail": tail, "top": int(top) if top is not None else None}
 
         return await self._read(read)
