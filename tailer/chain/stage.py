@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fluent_forward import Record
-from kube_audit.model.source import OPTION
+from kube_audit.model.source import OPTION, GapReport, SourceId
 from kube_audit.runtime.observability import get_logger
 from tailer.chain import link as L
 from tailer.metrics import TailerMetrics
@@ -31,6 +31,9 @@ SCAN_EVERY = 5.0
 class ChainStage:
     def __init__(self, key: bytes, metrics: TailerMetrics, store: Any, grace: float = GRACE) -> None:
         self.key, self.metrics, self.store, self.grace = key, metrics, store, grace
+        # the sources stage's report_gaps (tailer/app.py wires it): each break becomes a gap of its source
+        self.on_break: Callable[[SourceId, Sequence[GapReport]], Awaitable[Any]] | None = None
+        self._to_report: list[tuple[SourceId, GapReport]] = []
 
     def check(self, records: Sequence[Record], origin: Any) -> None:
         options = getattr(records, "options", None) or {}
@@ -57,6 +60,21 @@ class ChainStage:
         self.metrics.chain_breaks.labels(kind).inc()
         log.warning("chain_break", source=source, cluster=cluster, epoch=epoch, first_seq=first, last_seq=last,
                     kind=kind, reason=L.REASON)
+        gap = GapReport(f"chain:{epoch}:{first}-{last}:{kind}", "", 0, 0, L.REASON, exact=False)
+        self._to_report.append((SourceId(cluster, source), gap))
+
+    async def report(self) -> None:
+        """Hand the breaks found since the last call to the sources stage (kept there once per id)."""
+        pending, self._to_report = self._to_report, []
+        if self.on_break is None:
+            return
+        for i, (source, gap) in enumerate(pending):
+            try:
+                await self.on_break(source, [gap])
+            except Exception as exc:  # the store may be back next time: keep what is not reported
+                self._to_report.extend(pending[i:])
+                log.error("chain_break_report_failed", error=str(exc))
+                return
 
     async def scan(self) -> None:
         for b in await self.store.chain_scan(time.time() - self.grace):
@@ -67,5 +85,6 @@ class ChainStage:
             await asyncio.sleep(min(every, max(self.grace, 0.1)))
             try:
                 await self.scan()
+                await self.report()
             except Exception as exc:  # the store may be back next time
                 log.error("chain_scan_failed", error=str(exc))

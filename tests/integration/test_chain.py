@@ -8,11 +8,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgpack
 import orjson
 import pytest
 
 import fluent_forward as ff
+from kube_audit.contract import PREFIX
 from kube_audit.model import chain
 from kube_audit.model.source import OPTION, STATUS_TAG
 from kubectl_audit.cli import main as kubectl_audit
@@ -169,6 +171,13 @@ def test_a_dropped_chunk_and_a_bad_mac_are_breaks(start_tailer, tokens, capsys) 
     assert {(b["kind"], b["seq"]) for b in body["breaks"]} == {("missing", 3), ("bad_mac", 4)}
     assert body["problems"] == [] and "chain breaks" in out
     assert body["checked"]["rows"] == 7  # the chunk with the bad MAC is stored all the same
+
+    def reasons() -> list[str]:
+        resp = httpx.get(f"http://127.0.0.1:{tailer.http_port}{PREFIX}/sources/apiserver-0", timeout=10,
+                         headers={"Authorization": "Bearer admin-token"})
+        return [g["reason"] for g in resp.json().get("gaps", [])] if resp.status_code == 200 else []
+
+    wait_for(lambda: reasons() == ["chain_break", "chain_break"], what="both breaks as gaps of the source")
 
 
 def mac_of(records: list[dict[str, Any]], seq: int, prev: bytes) -> bytes:

@@ -174,7 +174,7 @@ def test_the_api_service_reaches_the_tailer_over_tls() -> None:
     views = ["*/" + v for v in ("versions", "spechistory", "diff", "bisect")]
     assert viewer["rules"] == [{"apiGroups": [API_GROUP], "resources": ["auditevents", *views],
                                 "verbs": ["get", "list", "watch"]},
-                               {"apiGroups": [API_GROUP], "resources": ["sources"], "verbs": ["get", "list"]}]
+                               {"apiGroups": [API_GROUP], "resources": ["sources", "verify"], "verbs": ["get", "list"]}]
 
 
 def test_api_certs_script_makes_a_certificate_the_aggregator_accepts(tmp_path: Path) -> None:
