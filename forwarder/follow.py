@@ -41,6 +41,13 @@ class _Waker(FileSystemEventHandler):
             self.loop.call_soon_threadsafe(self.event.set)
 
 
+def _related(head: bytes | None, other: bytes | None) -> bool:
+    """Two heads of the same content (one may have been read while the file was shorter)."""
+    if not head or not other:
+        return False
+    return head.startswith(other) or other.startswith(head)
+
+
 def _fp(head: bytes | None) -> str:
     return hashlib.sha256(head).hexdigest() if head else ""
 
@@ -158,10 +165,11 @@ class Follower:
         return self.sources[-1] if self.sources else None
 
     def _gap(self, src: Source, lost: int, reason: str, exact: bool = True, remember: bool = True,
-             after: Source | None = None) -> None:
-        """Each gap once: a file reported as lost is remembered (and checkpointed) by its fingerprint."""
+             after: Source | None = None, even_empty: bool = False) -> None:
+        """Each gap once: a file reported as lost is remembered (and checkpointed) by its fingerprint.
+        ``even_empty``: a loss of unknown size (``lost`` is a lower bound, possibly 0) is still a gap."""
         fp = src.fingerprint()[0] if src.head else ""
-        if lost <= 0 or (remember and fp in self.reported):
+        if lost < 0 or (lost == 0 and not even_empty) or (remember and fp in self.reported):
             return
         if remember and fp:
             self.reported[fp] = None
@@ -316,7 +324,7 @@ class Follower:
             return False
         if not (was_empty and src.head):
             return True
-        cands = cands if cands is not None else self.folder.scan() or []
+        cands = self.folder.settled() or []  # not a listing torn by logrotate shifting its copies
         missed = self._copies_since(src, cands)
         if not missed:
             return True
@@ -366,34 +374,53 @@ class Follower:
         return missed
 
     def _truncated(self, tail: Source, cands: list[Candidate]) -> None:
-        """Copy-truncate: what we had not read comes from the copy; the live file is read again from 0."""
+        """Copy-truncate: what we had not read comes from the copy of our content, the copies of truncations
+        made since that we never saw live follow (also when ours is gone: then what it held past our last look
+        is a gap), then the live file from 0. The folder is listed again until no rotation tears the listing."""
         self.truncations += 1
         resume, seen = tail.splitter.offset, max(tail.size, tail.pos)
         tail.ended, tail.live = True, False
+        cands = self.folder.settled() or cands
         live = next((c for c in cands if c.kind == "live"), None)
         now = self.folder.head(live) if live is not None else None
         pool = [c for c in cands if c.kind != "live" and not self._known(c)]
-        copy = next((c for c in reversed(pool) if same_content(tail.head, self.folder.head(c, len(tail.head)))),
-                    None)
+        heads = {c.path: self.folder.head(c) for c in pool}
+        copy = next((c for c in reversed(pool) if same_content(tail.head, heads[c.path])), None)
         self.log.warning("file_truncated", file=tail.path, inode=tail.inode, offset=resume,
                          copy=copy.path if copy else None)
         queue: list[Source | None] = []
-        if copy is not None:
-            queue.append(self._make(copy, resume, cands))
-            copy_size = self.folder.content_size(copy)
-            if queue[0] is not None and copy_size < seen:
-                self._gap(tail, seen - copy_size, "written between the copy and the truncation", exact=False,
-                          remember=False, after=queue[0])
-            # copies of truncations we never saw live (several while we looked away)
-            for cand in pool[pool.index(copy) + 1 :]:
-                if cand.kind == copy.kind and not (now and same_content(now, self.folder.head(cand, len(now)))):
-                    queue.append(self._make(cand, 0, cands))
-        else:
-            self._gap(tail, seen - resume, "truncated before it was read and no copy found", exact=False)
+        for cand in self._since(tail, pool, heads, copy):
+            if cand is copy:
+                queue.append(src := self._make(copy, resume, cands))
+                copy_size = self.folder.content_size(copy)
+                if src is not None and copy_size < seen:
+                    self._gap(tail, seen - copy_size, "written between the copy and the truncation", exact=False,
+                              remember=False, after=src)
+            elif not (_related(now, heads[cand.path]) or _related(tail.head, heads[cand.path])):
+                queue.append(self._make(cand, 0, cands))  # a truncation we never saw live
+        if copy is None:
+            self._gap(tail, seen - resume, "truncated before it was read and no copy found"
+                      + ("; copies were made since: its own was pruned" if queue else ""), exact=False,
+                      even_empty=bool(queue))
         if live is not None:
             queue.append(self._make(live, 0, cands))
         for src in queue:
             self._push(src)
+
+    def _since(self, tail: Source, pool: list[Candidate], heads: dict[str, bytes | None],
+               copy: Candidate | None) -> list[Candidate]:
+        """The copy of ``tail`` and those made after ``tail`` became live, oldest first."""
+        if copy is not None and copy.kind != "copy":  # an apiserver-style name: rotation order by name
+            return [copy] + [c for c in pool[pool.index(copy) + 1 :] if c.kind == copy.kind]
+        copies = [c for c in pool if c.kind == "copy"]
+        fps = [_fp(heads[c.path]) for c in copies]
+        if tail.after_copy and tail.after_copy in fps:
+            first = fps.index(tail.after_copy) + 1  # the newest copy there was when it became live
+        else:  # none then, or it is pruned (so are all older ones): all are newer, yet not older than ours
+            first = copies.index(copy) if copy is not None else 0
+        if copy is not None:
+            first = min(first, copies.index(copy))
+        return copies[first:]
 
     def read(self) -> Read | None:
         """The next lines from the oldest file; None when everything available has been read."""

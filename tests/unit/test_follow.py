@@ -340,3 +340,49 @@ def test_copy_truncate_of_a_file_that_was_empty_when_we_looked(tmp_path: Path) -
     f.poll()
     assert drain(f) == list(range(15))
     f.close()
+
+
+def three_copytruncates_while_paused(log: Path, keep: int) -> None:
+    """Generation 0 (seqs 0-9) was read; three more are written and copy-truncated before our next look."""
+    for gen in range(1, 4):
+        copytruncate(log, keep=keep)
+        write(log, range(gen * 10, gen * 10 + 10))
+
+
+def test_truncation_seen_through_a_listing_torn_by_a_rotation_reads_every_copy(tmp_path: Path,
+                                                                              monkeypatch: Any) -> None:
+    """The listing is taken while logrotate shifts the copies: the oldest one (ours) is renamed to a name
+    the listing does not have yet. That is no reason to lose the copies made since, nor ours."""
+    from forwarder import files
+
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    f = follower(log)
+    f.start(None, True)
+    assert drain(f) == list(range(10))
+    three_copytruncates_while_paused(log, keep=50)  # .3 = ours (0-9), .2 = 10-19, .1 = 20-29, live = 30-39
+    real, torn = os.listdir, ["audit.log", "audit.log.1", "audit.log.2"]  # listed before .2 -> .3
+    calls: list[str] = []
+
+    def listdir(path: Any) -> list[str]:
+        calls.append(str(path))
+        return torn if len(calls) == 1 else real(path)
+
+    monkeypatch.setattr(files.os, "listdir", listdir)
+    f.poll()
+    assert drain(f) == list(range(10, 40))
+    assert f.gaps == []
+    f.close()
+
+
+def test_truncation_whose_copy_was_pruned_reads_the_copies_since_and_reports_the_gap(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    f = follower(log)
+    f.start(None, True)
+    assert drain(f) == list(range(10))
+    three_copytruncates_while_paused(log, keep=2)  # ours is pruned; .2 = 10-19, .1 = 20-29, live = 30-39
+    f.poll()
+    assert drain(f) == list(range(10, 40))
+    assert len(f.gaps) == 1 and not f.gaps[0].exact  # what was written to ours after our last look is unknown
+    f.close()
