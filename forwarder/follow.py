@@ -41,6 +41,9 @@ class _Waker(FileSystemEventHandler):
             self.loop.call_soon_threadsafe(self.event.set)
 
 
+TRIES = 5  # plans made again when a rotation overtook them (logrotate rotates in well under a millisecond)
+
+
 def _related(head: bytes | None, other: bytes | None) -> bool:
     """Two heads of the same content (one may have been read while the file was shorter)."""
     if not head or not other:
@@ -101,14 +104,18 @@ class Follower:
             offset = 0
         copies = [c for c in cands if c.kind == "copy"]
         after = cand.key if cand.kind == "backup" else self.folder.newest_backup_key(cands)
-        after_copy = _fp(head) if cand.kind == "copy" else (
-            _fp(self.folder.head(copies[-1])) if copies and cand.kind == "live" else "")
+        after_copy = _fp(head) if cand.kind == "copy" else self._newest_copy(copies, head) if cand.kind == "live" else ""
         src = Source(cand.path, cand.device, cand.inode, cand.compressed, Splitter(offset, self.max_event_bytes),
                      offset, offset, after, after_copy, cand.kind == "live", head, size, at=(cand.device, cand.inode))
         if raw is not None:
             src.adopt(raw, cand.path, offset)
             self.log.info("file_opened", file=cand.path, inode=cand.inode, offset=offset, compressed=False)
         return src
+
+    def _newest_copy(self, copies: list[Candidate], live_head: bytes) -> str:
+        """The fingerprint of the newest copy not of the live file's content (one being made now is not older)."""
+        heads = (self.folder.head(c) for c in reversed(copies))
+        return next((_fp(h) for h in heads if not _related(live_head, h)), "")
 
     def _push(self, src: Source | None) -> None:
         if src is not None:
@@ -324,20 +331,34 @@ class Follower:
             return False
         if not (was_empty and src.head):
             return True
-        cands = self.folder.settled() or []  # not a listing torn by logrotate shifting its copies
-        missed = self._copies_since(src, cands)
-        if not missed:
-            return True
+        for _ in range(TRIES):
+            cands = self.folder.settled() or []  # not a listing torn by logrotate shifting its copies
+            missed = self._copies_since(src, cands)
+            if not missed:
+                return True
+            queue = self._open_all([(c, 0) for c in missed], cands)
+            if queue is not None:
+                break
         self.truncations += len(missed)
         self.log.warning("truncations_caught_up", file=src.path, inode=src.inode, copies=[c.path for c in missed],
                          note="truncated while it looked empty to us; reading the copies")
         src.ended, src.live = True, False
-        for cand in missed:
-            self._push(self._make(cand, 0, cands))
-        live = next((c for c in cands if c.kind == "live"), None)
-        if live is not None:
-            self._push(self._make(live, 0, cands))
+        for new in queue or ():
+            self._push(new)
         return False
+
+    def _open_all(self, plan: list[tuple[Candidate, int]], cands: list[Candidate]) -> list[Source | None] | None:
+        """The planned files and then the live one, opened; None (all closed again) when the live file no longer
+        holds what it held when the plan was made: truncated again meanwhile, its copy is in the next listing."""
+        live = next((c for c in cands if c.kind == "live"), None)
+        now = self.folder.head(live) if live is not None else None
+        queue = [self._make(c, offset, cands) for c, offset in plan + ([(live, 0)] if live is not None else [])]
+        if live is None or not now or queue[-1] is None or _related(now, queue[-1].head):
+            return queue
+        for src in queue:
+            if src is not None:
+                src.close()
+        return None
 
     def _copies_since(self, src: Source, cands: list[Candidate]) -> list[Candidate]:
         """logrotate copies newer than the newest one there was when ``src`` became live, not of its content."""
@@ -380,31 +401,28 @@ class Follower:
         self.truncations += 1
         resume, seen = tail.splitter.offset, max(tail.size, tail.pos)
         tail.ended, tail.live = True, False
-        cands = self.folder.settled() or cands
-        live = next((c for c in cands if c.kind == "live"), None)
-        now = self.folder.head(live) if live is not None else None
-        pool = [c for c in cands if c.kind != "live" and not self._known(c)]
-        heads = {c.path: self.folder.head(c) for c in pool}
-        copy = next((c for c in reversed(pool) if same_content(tail.head, heads[c.path])), None)
+        for _ in range(TRIES):
+            cands = self.folder.settled() or cands
+            live = next((c for c in cands if c.kind == "live"), None)
+            now = self.folder.head(live) if live is not None else None
+            pool = [c for c in cands if c.kind != "live" and not self._known(c)]
+            heads = {c.path: self.folder.head(c) for c in pool}
+            copy = next((c for c in reversed(pool) if same_content(tail.head, heads[c.path])), None)
+            plan = [(c, resume if c is copy else 0) for c in self._since(tail, pool, heads, copy)
+                    if c is copy or not (_related(now, heads[c.path]) or _related(tail.head, heads[c.path]))]
+            if (queue := self._open_all(plan, cands)) is not None:
+                break
         self.log.warning("file_truncated", file=tail.path, inode=tail.inode, offset=resume,
-                         copy=copy.path if copy else None)
-        queue: list[Source | None] = []
-        for cand in self._since(tail, pool, heads, copy):
-            if cand is copy:
-                queue.append(src := self._make(copy, resume, cands))
-                copy_size = self.folder.content_size(copy)
-                if src is not None and copy_size < seen:
-                    self._gap(tail, seen - copy_size, "written between the copy and the truncation", exact=False,
-                              remember=False, after=src)
-            elif not (_related(now, heads[cand.path]) or _related(tail.head, heads[cand.path])):
-                queue.append(self._make(cand, 0, cands))  # a truncation we never saw live
+                         copy=copy.path if copy else None, copies=len(plan))
+        ours = next((q for (c, _), q in zip(plan, queue or (), strict=False) if c is copy), None)
+        if copy is not None and ours is not None and (copy_size := self.folder.content_size(copy)) < seen:
+            self._gap(tail, seen - copy_size, "written between the copy and the truncation", exact=False,
+                      remember=False, after=ours)
         if copy is None:
             self._gap(tail, seen - resume, "truncated before it was read and no copy found"
-                      + ("; copies were made since: its own was pruned" if queue else ""), exact=False,
-                      even_empty=bool(queue))
-        if live is not None:
-            queue.append(self._make(live, 0, cands))
-        for src in queue:
+                      + ("; copies were made since: its own was pruned" if plan else ""), exact=False,
+                      even_empty=bool(plan))
+        for src in queue or ():
             self._push(src)
 
     def _since(self, tail: Source, pool: list[Candidate], heads: dict[str, bytes | None],

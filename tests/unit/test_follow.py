@@ -386,3 +386,30 @@ def test_truncation_whose_copy_was_pruned_reads_the_copies_since_and_reports_the
     assert drain(f) == list(range(10, 40))
     assert len(f.gaps) == 1 and not f.gaps[0].exact  # what was written to ours after our last look is unknown
     f.close()
+
+
+def test_truncated_again_while_we_reopen_the_live_file_reads_that_copy_too(tmp_path: Path,
+                                                                           monkeypatch: Any) -> None:
+    """logrotate truncates once more between our listing and our opening of the live file: the content the
+    listing saw live (10-19) is then only in the newest copy, which that listing did not hold."""
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    f = follower(log)
+    f.start(None, True)
+    assert drain(f) == list(range(10))
+    copytruncate(log)
+    write(log, range(10, 20))
+    real, armed = f.folder.open_plain, [True]
+
+    def open_plain(cand: Any) -> Any:
+        if cand.kind == "live" and armed:
+            armed.clear()
+            copytruncate(log)
+            write(log, range(20, 30))
+        return real(cand)
+
+    monkeypatch.setattr(f.folder, "open_plain", open_plain)
+    f.poll()
+    assert drain(f) == list(range(10, 30))
+    assert f.gaps == []
+    f.close()
