@@ -361,14 +361,18 @@ class Follower:
         return None
 
     def _copies_since(self, src: Source, cands: list[Candidate]) -> list[Candidate]:
-        """logrotate copies newer than the newest one there was when ``src`` became live, not of its content."""
+        """logrotate copies newer than the newest one there was when ``src`` became live, but the one of what the
+        live file holds now (read there): ``src`` looked empty, so it read none of them, also not one of the content
+        its head was refreshed with (truncated again meanwhile)."""
+        live = next((c for c in cands if c.kind == "live"), None)
+        now = self.folder.head(live) if live is not None else None
         copies = [c for c in cands if c.kind == "copy"]
         fps = [_fp(self.folder.head(c)) for c in copies] if src.after_copy else []
         start = fps.index(src.after_copy) + 1 if src.after_copy in fps else 0  # a pruned one: all are newer
         out = []
         for cand in copies[start:]:
             head = self.folder.head(cand)
-            if head and not (head.startswith(src.head) or src.head.startswith(head)) and not self._known(cand):
+            if head and not _related(head, now) and not self._known(cand):
                 out.append(cand)
         return out
 

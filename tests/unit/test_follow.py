@@ -413,3 +413,30 @@ def test_truncated_again_while_we_reopen_the_live_file_reads_that_copy_too(tmp_p
     assert drain(f) == list(range(10, 30))
     assert f.gaps == []
     f.close()
+
+
+def test_a_file_that_looked_empty_truncated_twice_around_our_look_reads_both_copies(tmp_path: Path,
+                                                                                     monkeypatch: Any) -> None:
+    """The live file looked empty; it was written and copy-truncated (0-9), written again (10-19) and our look
+    took that as its head; it is copy-truncated once more before we open it: 10-19 is only in the newest copy."""
+    log = tmp_path / "audit.log"
+    log.touch()
+    f = follower(log)
+    f.start(None, False)
+    write(log, range(10))
+    copytruncate(log)
+    write(log, range(10, 20))
+    real, armed = f.folder.open_plain, [True]
+
+    def open_plain(cand: Any) -> Any:
+        if cand.kind == "live" and armed:
+            armed.clear()
+            copytruncate(log)
+            write(log, range(20, 30))
+        return real(cand)
+
+    monkeypatch.setattr(f.folder, "open_plain", open_plain)
+    f.poll()
+    assert drain(f) == list(range(30))
+    assert f.gaps == []
+    f.close()
