@@ -331,13 +331,12 @@ class Follower:
             return False
         if not (was_empty and src.head):
             return True
-        for _ in range(TRIES):
+        for attempt in range(TRIES):
             cands = self.folder.settled() or []  # not a listing torn by logrotate shifting its copies
             missed = self._copies_since(src, cands)
             if not missed:
                 return True
-            queue = self._open_all([(c, 0) for c in missed], cands)
-            if queue is not None:
+            if (queue := self._open_all([(c, 0) for c in missed], cands, attempt == TRIES - 1)) is not None:
                 break
         self.truncations += len(missed)
         self.log.warning("truncations_caught_up", file=src.path, inode=src.inode, copies=[c.path for c in missed],
@@ -347,13 +346,15 @@ class Follower:
             self._push(new)
         return False
 
-    def _open_all(self, plan: list[tuple[Candidate, int]], cands: list[Candidate]) -> list[Source | None] | None:
+    def _open_all(self, plan: list[tuple[Candidate, int]], cands: list[Candidate],
+                  last: bool) -> list[Source | None] | None:
         """The planned files and then the live one, opened; None (all closed again) when the live file no longer
-        holds what it held when the plan was made: truncated again meanwhile, its copy is in the next listing."""
+        holds what it held when the plan was made: truncated again meanwhile, its copy is in the next listing.
+        The ``last`` try is taken as it is: a copy it misses is found at the next truncation (``after_copy``)."""
         live = next((c for c in cands if c.kind == "live"), None)
         now = self.folder.head(live) if live is not None else None
         queue = [self._make(c, offset, cands) for c, offset in plan + ([(live, 0)] if live is not None else [])]
-        if live is None or not now or queue[-1] is None or _related(now, queue[-1].head):
+        if last or live is None or not now or queue[-1] is None or _related(now, queue[-1].head):
             return queue
         for src in queue:
             if src is not None:
@@ -405,7 +406,7 @@ class Follower:
         self.truncations += 1
         resume, seen = tail.splitter.offset, max(tail.size, tail.pos)
         tail.ended, tail.live = True, False
-        for _ in range(TRIES):
+        for attempt in range(TRIES):
             cands = self.folder.settled() or cands
             live = next((c for c in cands if c.kind == "live"), None)
             now = self.folder.head(live) if live is not None else None
@@ -414,7 +415,7 @@ class Follower:
             copy = next((c for c in reversed(pool) if same_content(tail.head, heads[c.path])), None)
             plan = [(c, resume if c is copy else 0) for c in self._since(tail, pool, heads, copy)
                     if c is copy or not (_related(now, heads[c.path]) or _related(tail.head, heads[c.path]))]
-            if (queue := self._open_all(plan, cands)) is not None:
+            if (queue := self._open_all(plan, cands, attempt == TRIES - 1)) is not None:
                 break
         self.log.warning("file_truncated", file=tail.path, inode=tail.inode, offset=resume,
                          copy=copy.path if copy else None, copies=len(plan))
