@@ -348,13 +348,16 @@ class Follower:
 
     def _open_all(self, plan: list[tuple[Candidate, int]], cands: list[Candidate],
                   last: bool) -> list[Source | None] | None:
-        """The planned files and then the live one, opened; None (all closed again) when the live file no longer
-        holds what it held when the plan was made: truncated again meanwhile, its copy is in the next listing.
+        """The planned files and then the live one, opened; None (all closed again) when a copy was made meanwhile
+        or the live file no longer holds what it held when the plan was made: truncated again, its copy is in the
+        next listing (a live file that was empty then cannot tell by its head).
         The ``last`` try is taken as it is: a copy it misses is found at the next truncation (``after_copy``)."""
         live = next((c for c in cands if c.kind == "live"), None)
         now = self.folder.head(live) if live is not None else None
         queue = [self._make(c, offset, cands) for c, offset in plan + ([(live, 0)] if live is not None else [])]
-        if last or live is None or not now or queue[-1] is None or _related(now, queue[-1].head):
+        known = {(c.device, c.inode) for c in cands}
+        new = [c for c in self.folder.settled() or () if c.kind != "live" and (c.device, c.inode) not in known]
+        if last or live is None or (not new and (not now or queue[-1] is None or _related(now, queue[-1].head))):
             return queue
         for src in queue:
             if src is not None:

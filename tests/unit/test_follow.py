@@ -440,3 +440,30 @@ def test_a_file_that_looked_empty_truncated_twice_around_our_look_reads_both_cop
     assert drain(f) == list(range(30))
     assert f.gaps == []
     f.close()
+
+
+def test_truncated_again_while_we_reopen_a_live_file_that_was_empty_reads_that_copy_too(tmp_path: Path,
+                                                                                        monkeypatch: Any) -> None:
+    """As above, but the live file was empty when we listed (just truncated): its head cannot tell that it was
+    written (10-19) and truncated again before we opened it; the new copy can."""
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    f = follower(log)
+    f.start(None, True)
+    assert drain(f) == list(range(10))
+    copytruncate(log)
+    real, armed = f.folder.open_plain, [True]
+
+    def open_plain(cand: Any) -> Any:
+        if cand.kind == "live" and armed:
+            armed.clear()
+            write(log, range(10, 20))
+            copytruncate(log)
+            write(log, range(20, 30))
+        return real(cand)
+
+    monkeypatch.setattr(f.folder, "open_plain", open_plain)
+    f.poll()
+    assert drain(f) == list(range(10, 30))
+    assert f.gaps == []
+    f.close()
