@@ -115,7 +115,7 @@ class Follower:
     def _newest_copy(self, copies: list[Candidate], live_head: bytes) -> str:
         """The fingerprint of the newest copy not of the live file's content (one being made now is not older)."""
         heads = (self.folder.head(c) for c in reversed(copies))
-        return next((_fp(h) for h in heads if not _related(live_head, h)), "")
+        return next((_fp(h) for h in heads if h is not None and not _related(live_head, h)), "")
 
     def _push(self, src: Source | None) -> None:
         if src is not None:
@@ -375,8 +375,8 @@ class Follower:
         start = fps.index(src.after_copy) + 1 if src.after_copy in fps else 0  # a pruned one: all are newer
         out = []
         for cand in copies[start:]:
-            head = self.folder.head(cand)
-            if head and not _related(head, now) and not self._known(cand):
+            head = self.folder.head(cand)  # None: renamed since the listing (read it: it is opened by inode)
+            if not _related(head, now) and not self._known(cand):
                 out.append(cand)
         return out
 
@@ -440,10 +440,9 @@ class Follower:
             return [copy] + [c for c in pool[pool.index(copy) + 1 :] if c.kind == copy.kind]
         copies = [c for c in pool if c.kind == "copy"]
         fps = [_fp(heads[c.path]) for c in copies]
-        if tail.after_copy and tail.after_copy in fps:
-            first = fps.index(tail.after_copy) + 1  # the newest copy there was when it became live
-        else:  # none then, or it is pruned (so are all older ones): all are newer, yet not older than ours
-            first = copies.index(copy) if copy is not None else 0
+        # after the newest copy there was when it became live; none then, or it is pruned (so are all older
+        # ones): all are newer
+        first = fps.index(tail.after_copy) + 1 if tail.after_copy and tail.after_copy in fps else 0
         if copy is not None:
             first = min(first, copies.index(copy))
         return copies[first:]

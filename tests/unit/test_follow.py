@@ -467,3 +467,32 @@ def test_truncated_again_while_we_reopen_a_live_file_that_was_empty_reads_that_c
     assert drain(f) == list(range(10, 30))
     assert f.gaps == []
     f.close()
+
+
+def test_a_file_that_looked_empty_with_copies_renamed_while_we_read_their_heads(tmp_path: Path,
+                                                                               monkeypatch: Any) -> None:
+    """The live file looked empty; two copy-truncations (0-9, 10-19) happened before our look, and a third one
+    shifts the copies while we read their heads: a copy whose head we could not read is still one to read."""
+    log = tmp_path / "audit.log"
+    log.touch()
+    f = follower(log)
+    f.start(None, False)
+    write(log, range(10))
+    copytruncate(log)
+    write(log, range(10, 20))
+    copytruncate(log)
+    write(log, range(20, 30))
+    real, armed = f.folder.head, [True]
+
+    def head(cand: Any, n: int = 1024) -> Any:
+        if cand.kind == "copy" and armed:
+            armed.clear()
+            copytruncate(log)
+            write(log, range(30, 40))
+        return real(cand, n)
+
+    monkeypatch.setattr(f.folder, "head", head)
+    f.poll()
+    assert drain(f) == list(range(40))
+    assert f.gaps == []
+    f.close()
