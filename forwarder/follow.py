@@ -358,6 +358,10 @@ class Follower:
         known = {(c.device, c.inode) for c in cands}
         new = [c for c in self.folder.settled() or () if c.kind != "live" and (c.device, c.inode) not in known]
         if last or live is None or (not new and (not now or queue[-1] is None or _related(now, queue[-1].head))):
+            if (src := queue[-1]) is not None and now:  # what it held then may be in a copy by now: not older
+                copies = [self.folder.head(c) for c in reversed(cands) if c.kind == "copy"]
+                src.after_copy = next((_fp(h) for h in copies if h is not None and not _related(now, h)
+                                       and not _related(src.head, h)), "")
             return queue
         for src in queue:
             if src is not None:

@@ -496,3 +496,38 @@ def test_a_file_that_looked_empty_with_copies_renamed_while_we_read_their_heads(
     assert drain(f) == list(range(40))
     assert f.gaps == []
     f.close()
+
+
+def test_a_plan_taken_as_it_is_after_the_last_try_still_reads_that_copy_later(tmp_path: Path,
+                                                                               monkeypatch: Any) -> None:
+    """Rotations overtook every try (here: one): the listing saw 10-19 live and already copied, the live file
+    opened holds 20-29; that copy is newer than the live file's after_copy, so the next truncation reads it."""
+    from forwarder import follow as follow_module
+
+    monkeypatch.setattr(follow_module, "TRIES", 1)
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    f = follower(log)
+    f.start(None, True)
+    assert drain(f) == list(range(10))
+    copytruncate(log)
+    write(log, range(10, 20))
+    os.rename(tmp_path / "audit.log.1", tmp_path / "audit.log.2")  # logrotate copied 10-19, not truncated yet
+    shutil.copyfile(log, tmp_path / "audit.log.1")
+    real, armed = f.folder.open_plain, [True]
+
+    def open_plain(cand: Any) -> Any:
+        if cand.kind == "live" and armed:
+            armed.clear()
+            os.truncate(log, 0)  # ... and now it is
+            write(log, range(20, 30))
+        return real(cand)
+
+    monkeypatch.setattr(f.folder, "open_plain", open_plain)
+    f.poll()
+    copytruncate(log)
+    write(log, range(30, 40))
+    f.poll()
+    assert sorted(set(drain(f))) == list(range(10, 40))
+    assert f.gaps == []
+    f.close()
