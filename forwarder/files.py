@@ -103,6 +103,18 @@ class Folder:
         found.sort(key=lambda t: (t[0], t[1]))
         return [c for _, _, c in found]
 
+    def settled(self, tries: int = 20) -> list[Candidate] | None:
+        """A listing no rotation tore: two in a row hold the same files at the same names. logrotate shifts
+        its copies by renames (``.1`` -> ``.2`` ...) while we list: a name listed before a rename is stat'ed
+        after it, so one listing can miss a copy (the oldest one moved to a name not listed) or name one twice."""
+        last = self.scan()
+        for _ in range(tries):
+            again = self.scan()
+            if again is None or last is None or _files(again) == _files(last):
+                return again
+            last = again
+        return last
+
     def open_plain(self, cand: Candidate) -> tuple[IO[bytes], str] | None:
         """Open exactly the file ``cand`` was (its inode), wherever a rename took it; None: gone."""
         paths: list[str] = [cand.path]
@@ -151,6 +163,10 @@ class Folder:
     def newest_backup_key(self, cands: list[Candidate] | None) -> str:
         keys = [c.key for c in cands or () if c.kind == "backup"]
         return max(keys) if keys else ""
+
+
+def _files(cands: list[Candidate]) -> list[tuple[str, int, int]]:
+    return [(c.path, c.device, c.inode) for c in cands if c.kind != "live"]
 
 
 def same_content(head: bytes, other: bytes | None) -> bool:

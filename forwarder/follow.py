@@ -41,6 +41,16 @@ class _Waker(FileSystemEventHandler):
             self.loop.call_soon_threadsafe(self.event.set)
 
 
+TRIES = 5  # plans made again when a rotation overtook them (logrotate rotates in well under a millisecond)
+
+
+def _related(head: bytes | None, other: bytes | None) -> bool:
+    """Two heads of the same content (one may have been read while the file was shorter)."""
+    if not head or not other:
+        return False
+    return head.startswith(other) or other.startswith(head)
+
+
 def _fp(head: bytes | None) -> str:
     return hashlib.sha256(head).hexdigest() if head else ""
 
@@ -94,14 +104,18 @@ class Follower:
             offset = 0
         copies = [c for c in cands if c.kind == "copy"]
         after = cand.key if cand.kind == "backup" else self.folder.newest_backup_key(cands)
-        after_copy = _fp(head) if cand.kind == "copy" else (
-            _fp(self.folder.head(copies[-1])) if copies and cand.kind == "live" else "")
+        after_copy = _fp(head) if cand.kind == "copy" else self._newest_copy(copies, head) if cand.kind == "live" else ""
         src = Source(cand.path, cand.device, cand.inode, cand.compressed, Splitter(offset, self.max_event_bytes),
                      offset, offset, after, after_copy, cand.kind == "live", head, size, at=(cand.device, cand.inode))
         if raw is not None:
             src.adopt(raw, cand.path, offset)
             self.log.info("file_opened", file=cand.path, inode=cand.inode, offset=offset, compressed=False)
         return src
+
+    def _newest_copy(self, copies: list[Candidate], live_head: bytes) -> str:
+        """The fingerprint of the newest copy not of the live file's content (one being made now is not older)."""
+        heads = (self.folder.head(c) for c in reversed(copies))
+        return next((_fp(h) for h in heads if h is not None and not _related(live_head, h)), "")
 
     def _push(self, src: Source | None) -> None:
         if src is not None:
@@ -158,10 +172,11 @@ class Follower:
         return self.sources[-1] if self.sources else None
 
     def _gap(self, src: Source, lost: int, reason: str, exact: bool = True, remember: bool = True,
-             after: Source | None = None) -> None:
-        """Each gap once: a file reported as lost is remembered (and checkpointed) by its fingerprint."""
+             after: Source | None = None, even_empty: bool = False) -> None:
+        """Each gap once: a file reported as lost is remembered (and checkpointed) by its fingerprint.
+        ``even_empty``: a loss of unknown size (``lost`` is a lower bound, possibly 0) is still a gap."""
         fp = src.fingerprint()[0] if src.head else ""
-        if lost <= 0 or (remember and fp in self.reported):
+        if lost < 0 or (lost == 0 and not even_empty) or (remember and fp in self.reported):
             return
         if remember and fp:
             self.reported[fp] = None
@@ -316,30 +331,56 @@ class Follower:
             return False
         if not (was_empty and src.head):
             return True
-        cands = cands if cands is not None else self.folder.scan() or []
-        missed = self._copies_since(src, cands)
-        if not missed:
-            return True
+        for attempt in range(TRIES):
+            cands = self.folder.settled() or []  # not a listing torn by logrotate shifting its copies
+            missed = self._copies_since(src, cands)
+            if not missed:
+                return True
+            if (queue := self._open_all([(c, 0) for c in missed], cands, attempt == TRIES - 1)) is not None:
+                break
         self.truncations += len(missed)
         self.log.warning("truncations_caught_up", file=src.path, inode=src.inode, copies=[c.path for c in missed],
                          note="truncated while it looked empty to us; reading the copies")
         src.ended, src.live = True, False
-        for cand in missed:
-            self._push(self._make(cand, 0, cands))
-        live = next((c for c in cands if c.kind == "live"), None)
-        if live is not None:
-            self._push(self._make(live, 0, cands))
+        for new in queue or ():
+            self._push(new)
         return False
 
+    def _open_all(self, plan: list[tuple[Candidate, int]], cands: list[Candidate],
+                  last: bool) -> list[Source | None] | None:
+        """The planned files and then the live one, opened; None (all closed again) when a copy was made meanwhile
+        or the live file no longer holds what it held when the plan was made: truncated again, its copy is in the
+        next listing (a live file that was empty then cannot tell by its head).
+        The ``last`` try is taken as it is: a copy it misses is found at the next truncation (``after_copy``)."""
+        live = next((c for c in cands if c.kind == "live"), None)
+        now = self.folder.head(live) if live is not None else None
+        queue = [self._make(c, offset, cands) for c, offset in plan + ([(live, 0)] if live is not None else [])]
+        known = {(c.device, c.inode) for c in cands}
+        new = [c for c in self.folder.settled() or () if c.kind != "live" and (c.device, c.inode) not in known]
+        if last or live is None or (not new and (not now or queue[-1] is None or _related(now, queue[-1].head))):
+            if (src := queue[-1]) is not None and now:  # what it held then may be in a copy by now: not older
+                copies = [self.folder.head(c) for c in reversed(cands) if c.kind == "copy"]
+                src.after_copy = next((_fp(h) for h in copies if h is not None and not _related(now, h)
+                                       and not _related(src.head, h)), "")
+            return queue
+        for src in queue:
+            if src is not None:
+                src.close()
+        return None
+
     def _copies_since(self, src: Source, cands: list[Candidate]) -> list[Candidate]:
-        """logrotate copies newer than the newest one there was when ``src`` became live, not of its content."""
+        """logrotate copies newer than the newest one there was when ``src`` became live, but the one of what the
+        live file holds now (read there): ``src`` looked empty, so it read none of them, also not one of the content
+        its head was refreshed with (truncated again meanwhile)."""
+        live = next((c for c in cands if c.kind == "live"), None)
+        now = self.folder.head(live) if live is not None else None
         copies = [c for c in cands if c.kind == "copy"]
         fps = [_fp(self.folder.head(c)) for c in copies] if src.after_copy else []
         start = fps.index(src.after_copy) + 1 if src.after_copy in fps else 0  # a pruned one: all are newer
         out = []
         for cand in copies[start:]:
-            head = self.folder.head(cand)
-            if head and not (head.startswith(src.head) or src.head.startswith(head)) and not self._known(cand):
+            head = self.folder.head(cand)  # None: renamed since the listing (read it: it is opened by inode)
+            if not _related(head, now) and not self._known(cand):
                 out.append(cand)
         return out
 
@@ -366,34 +407,49 @@ class Follower:
         return missed
 
     def _truncated(self, tail: Source, cands: list[Candidate]) -> None:
-        """Copy-truncate: what we had not read comes from the copy; the live file is read again from 0."""
+        """Copy-truncate: what we had not read comes from the copy of our content, the copies of truncations
+        made since that we never saw live follow (also when ours is gone: then what it held past our last look
+        is a gap), then the live file from 0. The folder is listed again until no rotation tears the listing."""
         self.truncations += 1
         resume, seen = tail.splitter.offset, max(tail.size, tail.pos)
         tail.ended, tail.live = True, False
-        live = next((c for c in cands if c.kind == "live"), None)
-        now = self.folder.head(live) if live is not None else None
-        pool = [c for c in cands if c.kind != "live" and not self._known(c)]
-        copy = next((c for c in reversed(pool) if same_content(tail.head, self.folder.head(c, len(tail.head)))),
-                    None)
+        for attempt in range(TRIES):
+            cands = self.folder.settled() or cands
+            live = next((c for c in cands if c.kind == "live"), None)
+            now = self.folder.head(live) if live is not None else None
+            pool = [c for c in cands if c.kind != "live" and not self._known(c)]
+            heads = {c.path: self.folder.head(c) for c in pool}
+            copy = next((c for c in reversed(pool) if same_content(tail.head, heads[c.path])), None)
+            plan = [(c, resume if c is copy else 0) for c in self._since(tail, pool, heads, copy)
+                    if c is copy or not (_related(now, heads[c.path]) or _related(tail.head, heads[c.path]))]
+            if (queue := self._open_all(plan, cands, attempt == TRIES - 1)) is not None:
+                break
         self.log.warning("file_truncated", file=tail.path, inode=tail.inode, offset=resume,
-                         copy=copy.path if copy else None)
-        queue: list[Source | None] = []
-        if copy is not None:
-            queue.append(self._make(copy, resume, cands))
-            copy_size = self.folder.content_size(copy)
-            if queue[0] is not None and copy_size < seen:
-                self._gap(tail, seen - copy_size, "written between the copy and the truncation", exact=False,
-                          remember=False, after=queue[0])
-            # copies of truncations we never saw live (several while we looked away)
-            for cand in pool[pool.index(copy) + 1 :]:
-                if cand.kind == copy.kind and not (now and same_content(now, self.folder.head(cand, len(now)))):
-                    queue.append(self._make(cand, 0, cands))
-        else:
-            self._gap(tail, seen - resume, "truncated before it was read and no copy found", exact=False)
-        if live is not None:
-            queue.append(self._make(live, 0, cands))
-        for src in queue:
+                         copy=copy.path if copy else None, copies=len(plan))
+        ours = next((q for (c, _), q in zip(plan, queue or (), strict=False) if c is copy), None)
+        if copy is not None and ours is not None and (copy_size := self.folder.content_size(copy)) < seen:
+            self._gap(tail, seen - copy_size, "written between the copy and the truncation", exact=False,
+                      remember=False, after=ours)
+        if copy is None:
+            self._gap(tail, seen - resume, "truncated before it was read and no copy found"
+                      + ("; copies were made since: its own was pruned" if plan else ""), exact=False,
+                      even_empty=bool(plan))
+        for src in queue or ():
             self._push(src)
+
+    def _since(self, tail: Source, pool: list[Candidate], heads: dict[str, bytes | None],
+               copy: Candidate | None) -> list[Candidate]:
+        """The copy of ``tail`` and those made after ``tail`` became live, oldest first."""
+        if copy is not None and copy.kind != "copy":  # an apiserver-style name: rotation order by name
+            return [copy] + [c for c in pool[pool.index(copy) + 1 :] if c.kind == copy.kind]
+        copies = [c for c in pool if c.kind == "copy"]
+        fps = [_fp(heads[c.path]) for c in copies]
+        # after the newest copy there was when it became live; none then, or it is pruned (so are all older
+        # ones): all are newer
+        first = fps.index(tail.after_copy) + 1 if tail.after_copy and tail.after_copy in fps else 0
+        if copy is not None:
+            first = min(first, copies.index(copy))
+        return copies[first:]
 
     def read(self) -> Read | None:
         """The next lines from the oldest file; None when everything available has been read."""

@@ -340,3 +340,194 @@ def test_copy_truncate_of_a_file_that_was_empty_when_we_looked(tmp_path: Path) -
     f.poll()
     assert drain(f) == list(range(15))
     f.close()
+
+
+def three_copytruncates_while_paused(log: Path, keep: int) -> None:
+    """Generation 0 (seqs 0-9) was read; three more are written and copy-truncated before our next look."""
+    for gen in range(1, 4):
+        copytruncate(log, keep=keep)
+        write(log, range(gen * 10, gen * 10 + 10))
+
+
+def test_truncation_seen_through_a_listing_torn_by_a_rotation_reads_every_copy(tmp_path: Path,
+                                                                              monkeypatch: Any) -> None:
+    """The listing is taken while logrotate shifts the copies: the oldest one (ours) is renamed to a name
+    the listing does not have yet. That is no reason to lose the copies made since, nor ours."""
+    from forwarder import files
+
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    f = follower(log)
+    f.start(None, True)
+    assert drain(f) == list(range(10))
+    three_copytruncates_while_paused(log, keep=50)  # .3 = ours (0-9), .2 = 10-19, .1 = 20-29, live = 30-39
+    real, torn = os.listdir, ["audit.log", "audit.log.1", "audit.log.2"]  # listed before .2 -> .3
+    calls: list[str] = []
+
+    def listdir(path: Any) -> list[str]:
+        calls.append(str(path))
+        return torn if len(calls) == 1 else real(path)
+
+    monkeypatch.setattr(files.os, "listdir", listdir)
+    f.poll()
+    assert drain(f) == list(range(10, 40))
+    assert f.gaps == []
+    f.close()
+
+
+def test_truncation_whose_copy_was_pruned_reads_the_copies_since_and_reports_the_gap(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    f = follower(log)
+    f.start(None, True)
+    assert drain(f) == list(range(10))
+    three_copytruncates_while_paused(log, keep=2)  # ours is pruned; .2 = 10-19, .1 = 20-29, live = 30-39
+    f.poll()
+    assert drain(f) == list(range(10, 40))
+    assert len(f.gaps) == 1 and not f.gaps[0].exact  # what was written to ours after our last look is unknown
+    f.close()
+
+
+def test_truncated_again_while_we_reopen_the_live_file_reads_that_copy_too(tmp_path: Path,
+                                                                           monkeypatch: Any) -> None:
+    """logrotate truncates once more between our listing and our opening of the live file: the content the
+    listing saw live (10-19) is then only in the newest copy, which that listing did not hold."""
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    f = follower(log)
+    f.start(None, True)
+    assert drain(f) == list(range(10))
+    copytruncate(log)
+    write(log, range(10, 20))
+    real, armed = f.folder.open_plain, [True]
+
+    def open_plain(cand: Any) -> Any:
+        if cand.kind == "live" and armed:
+            armed.clear()
+            copytruncate(log)
+            write(log, range(20, 30))
+        return real(cand)
+
+    monkeypatch.setattr(f.folder, "open_plain", open_plain)
+    f.poll()
+    assert drain(f) == list(range(10, 30))
+    assert f.gaps == []
+    f.close()
+
+
+def test_a_file_that_looked_empty_truncated_twice_around_our_look_reads_both_copies(tmp_path: Path,
+                                                                                     monkeypatch: Any) -> None:
+    """The live file looked empty; it was written and copy-truncated (0-9), written again (10-19) and our look
+    took that as its head; it is copy-truncated once more before we open it: 10-19 is only in the newest copy."""
+    log = tmp_path / "audit.log"
+    log.touch()
+    f = follower(log)
+    f.start(None, False)
+    write(log, range(10))
+    copytruncate(log)
+    write(log, range(10, 20))
+    real, armed = f.folder.open_plain, [True]
+
+    def open_plain(cand: Any) -> Any:
+        if cand.kind == "live" and armed:
+            armed.clear()
+            copytruncate(log)
+            write(log, range(20, 30))
+        return real(cand)
+
+    monkeypatch.setattr(f.folder, "open_plain", open_plain)
+    f.poll()
+    assert drain(f) == list(range(30))
+    assert f.gaps == []
+    f.close()
+
+
+def test_truncated_again_while_we_reopen_a_live_file_that_was_empty_reads_that_copy_too(tmp_path: Path,
+                                                                                        monkeypatch: Any) -> None:
+    """As above, but the live file was empty when we listed (just truncated): its head cannot tell that it was
+    written (10-19) and truncated again before we opened it; the new copy can."""
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    f = follower(log)
+    f.start(None, True)
+    assert drain(f) == list(range(10))
+    copytruncate(log)
+    real, armed = f.folder.open_plain, [True]
+
+    def open_plain(cand: Any) -> Any:
+        if cand.kind == "live" and armed:
+            armed.clear()
+            write(log, range(10, 20))
+            copytruncate(log)
+            write(log, range(20, 30))
+        return real(cand)
+
+    monkeypatch.setattr(f.folder, "open_plain", open_plain)
+    f.poll()
+    assert drain(f) == list(range(10, 30))
+    assert f.gaps == []
+    f.close()
+
+
+def test_a_file_that_looked_empty_with_copies_renamed_while_we_read_their_heads(tmp_path: Path,
+                                                                               monkeypatch: Any) -> None:
+    """The live file looked empty; two copy-truncations (0-9, 10-19) happened before our look, and a third one
+    shifts the copies while we read their heads: a copy whose head we could not read is still one to read."""
+    log = tmp_path / "audit.log"
+    log.touch()
+    f = follower(log)
+    f.start(None, False)
+    write(log, range(10))
+    copytruncate(log)
+    write(log, range(10, 20))
+    copytruncate(log)
+    write(log, range(20, 30))
+    real, armed = f.folder.head, [True]
+
+    def head(cand: Any, n: int = 1024) -> Any:
+        if cand.kind == "copy" and armed:
+            armed.clear()
+            copytruncate(log)
+            write(log, range(30, 40))
+        return real(cand, n)
+
+    monkeypatch.setattr(f.folder, "head", head)
+    f.poll()
+    assert drain(f) == list(range(40))
+    assert f.gaps == []
+    f.close()
+
+
+def test_a_plan_taken_as_it_is_after_the_last_try_still_reads_that_copy_later(tmp_path: Path,
+                                                                               monkeypatch: Any) -> None:
+    """Rotations overtook every try (here: one): the listing saw 10-19 live and already copied, the live file
+    opened holds 20-29; that copy is newer than the live file's after_copy, so the next truncation reads it."""
+    from forwarder import follow as follow_module
+
+    monkeypatch.setattr(follow_module, "TRIES", 1)
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    f = follower(log)
+    f.start(None, True)
+    assert drain(f) == list(range(10))
+    copytruncate(log)
+    write(log, range(10, 20))
+    os.rename(tmp_path / "audit.log.1", tmp_path / "audit.log.2")  # logrotate copied 10-19, not truncated yet
+    shutil.copyfile(log, tmp_path / "audit.log.1")
+    real, armed = f.folder.open_plain, [True]
+
+    def open_plain(cand: Any) -> Any:
+        if cand.kind == "live" and armed:
+            armed.clear()
+            os.truncate(log, 0)  # ... and now it is
+            write(log, range(20, 30))
+        return real(cand)
+
+    monkeypatch.setattr(f.folder, "open_plain", open_plain)
+    f.poll()
+    copytruncate(log)
+    write(log, range(30, 40))
+    f.poll()
+    assert sorted(set(drain(f))) == list(range(10, 40))
+    assert f.gaps == []
+    f.close()
