@@ -45,6 +45,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def connect(port: int) -> socket.socket:
+    """The tailer's forward port once it listens (it is starting)."""
+    for _ in range(400):
+        try:
+            return socket.create_connection(("127.0.0.1", port))
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"no tailer listening on port {port}")
+
+
+def send_all(sock: socket.socket, data: list[tuple[str, bytes]], window: int = 4) -> float:
+    """Send every chunk, ``window`` in flight, until each is acked in order; the seconds it took."""
+    decoder, acked, sent = ff.Decoder(), 0, 0
+    start = time.perf_counter()
+    with sock:
+        while acked < len(data):
+            while sent < len(data) and sent - acked < window:
+                sock.sendall(data[sent][1])
+                sent += 1
+            for msg in decoder.feed(sock.recv(65536)):
+                assert msg == ff.Ack(data[acked][0]), msg
+                acked += 1
+    return time.perf_counter() - start
+
+
 def run(tree: Path, store: str, data: list[tuple[str, bytes]], n: int) -> tuple[float, float]:
     """(events/s, tailer CPU µs per event)."""
     port, http = free_port(), free_port()
@@ -54,24 +79,9 @@ def run(tree: Path, store: str, data: list[tuple[str, bytes]], n: int) -> tuple[
                                  f"127.0.0.1:{http}", "--log-level", "warning", "--data-dir", tmp, "--store", store,
                                  "--configmaps", "false"], stdout=null, env=env, cwd=str(tree))
         try:
-            for _ in range(400):
-                try:
-                    sock = socket.create_connection(("127.0.0.1", port))
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            sock = connect(port)
             idle = cpu_seconds(proc.pid)
-            decoder, acked, sent = ff.Decoder(), 0, 0
-            start = time.perf_counter()
-            with sock:
-                while acked < len(data):
-                    while sent < len(data) and sent - acked < 4:
-                        sock.sendall(data[sent][1])
-                        sent += 1
-                    for msg in decoder.feed(sock.recv(65536)):
-                        assert msg == ff.Ack(data[acked][0]), msg
-                        acked += 1
-            elapsed = time.perf_counter() - start
+            elapsed = send_all(sock, data)
             cpu = cpu_seconds(proc.pid) - idle
         finally:
             proc.terminate()

@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 
 from bench.events import NAMESPACES, many  # noqa: E402
-from bench.store_e2e import chunks, cpu_seconds  # noqa: E402
+from bench.store_e2e import chunks, connect, cpu_seconds, send_all  # noqa: E402
 from bench.store_perf import unpack  # noqa: E402
 from bench.synth import free_port  # noqa: E402
 from kube_audit.contract import PREFIX  # noqa: E402
@@ -108,9 +108,7 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expected: int, mix: str) -> dict[str, float]:
-    import socket
 
-    import fluent_forward as ff
 
     port, http = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "wb") as null:
@@ -121,12 +119,7 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
         watch = None
         counts = Path(tmp) / "counts"
         try:
-            for _ in range(400):
-                try:
-                    sock = socket.create_connection(("127.0.0.1", port))
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            sock = connect(port)
             if watchers:
                 watch = subprocess.Popen([sys.executable, "-m", "bench.watchers", "--client", f"http://127.0.0.1:{http}",
                                           "--watchers", str(watchers), "--counts", str(counts), "--mix", mix],
@@ -138,17 +131,7 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
                         break
                     time.sleep(0.05)
             idle = cpu_seconds(proc.pid)
-            decoder, acked, sent = ff.Decoder(), 0, 0
-            start = time.perf_counter()
-            with sock:
-                while acked < len(data):
-                    while sent < len(data) and sent - acked < 4:
-                        sock.sendall(data[sent][1])
-                        sent += 1
-                    for msg in decoder.feed(sock.recv(65536)):
-                        assert msg == ff.Ack(data[acked][0]), msg
-                        acked += 1
-            elapsed = time.perf_counter() - start
+            elapsed = send_all(sock, data)
             cpu = cpu_seconds(proc.pid) - idle
             delivered = 0
             if watchers:  # how far the watchers got: wait until their count stops growing (at most 30 s)
