@@ -115,6 +115,9 @@ class Forwarder:
             read_from_head = f.read_from_head
         if cp is not None:
             self._resume_chain(cp)
+            # the position on disk until the first ack: a gap found at start is saved with it at once, so a
+            # SIGKILL before that ack does not report it again
+            self._position = cp
         self.follower.start(cp, read_from_head)
         self.after_poll()
 

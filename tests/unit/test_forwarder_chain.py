@@ -160,3 +160,27 @@ def test_a_gap_after_a_queued_file_is_dated_when_the_reader_passes_that_file(mon
     now[0] += CHANGE_SPACING
     (gap,) = _record(book.chunk("/a", 1, 0, 0, 0))["gaps"]
     assert (gap["from"], gap["to"]) == (rfc3339(ff.EventTime(4)), rfc3339(ff.EventTime(7)))
+
+
+def test_a_gap_found_at_start_is_saved_before_any_ack_so_a_sigkill_does_not_report_it_again(tmp_path) -> None:
+    # the checkpointed live file is gone (rotated and pruned while down) and the apiserver has not yet made a
+    # new one: nothing is queued, so no new position is saved; killed before its first ack, the next start
+    # must still know the gap was reported
+    from forwarder.app import Forwarder
+    from forwarder.cli import parse
+
+    log_path, pos = tmp_path / "audit.log", str(tmp_path / "pos")
+    gone = checkpoint.Checkpoint(str(log_path), 1, 99999999, "ab" * 32, 1024, 10, size=4096, live=True)
+    checkpoint.save(pos, gone)
+    argv = ["--audit-log-path", str(log_path), "--position-file", pos, "--tailer", "127.0.0.1:1"]
+    first = Forwarder(parse(argv))
+    first.start_files()
+    assert first.status.pending_records()  # the gap is waiting for its status ack
+    saved = checkpoint.load(pos)
+    assert saved is not None and "ab" * 32 in saved.reported_gaps and saved.gaps
+    first.follower.close()
+    second = Forwarder(parse(argv))
+    second.start_files()
+    assert not second.follower.gaps
+    assert [g["id"] for g in second.status.pending_records()] == [g["id"] for g in saved.gaps]
+    second.follower.close()
