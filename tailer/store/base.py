@@ -215,7 +215,7 @@ class Store(ChainStore):
             lo = first - 1
             for i, (rows, source) in enumerate(chunks):
                 origin = self._origin_id(conn, source, fresh)
-                params = []
+                params, start = [], seq
                 for r in rows:
                     hw = max(hw, r.ts)  # the running maximum: non-decreasing in seq
                     own = (seq,) if self.assigns_seq else ()
@@ -223,7 +223,13 @@ class Store(ChainStore):
                     seq += 1
                 counts.append(self._executemany(conn, sql, params) if params else 0)
                 if self.chain_key is not None:  # the chunk's link, with its events (chainstore.py)
-                    lo = self._chain_link(conn, links[i] if i < len(links) else None, rows, lo)
+                    link = links[i] if i < len(links) else None
+                    if self.assigns_seq:  # its rows are in its own reserved block, whoever else commits
+                        placed = range(start, seq) if counts[-1] == len(rows) else None
+                        self._chain_link(conn, link, rows, start - 1, placed, seq - 1)
+                    else:  # one writer: its rows are the newest, one after another when none was a repeat
+                        placed = self._newest(conn, len(rows)) if counts[-1] == len(rows) else None
+                        lo = self._chain_link(conn, link, rows, lo, placed)
             added = sum(counts)
             if added == n:
                 size = sum(r.bytes for rows in groups for r in rows)
@@ -267,6 +273,10 @@ class Store(ChainStore):
         return (int(last[0]) + 1, float(last[1])) if last else (1, float("-inf"))
 
     def _executemany(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
+        raise NotImplementedError
+
+    def _newest(self, conn: Any, n: int) -> range:
+        """The sequences of the ``n`` rows the last ``_executemany`` inserted, all of them (one writer)."""
         raise NotImplementedError
 
     def _keep_dict(self, trained: Any) -> None:

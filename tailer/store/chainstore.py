@@ -10,7 +10,7 @@ shared key): a tailer without a key stores no links.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -90,24 +90,18 @@ class ChainStore:
             conn.execute(f"UPDATE audit_chain_anchor SET start_row = {p}, link_id = {p}, link_seal = {p}, "
                          f"pruned_row = {p}, seal = {p} WHERE id = 1", values)
 
-    def _chain_link(self, conn: Any, link: L.Link | None, rows: list[Any], lo: int) -> int:
-        """Write the link of one chunk whose rows were just inserted above ``lo``; returns the new top."""
+    def _chain_link(self, conn: Any, link: L.Link | None, rows: list[Any], lo: int,
+                    placed: Sequence[int] | None = None, upto: int | None = None) -> int:
+        """Write the link of one chunk whose rows were just inserted above ``lo`` (and at most at ``upto``);
+        returns the new top. ``placed``: the sequence of each row, known when none was a repeat (no read)."""
         assert self.chain_key is not None
         p = self.ph
         if link is None:  # a chunk that came by another way than the pipeline: sealed all the same
             link = L.Link(SourceId("", ""), "")
-        new = conn.execute(f"SELECT seq, ts, audit_id, stage FROM audit_events WHERE seq > {p} ORDER BY seq",
-                           (lo,)).fetchall()
-        where = {(float(ts), a, s): int(seq) for seq, ts, a, s in new}
-        hi = int(new[-1][0]) if new else lo
-        refs = []
-        for r in rows:
-            seq = where.get((r.ts, r.audit_id, r.stage))
-            if seq is None:  # a repeat: the row an earlier chunk stored
-                found = conn.execute(f"SELECT seq FROM audit_events WHERE ts = {p} AND audit_id = {p} AND "
-                                     f"stage = {p}", (r.ts, r.audit_id, r.stage)).fetchone()
-                seq = int(found[0]) if found else 0
-            refs.append(seq)
+        if placed is not None:
+            refs, hi = list(placed), (placed[-1] if placed else lo)
+        else:
+            refs, hi = self._find_rows(conn, rows, lo, upto)
         if link.seq:
             self._classify(conn, link)
         elif not link.outcome:
@@ -126,6 +120,23 @@ class ChainStore:
         conn.execute(f"INSERT INTO audit_chain ({', '.join(LINK_COLUMNS)}) VALUES ({', '.join([p] * len(values))})",
                      values)
         return hi
+
+    def _find_rows(self, conn: Any, rows: list[Any], lo: int, upto: int | None) -> tuple[list[int], int]:
+        """(the sequence of each row, the top inserted) when some were repeats: read back."""
+        p = self.ph
+        bound, args = (f" AND seq <= {p}", (lo, upto)) if upto is not None else ("", (lo,))
+        new = conn.execute(f"SELECT seq, ts, audit_id, stage FROM audit_events WHERE seq > {p}{bound} ORDER BY seq",
+                           args).fetchall()
+        where = {(float(ts), a, s): int(seq) for seq, ts, a, s in new}
+        refs = []
+        for r in rows:
+            seq = where.get((r.ts, r.audit_id, r.stage))
+            if seq is None:  # a repeat: the row an earlier chunk stored
+                found = conn.execute(f"SELECT seq FROM audit_events WHERE ts = {p} AND audit_id = {p} AND "
+                                     f"stage = {p}", (r.ts, r.audit_id, r.stage)).fetchone()
+                seq = int(found[0]) if found else 0
+            refs.append(seq)
+        return refs, (int(new[-1][0]) if new else lo)
 
     def _classify(self, conn: Any, link: L.Link) -> None:
         p, src = self.ph, (link.source.cluster, link.source.name)

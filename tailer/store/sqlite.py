@@ -105,6 +105,10 @@ class SqliteStore(Store):
     def _executemany(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
         return int(conn.executemany(sql, params).rowcount)
 
+    def _newest(self, conn: Any, n: int) -> range:
+        last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])  # AUTOINCREMENT: one by one
+        return range(last - n + 1, last + 1)
+
     async def reclaim(self) -> None:
         def vacuum() -> None:
             with self._transaction() as conn:

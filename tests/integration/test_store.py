@@ -120,3 +120,23 @@ async def test_concurrent_writers_keep_sequence_visible_in_order(store_target: s
     finally:
         await a.close()
         await b.close()
+
+
+async def test_each_chained_chunk_names_its_own_rows_after_a_probe_and_with_repeats(store: Store,
+                                                                                   store_target: str) -> None:
+    """A link's rows are the sequences of its chunk's events, in chunk order: found without a read when no
+    event was a repeat (after a probe took a sequence number), read back when one was."""
+    from tailer.chain.link import unpack_rows
+
+    await store.chain_start(b"k")
+    await store.insert([ev(0)])
+    await store.probe()  # inserts and deletes a row: the next sequence skips one
+    await store.insert([ev(1), ev(2), ev(3)])
+    await store.insert([ev(4), ev(2), ev(5)])  # ev(2) repeats: the row the earlier chunk stored
+    seqs = {e["auditID"]: s for s, e in await store.events(EventFilter(), 0, 100)}
+    rows = await store._read(lambda c: c.execute("SELECT lo, hi, rows FROM audit_chain ORDER BY id").fetchall())
+    links = [(int(lo), int(hi), unpack_rows(bytes(r))) for lo, hi, r in rows]
+    assert [refs for _, _, refs in links[-2:]] == [[seqs["id-1"], seqs["id-2"], seqs["id-3"]],
+                                                   [seqs["id-4"], seqs["id-2"], seqs["id-5"]]]
+    assert links[-2][1] == seqs["id-3"] and links[-1][1] == seqs["id-5"]
+    assert seqs["id-1"] > seqs["id-0"] + 1  # the probe's number was skipped

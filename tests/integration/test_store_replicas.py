@@ -144,3 +144,31 @@ async def test_the_health_probe_takes_its_sequence_number_like_an_insert(
     rows, _ = await follow(reader, 0)
     assert [i for _, i in rows] == ["one", "two"] and rows[1][0] > rows[0][0] + 2
     assert await reader.count() == 2
+
+
+async def test_a_chained_chunk_covers_its_own_rows_only_when_another_replica_commits_above_it(
+        replicas: tuple[Store, Store, Store, str]) -> None:
+    """Replica b reserves and commits a block above a's while a's transaction is open: a's link must name
+    a's rows and end at a's block, not take in b's (committed, so visible to a's later statements)."""
+    from tailer.chain.link import unpack_rows
+
+    a, b, _, url = replicas
+    for s in (a, b):
+        await s.chain_start(b"k")
+        await s.insert([ev(20, auditID=f"warm-{id(s)}")])  # each knows its origin (else b waits on a's new one)
+    inside, release = hold_open(a)
+    first = asyncio.create_task(a.insert([ev(i, auditID=f"a{i}") for i in range(3)]))
+    assert await asyncio.to_thread(inside.wait, 30)
+    await b.insert([ev(10 + i, auditID=f"b{i}") for i in range(3)])
+    release.set()
+    await first
+    with psycopg.connect(url) as conn:
+        seqs = {str(i): int(s) for s, i in conn.execute("SELECT seq, audit_id FROM audit_events")}
+        links = [(int(lo), int(hi), unpack_rows(bytes(r))) for lo, hi, r in
+                 conn.execute("SELECT lo, hi, rows FROM audit_chain ORDER BY id")]
+    mine = {tuple(sorted(refs)): (lo, hi) for lo, hi, refs in links}
+    a_rows, b_rows = sorted(seqs[f"a{i}"] for i in range(3)), sorted(seqs[f"b{i}"] for i in range(3))
+    assert min(b_rows) > max(a_rows)  # b's block is above a's
+    lo, hi = mine[tuple(a_rows)]
+    assert lo < min(a_rows) and hi == max(a_rows)  # a's link ends at its own rows
+    assert not any(lo < s <= hi for s in b_rows)
