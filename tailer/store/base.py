@@ -221,7 +221,7 @@ class Store(ChainStore):
                     own = (seq,) if self.assigns_seq else ()
                     params.append((*own, hw, *r[:-2], origin, self.codec.compress(r.event)))
                     seq += 1
-                counts.append(self._executemany(conn, sql, params) if params else 0)
+                counts.append(self._insert_rows(conn, sql, params) if params else 0)
                 if self.chain_key is not None:  # the chunk's link, with its events (chainstore.py)
                     link = links[i] if i < len(links) else None
                     if self.assigns_seq:  # its rows are in its own reserved block, whoever else commits
@@ -259,11 +259,13 @@ class Store(ChainStore):
         fresh[source] = int(row[0])
         return fresh[source]
 
-    def _insert_sql(self) -> str:
+    def _insert_sql(self, rows: int = 1) -> str:
+        """The INSERT of ``rows`` events (repeats of a stored one are dropped)."""
         own = ["seq"] if self.assigns_seq else []
         names = [*own, "hw", *COLUMNS]
+        values = ", ".join([f"({', '.join([self.ph] * len(names))})"] * rows)
         return (f"INSERT INTO audit_events ({', '.join(names)}) {self.override if own else ''}"
-                f"VALUES ({', '.join([self.ph] * len(names))}) ON CONFLICT (ts, audit_id, stage) DO NOTHING")
+                f"VALUES {values} ON CONFLICT (ts, audit_id, stage) DO NOTHING")
 
     def _reserve(self, conn: Any, n: int, top: float) -> tuple[int, float]:
         """Before the first write of an insert transaction: (the sequence its first row gets, the ``hw``
@@ -274,6 +276,10 @@ class Store(ChainStore):
 
     def _executemany(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
         raise NotImplementedError
+
+    def _insert_rows(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
+        """A chunk's rows through ``sql`` (one row's INSERT); how many were new."""
+        return self._executemany(conn, sql, params)
 
     def _newest(self, conn: Any, n: int) -> range:
         """The sequences of the ``n`` rows the last ``_executemany`` inserted, all of them (one writer)."""

@@ -14,6 +14,7 @@ from typing import Any
 from tailer.store import schema
 from tailer.store.base import Store, StoreError
 
+ROWS_PER_STATEMENT = 50  # rows of one INSERT (19 values each: far below SQLite's 32,766 variables)
 RECLAIM_PAGES = 4096  # pages (16 MiB at 4 KiB) given back to the file system per retention batch
 
 
@@ -104,6 +105,20 @@ class SqliteStore(Store):
 
     def _executemany(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
         return int(conn.executemany(sql, params).rowcount)
+
+    def _insert_rows(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
+        """``ROWS_PER_STATEMENT`` rows per multi-row INSERT: sqlite3's executemany steps once per row, and
+        each step gives up the GIL and waits to take it back from the busy event loop; one statement per
+        batch takes the GIL ~50 times less often and costs less per row besides."""
+        batched = len(params) - len(params) % ROWS_PER_STATEMENT
+        count = 0
+        if batched:
+            many = self._insert_sql(ROWS_PER_STATEMENT)
+            for i in range(0, batched, ROWS_PER_STATEMENT):
+                count += conn.execute(many, [v for row in params[i:i + ROWS_PER_STATEMENT] for v in row]).rowcount
+        if batched < len(params):
+            count += self._executemany(conn, sql, params[batched:])
+        return count
 
     def _newest(self, conn: Any, n: int) -> range:
         last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])  # AUTOINCREMENT: one by one

@@ -140,3 +140,18 @@ async def test_each_chained_chunk_names_its_own_rows_after_a_probe_and_with_repe
                                                    [seqs["id-4"], seqs["id-2"], seqs["id-5"]]]
     assert links[-2][1] == seqs["id-3"] and links[-1][1] == seqs["id-5"]
     assert seqs["id-1"] > seqs["id-0"] + 1  # the probe's number was skipped
+
+
+async def test_a_big_chunk_with_repeats_inside_and_of_stored_events_keeps_each_event_once(store: Store) -> None:
+    """Rows go in many at a time (one statement per batch on SQLite): repeats inside one batch, across
+    batches and of rows already stored are each dropped, and the counts say so."""
+    await store.insert([ev(i) for i in range(0, 200, 7)])  # 29 stored before
+    chunk = [ev(i) for i in range(130)] + [ev(i) for i in range(0, 130, 3)]  # 44 repeats within the chunk
+    result = await store.insert(chunk)
+    stored_before = len(range(0, 200, 7))
+    already = len([i for i in range(0, 200, 7) if i < 130])
+    assert (result.inserted, result.duplicates) == (130 - already, len(chunk) - (130 - already))
+    rows = await store.events(EventFilter(), 0, 1000)
+    assert len(rows) == stored_before + 130 - already == await store.count()
+    assert len({e["auditID"] for _, e in rows}) == len(rows)
+    assert [s for s, _ in rows] == sorted(s for s, _ in rows)
