@@ -55,7 +55,8 @@ async def start(settings: Settings, rt: Runtime) -> None:
         sinks.append(sources.seen)  # last: notes the chunks every other sink took
     chain = await open_chain(settings, metrics, store, apis, rt)
     if chain is not None and sources is not None:
-        chain.on_break = sources.report_gaps  # a break of a source's chain is a gap of that source
+        chain.on_break = sources.report_gaps  # a break of a source's chain is a gap of that source ...
+        chain.on_resolve = sources.resolve_gaps  # ... until a late chunk fills it
     pipeline = Pipeline(sinks, metrics, observers, rejected, control=sources, chain=chain)
     forward = ForwardServer(settings.forward, pipeline, metrics)
     # not ready while the store refuses writes (a full disk, PostgreSQL down): every chunk would be refused

@@ -45,6 +45,14 @@ class Link:
     break_kind: str | None = None
     epoch: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # breaks this late link filled: (first, last, kind) as found, and what is still missing of them
+    resolved: list[tuple[int, int, str]] = field(default_factory=list)
+    still_missing: list[tuple[int, int]] = field(default_factory=list)
+
+
+def gap_id(epoch: int, first: int, last: int, kind: str) -> str:
+    """The id a chain break has as a gap of its source (stable: the same break is one gap)."""
+    return f"chain:{epoch}:{first}-{last}:{kind}"
 
 
 def _bytes(value: Any) -> bytes | None:

@@ -33,7 +33,10 @@ class ChainStage:
         self.key, self.metrics, self.store, self.grace = key, metrics, store, grace
         # the sources stage's report_gaps (tailer/app.py wires it): each break becomes a gap of its source
         self.on_break: Callable[[SourceId, Sequence[GapReport]], Awaitable[Any]] | None = None
+        # ... and its resolve_gaps: a late link that fills a break takes that gap back
+        self.on_resolve: Callable[[SourceId, Sequence[str]], Awaitable[Any]] | None = None
         self._to_report: list[tuple[SourceId, GapReport]] = []
+        self._to_resolve: list[tuple[SourceId, str]] = []
 
     def check(self, records: Sequence[Record], origin: Any) -> None:
         options = getattr(records, "options", None) or {}
@@ -55,16 +58,26 @@ class ChainStage:
         self.metrics.chain_chunks.labels(link.outcome).inc()
         if link.break_kind is not None:
             self._break(str(link.source.name), link.source.cluster, link.epoch, link.seq, link.seq, link.break_kind)
+        for first, last, kind in link.resolved:
+            log.info("chain_break_resolved", source=link.source.name, cluster=link.source.cluster, epoch=link.epoch,
+                     first_seq=first, last_seq=last, kind=kind, by_seq=link.seq)
+            self._to_resolve.append((link.source, L.gap_id(link.epoch, first, last, kind)))
+        for first, last in link.still_missing:  # what the late link did not fill is a break of its own
+            self._break(str(link.source.name), link.source.cluster, link.epoch, first, last, L.MISSING, counted=False)
+        link.resolved, link.still_missing = [], []  # a resend stores nothing new: said once
 
-    def _break(self, source: str, cluster: str, epoch: int, first: int, last: int, kind: str) -> None:
-        self.metrics.chain_breaks.labels(kind).inc()
+    def _break(self, source: str, cluster: str, epoch: int, first: int, last: int, kind: str,
+               counted: bool = True) -> None:
+        if counted:  # not the rest of a break counted before
+            self.metrics.chain_breaks.labels(kind).inc()
         log.warning("chain_break", source=source, cluster=cluster, epoch=epoch, first_seq=first, last_seq=last,
                     kind=kind, reason=L.REASON)
-        gap = GapReport(f"chain:{epoch}:{first}-{last}:{kind}", "", 0, 0, L.REASON, exact=False)
+        gap = GapReport(L.gap_id(epoch, first, last, kind), "", 0, 0, L.REASON, exact=False)
         self._to_report.append((SourceId(cluster, source), gap))
 
     async def report(self) -> None:
-        """Hand the breaks found since the last call to the sources stage (kept there once per id)."""
+        """Hand the breaks found since the last call to the sources stage (kept there once per id), then
+        the ones late links resolved (after: a break found and filled in one period goes and comes back)."""
         pending, self._to_report = self._to_report, []
         if self.on_break is None:
             return
@@ -73,6 +86,16 @@ class ChainStage:
                 await self.on_break(source, [gap])
             except Exception as exc:  # the store may be back next time: keep what is not reported
                 self._to_report.extend(pending[i:])
+                log.error("chain_break_report_failed", error=str(exc))
+                return
+        resolved, self._to_resolve = self._to_resolve, []
+        if self.on_resolve is None:
+            return
+        for i, (source, gid) in enumerate(resolved):
+            try:
+                await self.on_resolve(source, [gid])
+            except Exception as exc:
+                self._to_resolve.extend(resolved[i:])
                 log.error("chain_break_report_failed", error=str(exc))
                 return
 

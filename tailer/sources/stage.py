@@ -32,7 +32,15 @@ from tailer.metrics import TailerMetrics
 from tailer.sources.state import Rules, rfc3339, state, status_of
 from tailer.store.base import Store, StoreError
 from tailer.store.rows import parse_time
-from tailer.store.sources import GapRow, SourceRow, add_gaps, load_sources, save_seen, save_status
+from tailer.store.sources import (
+    GapRow,
+    SourceRow,
+    add_gaps,
+    load_sources,
+    remove_gaps,
+    save_seen,
+    save_status,
+)
 
 log = get_logger(component="sources")
 Seen = dict[SourceId, tuple[float, float | None]]
@@ -127,6 +135,10 @@ class Sources:
                              [GapRow(g.id, now, g.bytes, json.dumps(g.to_record())) for g in gaps])
         self._gaps(source, [g for g in gaps if g.id in new])
         return new
+
+    async def resolve_gaps(self, source: SourceId, ids: Sequence[str]) -> int:
+        """Gaps the tailer found itself and then saw filled (a late chunk of a chain): no longer gaps."""
+        return await remove_gaps(self.store, source, ids)
 
     def _refuse(self, reason: str, detail: str, origin: Origin) -> None:
         self.metrics.records_rejected.labels(reason).inc()

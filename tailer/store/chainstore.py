@@ -186,9 +186,11 @@ class ChainStore:
                     f"AND prev = {p}", (*src, seq + 1, link.mac)).fetchone():
                 continue
             conn.execute(f"UPDATE audit_chain_breaks SET resolved = {p} WHERE id = {p}", (now, id_))
+            link.resolved.append((int(first), int(last), str(kind)))
             for a, b in ((int(first), seq - 1), (seq + 1, int(last))):
-                if a <= b:
-                    self._add_break(conn, link.source, link.epoch, a, b, L.MISSING, "chunks never received", now)
+                if a <= b and self._add_break(conn, link.source, link.epoch, a, b, L.MISSING, "chunks never received",
+                                              now):
+                    link.still_missing.append((a, b))
 
     def _chain_pruned(self, conn: Any, top: int) -> None:
         """Retention deleted the rows up to ``top``: delete the links wholly below it and seal the anchor."""

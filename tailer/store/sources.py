@@ -84,6 +84,18 @@ async def add_gaps(store: Store, source: SourceId, seen: float, gaps: Sequence[G
     return await store._write(write)
 
 
+async def remove_gaps(store: Store, source: SourceId, ids: Sequence[str]) -> int:
+    """Take back gaps the tailer found itself (a chain break a late chunk filled); how many there were."""
+    p = store.ph
+
+    def write() -> int:
+        with store._transaction() as conn:
+            return sum(conn.execute(f"DELETE FROM audit_source_gaps WHERE cluster = {p} AND name = {p} AND id = {p}",
+                                    (source.cluster, source.name, gid)).rowcount for gid in ids)
+
+    return await store._write(write)
+
+
 async def save_seen(store: Store, seen: dict[SourceId, tuple[float, float | None]]) -> None:
     """When each source was last heard from and the newest event time it sent (only ever moved forward)."""
     if not seen:

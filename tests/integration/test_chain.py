@@ -135,13 +135,37 @@ def test_out_of_order_delivery_is_no_break_and_a_late_link_resolves_one(start_ta
         wait_for(lambda: breaks(tailer) == 1, what="the gap found after the grace period")
         (gap,) = [e for e in tailer.logs() if e.get("event") == "chain_break"]
         assert (gap["kind"], gap["first_seq"], gap["last_seq"], gap["reason"]) == ("missing", 2, 2, "chain_break")
+        wait_for(lambda: source_gaps(tailer) == ["chain:1:2-2:missing"], what="the break as a gap of its source")
         chained(a, events(20, 2), 2, one)  # the late one arrives
         chained(b, events(40, 2), 4, three)
     code, out, _ = verify(tailer, capsys)
     assert code == 0, out
     db = Path(tailer.args[tailer.args.index("--data-dir") + 1]) / "audit.db"
     rows = sqlite3.connect(db).execute("SELECT first_seq, resolved FROM audit_chain_breaks").fetchall()
-    assert len(rows) == 1 and rows[0][0] == 2 and rows[0][1] is not None  # resolved: no longer a gap
+    assert len(rows) == 1 and rows[0][0] == 2 and rows[0][1] is not None  # resolved ...
+    wait_for(lambda: source_gaps(tailer) == [], what="the gap taken back")  # ... and no longer a gap
+    assert [e["first_seq"] for e in tailer.logs() if e.get("event") == "chain_break_resolved"] == [2]
+
+
+def test_a_late_link_that_fills_part_of_a_break_leaves_the_rest_as_the_gap(start_tailer, tokens) -> None:
+    tailer = start(start_tailer, tokens, None, "--chain-grace", "200ms")
+    with Sender("127.0.0.1", tailer.port, shared_key=KEY) as a:
+        one = chained(a, events(10, 2), 1, chain.GENESIS)
+        two = mac_of(events(20, 2), 2, one)
+        three = mac_of(events(30, 2), 3, two)
+        chained(a, events(40, 2), 4, three)  # 2 and 3 never came (yet)
+        wait_for(lambda: source_gaps(tailer) == ["chain:1:2-3:missing"], what="the break 2-3 as a gap")
+        chained(a, events(20, 2), 2, one)  # 2 comes late; 3 stays missing
+    wait_for(lambda: source_gaps(tailer) == ["chain:1:3-3:missing"], what="only 3 left missing")
+    assert breaks(tailer) == 1  # the rest of a break is not a second one
+
+
+def source_gaps(tailer: Any, name: str = "apiserver-0") -> list[str] | None:
+    resp = httpx.get(f"http://127.0.0.1:{tailer.http_port}{PREFIX}/sources/{name}", timeout=10,
+                     headers={"Authorization": "Bearer admin-token"})
+    if resp.status_code != 200:
+        return None
+    return [g["id"] for g in resp.json().get("gaps", []) if g.get("reason") == "chain_break"]
 
 
 def test_chunks_out_of_order_within_the_grace_period_are_never_a_break(start_tailer, tokens, capsys) -> None:
