@@ -47,6 +47,7 @@ TIMEOUT = 30.0  # seconds per request, connect included
 MERGE_PATCH = "application/merge-patch+json"
 PORT_NAME = "forward"  # the tailer Service's port the forwarder uses
 T = TypeVar("T")
+Extra = tuple[tuple[str, tuple[str, ...]], ...]  # a user's extra attributes, sorted by key (hashable: cache keys)
 
 
 async def _call(what: str, call: Awaitable[T]) -> T:
@@ -199,8 +200,8 @@ class AsyncKube:
         raise not_found(resource)
 
     # authentication and authorization (for the tailer's HTTP API) ---------------------------
-    async def token_review(self, token: str) -> tuple[str, tuple[str, ...]] | None:
-        """(user, groups) when the apiserver accepts the bearer token, else None."""
+    async def token_review(self, token: str) -> tuple[str, tuple[str, ...], Extra] | None:
+        """(user, groups, extra) when the apiserver accepts the bearer token, else None."""
         body = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token))
         api = client.AuthenticationV1Api(self.api)
         answer = await _call("POST tokenreviews", api.create_token_review(body, _request_timeout=TIMEOUT))
@@ -208,15 +209,21 @@ class AsyncKube:
         if status is None or not status.authenticated:
             return None
         user = status.user
-        return str(user.username or "") if user else "", tuple(user.groups or ()) if user else ()
+        if user is None:
+            return "", (), ()
+        extra = tuple(sorted((str(k), tuple(str(v) for v in vs or ())) for k, vs in (user.extra or {}).items()))
+        return str(user.username or ""), tuple(user.groups or ()), extra
 
     async def subject_access_review(self, user: str, groups: tuple[str, ...] | list[str], namespace: str,
                                     verb: str = "get", resource: str = "auditevents",
-                                    group: str = AUDIT_GROUP) -> bool:
-        """May ``user`` do ``verb`` on ``resource`` in ``group`` (audit.kube-audit-forwarder.io) in ``namespace``?"""
+                                    group: str = AUDIT_GROUP, extra: Extra = ()) -> bool:
+        """May ``user`` do ``verb`` on ``resource`` in ``group`` (audit.kube-audit-forwarder.io) in ``namespace``?
+        ``extra``: the user's extra attributes (scopes, credential id...), which authorizers other than RBAC
+        may decide on: a scoped token must not be authorized as its unscoped user."""
         attrs = client.V1ResourceAttributes(verb=verb, resource=resource, group=group, namespace=namespace or None)
         body = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
-            user=user, groups=list(groups), resource_attributes=attrs))
+            user=user, groups=list(groups), resource_attributes=attrs,
+            extra={k: list(v) for k, v in extra} or None))
         api = client.AuthorizationV1Api(self.api)
         answer = await _call("POST subjectaccessreviews", api.create_subject_access_review(
             body, _request_timeout=TIMEOUT))
@@ -249,12 +256,13 @@ class LazyReviews:
                 self._kube = await AsyncKube.connect(self.kubeconfig)
             return self._kube
 
-    async def token_review(self, token: str) -> tuple[str, tuple[str, ...]] | None:
+    async def token_review(self, token: str) -> tuple[str, tuple[str, ...], Extra] | None:
         return await (await self._client()).token_review(token)
 
     async def subject_access_review(self, user: str, groups: tuple[str, ...], namespace: str,
-                                    verb: str = "get", resource: str = "auditevents") -> bool:
-        return await (await self._client()).subject_access_review(user, groups, namespace, verb, resource)
+                                    verb: str = "get", resource: str = "auditevents", extra: Extra = ()) -> bool:
+        return await (await self._client()).subject_access_review(user, groups, namespace, verb, resource,
+                                                                  extra=extra)
 
     async def close(self) -> None:
         if self._kube is not None:

@@ -43,11 +43,14 @@ class TokensUnusable(RuntimeError):
     """The token file cannot be used right now: every request is refused until it can."""
 
 
+Extra = tuple[tuple[str, tuple[str, ...]], ...]  # a user's extra attributes, sorted by key
+
+
 @dataclass(frozen=True)
 class Identity:
     user: str
     groups: tuple[str, ...] = ()
-    extra: tuple[tuple[str, tuple[str, ...]], ...] = ()  # from X-Remote-Extra-* (front proxy)
+    extra: Extra = ()  # from X-Remote-Extra-* (front proxy) or the TokenReview: passed on to each SubjectAccessReview
 
 
 class Authorizer(Protocol):
@@ -62,14 +65,14 @@ class Authorizer(Protocol):
 class AccessReviews(Protocol):
     """Kubernetes calls (async, on the loop), supplied by kube_audit/kube/ (``kube.access_reviews()``)."""
 
-    async def token_review(self, token: str) -> tuple[str, tuple[str, ...]] | None:
-        """(username, groups) of an authenticated token, None when not authenticated."""
+    async def token_review(self, token: str) -> tuple[str, tuple[str, ...], Extra] | None:
+        """(username, groups, extra) of an authenticated token, None when not authenticated."""
         ...
 
     async def subject_access_review(self, user: str, groups: tuple[str, ...], namespace: str, verb: str = "get",
-                                    resource: str = RESOURCE) -> bool:
-        """Whether user/groups may ``verb`` ``{resource}.audit.kube-audit-forwarder.io`` in namespace
-        ("" = all namespaces)."""
+                                    resource: str = RESOURCE, extra: Extra = ()) -> bool:
+        """Whether user/groups (with their extra attributes) may ``verb``
+        ``{resource}.audit.kube-audit-forwarder.io`` in namespace ("" = all namespaces)."""
         ...
 
 
@@ -208,12 +211,12 @@ class KubernetesAuthorizer:
 
     async def authenticate(self, token: str) -> Identity | None:
         found = await self._cached(("token", _digest(token)), lambda: self.reviews.token_review(token))
-        return Identity(found[0], tuple(found[1])) if found else None
+        return Identity(found[0], tuple(found[1]), tuple(found[2])) if found else None
 
     async def allowed(self, who: Identity, namespace: str, verb: str = "get", resource: str = RESOURCE) -> bool:
         return bool(await self._cached(("sar", who, namespace, verb, resource),
                                        lambda: self.reviews.subject_access_review(who.user, who.groups, namespace,
-                                                                                  verb, resource)))
+                                                                                  verb, resource, extra=who.extra)))
 
     def close(self) -> None:
         """Nothing to stop: the reviews are async calls of kube_audit.kube.aio (closed with the store)."""

@@ -51,7 +51,9 @@ class FakeKube:
         self._stopping = threading.Event()
         self.retry_after: str | None = None
         self.denied: set[tuple[str, str]] = set()  # (verb, plural) our identity may not do
-        self.tokens: dict[str, tuple[str, list[str]]] = {}  # TokenReview: token -> (user, groups)
+        # TokenReview: token -> (user, groups) or (user, groups, extra)
+        self.tokens: dict[str, tuple[Any, ...]] = {}
+        self.reviews: list[dict[str, Any]] = []  # the spec of every SubjectAccessReview asked
         self.allowed: set[tuple[str, str, str, str]] = set()  # SAR: (user or group:<g>, verb, resource, ns)
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -211,13 +213,15 @@ def _handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
                 if ("create", "tokenreviews") in fake.denied:
                     return 403, _status(403, "Forbidden", "tokenreviews is forbidden")
                 who = fake.tokens.get(body["spec"]["token"])
-                status = {"authenticated": True, "user": {"username": who[0], "groups": who[1]}} if who else {
+                status = {"authenticated": True, "user": {"username": who[0], "groups": who[1],
+                                                          **({"extra": who[2]} if len(who) > 2 else {})}} if who else {
                     "authenticated": False}
                 return 201, {**body, "status": status}
             if parts == ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"] and method == "POST":
                 if ("create", "subjectaccessreviews") in fake.denied:
                     return 403, _status(403, "Forbidden", "subjectaccessreviews is forbidden")
                 spec = body["spec"]
+                fake.reviews.append(spec)
                 attrs = spec.get("resourceAttributes", {})
                 subjects = [spec.get("user", "")] + [f"group:{g}" for g in spec.get("groups", [])]
                 allowed = any((s, attrs.get("verb"), attrs.get("resource"), ns) in fake.allowed

@@ -202,6 +202,16 @@ def test_the_front_proxy_path_as_the_aggregator_calls_it(setup: Setup) -> None:
     as_shopper = proxy_get(setup, None, {"Authorization": "Bearer shop-token", "X-Remote-User": "root",
                                          "X-Remote-Group": "system:masters"}, "/auditevents")
     assert as_shopper.status_code == 403 and 'User "shopper"' in as_shopper.json()["message"]
+    # the extra attributes reach every SubjectAccessReview (authorizers other than RBAC decide on scopes)
+    assert {"scopes": ["x"]} in [r.get("extra") for r in setup.fake.reviews if r.get("user") == "alice"]
+
+
+def test_a_tokens_extra_attributes_reach_the_access_review(setup: Setup) -> None:
+    setup.fake.tokens["scoped-token"] = ("scoped", ["shop-team"], {"scopes": ["audit:read"], "uid-hint": ["7"]})
+    setup.fake.reviews.clear()
+    assert proxy_get(setup, None, {"Authorization": "Bearer scoped-token"}).status_code == 200
+    assert [r.get("extra") for r in setup.fake.reviews if r.get("user") == "scoped"] == [
+        {"scopes": ["audit:read"], "uid-hint": ["7"]}]
 
 
 def test_a_certificate_from_another_ca_is_refused(setup: Setup) -> None:

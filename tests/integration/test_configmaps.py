@@ -135,7 +135,7 @@ async def test_token_review_and_subject_access_review(fake: FakeKube) -> None:
     fake.allowed.add(("group:dev", "get", "auditevents", "shop"))
     kube = await AsyncKube.connect(str(fake.kubeconfig))
     try:
-        assert await kube.token_review("good") == ("alice", ("dev", "system:authenticated"))
+        assert await kube.token_review("good") == ("alice", ("dev", "system:authenticated"), ())
         assert await kube.token_review("bad") is None
         assert await kube.subject_access_review("alice", ("dev",), "shop", "get", "auditevents") is True
         assert await kube.subject_access_review("alice", ("dev",), "prod", "get", "auditevents") is False
