@@ -153,7 +153,8 @@ async def open_sources(settings: Settings, store: Any, metrics: TailerMetrics, a
     from tailer.sources.state import Rules
 
     s = settings.sources
-    stage = Sources(store, metrics, Rules(s.silent_after, s.lagging_bytes, s.gap_window), s.check_interval)
+    stage = Sources(store, metrics, Rules(s.silent_after, s.lagging_bytes, s.gap_window), s.check_interval,
+                    keep_gaps=settings.store.retention_age)  # a gap goes with the events of its time
     await stage.start()
     for api in apis:
         api.sources = stage

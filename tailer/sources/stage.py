@@ -36,6 +36,7 @@ from tailer.store.sources import (
     GapRow,
     SourceRow,
     add_gaps,
+    drop_gaps,
     load_sources,
     remove_gaps,
     save_seen,
@@ -69,8 +70,10 @@ class Sources:
     name = "sources"
 
     def __init__(self, store: Store, metrics: TailerMetrics, rules: Rules = DEFAULT_RULES, interval: float = 5.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, keep_gaps: float = 0.0) -> None:
         self.store, self.metrics, self.rules, self.interval, self.clock = store, metrics, rules, interval, clock
+        self.keep_gaps = keep_gaps  # seconds a gap stays listed after it was reported (0: for good)
+        self._gaps_dropped_at = 0.0
         self.seen = SeenSink(self)
         self._unsaved: Seen = {}  # noted since the last save
         self._memory: Seen = {}  # everything noted since start, merged into what the store has on reads
@@ -213,11 +216,24 @@ class Sources:
             await asyncio.sleep(self.interval)
             try:
                 await self.save()
+                await self.drop_old_gaps()
                 await self.refresh()
             except StoreError as exc:  # the store says so itself (store_refuses_writes); try again next time
                 log.debug("sources_refresh_failed", error=str(exc))
             except Exception as exc:  # a bug here must not stop the tailer: said, tried again next time
                 log.error("sources_refresh_failed", error=repr(exc))
+
+    async def drop_old_gaps(self, every: float = 300.0) -> int:
+        """Gaps reported longer ago than events are kept (retention's age) concern events gone too: they
+        leave the sources view (at most every ``every`` seconds; one small delete)."""
+        now = self.clock()
+        if not self.keep_gaps or now - self._gaps_dropped_at < every:
+            return 0
+        self._gaps_dropped_at = now
+        dropped = await drop_gaps(self.store, now - self.keep_gaps)
+        if dropped:
+            log.info("source_gaps_expired", gaps=dropped, older_than_s=self.keep_gaps)
+        return dropped
 
     async def stop(self, _: Any = None) -> None:
         try:

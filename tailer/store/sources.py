@@ -96,6 +96,16 @@ async def remove_gaps(store: Store, source: SourceId, ids: Sequence[str]) -> int
     return await store._write(write)
 
 
+async def drop_gaps(store: Store, reported_before: float) -> int:
+    """Delete the gaps reported before ``reported_before`` (epoch seconds); how many went."""
+    def write() -> int:
+        with store._transaction() as conn:
+            return int(conn.execute(f"DELETE FROM audit_source_gaps WHERE reported < {store.ph}",
+                                    (reported_before,)).rowcount)
+
+    return await store._write(write)
+
+
 async def save_seen(store: Store, seen: dict[SourceId, tuple[float, float | None]]) -> None:
     """When each source was last heard from and the newest event time it sent (only ever moved forward)."""
     if not seen:

@@ -185,3 +185,23 @@ def test_the_plugin_table() -> None:
         "No sources found.\n"
     stamps = (None, "1970-01-12T13:46:30Z", "1970-01-12T13:44:41Z", "1970-01-12T13:44:40Z", "1970-01-10T13:46:40Z")
     assert [age(s, now) for s in stamps] == ["<unknown>", "10s", "119s", "2m", "2d"]
+
+
+def test_gaps_older_than_the_events_kept_leave_the_view(tmp_path: Path) -> None:
+    async def body(stage: Sources, clock: Clock, metrics: TailerMetrics) -> None:
+        stage.keep_gaps = 3600.0
+        old = GapReport("old", "", 0, 0, "chain_break")
+        young = GapReport("young", "", 0, 0, "chain_break")
+        await stage.report_gaps(PROD, [old])
+        clock.now += 3000
+        await stage.report_gaps(PROD, [young])
+        assert await stage.drop_old_gaps() == 0  # the old one is 3,000 s old: kept
+        clock.now += 700
+        assert await stage.drop_old_gaps(every=0) == 1
+        (row,) = await stage.rows()
+        assert [g["id"] for g in item(row, clock.now, RULES)["gaps"]] == ["young"]
+        stage.keep_gaps = 0.0  # retention by age off: gaps stay for good
+        clock.now += 10 * 3600
+        assert await stage.drop_old_gaps(every=0) == 0
+
+    with_stage(tmp_path, body)
