@@ -78,26 +78,10 @@ class ChainStage:
     async def report(self) -> None:
         """Hand the breaks found since the last call to the sources stage (kept there once per id), then
         the ones late links resolved (after: a break found and filled in one period goes and comes back)."""
-        pending, self._to_report = self._to_report, []
-        if self.on_break is None:
+        if self.on_break is None or not await _hand_on(self._to_report, self.on_break):
             return
-        for i, (source, gap) in enumerate(pending):
-            try:
-                await self.on_break(source, [gap])
-            except Exception as exc:  # the store may be back next time: keep what is not reported
-                self._to_report.extend(pending[i:])
-                log.error("chain_break_report_failed", error=str(exc))
-                return
-        resolved, self._to_resolve = self._to_resolve, []
-        if self.on_resolve is None:
-            return
-        for i, (source, gid) in enumerate(resolved):
-            try:
-                await self.on_resolve(source, [gid])
-            except Exception as exc:
-                self._to_resolve.extend(resolved[i:])
-                log.error("chain_break_report_failed", error=str(exc))
-                return
+        if self.on_resolve is not None:
+            await _hand_on(self._to_resolve, self.on_resolve)
 
     async def scan(self) -> None:
         for b in await self.store.chain_scan(time.time() - self.grace):
@@ -111,3 +95,18 @@ class ChainStage:
                 await self.report()
             except Exception as exc:  # the store may be back next time
                 log.error("chain_scan_failed", error=str(exc))
+
+
+async def _hand_on(queue: list[tuple[SourceId, Any]], call: Callable[[SourceId, Sequence[Any]], Awaitable[Any]]) -> bool:
+    """Call ``call`` for each queued (source, item), oldest first; on a failure what is left stays queued
+    (the store may be back next time). Whether all went."""
+    pending = list(queue)
+    queue.clear()
+    for i, (source, item) in enumerate(pending):
+        try:
+            await call(source, [item])
+        except Exception as exc:
+            queue[:0] = pending[i:]  # still oldest first
+            log.error("chain_break_report_failed", error=str(exc))
+            return False
+    return True
