@@ -13,6 +13,7 @@ gaps), at the price of a row showing only once the write transactions older than
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,8 +23,22 @@ from psycopg_pool import ConnectionPool
 
 from tailer.store import schema
 from tailer.store.base import Store, StoreError
+from tailer.store.rows import COLUMNS
 
 US = 1e6  # ``audit_events_hw`` counts microseconds
+# What an insert writes (``Store._insert_sql``'s columns), typed for binary COPY; the others are text.
+STAGED = ("seq", "hw", *COLUMNS)
+_TYPES = {"seq": "int8", "hw": "float8", "ts": "float8", "code": "int8", "dry": "int2", "bytes": "int4",
+          "meta": "bytea", "origin": "int4", "event": "bytea"}
+STAGE_TYPES = [_TYPES.get(c, "text") for c in STAGED]
+# One per writer session: a chunk is COPYed here (binary: far less CPU on both sides than one INSERT
+# per row), then moved into audit_events with ON CONFLICT, which COPY itself cannot do. Temporary,
+# so never WAL-logged; emptied by each commit.
+STAGE = (f"CREATE TEMP TABLE audit_stage ({', '.join(f'{c} {t}' for c, t in zip(STAGED, STAGE_TYPES))}) "
+         "ON COMMIT DELETE ROWS")
+COPY_STAGE = f"COPY audit_stage ({', '.join(STAGED)}) FROM STDIN (FORMAT BINARY)"
+FROM_STAGE = (f"INSERT INTO audit_events ({', '.join(STAGED)}) OVERRIDING SYSTEM VALUE "
+              f"SELECT {', '.join(STAGED)} FROM audit_stage WHERE seq >= %s ON CONFLICT (ts, audit_id, stage) DO NOTHING")
 
 
 class PostgresStore(Store):
@@ -45,9 +60,14 @@ class PostgresStore(Store):
         super().__init__(target, readers, query_timeout)
         self._wconn: psycopg.Connection[Any] | None = None
         self._pool: ConnectionPool[Any] | None = None
+        # this process's row of audit_totals (row 1 and the rows of others are summed on read): two
+        # replicas updating one row would each wait for the other's commit (its row lock)
+        self._slot = random.randint(2, 2**31 - 1)
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.target, autocommit=True, connect_timeout=10)
+        conn = psycopg.connect(self.target, autocommit=True, connect_timeout=10)
+        conn.execute(STAGE)
+        return conn
 
     def _setup(self) -> None:
         with self._transaction() as conn:
@@ -64,6 +84,11 @@ class PostgresStore(Store):
                                  f"{schema.VERSION}: run a newer tailer")
             for statement in schema.plan(current, schema.POSTGRES):
                 conn.execute(statement)
+            # fold every replica's row of the totals into row 1 (no insert runs meanwhile: they take the
+            # lock above shared): the rows of replicas gone do not pile up
+            conn.execute("WITH gone AS (DELETE FROM audit_totals WHERE id <> 1 RETURNING rows, bytes) "
+                         "UPDATE audit_totals SET rows = rows + (SELECT COALESCE(SUM(rows), 0) FROM gone), "
+                         "bytes = bytes + (SELECT COALESCE(SUM(bytes), 0) FROM gone) WHERE id = 1")
             self._known_dicts(conn)
         timeout = int(self.query_timeout * 1000)
 
@@ -109,5 +134,22 @@ class PostgresStore(Store):
 
     def _executemany(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
         with conn.cursor() as cur:
-            cur.executemany(sql, params)
+            if sql == self._insert_sql() and params:  # a chunk's events: COPY, then ON CONFLICT
+                with cur.copy(COPY_STAGE) as copy:
+                    copy.set_types(STAGE_TYPES)
+                    for row in params:
+                        copy.write_row(row)
+                cur.execute(FROM_STAGE, (params[0][0],))  # this chunk's, above the earlier ones of the group
+            else:
+                cur.executemany(sql, params)
             return int(cur.rowcount)
+
+    def _add_totals(self, conn: Any, rows: int, size: int) -> None:
+        conn.execute("INSERT INTO audit_totals (id, rows, bytes) VALUES (%s, %s, %s) ON CONFLICT (id) DO UPDATE "
+                     "SET rows = audit_totals.rows + excluded.rows, bytes = audit_totals.bytes + excluded.bytes",
+                     (self._slot, rows, size))
+
+    async def totals(self) -> tuple[int, int]:
+        row = await self._read(lambda c: c.execute("SELECT COALESCE(SUM(rows), 0), COALESCE(SUM(bytes), 0) "
+                                                   "FROM audit_totals").fetchone())
+        return int(row[0]), int(row[1])
