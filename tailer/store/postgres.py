@@ -34,11 +34,11 @@ STAGE_TYPES = [_TYPES.get(c, "text") for c in STAGED]
 # One per writer session: a chunk is COPYed here (binary: far less CPU on both sides than one INSERT
 # per row), then moved into audit_events with ON CONFLICT, which COPY itself cannot do. Temporary,
 # so never WAL-logged; emptied by each commit.
-STAGE = (f"CREATE TEMP TABLE audit_stage ({', '.join(f'{c} {t}' for c, t in zip(STAGED, STAGE_TYPES))}) "
-         "ON COMMIT DELETE ROWS")
+_STAGE_COLUMNS = ", ".join(f"{c} {t}" for c, t in zip(STAGED, STAGE_TYPES, strict=True))
+STAGE = f"CREATE TEMP TABLE audit_stage ({_STAGE_COLUMNS}) ON COMMIT DELETE ROWS"
 COPY_STAGE = f"COPY audit_stage ({', '.join(STAGED)}) FROM STDIN (FORMAT BINARY)"
 FROM_STAGE = (f"INSERT INTO audit_events ({', '.join(STAGED)}) OVERRIDING SYSTEM VALUE "
-              f"SELECT {', '.join(STAGED)} FROM audit_stage WHERE seq >= %s ON CONFLICT (ts, audit_id, stage) DO NOTHING")
+              f"SELECT {', '.join(STAGED)} FROM audit_stage WHERE seq >= %s::int8 ON CONFLICT (ts, audit_id, stage) DO NOTHING")
 
 
 class PostgresStore(Store):

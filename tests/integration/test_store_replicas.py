@@ -144,3 +144,58 @@ async def test_the_health_probe_takes_its_sequence_number_like_an_insert(
     rows, _ = await follow(reader, 0)
     assert [i for _, i in rows] == ["one", "two"] and rows[1][0] > rows[0][0] + 2
     assert await reader.count() == 2
+
+
+def actual_totals(url: str) -> tuple[int, int]:
+    with psycopg.connect(url) as raw:
+        row = raw.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM audit_events").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+async def test_a_replica_does_not_wait_for_another_ones_counted_but_uncommitted_rows(
+        replicas: tuple[Store, Store, Store, str]) -> None:
+    a, b, reader, url = replicas
+    await a.insert([ev(0, auditID="first")])  # the source's name is committed (a new one's row would lock)
+    inside, release = threading.Event(), threading.Event()
+    original = a._add_totals
+
+    def paused(conn: Any, rows: int, size: int) -> None:  # a's totals are updated, its commit not yet sent
+        original(conn, rows, size)
+        inside.set()
+        assert release.wait(30), "the test never released the open transaction"
+
+    a._add_totals = paused  # type: ignore[method-assign]
+    try:
+        slow = asyncio.create_task(a.insert([ev(i, auditID=f"a{i}") for i in range(5)]))
+        assert await asyncio.to_thread(inside.wait, 20), "replica a never counted its rows"
+        # one totals row for all replicas made b wait here for a's row lock, until a committed
+        assert (await asyncio.wait_for(b.insert([ev(i, auditID=f"b{i}") for i in range(3)]), 10)).inserted == 3
+    finally:
+        release.set()
+    assert (await slow).inserted == 5
+    assert await reader.totals() == actual_totals(url) and actual_totals(url)[0] == 9
+
+
+async def test_totals_stay_true_across_replicas_restarts_repeats_and_prunes(
+        replicas: tuple[Store, Store, Store, str]) -> None:
+    a, b, reader, url = replicas
+    await a.insert([ev(i, auditID=f"a{i}", ts=f"2026-11-{1 + i % 20:02d}T00:00:00Z") for i in range(50)])
+    await b.insert([ev(i, auditID=f"b{i}", ts=f"2026-11-{1 + i % 20:02d}T00:00:00Z") for i in range(30)])
+    # repeats of stored events (a resend) and new ones in one chunk: only the new ones count
+    assert (await b.insert([ev(i, auditID=f"a{i}", ts=f"2026-11-{1 + i % 20:02d}T00:00:00Z") for i in range(10)]
+                           + [ev(0, auditID="new")])).inserted == 1
+    assert await reader.totals() == actual_totals(url) == (81, actual_totals(url)[1])
+    with psycopg.connect(url) as raw:  # one row per replica that inserted, besides row 1
+        assert raw.execute("SELECT COUNT(*) FROM audit_totals").fetchone() == (3,)
+    late = await Store.open(url)  # a replica starting folds the others' rows into row 1
+    try:
+        with psycopg.connect(url) as raw:
+            assert raw.execute("SELECT id FROM audit_totals").fetchall() == [(1,)]
+        assert await late.totals() == actual_totals(url)
+        await prune(late, None, actual_totals(url)[1] // 2, batch=9)
+        await a.insert([ev(i, auditID=f"c{i}") for i in range(4)])  # its row is made again
+        assert (await reader.totals(), await a.totals()) == (actual_totals(url), actual_totals(url))
+        assert actual_totals(url)[0] < 85
+    finally:
+        await late.close()
