@@ -31,11 +31,13 @@ STAGED = ("seq", "hw", *COLUMNS)
 _TYPES = {"seq": "int8", "hw": "float8", "ts": "float8", "code": "int8", "dry": "int2", "bytes": "int4",
           "meta": "bytea", "origin": "int4", "event": "bytea"}
 STAGE_TYPES = [_TYPES.get(c, "text") for c in STAGED]
-# One per writer session: a chunk is COPYed here (binary: far less CPU on both sides than one INSERT
-# per row), then moved into audit_events with ON CONFLICT, which COPY itself cannot do. Temporary,
-# so never WAL-logged; emptied by each commit.
+# A chunk's events go in by binary COPY (far less CPU on both sides than one INSERT per row), straight
+# into audit_events inside a savepoint; COPY has no ON CONFLICT, so when some are stored already (a
+# resend) the savepoint is rolled back and the chunk goes through this session's staging table, then
+# into audit_events with ON CONFLICT DO NOTHING. Temporary: never WAL-logged, emptied by each commit.
 _STAGE_COLUMNS = ", ".join(f"{c} {t}" for c, t in zip(STAGED, STAGE_TYPES, strict=True))
 STAGE = f"CREATE TEMP TABLE audit_stage ({_STAGE_COLUMNS}) ON COMMIT DELETE ROWS"
+COPY_EVENTS = f"COPY audit_events ({', '.join(STAGED)}) FROM STDIN (FORMAT BINARY)"
 COPY_STAGE = f"COPY audit_stage ({', '.join(STAGED)}) FROM STDIN (FORMAT BINARY)"
 FROM_STAGE = (f"INSERT INTO audit_events ({', '.join(STAGED)}) OVERRIDING SYSTEM VALUE "
               f"SELECT {', '.join(STAGED)} FROM audit_stage WHERE seq >= %s::int8 ON CONFLICT (ts, audit_id, stage) DO NOTHING")
@@ -133,15 +135,27 @@ class PostgresStore(Store):
             self._wconn = None
 
     def _executemany(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
+        if sql == self._insert_sql() and params:  # a chunk's events
+            return self._copy_events(conn, params)
         with conn.cursor() as cur:
-            if sql == self._insert_sql() and params:  # a chunk's events: COPY, then ON CONFLICT
-                with cur.copy(COPY_STAGE) as copy:
+            cur.executemany(sql, params)
+            return int(cur.rowcount)
+
+    def _copy_events(self, conn: Any, params: list[tuple[Any, ...]]) -> int:
+        with conn.cursor() as cur:
+            try:
+                with conn.transaction(), cur.copy(COPY_EVENTS) as copy:  # a savepoint
                     copy.set_types(STAGE_TYPES)
                     for row in params:
                         copy.write_row(row)
-                cur.execute(FROM_STAGE, (params[0][0],))  # this chunk's, above the earlier ones of the group
-            else:
-                cur.executemany(sql, params)
+                return len(params)
+            except psycopg.errors.UniqueViolation:
+                pass  # rolled back to the savepoint: some of them are stored already
+            with cur.copy(COPY_STAGE) as copy:
+                copy.set_types(STAGE_TYPES)
+                for row in params:
+                    copy.write_row(row)
+            cur.execute(FROM_STAGE, (params[0][0],))  # this chunk's, above the earlier ones of the group
             return int(cur.rowcount)
 
     def _add_totals(self, conn: Any, rows: int, size: int) -> None:
