@@ -8,6 +8,8 @@ whose ``xid`` is below their snapshot's ``xmin`` (``visible``): every transactio
 ended, and every one still open will commit above each row shown. So a reader that has seen ``seq`` N
 never later finds a new row below N (watchers and the ConfigMap projection resume by sequence without
 gaps), at the price of a row showing only once the write transactions older than its own have ended.
+Nothing else makes two replicas wait for each other: a chunk goes in by COPY, and each replica counts its
+rows in its own row of ``audit_totals`` (one row for all made each insert wait for the other's commit).
 """
 
 from __future__ import annotations
