@@ -29,20 +29,20 @@ from tailer.store.rows import COLUMNS
 
 US = 1e6  # ``audit_events_hw`` counts microseconds
 # What an insert writes (``Store._insert_sql``'s columns), typed for binary COPY; the others are text.
-STAGED = ("seq", "hw", *COLUMNS)
+INSERTED = ("seq", "hw", *COLUMNS)
 _TYPES = {"seq": "int8", "hw": "float8", "ts": "float8", "code": "int8", "dry": "int2", "bytes": "int4",
           "meta": "bytea", "origin": "int4", "event": "bytea"}
-STAGE_TYPES = [_TYPES.get(c, "text") for c in STAGED]
-# A chunk's events go in by binary COPY (far less CPU on both sides than one INSERT per row), straight
-# into audit_events inside a savepoint; COPY has no ON CONFLICT, so when some are stored already (a
-# resend) the savepoint is rolled back and the chunk goes through this session's staging table, then
-# into audit_events with ON CONFLICT DO NOTHING. Temporary: never WAL-logged, emptied by each commit.
-_STAGE_COLUMNS = ", ".join(f"{c} {t}" for c, t in zip(STAGED, STAGE_TYPES, strict=True))
-STAGE = f"CREATE TEMP TABLE audit_stage ({_STAGE_COLUMNS}) ON COMMIT DELETE ROWS"
-COPY_EVENTS = f"COPY audit_events ({', '.join(STAGED)}) FROM STDIN (FORMAT BINARY)"
-COPY_STAGE = f"COPY audit_stage ({', '.join(STAGED)}) FROM STDIN (FORMAT BINARY)"
-FROM_STAGE = (f"INSERT INTO audit_events ({', '.join(STAGED)}) OVERRIDING SYSTEM VALUE "
-              f"SELECT {', '.join(STAGED)} FROM audit_stage WHERE seq >= %s::int8 ON CONFLICT (ts, audit_id, stage) DO NOTHING")
+COPY_TYPES = [_TYPES.get(c, "text") for c in INSERTED]
+# A chunk's events go in by binary COPY (far less CPU on both sides than one INSERT per row: no per-row
+# statement, no speculative insertion), straight into audit_events inside a savepoint. COPY has no ON
+# CONFLICT: when some are stored already (a resend) the savepoint is rolled back and the chunk goes in
+# row by row with ON CONFLICT DO NOTHING, like a small chunk (for which the savepoint's two round trips
+# cost more than COPY saves).
+COPY_EVENTS = f"COPY audit_events ({', '.join(INSERTED)}) FROM STDIN (FORMAT BINARY)"
+COPY_ROWS = 100  # rows a chunk needs to go in by COPY
+# A transaction keeps the id of each subtransaction that wrote; past 64, every reader's snapshot overflows
+# its cache of them (visibility checks then read pg_subtrans): a group of many chunks COPYs the first ones.
+MAX_SAVEPOINTS = 32
 
 
 class PostgresStore(Store):
@@ -67,11 +67,10 @@ class PostgresStore(Store):
         # this process's row of audit_totals (row 1 and the rows of others are summed on read): two
         # replicas updating one row would each wait for the other's commit (its row lock)
         self._slot = random.randint(2, 2**31 - 1)
+        self._savepoints = 0  # taken by the current write transaction
 
     def _connect(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(self.target, autocommit=True, connect_timeout=10)
-        conn.execute(STAGE)
-        return conn
+        return psycopg.connect(self.target, autocommit=True, connect_timeout=10)
 
     def _setup(self) -> None:
         with self._transaction() as conn:
@@ -116,6 +115,7 @@ class PostgresStore(Store):
         if self._wconn is None:
             self._wconn = self._connect()
         conn = self._wconn
+        self._savepoints = 0
         with conn.transaction():
             yield conn
 
@@ -137,28 +137,24 @@ class PostgresStore(Store):
             self._wconn = None
 
     def _executemany(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
-        if sql == self._insert_sql() and params:  # a chunk's events
-            return self._copy_events(conn, params)
+        if (len(params) >= COPY_ROWS and self._savepoints < MAX_SAVEPOINTS and sql == self._insert_sql()
+                and self._copy_events(conn, params)):  # a chunk's events, none of them stored already
+            return len(params)
         with conn.cursor() as cur:
             cur.executemany(sql, params)
             return int(cur.rowcount)
 
-    def _copy_events(self, conn: Any, params: list[tuple[Any, ...]]) -> int:
-        with conn.cursor() as cur:
-            try:
-                with conn.transaction(), cur.copy(COPY_EVENTS) as copy:  # a savepoint
-                    copy.set_types(STAGE_TYPES)
-                    for row in params:
-                        copy.write_row(row)
-                return len(params)
-            except psycopg.errors.UniqueViolation:
-                pass  # rolled back to the savepoint: some of them are stored already
-            with cur.copy(COPY_STAGE) as copy:
-                copy.set_types(STAGE_TYPES)
+    def _copy_events(self, conn: Any, params: list[tuple[Any, ...]]) -> bool:
+        """COPY one chunk's rows; False (and nothing written) when some of them are stored already."""
+        self._savepoints += 1
+        try:
+            with conn.transaction(), conn.cursor() as cur, cur.copy(COPY_EVENTS) as copy:  # a savepoint
+                copy.set_types(COPY_TYPES)
                 for row in params:
                     copy.write_row(row)
-            cur.execute(FROM_STAGE, (params[0][0],))  # this chunk's, above the earlier ones of the group
-            return int(cur.rowcount)
+        except psycopg.errors.UniqueViolation:
+            return False  # rolled back to the savepoint
+        return True
 
     def _add_totals(self, conn: Any, rows: int, size: int) -> None:
         conn.execute("INSERT INTO audit_totals (id, rows, bytes) VALUES (%s, %s, %s) ON CONFLICT (id) DO UPDATE "

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tailer.store import EventFilter, Store
+from tailer.store import EventFilter, Store, postgres
 from tailer.store.retention import prune
 from tests.integration.test_store import ev
 
@@ -182,8 +182,7 @@ async def test_totals_stay_true_across_replicas_restarts_repeats_and_prunes(
     a, b, reader, url = replicas
     await a.insert([ev(i, auditID=f"a{i}", ts=f"2026-11-{1 + i % 20:02d}T00:00:00Z") for i in range(50)])
     await b.insert([ev(i, auditID=f"b{i}", ts=f"2026-11-{1 + i % 20:02d}T00:00:00Z") for i in range(30)])
-    # repeats of stored events (a resend), a new one twice and another new one in one chunk (COPY refuses
-    # it; the chunk then goes through the staging table): only the new ones count, once
+    # repeats of stored events (a resend) and a new one twice in one chunk: only the new ones count, once
     assert (await b.insert([ev(i, auditID=f"a{i}", ts=f"2026-11-{1 + i % 20:02d}T00:00:00Z") for i in range(10)]
                            + [ev(0, auditID="new"), ev(0, auditID="new")])).inserted == 1
     assert (await b.insert([ev(0, auditID="alone"), ev(0, auditID="alone")])).inserted == 1
@@ -201,3 +200,32 @@ async def test_totals_stay_true_across_replicas_restarts_repeats_and_prunes(
         assert actual_totals(url)[0] < 86
     finally:
         await late.close()
+
+
+async def test_chunks_copied_in_are_stored_once_resent_or_repeating_inside(
+        replicas: tuple[Store, Store, Store, str]) -> None:
+    a, b, reader, url = replicas
+    big = [ev(i % 60, auditID=f"big{i}") for i in range(150)]  # COPY_ROWS or more: by COPY
+    assert (await a.insert(big)).inserted == 150
+    # a resend of part of it with new events (COPY refuses it: row by row), on the other replica
+    assert (await b.insert(big[100:] + [ev(i % 60, auditID=f"more{i}") for i in range(120)])).inserted == 120
+    assert (await a.insert([ev(0, auditID="twice")] * 2 + [ev(i, auditID=f"c{i}") for i in range(110)])
+            ).inserted == 111
+    assert await reader.totals() == actual_totals(url) and actual_totals(url)[0] == 381
+    copies = 0
+    original = a._copy_events
+
+    def counted(conn: Any, params: list[tuple[Any, ...]]) -> bool:
+        nonlocal copies
+        copies += 1
+        assert a._savepoints <= postgres.MAX_SAVEPOINTS
+        return original(conn, params)
+
+    a._copy_events = counted  # type: ignore[method-assign]
+    # many big chunks at once: one group commit (or a few); the first ones of each go in by COPY
+    chunks = [[ev(i % 60, auditID=f"g{c}-{i}") for i in range(postgres.COPY_ROWS)] for c in range(40)]
+    results = await asyncio.gather(*(a.insert(chunk) for chunk in chunks))
+    assert [r.inserted for r in results] == [postgres.COPY_ROWS] * 40 and 0 < copies < 40
+    rows, _ = await follow(reader, 0, 100_000)
+    assert len(rows) == 381 + 40 * postgres.COPY_ROWS == len({i for _, i in rows}) == actual_totals(url)[0]
+    assert await reader.totals() == actual_totals(url)
