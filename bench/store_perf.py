@@ -10,7 +10,8 @@ next to each other and next to each case's own baseline measured in the same wor
 - large (``--rows``): retention with nothing to delete; a time-range list (the last 10 minutes, one page);
   a cheap call (``head``) alone and while an unindexed scan runs; bytes on disk per event vs its JSON; a real
   prune of the oldest 10% while chunks keep arriving: the longest wait of one chunk's commit.
-- postgresql: insert rate and bytes per event (table + indexes + TOAST) on a local server.
+- postgresql: insert rate, CPU per event (the process and its PostgreSQL writer backend) and bytes per
+  event (table + indexes + TOAST) on a local server.
 - pgprune (``--rows``): the same prune of the oldest 10% while chunks arrive, on a local PostgreSQL.
 
     python -m bench.store_perf [--rows 1000000] [--runs 3] [--before 8a254db] [--cases insert,large,postgresql,pgprune]
@@ -220,6 +221,7 @@ async def case_postgresql(tmp: Path, n: int) -> dict[str, Any]:
     import psycopg
 
     from bench.events import events
+    from bench.replicas import backend_cpu
     from bench.synth import free_port
     from tailer.store import Store
     from tests.helpers.pgserver import PostgresServer
@@ -231,14 +233,18 @@ async def case_postgresql(tmp: Path, n: int) -> dict[str, Any]:
         chunks = [records[i:i + 1000] for i in range(0, n, 1000)]
         store = await Store.open(url)
         try:
+            backend = store._wconn.info.backend_pid  # type: ignore[attr-defined]
+            cpu = time.process_time() + backend_cpu(backend)
             rate = await insert_rate(store, chunks)
+            cpu = time.process_time() + backend_cpu(backend) - cpu  # the whole process (and its writer backend)
         finally:
             await store.close()
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE audit_events")
             size = conn.execute("SELECT pg_total_relation_size('audit_events')").fetchone()[0]  # type: ignore[index]
         json_bytes = sum(len(orjson.dumps(e)) for e in records)
-        return {"pg_insert_eps": round(rate), "pg_disk_per_json": round(size / json_bytes, 2),
+        return {"pg_insert_eps": round(rate), "pg_cpu_us_per_event": round(cpu / n * 1e6),
+                "pg_disk_per_json": round(size / json_bytes, 2),
                 "pg_bytes_per_event": round(size / n)}
     finally:
         server.stop()

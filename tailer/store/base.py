@@ -236,9 +236,14 @@ class Store(ChainStore):
             else:  # some were repeats: the new rows are this transaction's, from ``first`` on
                 size = int(conn.execute(f"SELECT COALESCE(SUM(bytes), 0) FROM audit_events WHERE seq >= {p} "
                                         f"AND seq < {p}", (first, first + n)).fetchone()[0])
-            conn.execute(f"UPDATE audit_totals SET rows = rows + {p}, bytes = bytes + {p} WHERE id = 1", (added, size))
+            self._add_totals(conn, added, size)
         self._origin_ids.update(fresh)  # committed: from now on known without a read
         return counts
+
+    def _add_totals(self, conn: Any, rows: int, size: int) -> None:
+        """Count an insert transaction's new rows and bytes in the running totals (``totals``)."""
+        conn.execute(f"UPDATE audit_totals SET rows = rows + {self.ph}, bytes = bytes + {self.ph} WHERE id = 1",
+                     (rows, size))
 
     def _origin_id(self, conn: Any, source: SourceId, fresh: dict[SourceId, int]) -> int:
         """The id of ``source`` in ``audit_origins``, added in this transaction when it is new (one read

@@ -216,7 +216,9 @@ def _v4_replicas(t: Types) -> list[str]:
     whose ``xid`` is below its snapshot's ``xmin`` (every older transaction has ended): a prefix of the
     sequence that no open transaction can commit into. ``audit_events_hw`` carries the running maximum of
     ``ts`` (in microseconds, rounded up) from one reservation to the next, so ``hw`` stays non-decreasing.
-    The column default covers writers from before v4 (they serialise on WRITE_LOCK_KEY)."""
+    The column default covers writers from before v4 (they serialise on WRITE_LOCK_KEY). No new table for
+    the totals: each replica adds its inserts to its own row of ``audit_totals`` (any id but 1, which
+    retention and SQLite use), the rows are summed on read and folded into row 1 by the next setup."""
     if t is not POSTGRES:
         return []
     return [

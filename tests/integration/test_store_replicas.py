@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tailer.store import EventFilter, Store
+from tailer.store import EventFilter, Store, postgres
 from tailer.store.retention import prune
 from tests.integration.test_store import ev
 
@@ -172,3 +172,88 @@ async def test_a_chained_chunk_covers_its_own_rows_only_when_another_replica_com
     lo, hi = mine[tuple(a_rows)]
     assert lo < min(a_rows) and hi == max(a_rows)  # a's link ends at its own rows
     assert not any(lo < s <= hi for s in b_rows)
+
+
+def actual_totals(url: str) -> tuple[int, int]:
+    with psycopg.connect(url) as raw:
+        row = raw.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM audit_events").fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+async def test_a_replica_does_not_wait_for_another_ones_counted_but_uncommitted_rows(
+        replicas: tuple[Store, Store, Store, str]) -> None:
+    a, b, reader, url = replicas
+    await a.insert([ev(0, auditID="first")])  # the source's name is committed (a new one's row would lock)
+    inside, release = threading.Event(), threading.Event()
+    original = a._add_totals
+
+    def paused(conn: Any, rows: int, size: int) -> None:  # a's totals are updated, its commit not yet sent
+        original(conn, rows, size)
+        inside.set()
+        assert release.wait(30), "the test never released the open transaction"
+
+    a._add_totals = paused  # type: ignore[method-assign]
+    try:
+        slow = asyncio.create_task(a.insert([ev(i, auditID=f"a{i}") for i in range(5)]))
+        assert await asyncio.to_thread(inside.wait, 20), "replica a never counted its rows"
+        # one totals row for all replicas made b wait here for a's row lock, until a committed
+        assert (await asyncio.wait_for(b.insert([ev(i, auditID=f"b{i}") for i in range(3)]), 10)).inserted == 3
+    finally:
+        release.set()
+    assert (await slow).inserted == 5
+    assert await reader.totals() == actual_totals(url) and actual_totals(url)[0] == 9
+
+
+async def test_totals_stay_true_across_replicas_restarts_repeats_and_prunes(
+        replicas: tuple[Store, Store, Store, str]) -> None:
+    a, b, reader, url = replicas
+    await a.insert([ev(i, auditID=f"a{i}", ts=f"2026-11-{1 + i % 20:02d}T00:00:00Z") for i in range(50)])
+    await b.insert([ev(i, auditID=f"b{i}", ts=f"2026-11-{1 + i % 20:02d}T00:00:00Z") for i in range(30)])
+    # repeats of stored events (a resend) and a new one twice in one chunk: only the new ones count, once
+    assert (await b.insert([ev(i, auditID=f"a{i}", ts=f"2026-11-{1 + i % 20:02d}T00:00:00Z") for i in range(10)]
+                           + [ev(0, auditID="new"), ev(0, auditID="new")])).inserted == 1
+    assert (await b.insert([ev(0, auditID="alone"), ev(0, auditID="alone")])).inserted == 1
+    assert await reader.totals() == actual_totals(url) == (82, actual_totals(url)[1])
+    with psycopg.connect(url) as raw:  # one row per replica that inserted, besides row 1
+        assert raw.execute("SELECT COUNT(*) FROM audit_totals").fetchone() == (3,)
+    late = await Store.open(url)  # a replica starting folds the others' rows into row 1
+    try:
+        with psycopg.connect(url) as raw:
+            assert raw.execute("SELECT id FROM audit_totals").fetchall() == [(1,)]
+        assert await late.totals() == actual_totals(url)
+        await prune(late, None, actual_totals(url)[1] // 2, batch=9)
+        await a.insert([ev(i, auditID=f"c{i}") for i in range(4)])  # its row is made again
+        assert (await reader.totals(), await a.totals()) == (actual_totals(url), actual_totals(url))
+        assert actual_totals(url)[0] < 86
+    finally:
+        await late.close()
+
+
+async def test_chunks_copied_in_are_stored_once_resent_or_repeating_inside(
+        replicas: tuple[Store, Store, Store, str]) -> None:
+    a, b, reader, url = replicas
+    big = [ev(i % 60, auditID=f"big{i}") for i in range(150)]  # COPY_ROWS or more: by COPY
+    assert (await a.insert(big)).inserted == 150
+    # a resend of part of it with new events (COPY refuses it: row by row), on the other replica
+    assert (await b.insert(big[100:] + [ev(i % 60, auditID=f"more{i}") for i in range(120)])).inserted == 120
+    assert (await a.insert([ev(0, auditID="twice")] * 2 + [ev(i, auditID=f"c{i}") for i in range(110)])
+            ).inserted == 111
+    assert await reader.totals() == actual_totals(url) and actual_totals(url)[0] == 381
+    copies = 0
+    original = a._copy_events
+
+    def counted(conn: Any, params: list[tuple[Any, ...]]) -> bool:
+        nonlocal copies
+        copies += 1
+        assert a._savepoints <= postgres.MAX_SAVEPOINTS
+        return original(conn, params)
+
+    a._copy_events = counted  # type: ignore[method-assign]
+    # many big chunks at once: one group commit (or a few); the first ones of each go in by COPY
+    chunks = [[ev(i % 60, auditID=f"g{c}-{i}") for i in range(postgres.COPY_ROWS)] for c in range(40)]
+    results = await asyncio.gather(*(a.insert(chunk) for chunk in chunks))
+    assert [r.inserted for r in results] == [postgres.COPY_ROWS] * 40 and 0 < copies < 40
+    rows, _ = await follow(reader, 0, 100_000)
+    assert len(rows) == 381 + 40 * postgres.COPY_ROWS == len({i for _, i in rows}) == actual_totals(url)[0]
+    assert await reader.totals() == actual_totals(url)
