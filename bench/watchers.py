@@ -107,16 +107,16 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expected: int, mix: str) -> dict[str, float]:
-
-
+def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expected: int, mix: str,
+        profile: str | None = None) -> dict[str, float]:
+    """One case in a fresh tailer; ``profile``: a py-spy flame graph of the tailer while it ingests, there."""
     port, http = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "wb") as null:
         env = dict(os.environ, PYTHONPATH=str(tree), KUBECONFIG=os.devnull)
         proc = subprocess.Popen([sys.executable, "-m", "tailer.cli", "--listen", f"127.0.0.1:{port}", "--http-listen",
                                  f"127.0.0.1:{http}", "--log-level", "warning", "--data-dir", tmp, "--store", "sqlite",
                                  "--configmaps", "false", "--api-auth", "none"], stdout=null, env=env, cwd=str(tree))
-        watch = None
+        watch = spy = None
         counts = Path(tmp) / "counts"
         try:
             sock = connect(port)
@@ -130,6 +130,10 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
                     if metric(http, "tailer_api_watchers") == watchers:
                         break
                     time.sleep(0.05)
+            if profile:
+                spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid),
+                                        "--output", profile, "--rate", "200", "--nonblocking",
+                                        "--format", "flamegraph" if profile.endswith(".svg") else "raw"], stdout=null, stderr=null)
             idle = cpu_seconds(proc.pid)
             elapsed = send_all(sock, data)
             cpu = cpu_seconds(proc.pid) - idle
@@ -145,6 +149,9 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
                     last = delivered
             rss = peak_rss_mb(proc.pid)
         finally:
+            if spy is not None:
+                spy.send_signal(2)  # SIGINT: py-spy writes its output and ends
+                spy.wait(60)
             if watch is not None:
                 watch.kill()
                 watch.wait(10)
@@ -161,6 +168,7 @@ def main() -> int:
     p.add_argument("--before", default="d0b19d0", help="git revision of the baseline ('' = none)")
     p.add_argument("--mix", choices=("filtered", "all"), default="filtered",
                    help="filtered: the mix above; all: every watcher unfiltered")
+    p.add_argument("--profile", help="py-spy profile of the last run's tailer with watchers: a flame graph (.svg) or collapsed stacks")
     p.add_argument("--client", help=argparse.SUPPRESS)
     p.add_argument("--counts", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -179,7 +187,8 @@ def main() -> int:
         for r in range(a.runs):
             for name, tree in trees.items():
                 for w in (0, a.watchers):
-                    out = run(tree, data, a.events, w, expected, a.mix)
+                    last = r == a.runs - 1 and name == "after" and w
+                    out = run(tree, data, a.events, w, expected, a.mix, a.profile if last else None)
                     got.setdefault((name, w), []).append(out)
                     print(f"run {r + 1} {name:6} {w:3} watchers: {out['eps']:>7,.0f} events/s, {out['us']:4.0f} µs "
                           f"tailer CPU/event, peak RSS {out['rss']:5.0f} MB, {out['delivered']:,} of "
