@@ -148,6 +148,8 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
                         break
                     last = delivered
             rss = peak_rss_mb(proc.pid)
+            behind = metric(http, "tailer_api_watchers_behind_total") if watchers else 0
+            cut = metric(http, "tailer_api_watchers_cut_off_total") if watchers else 0
         finally:
             if spy is not None:
                 spy.send_signal(2)  # SIGINT: py-spy writes its output and ends
@@ -157,7 +159,7 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
                 watch.wait(10)
             proc.terminate()
             proc.wait(30)
-    return {"eps": n / elapsed, "us": cpu / n * 1e6, "rss": rss, "delivered": delivered}
+    return {"eps": n / elapsed, "us": cpu / n * 1e6, "rss": rss, "delivered": delivered, "behind": behind, "cut": cut}
 
 
 def main() -> int:
@@ -192,7 +194,8 @@ def main() -> int:
                     got.setdefault((name, w), []).append(out)
                     print(f"run {r + 1} {name:6} {w:3} watchers: {out['eps']:>7,.0f} events/s, {out['us']:4.0f} µs "
                           f"tailer CPU/event, peak RSS {out['rss']:5.0f} MB, {out['delivered']:,} of "
-                          f"{expected if w else 0:,} watch lines", flush=True)
+                          f"{expected if w else 0:,} watch lines (watchers fell behind the ring {out['behind']:.0f} times, "
+                          f"{out['cut']:.0f} cut off)", flush=True)
     print(f"\nmedians of {a.runs} runs, {a.events} events, SQLite store")
     for name in trees:
         med = {w: {k: statistics.median(o[k] for o in got[(name, w)]) for k in ("eps", "us", "rss", "delivered")}
