@@ -197,3 +197,26 @@ def test_the_model_is_pure() -> None:
     owners = {"kubernetes", "aiohttp", "httpx", "psycopg", "sqlite3", "watchdog", "prometheus_client", "structlog",
               "tenacity", "socket", "asyncio", "tailer", "forwarder", "kubectl_audit", "fluent_forward"}
     assert not mods & owners, mods & owners
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_KEYS, _VALUES, max_size=8), st.sampled_from(["user", "objectRef", "responseStatus", None]),
+       st.dictionaries(st.sampled_from(["username", "groups", "apiGroup", "apiVersion", "resource", "namespace",
+                                        "name", "subresource", "code"]), _SCALARS | st.lists(st.text(max_size=3)),
+                       max_size=5))
+def test_the_view_parse_reads_while_checking_is_the_view_of_the_record(record: dict, where, inner: dict) -> None:
+    """parse reads the view in the pass that checks the fields; it is exactly ``view`` of the record
+    (null fields included), and what it rejects for a field's shape the view could not have read as text."""
+    record = {**record, "auditID": "a", "stage": "ResponseComplete", **({where: inner} if where else {})}
+    out = parse(record)
+    if isinstance(out, AuditEvent):
+        assert out.view == view(record)
+
+
+def test_the_view_of_realistic_events_and_of_null_fields() -> None:
+    from bench.events import many
+
+    for record in [*many(3000), {**GOOD, "verb": None}, {**GOOD, "user": None}, {**GOOD, "level": None},
+                   {**GOOD, "objectRef": {"resource": "pods", "name": None, "apiGroup": None}}, dict(GOOD, user={})]:
+        out = parse(record)
+        assert isinstance(out, AuditEvent) and out.view == view(record), record
