@@ -220,3 +220,32 @@ def test_the_view_of_realistic_events_and_of_null_fields() -> None:
                    {**GOOD, "objectRef": {"resource": "pods", "name": None, "apiGroup": None}}, dict(GOOD, user={})]:
         out = parse(record)
         assert isinstance(out, AuditEvent) and out.view == view(record), record
+
+
+@pytest.mark.parametrize("text", [
+    "2026-11-20T09:00:00.123456Z", "2026-11-20T09:00:00.000000Z", "1970-01-01T00:00:00.000001Z",
+    "2026-11-20T09:00:00Z", "2026-11-20T09:00:00.123Z", "2026-11-20T09:00:00.123456+01:00",
+    "2026-11-20 09:00:00.123456Z", "2026-11-20T09:00:60.123456Z", "2026-11-20T09:00:00.12345xZ",
+    "2026-11-20T09:00:00.\u0661\u0662\u0663\u0664\u0665\u0666Z", "9999-12-31T23:59:59.999999Z", "", "x" * 27,
+])
+def test_times_read_through_the_cache_of_seconds_are_what_datetime_reads(text: str) -> None:
+    from datetime import datetime
+
+    from kube_audit.model.audit import parse_time
+
+    try:
+        want: float | None = datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        want = None
+    assert parse_time(text) == want and parse_time(text) == want  # (the second read from the cache)
+
+
+def test_times_of_realistic_events_are_what_datetime_reads() -> None:
+    from datetime import datetime
+
+    from bench.events import many
+    from kube_audit.model.audit import parse_time
+
+    for record in many(2000):
+        stamp = record["stageTimestamp"]
+        assert parse_time(stamp) == datetime.fromisoformat(stamp).timestamp()
