@@ -249,3 +249,32 @@ def test_times_of_realistic_events_are_what_datetime_reads() -> None:
     for record in many(2000):
         stamp = record["stageTimestamp"]
         assert parse_time(stamp) == datetime.fromisoformat(stamp).timestamp()
+
+
+def _deep_lists(levels: int) -> list:
+    out: list = []
+    for _ in range(levels - 1):
+        out = [out]
+    return out
+
+
+@pytest.mark.parametrize("inner", [_deep, _deep_lists])
+def test_depth_is_refused_past_max_depth_exactly_whatever_the_json_holds(inner) -> None:
+    """The record is the first level: requestObject nested 99 deep is 100 levels, the most taken."""
+    from kube_audit.model.audit import MAX_DEPTH
+
+    assert isinstance(parse({**GOOD, "requestObject": inner(MAX_DEPTH - 1)}), AuditEvent)
+    for levels in (MAX_DEPTH, 200, 253, 254, 300):
+        out = parse({**GOOD, "requestObject": inner(levels)})
+        assert isinstance(out, Rejected) and out.reason == "too_deep", levels
+    wide = {**GOOD, "requestObject": {"items": [{"a": [{"b": i}]} for i in range(500)]}}  # many brackets, shallow
+    assert isinstance(parse(wide), AuditEvent) and parse(wide).json == orjson.dumps(wide)
+
+
+def test_parse_from_many_threads_at_once_gives_each_its_own_json() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    records = [{**GOOD, "auditID": f"t{i}", "requestObject": {"n": list(range(i % 50))}} for i in range(4000)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(parse, records))
+    assert all(isinstance(g, AuditEvent) and g.json == orjson.dumps(r) for g, r in zip(got, records, strict=True))
