@@ -37,7 +37,7 @@ PIPELINE_DEPTH = 2  # chunks of one connection in the sinks at once: decode over
 log = get_logger(component="forward_server")
 # Every record decoded is a tree of dicts and lists that lives until its chunk is acked, so with
 # CPython's default thresholds (700, 10, 10) the collector ran every few hundred records and kept
-# re-scanning the chunks in flight and everything loaded at start-up: a third of the tailer's CPU per
+# re-scanning the chunks in flight and everything loaded at start-up: a quarter to a third of the CPU per
 # event (bench/fluentbit.py). Records are freed by reference counting; cycles are rare and still collected.
 GC_THRESHOLDS = (100_000, 20, 100)
 
