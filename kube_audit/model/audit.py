@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -278,54 +277,13 @@ def _containers(record: dict[str, Any]) -> None:
                 raise _Reject("non_finite_number", f"a number {item}")
 
 
-def _orjson_depth() -> int:
-    """How deeply orjson nests maps and lists before it refuses (254 in orjson 3)."""
-    def nested(n: int) -> Any:
-        value: Any = None
-        for _ in range(n):
-            value = [value]
-        return value
-
-    low, high = 1, 4096  # it takes ``low`` and refuses ``high`` (or takes anything: then 4096 is enough)
-    while high - low > 1:
-        middle = (low + high) // 2
-        try:
-            orjson.dumps(nested(middle))
-            low = middle
-        except TypeError:
-            high = middle
-    return low
-
-
-# A record is encoded inside this many lists, so that orjson itself refuses a record nested deeper than
-# MAX_DEPTH (one pass, instead of counting brackets in the JSON and walking the records with many).
-_PAD = _orjson_depth() - MAX_DEPTH
-if _PAD < 1:
-    raise ImportError(f"this orjson nests fewer than {MAX_DEPTH} levels")
-
-
-class _Padding(threading.local):
-    def __init__(self) -> None:
-        self.inner: list[Any] = [None]
-        self.outer: list[Any] = self.inner
-        for _ in range(_PAD - 1):
-            self.outer = [self.outer]
-
-
-_padding = _Padding()
-
-
 def _strict_json(record: dict[str, Any]) -> bytes | None:
-    """The record's JSON when orjson takes it strictly (string keys, valid UTF-8, JSON types, nested at
-    most MAX_DEPTH deep), which leaves only non-finite numbers to check; else None (the full walk decides)."""
-    pad = _padding
-    pad.inner[0] = record
+    """The record's JSON when orjson takes it strictly (string keys, valid UTF-8, JSON types, depth under
+    255), which leaves only depth and non-finite numbers to check; else None (the full walk decides)."""
     try:
-        return orjson.dumps(pad.outer)[_PAD:-_PAD]
+        return orjson.dumps(record)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return None
-    finally:
-        pad.inner[0] = None
 
 
 # (name, characters that always fit, bytes allowed) of the string fields the store and the views read
@@ -367,7 +325,7 @@ def _checked_view(record: Any, strict: bytes | None) -> EventView:
         raise _Reject("not_a_map", type(record).__name__)
     if strict is None:
         _walk(record)
-    elif b"null" in strict:  # NaN and inf encode as null
+    elif strict.count(b"{") + strict.count(b"[") > MAX_DEPTH or b"null" in strict:  # NaN and inf encode as null
         _containers(record)
     if not record.get("auditID") or not record.get("stage"):
         raise _Reject("not_an_audit_event", "no auditID or stage")
