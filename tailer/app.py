@@ -13,7 +13,7 @@ from kube_audit.runtime.lifecycle import Deadline, Runtime
 from kube_audit.runtime.observability import get_logger
 from tailer.configmaps.stage import ConfigMapStage
 from tailer.errors import StoreUnavailable
-from tailer.ingest.listener import ForwardServer
+from tailer.ingest.listener import ForwardServer, tune_gc
 from tailer.ingest.pipeline import Observer, Pipeline, Sink
 from tailer.ingest.rejected import RejectedFile
 from tailer.ingest.stdout import StdoutSink
@@ -87,6 +87,7 @@ async def start(settings: Settings, rt: Runtime) -> None:
             api.hub.close()  # open watches end now (clients resume): none holds the shutdown
 
     rt.on_shutdown("readiness", not_ready)
+    tune_gc()  # (last: what start-up built stays out of the collections)
     state["ready"] = True
     log.info("tailer_started", forward_port=forward.port, http_port=http.port,
              api_port=api_http.port if api_http is not None else http.port)

@@ -19,6 +19,7 @@ LAST_APPLIED_POINTER = "kubectl.kubernetes.io~1last-applied-configuration"
 # (apiGroup, resource, subresource) -> (top field, field) holding a credential in request or response
 TOKEN_FIELDS = {("authentication.k8s.io", "tokenreviews", ""): ("spec", "token"),
                 ("", "serviceaccounts", "token"): ("status", "token")}
+RESOURCES = frozenset({"secrets", *(resource for _, resource, _ in TOKEN_FIELDS)})  # the only ones redaction touches
 
 
 def _ref(event: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +100,9 @@ def _redact_token(obj: Any, top: str, name: str) -> Any:
 def redact(event: dict[str, Any]) -> dict[str, Any]:
     """``event`` without Secret values and credentials: a copy when something was redacted, else
     ``event`` itself (callers may test ``redact(e) is e``)."""
+    resource = _ref(event).get("resource")
+    if not isinstance(resource, str) or resource not in RESOURCES:  # most events: one look-up
+        return event
     token = token_field(event)
     if not is_secret(event) and token is None:
         return event

@@ -197,3 +197,84 @@ def test_the_model_is_pure() -> None:
     owners = {"kubernetes", "aiohttp", "httpx", "psycopg", "sqlite3", "watchdog", "prometheus_client", "structlog",
               "tenacity", "socket", "asyncio", "tailer", "forwarder", "kubectl_audit", "fluent_forward"}
     assert not mods & owners, mods & owners
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_KEYS, _VALUES, max_size=8), st.sampled_from(["user", "objectRef", "responseStatus", None]),
+       st.dictionaries(st.sampled_from(["username", "groups", "apiGroup", "apiVersion", "resource", "namespace",
+                                        "name", "subresource", "code"]), _SCALARS | st.lists(st.text(max_size=3)),
+                       max_size=5))
+def test_the_view_parse_reads_while_checking_is_the_view_of_the_record(record: dict, where, inner: dict) -> None:
+    """parse reads the view in the pass that checks the fields; it is exactly ``view`` of the record
+    (null fields included), and what it rejects for a field's shape the view could not have read as text."""
+    record = {**record, "auditID": "a", "stage": "ResponseComplete", **({where: inner} if where else {})}
+    out = parse(record)
+    if isinstance(out, AuditEvent):
+        assert out.view == view(record)
+
+
+def test_the_view_of_realistic_events_and_of_null_fields() -> None:
+    from bench.events import many
+
+    for record in [*many(3000), {**GOOD, "verb": None}, {**GOOD, "user": None}, {**GOOD, "level": None},
+                   {**GOOD, "objectRef": {"resource": "pods", "name": None, "apiGroup": None}}, dict(GOOD, user={})]:
+        out = parse(record)
+        assert isinstance(out, AuditEvent) and out.view == view(record), record
+
+
+@pytest.mark.parametrize("text", [
+    "2026-11-20T09:00:00.123456Z", "2026-11-20T09:00:00.000000Z", "1970-01-01T00:00:00.000001Z",
+    "2026-11-20T09:00:00Z", "2026-11-20T09:00:00.123Z", "2026-11-20T09:00:00.123456+01:00",
+    "2026-11-20 09:00:00.123456Z", "2026-11-20T09:00:60.123456Z", "2026-11-20T09:00:00.12345xZ",
+    "2026-11-20T09:00:00.\u0661\u0662\u0663\u0664\u0665\u0666Z", "9999-12-31T23:59:59.999999Z", "", "x" * 27,
+])
+def test_times_read_through_the_cache_of_seconds_are_what_datetime_reads(text: str) -> None:
+    from datetime import datetime
+
+    from kube_audit.model.audit import parse_time
+
+    try:
+        want: float | None = datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        want = None
+    assert parse_time(text) == want and parse_time(text) == want  # (the second read from the cache)
+
+
+def test_times_of_realistic_events_are_what_datetime_reads() -> None:
+    from datetime import datetime
+
+    from bench.events import many
+    from kube_audit.model.audit import parse_time
+
+    for record in many(2000):
+        stamp = record["stageTimestamp"]
+        assert parse_time(stamp) == datetime.fromisoformat(stamp).timestamp()
+
+
+def _deep_lists(levels: int) -> list:
+    out: list = []
+    for _ in range(levels - 1):
+        out = [out]
+    return out
+
+
+@pytest.mark.parametrize("inner", [_deep, _deep_lists])
+def test_depth_is_refused_past_max_depth_exactly_whatever_the_json_holds(inner) -> None:
+    """The record is the first level: requestObject nested 99 deep is 100 levels, the most taken."""
+    from kube_audit.model.audit import MAX_DEPTH
+
+    assert isinstance(parse({**GOOD, "requestObject": inner(MAX_DEPTH - 1)}), AuditEvent)
+    for levels in (MAX_DEPTH, 200, 253, 254, 300):
+        out = parse({**GOOD, "requestObject": inner(levels)})
+        assert isinstance(out, Rejected) and out.reason == "too_deep", levels
+    wide = {**GOOD, "requestObject": {"items": [{"a": [{"b": i}]} for i in range(500)]}}  # many brackets, shallow
+    assert isinstance(parse(wide), AuditEvent) and parse(wide).json == orjson.dumps(wide)
+
+
+def test_parse_from_many_threads_at_once_gives_each_its_own_json() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    records = [{**GOOD, "auditID": f"t{i}", "requestObject": {"n": list(range(i % 50))}} for i in range(4000)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(parse, records))
+    assert all(isinstance(g, AuditEvent) and g.json == orjson.dumps(r) for g, r in zip(got, records, strict=True))

@@ -84,3 +84,21 @@ async def test_entry_amplification_closes_that_connection_and_others_are_served(
     assert await receive(good_r, ff.Decoder()) == [ff.Ack("ok")]
     assert tailer.metric("tailer_bad_frames_total", reason="too_many_entries") == 1
     assert tailer.sink.records == [{"ok": 1}]
+
+
+def test_after_start_up_the_collector_leaves_what_it_built_alone_and_runs_less_often() -> None:
+    import gc
+
+    from tailer.ingest.listener import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > 0
+        cycle: list = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1  # cycles made afterwards are still collected
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -1,0 +1,160 @@
+"""The tailer's CPU per event without a store vs a real Fluent Bit in_forward (-> out_null), same run.
+
+Both receive the same realistic events (bench/events.py) as our forwarder sends them: CompressedPackedForward
+chunks of 1,000 events, gzip, each asking for an ack (``chunk`` option), 4 in flight, one connection. The
+tailer runs with ``--store none --configmaps false`` and prints to /dev/null; Fluent Bit runs in_forward ->
+out_null. Fluent Bit acks a chunk once it is in its input buffer and flushes to out_null afterwards, so
+each receiver's CPU (user + system of all its threads, from /proc/<pid>/stat) is read once it has been
+idle for a while after the last ack (its flush included). Receivers are interleaved ``--runs`` times;
+medians, and the ratio ours / Fluent Bit (goal <= 2x).
+
+Fluent Bit is not part of this project: build it beside it (README, issue 13) and pass its binary.
+
+    python -m bench.fluentbit --fluent-bit /path/to/fluent-bit [--events 500000] [--runs 3] [--before REV]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(HERE))
+
+import fluent_forward as ff  # noqa: E402
+from bench.events import many  # noqa: E402
+from bench.store_e2e import connect, cpu_seconds, send_all  # noqa: E402
+from bench.store_perf import unpack  # noqa: E402
+from bench.synth import free_port  # noqa: E402
+
+CHUNK = 1000
+FLUENT_BIT_CONF = """\
+[SERVICE]
+    Flush        1
+    Log_Level    warn
+    HTTP_Server  Off
+
+[INPUT]
+    Name    forward
+    Listen  127.0.0.1
+    Port    {port}
+
+[OUTPUT]
+    Name   null
+    Match  *
+"""
+
+
+def chunks(n: int) -> list[tuple[str, bytes]]:
+    """``n`` events as acked gzip chunks, built 1,000 records at a time (500k records never sit in memory)."""
+    out: list[tuple[str, bytes]] = []
+    records = many(n)
+    for c in itertools.count():
+        batch = list(itertools.islice(records, CHUNK))
+        if not batch:
+            return out
+        packed = b"".join(ff.encode_entry(ff.EventTime(1_763_629_200 + c, j), r) for j, r in enumerate(batch))
+        out.append((f"c{c}", ff.encode_packed_forward("audit", packed, chunk=f"c{c}", compress=True)))
+
+
+def settled_cpu(pid: int, quiet: float = 1.5, limit: float = 30.0) -> float:
+    """The process's CPU seconds once they have not grown for ``quiet`` seconds (a flush after the acks)."""
+    last, since, end = cpu_seconds(pid), time.monotonic(), time.monotonic() + limit
+    while time.monotonic() < end:
+        time.sleep(0.25)
+        now = cpu_seconds(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
+
+
+def measure(start: Callable[[int], subprocess.Popen[bytes]], data: list[tuple[str, bytes]], n: int
+            ) -> tuple[float, float]:
+    """(events/s, CPU µs per event) of the receiver ``start(port)`` launches."""
+    port = free_port()
+    proc = start(port)
+    try:
+        sock = connect(port)
+        idle = settled_cpu(proc.pid, quiet=0.5)
+        elapsed = send_all(sock, data)
+        cpu = settled_cpu(proc.pid) - idle
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return n / elapsed, cpu / n * 1e6
+
+
+def tailer(tree: Path, tmp: Path, null: int) -> Callable[[int], subprocess.Popen[bytes]]:
+    env = dict(os.environ, PYTHONPATH=str(tree), KUBECONFIG=os.devnull)
+
+    def start(port: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "tailer.cli", "--listen", f"127.0.0.1:{port}",
+                                 "--http-listen", f"127.0.0.1:{free_port()}", "--log-level", "warning",
+                                 "--data-dir", str(tmp), "--store", "none", "--configmaps", "false"],
+                                stdout=null, env=env, cwd=str(tree))
+    return start
+
+
+def fluent_bit(binary: str, tmp: Path, null: int) -> Callable[[int], subprocess.Popen[bytes]]:
+    def start(port: int) -> subprocess.Popen[bytes]:
+        conf = tmp / f"fluent-bit-{port}.conf"
+        conf.write_text(FLUENT_BIT_CONF.format(port=port))
+        return subprocess.Popen([binary, "-c", str(conf)], stdout=null, stderr=subprocess.STDOUT)
+    return start
+
+
+def version(binary: str) -> str:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    return " ".join(out.split()[:6]) or "unknown version"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--fluent-bit", required=True, help="path of a fluent-bit binary with in_forward and out_null")
+    p.add_argument("--events", type=int, default=500_000)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--before", default="", help="also measure the tailer of this git revision ('' = not)")
+    a = p.parse_args()
+    binary = shutil.which(a.fluent_bit) or a.fluent_bit
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        print(f"bench.fluentbit: no Fluent Bit binary at {a.fluent_bit!r}: build one (README, issue 13: "
+              "in_forward and out_null are enough) and pass --fluent-bit PATH", file=sys.stderr)
+        return 2
+    print(f"{version(binary)}; {a.events:,} events in chunks of {CHUNK}, gzip, acked; loadavg "
+          f"{Path('/proc/loadavg').read_text().split()[:3]}", flush=True)
+    data = chunks(a.events)
+    with tempfile.TemporaryDirectory() as tmp_, open(os.devnull, "wb") as null_file:
+        tmp, null = Path(tmp_), null_file.fileno()
+        receivers: dict[str, Callable[[int], subprocess.Popen[bytes]]] = {}
+        if a.before:
+            receivers["tailer " + a.before] = tailer(unpack(a.before, tmp / "before"), tmp, null)
+        receivers["tailer"] = tailer(HERE, tmp, null)
+        receivers["fluent-bit"] = fluent_bit(binary, tmp, null)
+        got: dict[str, list[tuple[float, float]]] = {}
+        for r in range(a.runs):
+            for name, start in receivers.items():
+                eps, us = measure(start, data, a.events)
+                got.setdefault(name, []).append((eps, us))
+                print(f"run {r + 1} {name:>16}: {eps:>8,.0f} events/s, {us:6.1f} µs CPU/event", flush=True)
+    med = {name: (statistics.median(e for e, _ in v), statistics.median(u for _, u in v)) for name, v in got.items()}
+    fb = med["fluent-bit"][1]
+    print(f"\nmedians of {a.runs} runs, {a.events:,} events; loadavg {Path('/proc/loadavg').read_text().split()[:3]}")
+    for name, (eps, us) in med.items():
+        ratio = "" if name == "fluent-bit" else f"  ratio to Fluent Bit {us / fb:.1f}x (goal <= 2x)"
+        print(f"{name:>16}: {eps:>8,.0f} events/s {us:6.1f} µs CPU/event{ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
