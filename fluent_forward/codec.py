@@ -20,7 +20,6 @@ from .errors import ProtocolError
 from .model import (
     EVENT_TIME_EXT,
     Ack,
-    Entry,
     EventBatch,
     EventTime,
     Heartbeat,
