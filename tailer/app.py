@@ -97,10 +97,11 @@ GC_THRESHOLDS = (50_000, 20, 100)  # CPython's are (700, 10, 10)
 
 def settle_gc() -> None:
     """Keep the cyclic GC's pauses off the ack path and the API (the daemon's, once started: cli.main;
-    not for a process that runs tailers in turn, as tests do). What exists once the stages have started (modules, the kubernetes client, settings, stages) lives as long as the process: frozen, a
-    full collection no longer walks it. And ingest allocates tens of thousands of containers per chunk
-    that live until the chunk is committed: with the default thresholds they were promoted and set off
-    a full collection about every second, each holding the event loop for 75-300 ms under load
+    not for a process that runs tailers in turn, as tests do). What exists once the stages have started
+    (modules, the kubernetes client, settings, stages) lives as long as the process: frozen, a full
+    collection no longer walks it. And ingest allocates tens of thousands of containers per chunk that
+    live until the chunk is committed: with the default thresholds they were promoted and set off a full
+    collection about every second, each holding the event loop for 75-300 ms under load
     (bench/api_latency.py's probe). Rarer young collections let them die first."""
     gc.collect()
     gc.freeze()
