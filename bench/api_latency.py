@@ -66,11 +66,27 @@ def busy_object(changes: int, width: int = 400, name: str = "big") -> Iterator[d
 # ---- the loop probe, run inside the tailer process ----
 
 def serve_with_probe(out: str, argv: list[str]) -> None:
-    """Run the tailer with a callback due every TICK on its event loop; each time it ran more than 1 ms
-    late, append "<monotonic time> <seconds late>" to ``out`` (the bench picks its phase's window)."""
+    """Run the tailer with two probes on its event loop, appending to ``out`` (the bench picks its phase's
+    window by monotonic time): a callback due every TICK, "lag <time> <seconds late>" when it ran more than
+    1 ms late (wall time: on a shared machine, mostly other processes); and "step <time> <CPU s> <wall s>"
+    for each loop step (one callback: a task running up to its next await) that took more than 2 ms of
+    this thread's CPU (what the code holds the loop for, whatever the machine's load)."""
+    import asyncio.events
     import runpy
 
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    run = asyncio.events.Handle._run
+
+    def timed(handle: asyncio.events.Handle) -> None:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            run(handle)
+        finally:
+            used = time.thread_time() - cpu
+            if used > 0.002:
+                os.write(fd, f"step {time.monotonic():.4f} {used:.4f} {time.perf_counter() - wall:.4f}\n".encode())
+
+    asyncio.events.Handle._run = timed  # type: ignore[method-assign]
 
     class Policy(asyncio.DefaultEventLoopPolicy):
         def new_event_loop(self) -> asyncio.AbstractEventLoop:
@@ -80,7 +96,7 @@ def serve_with_probe(out: str, argv: list[str]) -> None:
             def tick() -> None:
                 now = loop.time()
                 if now - due[0] > 0.001:
-                    os.write(fd, f"{time.monotonic():.4f} {now - due[0]:.4f}\n".encode())
+                    os.write(fd, f"lag {time.monotonic():.4f} {now - due[0]:.4f}\n".encode())
                 due[0] = now + TICK
                 loop.call_at(due[0], tick)
 
@@ -114,14 +130,19 @@ class Tailer:
             time.sleep(0.05)
         raise RuntimeError("the tailer did not start")
 
-    def stalls(self, start: float, end: float) -> list[float]:
-        """How late the probe ran (seconds, each > 1 ms) between two monotonic times."""
+    def probed(self, kind: str, start: float, end: float) -> list[float]:
+        """The probe's figures of one kind between two monotonic times: "lag" (seconds late, each > 1 ms),
+        "step" (CPU seconds of each loop step over 2 ms)."""
         out = []
         for line in self.probe.read_text().splitlines():
-            at, late = map(float, line.split())
-            if start <= at <= end:
-                out.append(late)
+            what, at, value, *_ = line.split()
+            if what == kind and start <= float(at) <= end:
+                out.append(float(value))
         return out
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -216,7 +237,7 @@ def api_under_ingest(tailer: Tailer, seconds: float, chunks: list[bytes]) -> dic
     loader = threading.Thread(target=ingest)
     lists: list[float] = []
     histories: list[float] = []
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), tailer.cpu()
     loader.start()
     with httpx.Client(timeout=120) as http:
         while time.monotonic() - t0 < seconds and loader.is_alive():
@@ -230,10 +251,11 @@ def api_under_ingest(tailer: Tailer, seconds: float, chunks: list[bytes]) -> dic
     t1 = time.monotonic()
     stop.set()
     loader.join()
-    stalls = tailer.stalls(t0, t1)
-    return {"list": lists, "history": histories, "rate": sent[0] / (time.monotonic() - t0),
-            "stall_max": max(stalls, default=0.0), "stall_p99": pick(stalls + [0.0] * max(0, int((t1 - t0) / TICK)
-                                                                               - len(stalls)), 0.99) / 1000}
+    rate, cpu = sent[0] / (time.monotonic() - t0), (tailer.cpu() - cpu0) / max(sent[0], 1)
+    lags, steps = tailer.probed("lag", t0, t1), tailer.probed("step", t0, t1)
+    ticks = [0.0] * max(0, int((t1 - t0) / TICK) - len(lags))  # the ticks that ran on time
+    return {"list": lists, "history": histories, "rate": rate, "cpu_us": cpu * 1e6, "stall_max": max(lags, default=0.0),
+            "stall_p99": pick(lags + ticks, 0.99) / 1000, "step_max": max(steps, default=0.0)}
 
 
 def preload(tailer: Tailer) -> None:
@@ -262,7 +284,8 @@ def one_run(tree: Path, seconds: float, chunks: list[bytes], acks: bool) -> dict
 def line(name: str, got: dict[str, Any]) -> str:
     return (f"{name:6} list of 100: p50 {pick(got['list'], 0.5):6.1f} ms p99 {pick(got['list'], 0.99):6.1f} ms | "
             f"versions: p50 {pick(got['history'], 0.5):6.1f} ms p99 {pick(got['history'], 0.99):6.1f} ms | "
-            f"ingest {got['rate']:,.0f} events/s | loop stall max {got['stall_max'] * 1000:.0f} ms, "
+            f"ingest {got['rate']:,.0f} events/s, {got['cpu_us']:.0f} µs CPU/event | longest loop step "
+            f"{got['step_max'] * 1000:.0f} ms CPU | loop late max {got['stall_max'] * 1000:.0f} ms, "
             f"p99 {got['stall_p99'] * 1000:.0f} ms | n={len(got['list'])}")
 
 
@@ -290,7 +313,9 @@ def main() -> None:
                "history": [statistics.median(pick(g["history"], q) for g in runs) / 1000 for q in (0.5, 0.99)]}
         print(f"{name:6} list of 100: p50 {med['list'][0] * 1000:6.1f} ms p99 {med['list'][1] * 1000:6.1f} ms | "
               f"versions: p50 {med['history'][0] * 1000:6.1f} ms p99 {med['history'][1] * 1000:6.1f} ms | ingest "
-              f"{statistics.median(g['rate'] for g in runs):,.0f} events/s | loop stall max "
+              f"{statistics.median(g['rate'] for g in runs):,.0f} events/s, "
+              f"{statistics.median(g['cpu_us'] for g in runs):.0f} µs CPU/event | longest loop step "
+              f"{statistics.median(g['step_max'] for g in runs) * 1000:.0f} ms CPU | loop late max "
               f"{statistics.median(g['stall_max'] for g in runs) * 1000:.0f} ms, p99 "
               f"{statistics.median(g['stall_p99'] for g in runs) * 1000:.0f} ms")
 

@@ -367,11 +367,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kube_audit.runtime import lifecycle
     from kube_audit.runtime.observability import setup_logging
 
-    from .app import settle_gc, start
+    from .app import start, tune_interpreter
 
     async def begin(rt: lifecycle.Runtime) -> None:
         await start(settings, rt)
-        settle_gc()
+        tune_interpreter()
 
     setup_logging(settings.log_level)
     try:
