@@ -18,7 +18,6 @@ preloaded with realistic events (bench/events.py) and two changed objects: a Con
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import socket
 import statistics
@@ -63,60 +62,16 @@ def busy_object(changes: int, width: int = 400, name: str = "big") -> Iterator[d
                "requestObject": {"data": {f"key-{i % width}": f"value-{i}-{i * 104_729 % 1_000_003}"}}}
 
 
-# ---- the loop probe, run inside the tailer process ----
-
-def serve_with_probe(out: str, argv: list[str]) -> None:
-    """Run the tailer with two probes on its event loop, appending to ``out`` (the bench picks its phase's
-    window by monotonic time): a callback due every TICK, "lag <time> <seconds late>" when it ran more than
-    1 ms late (wall time: on a shared machine, mostly other processes); and "step <time> <CPU s> <wall s>"
-    for each loop step (one callback: a task running up to its next await) that took more than 2 ms of
-    this thread's CPU (what the code holds the loop for, whatever the machine's load)."""
-    import asyncio.events
-    import runpy
-
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    run = asyncio.events.Handle._run
-
-    def timed(handle: asyncio.events.Handle) -> None:
-        wall, cpu = time.perf_counter(), time.thread_time()
-        try:
-            run(handle)
-        finally:
-            used = time.thread_time() - cpu
-            if used > 0.002:
-                os.write(fd, f"step {time.monotonic():.4f} {used:.4f} {time.perf_counter() - wall:.4f}\n".encode())
-
-    asyncio.events.Handle._run = timed  # type: ignore[method-assign]
-
-    class Policy(asyncio.DefaultEventLoopPolicy):
-        def new_event_loop(self) -> asyncio.AbstractEventLoop:
-            loop = super().new_event_loop()
-            due = [loop.time() + TICK]
-
-            def tick() -> None:
-                now = loop.time()
-                if now - due[0] > 0.001:
-                    os.write(fd, f"lag {time.monotonic():.4f} {now - due[0]:.4f}\n".encode())
-                due[0] = now + TICK
-                loop.call_at(due[0], tick)
-
-            loop.call_at(due[0], tick)
-            return loop
-
-    asyncio.set_event_loop_policy(Policy())
-    sys.argv = ["tailer.cli", *argv]
-    runpy.run_module("tailer.cli", run_name="__main__")
-
-
 class Tailer:
     def __init__(self, tree: Path, work: Path) -> None:
         self.port, self.http = free_port(), free_port()
         self.probe = work / "loop-lag"
         args = ["--listen", f"127.0.0.1:{self.port}", "--http-listen", f"127.0.0.1:{self.http}", "--log-level",
                 "warning", "--data-dir", str(work), "--api-auth", "none", "--stdout", "false", "--configmaps", "false"]
+        # the tree under test first; the probe (stdlib only) loaded by its path, so nothing of this tree is imported
         code = (f"import sys; sys.path[:0] = [{str(tree)!r}]; from importlib.util import spec_from_file_location as s, "
-                f"module_from_spec as m; spec = s('probe', {str(Path(__file__).resolve())!r}); mod = m(spec); "
-                f"spec.loader.exec_module(mod); mod.serve_with_probe({str(self.probe)!r}, {args!r})")
+                f"module_from_spec as m; spec = s('loop_probe', {str(ROOT / 'bench' / 'loop_probe.py')!r}); "
+                f"mod = m(spec); spec.loader.exec_module(mod); mod.serve_with_probe({str(self.probe)!r}, {args!r})")
         env = dict(os.environ, PYTHONPATH="", KUBECONFIG=os.devnull)
         with open(os.devnull, "wb") as null:
             self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=null, env=env, cwd=str(tree))
