@@ -8,7 +8,7 @@ either, and the sender resends from there (the store is idempotent).
 
 No step of a connection holds the loop for a whole chunk: a chunk's entries are decoded ``DECODE_STEP`` at
 a time (fluent_forward's ``step_entries``), yielding to the loop between steps, and the pipeline parses
-them in steps too; so an API request or another connection waits for one step (milliseconds), not for
+them in steps too (``Pipeline.prepare``, here in the reading loop: chunks reach the sinks in arrival order); so an API request or another connection waits for one step (milliseconds), not for
 the decode and parse of every chunk in flight (tens to hundreds of milliseconds each on a loaded machine).
 """
 
@@ -26,13 +26,14 @@ from fluent_forward import (
     EventBatch,
     PeerClosed,
     ProtocolError,
+    Records,
     ServerSession,
     State,
 )
 from kube_audit.runtime.observability import get_logger
 from kube_audit.runtime.tls import ReloadingContext, server_context
 from tailer.ingest.admission import Admission
-from tailer.ingest.pipeline import Pipeline
+from tailer.ingest.pipeline import Item, Pipeline
 from tailer.metrics import TailerMetrics
 from tailer.settings import ForwardSettings
 
@@ -142,8 +143,13 @@ class ForwardServer:
                         await asyncio.sleep(0)
                     while inflight and (inflight[0].done() or len(inflight) >= PIPELINE_DEPTH):
                         await inflight.popleft()  # raises _NotAcked: close, the rest is not acked
+                    records = event.records(hostname)  # a list of records, with .tag, .times, ... beside them
+                    try:  # here, in arrival order: a delivery hands them to the sinks in its first step
+                        items = await self.pipeline.prepare(records)
+                    except Exception as exc:  # (a bug: the chunk is not acked, the sender resends)
+                        raise _NotAcked() from exc
                     after = inflight[-1] if inflight else None
-                    inflight.append(asyncio.create_task(self._deliver(event, session, writer, hostname, after)))
+                    inflight.append(asyncio.create_task(self._deliver(event, records, items, session, writer, after)))
                 elif isinstance(event, Authenticated):
                     writer.write(session.data_to_send())  # the PONG
                     hostname = event.peer
@@ -243,12 +249,11 @@ class ForwardServer:
             self.metrics.bytes.inc(len(data))
         return data
 
-    async def _deliver(self, batch: EventBatch, session: ServerSession, writer: asyncio.StreamWriter,
-                       hostname: str = "", after: asyncio.Task[None] | None = None) -> None:
+    async def _deliver(self, batch: EventBatch, records: Records, items: list[Item] | None, session: ServerSession,
+                       writer: asyncio.StreamWriter, after: asyncio.Task[None] | None = None) -> None:
         """Deliver one chunk, then ack it once the chunk before it (``after``) has finished."""
-        records = batch.records(hostname)  # a list of records, with .tag, .times, .metadata, ... beside them
         try:
-            await self.pipeline.deliver(records)
+            await self.pipeline.deliver(records, items)
         except Exception as exc:  # (an OSError of a sink is not a lost connection)
             writer.close()  # the reading loop stops: nothing after this chunk is acked
             raise _NotAcked() from exc

@@ -129,13 +129,23 @@ class Pipeline:
         self.rejected = rejected
         self._reasons_logged: set[str] = set()
 
-    async def deliver(self, records: Sequence[Record]) -> None:
-        """Return once every gating sink has the records durably; raise if one failed."""
+    async def prepare(self, records: Sequence[Record]) -> list[Item] | None:
+        """The items of a chunk, parsed a step at a time (None for a status chunk: not audit events). A
+        connection prepares its chunks in arrival order and then delivers them: two deliveries parsing
+        side by side would reach the sinks in the order their parses ended."""
+        if getattr(records, "tag", None) == STATUS_TAG:
+            return None
+        return with_meta(await parse_in_steps(records), records)
+
+    async def deliver(self, records: Sequence[Record], items: list[Item] | None = None) -> None:
+        """Return once every gating sink has the records durably; raise if one failed. ``items``: what
+        ``prepare`` made of ``records`` (else parsed here)."""
         origin = origin_of(records)
         if origin.tag == STATUS_TAG:
             await self._status(records, origin)
             return
-        items: list[Item] = with_meta(await parse_in_steps(records), records)
+        if items is None:
+            items = with_meta(await parse_in_steps(records), records)
         if self.chain is not None:
             self.chain.check(records, origin)
         for sink in self.sinks:

@@ -93,3 +93,15 @@ def test_next_message_finishes_a_batch_left_partial() -> None:
     second = decoder.next_message()  # no decode_more in between: the first is finished, not lost
     assert isinstance(first, ff.EventBatch) and len(first.entries) == 25 and len(first.metadata) == 25
     assert isinstance(second, ff.EventBatch) and len(second.entries) == 5
+
+
+async def test_a_small_chunk_after_a_big_one_reaches_the_sinks_after_it() -> None:
+    # (parsed in steps inside each delivery, the small one overtook the big one: stdout and the store's
+    # sequence out of arrival order)
+    tailer = Tailer()
+    reader, writer = tailer.connect(max_read=1 << 22)
+    small = ff.encode_packed_forward("audit", b"".join(ff.encode_entry(ff.EventTime(1, 0), {"auditID": f"b-{i}"})
+                                                       for i in range(3)), chunk="small")
+    writer.write(chunk() + small)  # both in one read
+    assert await receive(reader, ff.Decoder(), 2) == [ff.Ack("big"), ff.Ack("small")]
+    assert [r["auditID"] for r in tailer.sink.records] == [f"a-{i}" for i in range(N)] + ["b-0", "b-1", "b-2"]
