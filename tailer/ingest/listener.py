@@ -8,8 +8,9 @@ either, and the sender resends from there (the store is idempotent).
 
 No step of a connection holds the loop for a whole chunk: a chunk's entries are decoded ``DECODE_STEP`` at
 a time (fluent_forward's ``step_entries``), yielding to the loop between steps, and the pipeline parses
-them in steps too (``Pipeline.prepare``, here in the reading loop: chunks reach the sinks in arrival order); so an API request or another connection waits for one step (milliseconds), not for
-the decode and parse of every chunk in flight (tens to hundreds of milliseconds each on a loaded machine).
+them in steps too (``Pipeline.prepare``, here in the reading loop, so chunks reach the sinks in arrival
+order); an API request or another connection waits for one step (milliseconds), not for the decode and
+parse of every chunk in flight (tens to hundreds of milliseconds each on a loaded machine).
 """
 
 from __future__ import annotations
