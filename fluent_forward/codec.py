@@ -20,7 +20,6 @@ from .errors import ProtocolError
 from .model import (
     EVENT_TIME_EXT,
     Ack,
-    Entry,
     EventBatch,
     EventTime,
     Heartbeat,
@@ -81,12 +80,20 @@ class Decoder:
 
     A single message (and a decompressed payload) larger than ``max_message_bytes`` raises
     ``ProtocolError("message_too_large")``; after any ``ProtocolError`` the stream is unusable.
+
+    With ``step_entries`` (> 0), an event batch comes back with its first ``step_entries`` entries only;
+    ``decode_more`` decodes (inflates, unpacks, checks) the next ones, as many, in the batch's own lists,
+    and says whether some are left. A caller on an event loop yields between steps, so one big chunk is
+    never decoded in one go; a bad entry raises from the step that reaches it. ``next_message`` first
+    finishes a batch left partial.
     """
 
     def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+                 max_entries: int = DEFAULT_MAX_ENTRIES, step_entries: int = 0) -> None:
         self.max_message_bytes = max_message_bytes
         self.max_entries = max_entries
+        self.step_entries = step_entries
+        self._partial: tuple[Iterator[tuple[EventTime, Record, Metadata]], EventBatch] | None = None
         self._unpacker = unpacker(max_message_bytes, max_entries)
         self._start = 0  # stream offset where the message being decoded began
         self._received = 0  # stream offset of the end of the bytes received
@@ -103,6 +110,8 @@ class Decoder:
 
     def next_message(self) -> Message | None:
         """The next complete message, or None until more bytes arrive."""
+        while self.decode_more():
+            pass
         try:
             obj = self._unpacker.unpack()
         except msgpack.OutOfData:
@@ -114,6 +123,27 @@ class Decoder:
         end = self._unpacker.tell()
         wire_bytes, self._start = end - self._start, end
         return self._classify(obj, wire_bytes)
+
+    def decode_more(self) -> bool:
+        """Decode the next ``step_entries`` entries of the batch last returned; True while some are left."""
+        if self._partial is None:
+            return False
+        rest, batch = self._partial
+        if not self._fill(rest, batch, self.step_entries):
+            self._partial = None
+        return self._partial is not None
+
+    @staticmethod
+    def _fill(rest: Iterator[tuple[EventTime, Record, Metadata]], batch: EventBatch, n: int) -> bool:
+        """Up to ``n`` more entries of ``rest`` into ``batch`` (all of them when ``n`` is 0); True if it
+        took ``n`` (some may be left)."""
+        pairs, metadata = batch.entries, batch.metadata
+        for taken, (time, record, meta) in enumerate(rest, 1):
+            pairs.append((time, record))
+            metadata.append(meta)
+            if taken == n:
+                return True
+        return False
 
     def buffered(self) -> int:
         """Bytes received and not yet part of a returned message."""
@@ -191,12 +221,10 @@ class Decoder:
 
     def _batch(self, tag: str, entries: Iterator[tuple[EventTime, Record, Metadata]], options: Options, mode: str,
                wire_bytes: int, payload: bytes | None = None) -> EventBatch:
-        pairs: list[Entry] = []
-        metadata: list[Metadata] = []
-        for time, record, meta in entries:
-            pairs.append((time, record))
-            metadata.append(meta)
-        return EventBatch(tag, pairs, options, mode, wire_bytes, metadata, payload)
+        batch = EventBatch(tag, [], options, mode, wire_bytes, [], payload)
+        if self._fill(entries, batch, self.step_entries):
+            self._partial = (entries, batch)
+        return batch
 
 
 # ---------------------------------------------------------------------------------------------

@@ -88,9 +88,10 @@ class SessionError(FluentForwardError):
 
 
 class _Session:
-    def __init__(self, state: State, max_message_bytes: int, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(self, state: State, max_message_bytes: int, max_entries: int = DEFAULT_MAX_ENTRIES,
+                 step_entries: int = 0) -> None:
         self.state = state
-        self._decoder = Decoder(max_message_bytes, max_entries)
+        self._decoder = Decoder(max_message_bytes, max_entries, step_entries)
         self._out = bytearray()
         self._eof = False
 
@@ -106,6 +107,13 @@ class _Session:
     def data_to_send(self) -> bytes:
         out, self._out = bytes(self._out), bytearray()
         return out
+
+    def decode_more(self) -> bool:
+        """With ``step_entries``: decode the next entries of the last EventBatch (codec.Decoder); True
+        while some are left. A bad entry moves the session to ERROR, as in ``next_event``."""
+        if self.state is State.ERROR:
+            return False
+        return self._guard(self._decoder.decode_more)
 
     def buffered(self) -> int:
         """Bytes received that are not yet a whole message (what this session holds in memory)."""
@@ -140,9 +148,10 @@ class ServerSession(_Session):
     def __init__(self, hostname: str = "", shared_key: str | None = None,
                  users: Mapping[str, str] | None = None, *,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES,
-                 pre_auth_bytes: int = DEFAULT_PRE_AUTH_BYTES,
+                 pre_auth_bytes: int = DEFAULT_PRE_AUTH_BYTES, step_entries: int = 0,
                  nonce: bytes | None = None, auth_salt: bytes | None = None) -> None:
-        super().__init__(State.READY if shared_key is None else State.AWAIT_PING, max_message_bytes, max_entries)
+        super().__init__(State.READY if shared_key is None else State.AWAIT_PING, max_message_bytes, max_entries,
+                         step_entries)
         self.pre_auth_bytes = pre_auth_bytes  # what an unauthenticated peer may make us hold
         self._shake: ServerHandshake | None = None
         if shared_key is not None:

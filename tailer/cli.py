@@ -367,11 +367,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kube_audit.runtime import lifecycle
     from kube_audit.runtime.observability import setup_logging
 
-    from .app import start
+    from .app import start, tune_interpreter
+
+    async def begin(rt: lifecycle.Runtime) -> None:
+        await start(settings, rt)
+        tune_interpreter()
 
     setup_logging(settings.log_level)
     try:
-        return lifecycle.run(lambda rt: start(settings, rt), settings.shutdown_timeout)
+        return lifecycle.run(begin, settings.shutdown_timeout)
     except Exception as exc:  # configuration errors found at start-up
         from kube_audit.runtime.observability import get_logger
 

@@ -29,6 +29,7 @@ behind keeps its own bounded backlog and counts what it drops.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -42,6 +43,7 @@ from tailer.metrics import TailerMetrics
 log = get_logger(component="pipeline")
 Item = AuditEvent | Rejected
 DEFAULT_TAG = "audit"  # audit-forwarder's --tag default: not worth a row's bytes
+PARSE_STEP = 100  # records parsed between two yields to the event loop: a chunk never holds it whole
 
 
 @dataclass(slots=True)
@@ -104,6 +106,17 @@ def with_meta(items: list[Item], records: Sequence[Record]) -> list[Item]:
     return out
 
 
+async def parse_in_steps(records: Sequence[Record]) -> list[Item]:
+    """``parse`` of each record, ``PARSE_STEP`` at a time, yielding to the loop between steps (the API and
+    the other connections run meanwhile; order and results are those of one pass)."""
+    items: list[Item] = []
+    for start in range(0, len(records), PARSE_STEP):
+        if start:
+            await asyncio.sleep(0)
+        items.extend(parse(r) for r in records[start:start + PARSE_STEP])
+    return items
+
+
 class Pipeline:
     def __init__(self, sinks: Sequence[Sink], metrics: TailerMetrics, observers: Sequence[Observer] = (),
                  rejected: RejectedSink | None = None, control: ControlSink | None = None,
@@ -116,13 +129,23 @@ class Pipeline:
         self.rejected = rejected
         self._reasons_logged: set[str] = set()
 
-    async def deliver(self, records: Sequence[Record]) -> None:
-        """Return once every gating sink has the records durably; raise if one failed."""
+    async def prepare(self, records: Sequence[Record]) -> list[Item] | None:
+        """The items of a chunk, parsed a step at a time (None for a status chunk: not audit events). A
+        connection prepares its chunks in arrival order and then delivers them: two deliveries parsing
+        side by side would reach the sinks in the order their parses ended."""
+        if getattr(records, "tag", None) == STATUS_TAG:
+            return None
+        return with_meta(await parse_in_steps(records), records)
+
+    async def deliver(self, records: Sequence[Record], items: list[Item] | None = None) -> None:
+        """Return once every gating sink has the records durably; raise if one failed. ``items``: what
+        ``prepare`` made of ``records`` (else parsed here)."""
         origin = origin_of(records)
         if origin.tag == STATUS_TAG:
             await self._status(records, origin)
             return
-        items: list[Item] = with_meta([parse(r) for r in records], records)
+        if items is None:
+            items = with_meta(await parse_in_steps(records), records)
         if self.chain is not None:
             self.chain.check(records, origin)
         for sink in self.sinks:
