@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -30,6 +33,7 @@ from tailer.store.rows import COLUMNS, Codec, EventFilter, InsertResult, Row, cl
 
 T = TypeVar("T")
 GROUP_ROWS = 20_000  # most rows one group commit takes
+BUSY, LINGER = 1.0, 0.25  # seconds: see Store._chunk_soon
 EventRows = list[tuple[int, dict[str, Any]]]
 SourcedRows = list[tuple[int, dict[str, Any], SourceId]]  # (seq, event, where it came from)
 UNNAMED = SourceId("", "")  # origin 0: events stored before issue 12, and what is inserted with no source
@@ -46,6 +50,16 @@ class StoreError(RuntimeError):
         self.transient = transient
 
 
+@dataclass(eq=False)
+class _Fold:
+    """A short retention job (one delete batch, one vacuum step) that runs inside the next group commit's
+    transaction, so it costs a chunk no commit (no fsync) of its own; alone when no chunk is waiting."""
+    fn: Callable[[Any], Any]
+    future: asyncio.Future[Any]
+    outcome: Any = None
+    ran: bool = False
+
+
 class Store(ChainStore):
     """Open with ``Store.open(target)``: a ``postgresql://`` URL or an SQLite file path."""
 
@@ -57,6 +71,9 @@ class Store(ChainStore):
     # can still commit into (one writer: every committed row)
     visible = "TRUE"
     errors: tuple[type[BaseException], ...] = ()  # the driver's exception classes
+    # retention's writes ride in the chunks' group commit (one writer: SQLite); a driver whose writers run
+    # concurrently (PostgreSQL) runs them on a connection of their own instead (``_prune_job``)
+    folds_prunes = True
 
     def __init__(self, target: str, readers: int = 4, query_timeout: float = 10.0) -> None:
         self.target = target
@@ -73,6 +90,11 @@ class Store(ChainStore):
         self._origin_ids: dict[SourceId, int] = {}  # writer thread: committed ids of audit_origins
         self._origin_names: dict[int, SourceId] = {0: UNNAMED}  # readers: the same, the other way round
         self._drainer: asyncio.Task[None] | None = None
+        self._folds: deque[_Fold] = deque()  # loop thread only
+        self._arrival = asyncio.Event()  # set when a chunk is queued
+        self._committed_at = -BUSY  # monotonic time of the last group commit
+        self._fold_now: _Fold | None = None  # writer thread: the job the running ``_insert`` takes
+        self.last_prune_s = 0.0  # how long the last retention job's statements took (retention adapts to it)
 
     @classmethod
     async def open(cls, target: str, readers: int = 4, query_timeout: float = 10.0) -> Store:
@@ -164,22 +186,30 @@ class Store(ChainStore):
             return InsertResult(0, 0, skipped)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((rows, source or UNNAMED, future, link))
+        self._arrival.set()
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name=f"{self.kind}-group-commit")
         inserted = await future
         return InsertResult(inserted, len(rows) - inserted, skipped)
 
     async def _drain(self) -> None:
-        while self._pending:
+        while self._pending or self._folds:
+            if not self._pending and not await self._chunk_soon():  # none to ride with: the job runs alone
+                await self._run_alone(self._folds.popleft())
+                continue
             group: list[tuple[list[Row], SourceId, asyncio.Future[int], Any]] = []
             size = 0
             while self._pending and (not group or size + len(self._pending[0][0]) <= GROUP_ROWS):
                 group.append(self._pending.pop(0))
                 size += len(group[-1][0])
+            fold = self._folds.popleft() if self._folds else None
             try:
-                counts = await self._write(partial(self._insert, [(rows, src) for rows, src, _, _ in group],
+                counts = await self._write(partial(self._insert_folding, fold,
+                                                   [(rows, src) for rows, src, _, _ in group],
                                                    [link for _, _, _, link in group]))
             except StoreError as exc:
+                if fold is not None:  # not committed: it runs again, with the next group or alone
+                    self._folds.appendleft(fold)
                 if len(group) == 1:
                     _settle(group[0][2], exc)
                     continue
@@ -189,8 +219,82 @@ class Store(ChainStore):
                     except StoreError as one:
                         _settle(future, one)
             else:
+                self._committed_at = time.monotonic()
                 for (_, _, future, _), count in zip(group, counts, strict=True):
                     _settle(future, count)
+                if fold is not None:
+                    if fold.ran:
+                        _settle(fold.future, fold.outcome)
+                    else:  # the transaction ended before it was reached
+                        self._folds.appendleft(fold)
+
+    async def _chunk_soon(self) -> bool:
+        """While chunks are arriving (one committed in the last ``BUSY`` s), a retention job waits up to
+        ``LINGER`` for the next one to ride with; in an idle store it runs at once."""
+        if time.monotonic() - self._committed_at > BUSY:
+            return False
+        self._arrival.clear()
+        try:
+            await asyncio.wait_for(self._arrival.wait(), LINGER)
+        except TimeoutError:
+            return False
+        return True
+
+    def _insert_folding(self, fold: _Fold | None, chunks: list[tuple[list[Row], SourceId]],
+                        links: Sequence[Any]) -> list[int]:
+        self._fold_now = fold
+        try:
+            return self._insert(chunks, links)
+        finally:
+            self._fold_now = None
+
+    def _fold(self, conn: Any) -> None:
+        """In ``_insert``'s transaction, last: the retention job given to this group, in a savepoint (a
+        job that fails is undone alone; the chunks still commit)."""
+        fold = self._fold_now
+        if fold is None:
+            return
+        conn.execute("SAVEPOINT retention")
+        try:
+            fold.outcome = fold.fn(conn)
+        except Exception as exc:  # retention's to report (it tries again next time), never the chunks'
+            conn.execute("ROLLBACK TO retention")
+            fold.outcome = StoreError(f"{self.kind}: {self._describe(exc)}", isinstance(exc, self.errors)
+                                      and self.is_transient(exc))
+        conn.execute("RELEASE retention")
+        fold.ran = True
+
+    async def _run_alone(self, fold: _Fold) -> None:
+        def job() -> Any:
+            with self._transaction() as conn:
+                return fold.fn(conn)
+
+        try:
+            _settle(fold.future, await self._write(job))
+        except StoreError as exc:
+            _settle(fold.future, exc)
+
+    async def _prune_write(self, fn: Callable[[Any], T]) -> T:
+        """Run one retention job (``fn(conn)``, its statements timed into ``last_prune_s``) in a write
+        transaction: folded into the chunks' group commit, or on the driver's own ``_prune_job``."""
+        def timed(conn: Any) -> T:
+            start = time.perf_counter()
+            try:
+                return fn(conn)
+            finally:
+                self.last_prune_s = time.perf_counter() - start
+
+        if not self.folds_prunes:
+            return await self._prune_job(timed)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._folds.append(_Fold(timed, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name=f"{self.kind}-group-commit")
+        return await future
+
+    async def _prune_job(self, fn: Callable[[Any], T]) -> T:
+        """A driver with concurrent writers: ``fn`` in a transaction of a connection of its own."""
+        raise NotImplementedError
 
     def _insert(self, chunks: list[tuple[list[Row], SourceId]], links: Sequence[Any] = ()) -> list[int]:
         p = self.ph
@@ -231,6 +335,7 @@ class Store(ChainStore):
                 size = int(conn.execute(f"SELECT COALESCE(SUM(bytes), 0) FROM audit_events WHERE seq >= {p} "
                                         f"AND seq < {p}", (first, first + n)).fetchone()[0])
             conn.execute(f"UPDATE audit_totals SET rows = rows + {p}, bytes = bytes + {p} WHERE id = 1", (added, size))
+            self._fold(conn)  # a retention job waiting for a commit (retention.py): no fsync of its own
         self._origin_ids.update(fresh)  # committed: from now on known without a read
         return counts
 
@@ -350,27 +455,26 @@ class Store(ChainStore):
     async def delete_oldest(self, below: int | None, excess: int | None, max_rows: int) -> int:
         """Delete at most ``max_rows`` of the oldest rows, in one transaction: those with a sequence below
         ``below``, or as many as free ``excess`` bytes. Raises the pruned mark to the highest deleted."""
+        return await self._prune_write(partial(self._delete_oldest, below, excess, max_rows))
+
+    def _delete_oldest(self, below: int | None, excess: int | None, max_rows: int, conn: Any) -> int:
         p = self.ph
-
-        def delete() -> int:
-            with self._transaction() as conn:
-                where, args = (f"AND seq < {p}", [below]) if below is not None else ("", [])
-                oldest = conn.execute(f"SELECT seq, bytes FROM audit_events WHERE {self.visible} {where} "
-                                      f"ORDER BY seq LIMIT {p}", (*args, max_rows)).fetchall()
-                if excess is not None:
-                    oldest = list(_covering(oldest, excess))
-                if not oldest:
-                    return 0
-                top = int(oldest[-1][0])
-                # what this statement deleted (another replica's retention may have taken some of them)
-                gone = conn.execute(f"DELETE FROM audit_events WHERE seq <= {p} RETURNING bytes", (top,)).fetchall()
-                conn.execute(f"UPDATE audit_pruned SET max_seq = {p} WHERE id = 1 AND max_seq < {p}", (top, top))
-                self._chain_pruned(conn, top)  # recorded, sealed: verify does not take it for tampering
-                conn.execute(f"UPDATE audit_totals SET rows = rows - {p}, bytes = bytes - {p} WHERE id = 1",
-                             (len(gone), sum(int(b) for b, in gone)))
-                return len(gone)
-
-        return await self._write(delete)
+        where, args = (f"AND seq < {p}", [below]) if below is not None else ("", [])
+        oldest = conn.execute(f"SELECT seq, bytes FROM audit_events WHERE {self.visible} {where} "
+                              f"ORDER BY seq LIMIT {p}", (*args, max_rows)).fetchall()
+        if excess is not None:
+            oldest = list(_covering(oldest, excess))
+        if not oldest:
+            return 0
+        top = int(oldest[-1][0])
+        # what this statement deleted (another replica's retention may have taken some of them)
+        gone = conn.execute(f"DELETE FROM audit_events WHERE seq <= {p} RETURNING bytes", (top,)).fetchall()
+        conn.execute(f"UPDATE audit_pruned SET max_seq = {p} WHERE id = 1 AND max_seq < {p}", (top, top))
+        self._chain_pruned(conn, top)  # recorded, sealed: verify does not take it for tampering
+        # last: on PostgreSQL, chunks committing beside this batch wait for this row only until it commits
+        conn.execute(f"UPDATE audit_totals SET rows = rows - {p}, bytes = bytes - {p} WHERE id = 1",
+                     (len(gone), sum(int(b) for b, in gone)))
+        return len(gone)
 
     async def reclaim(self) -> None:
         """Give freed space back to the file system where the driver can (bounded work)."""

@@ -14,7 +14,8 @@ from typing import Any
 from tailer.store import schema
 from tailer.store.base import Store, StoreError
 
-RECLAIM_PAGES = 4096  # pages (16 MiB at 4 KiB) given back to the file system per retention batch
+RECLAIM_PAGES = 4096  # pages (16 MiB at 4 KiB) given back to the file system per retention run at most
+RECLAIM_STEP = 512  # pages per step
 
 
 class SqliteStore(Store):
@@ -106,8 +107,12 @@ class SqliteStore(Store):
         return int(conn.executemany(sql, params).rowcount)
 
     async def reclaim(self) -> None:
-        def vacuum() -> None:
-            with self._transaction() as conn:
-                conn.execute(f"PRAGMA incremental_vacuum({RECLAIM_PAGES})").fetchall()  # one page per step
+        """Up to ``RECLAIM_PAGES`` free pages given back, ``RECLAIM_STEP`` per retention job (each rides
+        in a group commit like a delete batch: moving pages is writer time a chunk would wait for)."""
+        def step(conn: sqlite3.Connection) -> int:
+            conn.execute(f"PRAGMA incremental_vacuum({RECLAIM_STEP})").fetchall()  # one page per row
+            return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
 
-        await self._write(vacuum)
+        for _ in range(RECLAIM_PAGES // RECLAIM_STEP):
+            if await self._prune_write(step) == 0:
+                break
