@@ -33,7 +33,6 @@ from tailer.store.rows import COLUMNS, Codec, EventFilter, InsertResult, Row, cl
 
 T = TypeVar("T")
 GROUP_ROWS = 20_000  # most rows one group commit takes
-BUSY, LINGER = 1.0, 0.25  # seconds: see Store._chunk_soon
 EventRows = list[tuple[int, dict[str, Any]]]
 SourcedRows = list[tuple[int, dict[str, Any], SourceId]]  # (seq, event, where it came from)
 UNNAMED = SourceId("", "")  # origin 0: events stored before issue 12, and what is inserted with no source
@@ -52,8 +51,9 @@ class StoreError(RuntimeError):
 
 @dataclass(eq=False)
 class _Fold:
-    """A short retention job (one delete batch, one vacuum step) that runs inside the next group commit's
-    transaction, so it costs a chunk no commit (no fsync) of its own; alone when no chunk is waiting."""
+    """A short retention job (one delete batch, one vacuum step). When chunks are waiting it runs inside
+    their group commit's transaction (no commit, so no fsync, of its own); else alone, in the writer's
+    idle time."""
     fn: Callable[[Any], Any]
     future: asyncio.Future[Any]
     outcome: Any = None
@@ -91,8 +91,6 @@ class Store(ChainStore):
         self._origin_names: dict[int, SourceId] = {0: UNNAMED}  # readers: the same, the other way round
         self._drainer: asyncio.Task[None] | None = None
         self._folds: deque[_Fold] = deque()  # loop thread only
-        self._arrival = asyncio.Event()  # set when a chunk is queued
-        self._committed_at = -BUSY  # monotonic time of the last group commit
         self._fold_now: _Fold | None = None  # writer thread: the job the running ``_insert`` takes
         self.last_prune_s = 0.0  # how long the last retention job's statements took (retention adapts to it)
 
@@ -186,7 +184,6 @@ class Store(ChainStore):
             return InsertResult(0, 0, skipped)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((rows, source or UNNAMED, future, link))
-        self._arrival.set()
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name=f"{self.kind}-group-commit")
         inserted = await future
@@ -194,7 +191,7 @@ class Store(ChainStore):
 
     async def _drain(self) -> None:
         while self._pending or self._folds:
-            if not self._pending and not await self._chunk_soon():  # none to ride with: the job runs alone
+            if not self._pending:  # no chunk to ride with: the job runs alone, in the writer's idle time
                 await self._run_alone(self._folds.popleft())
                 continue
             group: list[tuple[list[Row], SourceId, asyncio.Future[int], Any]] = []
@@ -219,7 +216,6 @@ class Store(ChainStore):
                     except StoreError as one:
                         _settle(future, one)
             else:
-                self._committed_at = time.monotonic()
                 for (_, _, future, _), count in zip(group, counts, strict=True):
                     _settle(future, count)
                 if fold is not None:
@@ -227,18 +223,6 @@ class Store(ChainStore):
                         _settle(fold.future, fold.outcome)
                     else:  # the transaction ended before it was reached
                         self._folds.appendleft(fold)
-
-    async def _chunk_soon(self) -> bool:
-        """While chunks are arriving (one committed in the last ``BUSY`` s), a retention job waits up to
-        ``LINGER`` for the next one to ride with; in an idle store it runs at once."""
-        if time.monotonic() - self._committed_at > BUSY:
-            return False
-        self._arrival.clear()
-        try:
-            await asyncio.wait_for(self._arrival.wait(), LINGER)
-        except TimeoutError:
-            return False
-        return True
 
     def _insert_folding(self, fold: _Fold | None, chunks: list[tuple[list[Row], SourceId]],
                         links: Sequence[Any]) -> list[int]:
