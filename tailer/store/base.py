@@ -248,9 +248,13 @@ class Store(ChainStore):
         conn.execute("RELEASE retention")
         fold.ran = True
 
+    def _alone(self) -> AbstractContextManager[Any]:
+        """The transaction of a retention job that runs alone (the driver may commit it more cheaply)."""
+        return self._transaction()
+
     async def _run_alone(self, fold: _Fold) -> None:
         def job() -> Any:
-            with self._transaction() as conn:
+            with self._alone() as conn:
                 return fold.fn(conn)
 
         try:

@@ -19,7 +19,7 @@ from typing import Any
 from kube_audit.runtime.observability import get_logger
 from tailer.metrics import TailerMetrics
 
-BATCH = 2_000  # rows per delete batch at most
+BATCH = 1_000  # rows per delete batch at most (a larger one stalls longer on a busy machine)
 FIRST = 250  # the first batch; the next ones are sized from how long the last one took
 SMALLEST = 20
 BUDGET = 0.02  # seconds of the writer's time one batch aims at

@@ -85,6 +85,22 @@ class SqliteStore(Store):
             raise
 
     @contextmanager
+    def _alone(self) -> Iterator[sqlite3.Connection]:
+        """A retention job alone commits without an fsync of its own (synchronous=NORMAL): the next chunk's
+        commit (FULL) syncs the WAL with it, and WAL transactions survive a crash as a prefix, so a crash
+        before that loses the job whole (it runs again; totals, pruned mark and anchor go with its rows),
+        never a chunk."""
+        if self._wconn is None:
+            self._wconn = self._connect(True)
+        conn = self._wconn
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._transaction() as conn:
+                yield conn
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
+
+    @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
         conn = getattr(self._local, "conn", None)
         if conn is None:

@@ -172,3 +172,18 @@ def test_batches_grow_on_a_fast_store_and_shrink_on_a_slow_one() -> None:
     first = slow.rows
     slow.done(slow.rows)
     assert slow.rows < first and slow.rows >= SMALLEST
+
+
+@pytest.mark.parametrize("store_target", ["sqlite"], indirect=True)
+async def test_sqlite_a_job_alone_skips_its_fsync_and_chunks_keep_theirs(store: Store) -> None:
+    """A retention job with no chunk to ride with commits at synchronous=NORMAL (the next chunk's FULL
+    commit syncs it); the writer is back at FULL for every chunk after it, so an ack still means on disk."""
+    def level(conn: Any) -> int:
+        return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    await store.insert([old(j) for j in range(30)])
+    assert await store._prune_write(level) == 1  # NORMAL, alone
+    assert await prune(store, 7 * 86400.0, None, now=NOW, batch=10) == (30, 0)
+    assert await store._write(lambda: level(store._wconn)) == 2  # type: ignore[attr-defined]  # FULL
+    inserted, during = await asyncio.gather(store.insert([new(1)]), store._prune_write(level))
+    assert (inserted.inserted, during) == (1, 2)  # riding with a chunk: its FULL commit
