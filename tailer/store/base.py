@@ -18,7 +18,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -446,23 +446,34 @@ class Store(ChainStore):
         return await self._prune_write(partial(self._delete_oldest, below, excess, max_rows))
 
     def _delete_oldest(self, below: int | None, excess: int | None, max_rows: int, conn: Any) -> int:
-        p = self.ph
+        # each statement returns one row: the batch's rows are found, counted and summed in the database
+        p, vis = self.ph, self.visible
         where, args = (f"AND seq < {p}", [below]) if below is not None else ("", [])
-        oldest = conn.execute(f"SELECT seq, bytes FROM audit_events WHERE {self.visible} {where} "
-                              f"ORDER BY seq LIMIT {p}", (*args, max_rows)).fetchall()
-        if excess is not None:
-            oldest = list(_covering(oldest, excess))
-        if not oldest:
+        oldest = f"SELECT seq, bytes FROM audit_events WHERE {vis} {where} ORDER BY seq LIMIT {p}"
+        last = f"(SELECT MAX(seq) FROM ({oldest}) AS o)"
+        if excess is None:
+            found = conn.execute(f"SELECT {last}", (*args, max_rows)).fetchone()
+        else:  # the first of them whose running sum of bytes reaches ``excess``, else all of them
+            run = f"SELECT seq, SUM(bytes) OVER (ORDER BY seq) AS run FROM ({oldest}) AS o"
+            found = conn.execute(f"SELECT COALESCE((SELECT MIN(seq) FROM ({run}) AS r WHERE run >= {p}), {last})",
+                                 (*args, max_rows, excess, *args, max_rows)).fetchone()
+        if found is None or found[0] is None:
             return 0
-        top = int(oldest[-1][0])
-        # what this statement deleted (another replica's retention may have taken some of them)
-        gone = conn.execute(f"DELETE FROM audit_events WHERE seq <= {p} RETURNING bytes", (top,)).fetchall()
+        top = int(found[0])
+        rows, size = self._delete_upto(conn, top)
         conn.execute(f"UPDATE audit_pruned SET max_seq = {p} WHERE id = 1 AND max_seq < {p}", (top, top))
         self._chain_pruned(conn, top)  # recorded, sealed: verify does not take it for tampering
         # last: on PostgreSQL, chunks committing beside this batch wait for this row only until it commits
-        conn.execute(f"UPDATE audit_totals SET rows = rows - {p}, bytes = bytes - {p} WHERE id = 1",
-                     (len(gone), sum(int(b) for b, in gone)))
-        return len(gone)
+        conn.execute(f"UPDATE audit_totals SET rows = rows - {p}, bytes = bytes - {p} WHERE id = 1", (rows, size))
+        return rows
+
+    def _delete_upto(self, conn: Any, top: int) -> tuple[int, int]:
+        """Delete the rows up to ``top``: (rows, bytes) deleted. One writer: what is there is what goes."""
+        p = self.ph
+        found = conn.execute(f"SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM audit_events WHERE seq <= {p}",
+                             (top,)).fetchone()
+        conn.execute(f"DELETE FROM audit_events WHERE seq <= {p}", (top,))
+        return int(found[0]), int(found[1])
 
     async def reclaim(self) -> None:
         """Give freed space back to the file system where the driver can (bounded work)."""
@@ -627,16 +638,6 @@ def _settle(future: asyncio.Future[int], outcome: int | BaseException) -> None:
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
-
-
-def _covering(oldest: list[Any], excess: int) -> Iterator[Any]:
-    """The oldest rows whose bytes add up to at least ``excess``."""
-    freed = 0
-    for row in oldest:
-        if freed >= excess:
-            return
-        freed += int(row[1])
-        yield row
 
 
 def _json(data: bytes) -> Any:

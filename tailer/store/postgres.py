@@ -102,6 +102,12 @@ class PostgresStore(Store):
 
         return await self._call(self._pruner, job)
 
+    def _delete_upto(self, conn: Any, top: int) -> tuple[int, int]:
+        # what this statement deleted: another replica's retention may have taken some of them
+        found = conn.execute("WITH gone AS (DELETE FROM audit_events WHERE seq <= %s RETURNING bytes) "
+                             "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM gone", (top,)).fetchone()
+        return int(found[0]), int(found[1])
+
     def _close(self) -> None:
         if self._pool is not None:
             self._pool.close()
