@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 import orjson
 
 from kube_audit.model.source import SourceId
-from tailer.store.chainstore import ChainStore
+from tailer.store.prunestore import PruneStore, _Fold
 from tailer.store.rows import COLUMNS, Codec, EventFilter, InsertResult, Row, clean, origin_where, to_row
 
 T = TypeVar("T")
@@ -49,18 +47,7 @@ class StoreError(RuntimeError):
         self.transient = transient
 
 
-@dataclass(eq=False)
-class _Fold:
-    """A short retention job (one delete batch, one vacuum step). When chunks are waiting it runs inside
-    their group commit's transaction (no commit, so no fsync, of its own); else alone, in the writer's
-    idle time."""
-    fn: Callable[[Any], Any]
-    future: asyncio.Future[Any]
-    outcome: Any = None
-    ran: bool = False
-
-
-class Store(ChainStore):
+class Store(PruneStore):
     """Open with ``Store.open(target)``: a ``postgresql://`` URL or an SQLite file path."""
 
     kind = "store"
@@ -71,9 +58,6 @@ class Store(ChainStore):
     # can still commit into (one writer: every committed row)
     visible = "TRUE"
     errors: tuple[type[BaseException], ...] = ()  # the driver's exception classes
-    # retention's writes ride in the chunks' group commit (one writer: SQLite); a driver whose writers run
-    # concurrently (PostgreSQL) runs them on a connection of their own instead (``_prune_job``)
-    folds_prunes = True
 
     def __init__(self, target: str, readers: int = 4, query_timeout: float = 10.0) -> None:
         self.target = target
@@ -92,7 +76,6 @@ class Store(ChainStore):
         self._drainer: asyncio.Task[None] | None = None
         self._folds: deque[_Fold] = deque()  # loop thread only
         self._fold_now: _Fold | None = None  # writer thread: the job the running ``_insert`` takes
-        self.last_prune_s = 0.0  # how long the last retention job's statements took (retention adapts to it)
 
     @classmethod
     async def open(cls, target: str, readers: int = 4, query_timeout: float = 10.0) -> Store:
@@ -232,26 +215,6 @@ class Store(ChainStore):
         finally:
             self._fold_now = None
 
-    def _fold(self, conn: Any) -> None:
-        """In ``_insert``'s transaction, last: the retention job given to this group, in a savepoint (a
-        job that fails is undone alone; the chunks still commit)."""
-        fold = self._fold_now
-        if fold is None:
-            return
-        conn.execute("SAVEPOINT retention")
-        try:
-            fold.outcome = fold.fn(conn)
-        except Exception as exc:  # retention's to report (it tries again next time), never the chunks'
-            conn.execute("ROLLBACK TO retention")
-            fold.outcome = StoreError(f"{self.kind}: {self._describe(exc)}", isinstance(exc, self.errors)
-                                      and self.is_transient(exc))
-        conn.execute("RELEASE retention")
-        fold.ran = True
-
-    def _alone(self) -> AbstractContextManager[Any]:
-        """The transaction of a retention job that runs alone (the driver may commit it more cheaply)."""
-        return self._transaction()
-
     async def _run_alone(self, fold: _Fold) -> None:
         def job() -> Any:
             with self._alone() as conn:
@@ -261,28 +224,6 @@ class Store(ChainStore):
             _settle(fold.future, await self._write(job))
         except StoreError as exc:
             _settle(fold.future, exc)
-
-    async def _prune_write(self, fn: Callable[[Any], T]) -> T:
-        """Run one retention job (``fn(conn)``, its statements timed into ``last_prune_s``) in a write
-        transaction: folded into the chunks' group commit, or on the driver's own ``_prune_job``."""
-        def timed(conn: Any) -> T:
-            start = time.perf_counter()
-            try:
-                return fn(conn)
-            finally:
-                self.last_prune_s = time.perf_counter() - start
-
-        if not self.folds_prunes:
-            return await self._prune_job(timed)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._folds.append(_Fold(timed, future))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain(), name=f"{self.kind}-group-commit")
-        return await future
-
-    async def _prune_job(self, fn: Callable[[Any], T]) -> T:
-        """A driver with concurrent writers: ``fn`` in a transaction of a connection of its own."""
-        raise NotImplementedError
 
     def _insert(self, chunks: list[tuple[list[Row], SourceId]], links: Sequence[Any] = ()) -> list[int]:
         p = self.ph
@@ -418,13 +359,7 @@ class Store(ChainStore):
                                                    (name,)).fetchone())
         return int(row[0]) if row else 0
 
-    # ---- retention primitives (tailer/store/retention.py decides) ----
-
-    async def prune(self, max_age: float | None, max_bytes: int | None, now: float | None = None) -> tuple[int, int]:
-        """Retention once: (deleted by age, deleted by size). See retention.prune."""
-        from tailer.store.retention import prune
-
-        return await prune(self, max_age, max_bytes, now)
+    # ---- retention (the writes: prunestore.py; tailer/store/retention.py decides) ----
 
     async def first_at(self, t: float) -> tuple[int, int]:
         """(the oldest sequence stored, the first whose ``hw`` is >= t, head + 1 when none): every row
@@ -439,44 +374,6 @@ class Store(ChainStore):
         """(rows, bytes of event JSON) stored, kept as running totals."""
         row = await self._read(lambda c: c.execute("SELECT rows, bytes FROM audit_totals WHERE id = 1").fetchone())
         return int(row[0]), int(row[1])
-
-    async def delete_oldest(self, below: int | None, excess: int | None, max_rows: int) -> int:
-        """Delete at most ``max_rows`` of the oldest rows, in one transaction: those with a sequence below
-        ``below``, or as many as free ``excess`` bytes. Raises the pruned mark to the highest deleted."""
-        return await self._prune_write(partial(self._delete_oldest, below, excess, max_rows))
-
-    def _delete_oldest(self, below: int | None, excess: int | None, max_rows: int, conn: Any) -> int:
-        # each statement returns one row: the batch's rows are found, counted and summed in the database
-        p, vis = self.ph, self.visible
-        where, args = (f"AND seq < {p}", [below]) if below is not None else ("", [])
-        oldest = f"SELECT seq, bytes FROM audit_events WHERE {vis} {where} ORDER BY seq LIMIT {p}"
-        last = f"(SELECT MAX(seq) FROM ({oldest}) AS o)"
-        if excess is None:
-            found = conn.execute(f"SELECT {last}", (*args, max_rows)).fetchone()
-        else:  # the first of them whose running sum of bytes reaches ``excess``, else all of them
-            run = f"SELECT seq, SUM(bytes) OVER (ORDER BY seq) AS run FROM ({oldest}) AS o"
-            found = conn.execute(f"SELECT COALESCE((SELECT MIN(seq) FROM ({run}) AS r WHERE run >= {p}), {last})",
-                                 (*args, max_rows, excess, *args, max_rows)).fetchone()
-        if found is None or found[0] is None:
-            return 0
-        top = int(found[0])
-        rows, size = self._delete_upto(conn, top)
-        conn.execute(f"UPDATE audit_pruned SET max_seq = {p} WHERE id = 1 AND max_seq < {p}", (top, top))
-        self._chain_pruned(conn, top)  # recorded, sealed: verify does not take it for tampering
-        # last: on PostgreSQL, chunks committing beside this batch wait for this row only until it commits
-        conn.execute(f"UPDATE audit_totals SET rows = rows - {p}, bytes = bytes - {p} WHERE id = 1", (rows, size))
-        return rows
-
-    def _delete_upto(self, conn: Any, top: int) -> tuple[int, int]:
-        """Delete the rows up to ``top``: (rows, bytes) deleted. One writer: what is there is what goes."""
-        p = self.ph
-        found = conn.execute(f"SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM audit_events WHERE seq <= {p}",
-                             (top,)).fetchone()
-        conn.execute(f"DELETE FROM audit_events WHERE seq <= {p}", (top,))
-        return int(found[0]), int(found[1])
-
-    async def reclaim(self) -> None:
-        """Give freed space back to the file system where the driver can (bounded work)."""
 
     # ---- reads ----
 
