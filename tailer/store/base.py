@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from functools import partial
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 import orjson
 
 from kube_audit.model.source import SourceId
-from tailer.store.chainstore import ChainStore
+from tailer.store.prunestore import PruneStore, _Fold
 from tailer.store.rows import COLUMNS, Codec, EventFilter, InsertResult, Row, clean, origin_where, to_row
 
 T = TypeVar("T")
@@ -46,7 +47,7 @@ class StoreError(RuntimeError):
         self.transient = transient
 
 
-class Store(ChainStore):
+class Store(PruneStore):
     """Open with ``Store.open(target)``: a ``postgresql://`` URL or an SQLite file path."""
 
     kind = "store"
@@ -73,6 +74,8 @@ class Store(ChainStore):
         self._origin_ids: dict[SourceId, int] = {}  # writer thread: committed ids of audit_origins
         self._origin_names: dict[int, SourceId] = {0: UNNAMED}  # readers: the same, the other way round
         self._drainer: asyncio.Task[None] | None = None
+        self._folds: deque[_Fold] = deque()  # loop thread only
+        self._fold_now: _Fold | None = None  # writer thread: the job the running ``_insert`` takes
 
     @classmethod
     async def open(cls, target: str, readers: int = 4, query_timeout: float = 10.0) -> Store:
@@ -170,16 +173,23 @@ class Store(ChainStore):
         return InsertResult(inserted, len(rows) - inserted, skipped)
 
     async def _drain(self) -> None:
-        while self._pending:
+        while self._pending or self._folds:
+            if not self._pending:  # no chunk to ride with: the job runs alone, in the writer's idle time
+                await self._run_alone(self._folds.popleft())
+                continue
             group: list[tuple[list[Row], SourceId, asyncio.Future[int], Any]] = []
             size = 0
             while self._pending and (not group or size + len(self._pending[0][0]) <= GROUP_ROWS):
                 group.append(self._pending.pop(0))
                 size += len(group[-1][0])
+            fold = self._folds.popleft() if self._folds else None
             try:
-                counts = await self._write(partial(self._insert, [(rows, src) for rows, src, _, _ in group],
+                counts = await self._write(partial(self._insert_folding, fold,
+                                                   [(rows, src) for rows, src, _, _ in group],
                                                    [link for _, _, _, link in group]))
             except StoreError as exc:
+                if fold is not None:  # not committed: it runs again, with the next group or alone
+                    self._folds.appendleft(fold)
                 if len(group) == 1:
                     _settle(group[0][2], exc)
                     continue
@@ -191,6 +201,29 @@ class Store(ChainStore):
             else:
                 for (_, _, future, _), count in zip(group, counts, strict=True):
                     _settle(future, count)
+                if fold is not None:
+                    if fold.ran:
+                        _settle(fold.future, fold.outcome)
+                    else:  # the transaction ended before it was reached
+                        self._folds.appendleft(fold)
+
+    def _insert_folding(self, fold: _Fold | None, chunks: list[tuple[list[Row], SourceId]],
+                        links: Sequence[Any]) -> list[int]:
+        self._fold_now = fold
+        try:
+            return self._insert(chunks, links)
+        finally:
+            self._fold_now = None
+
+    async def _run_alone(self, fold: _Fold) -> None:
+        def job() -> Any:
+            with self._alone() as conn:
+                return fold.fn(conn)
+
+        try:
+            _settle(fold.future, await self._write(job))
+        except StoreError as exc:
+            _settle(fold.future, exc)
 
     def _insert(self, chunks: list[tuple[list[Row], SourceId]], links: Sequence[Any] = ()) -> list[int]:
         p = self.ph
@@ -237,6 +270,7 @@ class Store(ChainStore):
                 size = int(conn.execute(f"SELECT COALESCE(SUM(bytes), 0) FROM audit_events WHERE seq >= {p} "
                                         f"AND seq < {p}", (first, first + n)).fetchone()[0])
             self._add_totals(conn, added, size)
+            self._fold(conn)  # a retention job waiting for a commit (retention.py): no fsync of its own
         self._origin_ids.update(fresh)  # committed: from now on known without a read
         return counts
 
@@ -346,13 +380,7 @@ class Store(ChainStore):
                                                    (name,)).fetchone())
         return int(row[0]) if row else 0
 
-    # ---- retention primitives (tailer/store/retention.py decides) ----
-
-    async def prune(self, max_age: float | None, max_bytes: int | None, now: float | None = None) -> tuple[int, int]:
-        """Retention once: (deleted by age, deleted by size). See retention.prune."""
-        from tailer.store.retention import prune
-
-        return await prune(self, max_age, max_bytes, now)
+    # ---- retention (the writes: prunestore.py; tailer/store/retention.py decides) ----
 
     async def first_at(self, t: float) -> tuple[int, int]:
         """(the oldest sequence stored, the first whose ``hw`` is >= t, head + 1 when none): every row
@@ -367,34 +395,6 @@ class Store(ChainStore):
         """(rows, bytes of event JSON) stored, kept as running totals."""
         row = await self._read(lambda c: c.execute("SELECT rows, bytes FROM audit_totals WHERE id = 1").fetchone())
         return int(row[0]), int(row[1])
-
-    async def delete_oldest(self, below: int | None, excess: int | None, max_rows: int) -> int:
-        """Delete at most ``max_rows`` of the oldest rows, in one transaction: those with a sequence below
-        ``below``, or as many as free ``excess`` bytes. Raises the pruned mark to the highest deleted."""
-        p = self.ph
-
-        def delete() -> int:
-            with self._transaction() as conn:
-                where, args = (f"AND seq < {p}", [below]) if below is not None else ("", [])
-                oldest = conn.execute(f"SELECT seq, bytes FROM audit_events WHERE {self.visible} {where} "
-                                      f"ORDER BY seq LIMIT {p}", (*args, max_rows)).fetchall()
-                if excess is not None:
-                    oldest = list(_covering(oldest, excess))
-                if not oldest:
-                    return 0
-                top = int(oldest[-1][0])
-                # what this statement deleted (another replica's retention may have taken some of them)
-                gone = conn.execute(f"DELETE FROM audit_events WHERE seq <= {p} RETURNING bytes", (top,)).fetchall()
-                conn.execute(f"UPDATE audit_pruned SET max_seq = {p} WHERE id = 1 AND max_seq < {p}", (top, top))
-                self._chain_pruned(conn, top)  # recorded, sealed: verify does not take it for tampering
-                conn.execute(f"UPDATE audit_totals SET rows = rows - {p}, bytes = bytes - {p} WHERE id = 1",
-                             (len(gone), sum(int(b) for b, in gone)))
-                return len(gone)
-
-        return await self._write(delete)
-
-    async def reclaim(self) -> None:
-        """Give freed space back to the file system where the driver can (bounded work)."""
 
     # ---- reads ----
 
@@ -556,16 +556,6 @@ def _settle(future: asyncio.Future[int], outcome: int | BaseException) -> None:
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
-
-
-def _covering(oldest: list[Any], excess: int) -> Iterator[Any]:
-    """The oldest rows whose bytes add up to at least ``excess``."""
-    freed = 0
-    for row in oldest:
-        if freed >= excess:
-            return
-        freed += int(row[1])
-        yield row
 
 
 def _json(data: bytes) -> Any:

@@ -1,7 +1,7 @@
 """The chain's SQL (issue 12: tamper evidence), a part of the store kept apart from base.py: the link
 of each chunk written in the chunk's own transaction (``_chain_link``, called by ``Store._insert``),
-what retention deleted (``_chain_pruned``, called by ``Store.delete_oldest``), the gap scan, the breaks
-the sources view shows, and the reads ``verify`` needs. The pure rules are in tailer/chain/link.py.
+what retention deleted (``_chain_pruned``, called by ``PruneStore._delete_oldest``), the gap scan, the
+breaks the sources view shows, and the reads ``verify`` needs. The pure rules are in tailer/chain/link.py.
 
 Nothing here runs unless ``chain_key`` is set (the chain stage sets it: --integrity-key-file, else the
 shared key): a tailer without a key stores no links.

@@ -14,9 +14,11 @@ rows in its own row of ``audit_totals`` (one row for all made each insert wait f
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,7 +26,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from tailer.store import schema
-from tailer.store.base import Store, StoreError
+from tailer.store.base import Store, StoreError, T
 from tailer.store.rows import COLUMNS
 
 US = 1e6  # ``audit_events_hw`` counts microseconds
@@ -52,6 +54,7 @@ class PostgresStore(Store):
     override = "OVERRIDING SYSTEM VALUE "
     visible = "(xid IS NULL OR xid < (SELECT pg_snapshot_xmin(pg_current_snapshot())))"
     errors = (psycopg.Error,)
+    folds_prunes = False  # retention deletes on a connection of its own: row locks let chunks commit beside
 
     def is_transient(self, exc: BaseException) -> bool:
         # SQLSTATE classes caused by the data, not the database's state: 22 data exception (a NUL byte, a
@@ -68,6 +71,8 @@ class PostgresStore(Store):
         # replicas updating one row would each wait for the other's commit (its row lock)
         self._slot = random.randint(2, 2**31 - 1)
         self._savepoints = 0  # taken by the current write transaction
+        self._pruner = ThreadPoolExecutor(1, thread_name_prefix="postgresql-prune")
+        self._pconn: psycopg.Connection[Any] | None = None  # the pruner thread's
 
     def _connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.target, autocommit=True, connect_timeout=10)
@@ -102,6 +107,34 @@ class PostgresStore(Store):
                                     kwargs={"autocommit": True, "connect_timeout": 10}, configure=configure,
                                     name="store-read")
         self._pool.open(wait=True, timeout=10)
+
+    async def close(self) -> None:
+        await super().close()
+        await asyncio.get_running_loop().run_in_executor(self._pruner, self._close_pruner)
+        self._pruner.shutdown()
+
+    def _close_pruner(self) -> None:
+        if self._pconn is not None:
+            self._pconn.close()
+            self._pconn = None
+
+    async def _prune_job(self, fn: Callable[[Any], T]) -> T:
+        """Retention's transaction on its own connection and thread, so a chunk never queues behind it on
+        the writer: the rows it deletes are not the ones inserts touch, and the one row both update
+        (``audit_totals``) it updates last, just before its commit."""
+        def job() -> T:
+            if self._pconn is None or self._pconn.closed or self._pconn.broken:
+                self._pconn = self._connect()
+            with self._pconn.transaction():
+                return fn(self._pconn)
+
+        return await self._call(self._pruner, job)
+
+    def _delete_upto(self, conn: Any, top: int) -> tuple[int, int]:
+        # what this statement deleted: another replica's retention may have taken some of them
+        found = conn.execute("WITH gone AS (DELETE FROM audit_events WHERE seq <= %s RETURNING bytes) "
+                             "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM gone", (top,)).fetchone()
+        return int(found[0]), int(found[1])
 
     def _close(self) -> None:
         if self._pool is not None:

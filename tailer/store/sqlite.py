@@ -15,7 +15,8 @@ from tailer.store import schema
 from tailer.store.base import Store, StoreError
 
 ROWS_PER_STATEMENT = 50  # rows of one INSERT (19 values each: far below SQLite's 32,766 variables)
-RECLAIM_PAGES = 4096  # pages (16 MiB at 4 KiB) given back to the file system per retention batch
+RECLAIM_PAGES = 4096  # pages (16 MiB at 4 KiB) given back to the file system per retention run at most
+RECLAIM_STEP = 512  # pages per step
 
 
 class SqliteStore(Store):
@@ -85,6 +86,22 @@ class SqliteStore(Store):
             raise
 
     @contextmanager
+    def _alone(self) -> Iterator[sqlite3.Connection]:
+        """A retention job alone commits without an fsync of its own (synchronous=NORMAL): the next chunk's
+        commit (FULL) syncs the WAL with it, and WAL transactions survive a crash as a prefix, so a crash
+        before that loses the job whole (it runs again; totals, pruned mark and anchor go with its rows),
+        never a chunk."""
+        if self._wconn is None:
+            self._wconn = self._connect(True)
+        conn = self._wconn
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._transaction() as conn:
+                yield conn
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
+
+    @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
         conn = getattr(self._local, "conn", None)
         if conn is None:
@@ -125,8 +142,12 @@ class SqliteStore(Store):
         return range(last - n + 1, last + 1)
 
     async def reclaim(self) -> None:
-        def vacuum() -> None:
-            with self._transaction() as conn:
-                conn.execute(f"PRAGMA incremental_vacuum({RECLAIM_PAGES})").fetchall()  # one page per step
+        """Up to ``RECLAIM_PAGES`` free pages given back, ``RECLAIM_STEP`` per retention job (each rides
+        in a group commit like a delete batch: moving pages is writer time a chunk would wait for)."""
+        def step(conn: sqlite3.Connection) -> int:
+            conn.execute(f"PRAGMA incremental_vacuum({RECLAIM_STEP})").fetchall()  # one page per row
+            return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
 
-        await self._write(vacuum)
+        for _ in range(RECLAIM_PAGES // RECLAIM_STEP):
+            if await self._prune_write(step) == 0:
+                break
