@@ -94,13 +94,6 @@ async def fanout(events: int, per: int, watchers: int) -> tuple[float, int]:
     return cpu, Taker.lines
 
 
-def unpack(rev: str, into: Path) -> Path:
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(HERE), "archive", rev], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
 def run(tree: Path, events: int, per: int, watchers: int) -> tuple[float, int]:
     code = (f"import sys, asyncio, importlib.util; sys.path[:0] = [{str(tree)!r}]; "
             f"spec = importlib.util.spec_from_file_location('fan', {str(HERE / 'bench' / 'watch_fanout.py')!r}); "
@@ -113,6 +106,8 @@ def run(tree: Path, events: int, per: int, watchers: int) -> tuple[float, int]:
 
 
 def main() -> int:
+    from bench.store_perf import unpack  # the driver only (a worker runs inside the tree under test)
+
     p = argparse.ArgumentParser()
     p.add_argument("--events", type=int, default=20_000)
     p.add_argument("--watchers", type=int, default=200)
