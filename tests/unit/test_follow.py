@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -388,6 +389,19 @@ def test_truncation_whose_copy_was_pruned_reads_the_copies_since_and_reports_the
     f.close()
 
 
+def when_live_opened(monkeypatch: Any, f: Follower, rotate: Callable[[], None]) -> None:
+    """Run ``rotate`` once, just before the follower opens the live file (logrotate racing our look)."""
+    real, armed = f.folder.open_plain, [True]
+
+    def open_plain(cand: Any) -> Any:
+        if cand.kind == "live" and armed:
+            armed.clear()
+            rotate()
+        return real(cand)
+
+    monkeypatch.setattr(f.folder, "open_plain", open_plain)
+
+
 def test_truncated_again_while_we_reopen_the_live_file_reads_that_copy_too(tmp_path: Path,
                                                                            monkeypatch: Any) -> None:
     """logrotate truncates once more between our listing and our opening of the live file: the content the
@@ -399,16 +413,12 @@ def test_truncated_again_while_we_reopen_the_live_file_reads_that_copy_too(tmp_p
     assert drain(f) == list(range(10))
     copytruncate(log)
     write(log, range(10, 20))
-    real, armed = f.folder.open_plain, [True]
 
-    def open_plain(cand: Any) -> Any:
-        if cand.kind == "live" and armed:
-            armed.clear()
-            copytruncate(log)
-            write(log, range(20, 30))
-        return real(cand)
+    def rotate() -> None:
+        copytruncate(log)
+        write(log, range(20, 30))
 
-    monkeypatch.setattr(f.folder, "open_plain", open_plain)
+    when_live_opened(monkeypatch, f, rotate)
     f.poll()
     assert drain(f) == list(range(10, 30))
     assert f.gaps == []
@@ -426,16 +436,12 @@ def test_a_file_that_looked_empty_truncated_twice_around_our_look_reads_both_cop
     write(log, range(10))
     copytruncate(log)
     write(log, range(10, 20))
-    real, armed = f.folder.open_plain, [True]
 
-    def open_plain(cand: Any) -> Any:
-        if cand.kind == "live" and armed:
-            armed.clear()
-            copytruncate(log)
-            write(log, range(20, 30))
-        return real(cand)
+    def rotate() -> None:
+        copytruncate(log)
+        write(log, range(20, 30))
 
-    monkeypatch.setattr(f.folder, "open_plain", open_plain)
+    when_live_opened(monkeypatch, f, rotate)
     f.poll()
     assert drain(f) == list(range(30))
     assert f.gaps == []
@@ -452,17 +458,13 @@ def test_truncated_again_while_we_reopen_a_live_file_that_was_empty_reads_that_c
     f.start(None, True)
     assert drain(f) == list(range(10))
     copytruncate(log)
-    real, armed = f.folder.open_plain, [True]
 
-    def open_plain(cand: Any) -> Any:
-        if cand.kind == "live" and armed:
-            armed.clear()
-            write(log, range(10, 20))
-            copytruncate(log)
-            write(log, range(20, 30))
-        return real(cand)
+    def rotate() -> None:
+        write(log, range(10, 20))
+        copytruncate(log)
+        write(log, range(20, 30))
 
-    monkeypatch.setattr(f.folder, "open_plain", open_plain)
+    when_live_opened(monkeypatch, f, rotate)
     f.poll()
     assert drain(f) == list(range(10, 30))
     assert f.gaps == []
@@ -514,16 +516,12 @@ def test_a_plan_taken_as_it_is_after_the_last_try_still_reads_that_copy_later(tm
     write(log, range(10, 20))
     os.rename(tmp_path / "audit.log.1", tmp_path / "audit.log.2")  # logrotate copied 10-19, not truncated yet
     shutil.copyfile(log, tmp_path / "audit.log.1")
-    real, armed = f.folder.open_plain, [True]
 
-    def open_plain(cand: Any) -> Any:
-        if cand.kind == "live" and armed:
-            armed.clear()
-            os.truncate(log, 0)  # ... and now it is
-            write(log, range(20, 30))
-        return real(cand)
+    def rotate() -> None:
+        os.truncate(log, 0)  # ... and now it is
+        write(log, range(20, 30))
 
-    monkeypatch.setattr(f.folder, "open_plain", open_plain)
+    when_live_opened(monkeypatch, f, rotate)
     f.poll()
     copytruncate(log)
     write(log, range(30, 40))
