@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,22 @@ class Api:
     async def insert(self, events: list[dict[str, Any]], source: SourceId | None = None) -> None:
         await self.store.insert(events, source)
         self.hub.notify()
+
+
+class GatedResponse:
+    """A watch client whose writes wait until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.gate, self.writing = asyncio.Event(), asyncio.Event()
+        self.lines: list[dict[str, Any]] = []
+
+    async def write(self, data: bytes) -> None:
+        self.writing.set()
+        await self.gate.wait()
+        self.lines += [orjson.loads(line) for line in data.splitlines()]
+
+    async def write_eof(self) -> None:
+        pass
 
 
 @pytest.fixture(scope="session", autouse=True)

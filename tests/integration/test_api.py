@@ -14,7 +14,7 @@ from kube_audit.runtime.http import build_app
 from tailer.api.routes import PREFIX, AuditApi, WatchHub
 from tailer.metrics import TailerMetrics
 from tailer.store import EventFilter, Store
-from tests.helpers.apitest import ADMIN, SCENARIO, SHOP, Api, api_fixture, resource_tracker  # noqa: F401 - fixtures
+from tests.helpers.apitest import ADMIN, SCENARIO, SHOP, Api, GatedResponse, api_fixture, resource_tracker  # noqa: F401 - fixtures
 
 WEB = PREFIX + "/namespaces/shop/deployments.apps/web"
 
@@ -237,22 +237,6 @@ async def prune_through(api: Api, day: int) -> tuple[int, int]:
     """Retention by age deletes the events of days 1..``day``."""
     nov = datetime(2026, 11, 1, tzinfo=UTC).timestamp()
     return await api.store.prune(86400.0, None, now=nov + (day + 0.5) * 86400)
-
-
-class GatedResponse:
-    """A watch client whose first write waits until the test opens the gate."""
-
-    def __init__(self) -> None:
-        self.gate, self.writing = asyncio.Event(), asyncio.Event()
-        self.lines: list[dict[str, Any]] = []
-
-    async def write(self, data: bytes) -> None:
-        self.writing.set()
-        await self.gate.wait()
-        self.lines += [orjson.loads(line) for line in data.splitlines()]
-
-    async def write_eof(self) -> None:
-        pass
 
 
 async def test_watch_from_a_pruned_resource_version_is_gone(api: Api) -> None:

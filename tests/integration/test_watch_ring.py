@@ -15,7 +15,7 @@ import tailer.api.watch as watch_module
 from tailer.api.ring import Ring, RingRow, Segment, matches
 from tailer.api.routes import PREFIX
 from tailer.store import EventFilter
-from tests.helpers.apitest import ADMIN, SCENARIO, Api, api_fixture, resource_tracker  # noqa: F401 - fixtures
+from tests.helpers.apitest import ADMIN, SCENARIO, Api, GatedResponse, api_fixture, resource_tracker  # noqa: F401 - fixtures
 
 
 def variety() -> list[dict[str, Any]]:
@@ -146,22 +146,6 @@ async def test_watchers_share_one_store_read_per_commit_and_one_encoding_per_eve
     assert calls["sourced_events"] <= 2 * len(streams) < len(streams) * len(commits), calls
     assert calls["rows_after"] >= 1
     assert calls["encoded"] == len(SCENARIO), calls  # once per event, not once per watcher
-
-
-class GatedResponse:
-    """A watch client whose writes wait until the test opens the gate."""
-
-    def __init__(self) -> None:
-        self.gate, self.writing = asyncio.Event(), asyncio.Event()
-        self.lines: list[dict[str, Any]] = []
-
-    async def write(self, data: bytes) -> None:
-        self.writing.set()
-        await self.gate.wait()
-        self.lines += [orjson.loads(line) for line in data.splitlines()]
-
-    async def write_eof(self) -> None:
-        pass
 
 
 def event(n: int) -> dict[str, Any]:
