@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from kube_audit.model.source import SourceId
-from tailer.store import EventFilter, Store, schema, to_row
+from tailer.store import EventFilter, Store, schema
 from tests.integration.test_store import ev
-from tests.integration.test_store_schema import _columns, raw
+from tests.integration.test_store_schema import _columns, raw, versioned_database
 
 EU, US = SourceId("eu", "apiserver-0"), SourceId("us", "apiserver-0")  # same source name, two clusters
 
@@ -77,20 +77,7 @@ async def test_one_cluster_is_answered_without_reading_the_object(store: Store) 
 
 def v3_database(target: str, events: list[dict[str, Any]]) -> None:
     """A database as a version 3 tailer left it: no origins."""
-    types = schema.POSTGRES if target.startswith("postgresql") else schema.SQLITE
-    with raw(target) as sql:
-        for statement in schema.create(types, 3):
-            sql(statement)
-        sql("CREATE TABLE schema_version (version INTEGER PRIMARY KEY)")
-        for version in (1, 2, 3):
-            sql(f"INSERT INTO schema_version (version) VALUES ({version})")
-        columns = [c for c in schema.DATA if c != "bytes"]
-        for e in events:
-            r = to_row(e)
-            assert r is not None
-            values = (r.ts, *(getattr(r, c) for c in columns), r.dry, r.bytes, r.event)
-            sql(f"INSERT INTO audit_events (hw, {', '.join(columns)}, dry, bytes, event) "
-                f"VALUES ({', '.join(['?'] * (len(columns) + 4))})", values)
+    versioned_database(target, events, 3)
 
 
 def _filenode(sql: Any, target: str) -> Any:

@@ -84,15 +84,15 @@ async def test_an_old_layout_is_migrated_and_keeps_its_events(store_target: str)
         await again.close()
 
 
-def v2_database(target: str, events: list[dict[str, Any]]) -> None:
-    """A database as a version 2 tailer left it: no ``meta`` column, plain JSON bodies."""
+def versioned_database(target: str, events: list[dict[str, Any]], version: int) -> None:
+    """A database as a tailer of schema ``version`` (2 or later) left it, holding ``events``."""
     types = schema.POSTGRES if target.startswith("postgresql") else schema.SQLITE
     with raw(target) as sql:
-        for statement in schema.create(types, 2):
+        for statement in schema.create(types, version):
             sql(statement)
         sql("CREATE TABLE schema_version (version INTEGER PRIMARY KEY)")
-        sql("INSERT INTO schema_version (version) VALUES (1)")
-        sql("INSERT INTO schema_version (version) VALUES (2)")
+        for v in range(1, version + 1):
+            sql(f"INSERT INTO schema_version (version) VALUES ({v})")
         columns = [c for c in schema.DATA if c != "bytes"]
         for e in events:
             r = to_row(e)
@@ -102,6 +102,11 @@ def v2_database(target: str, events: list[dict[str, Any]]) -> None:
                 f"VALUES ({', '.join(['?'] * (len(columns) + 4))})", values)
         sql("UPDATE audit_totals SET rows = ?, bytes = ? WHERE id = 1", (len(events), sum(len(orjson.dumps(e))
                                                                                           for e in events)))
+
+
+def v2_database(target: str, events: list[dict[str, Any]]) -> None:
+    """A database as a version 2 tailer left it: no ``meta`` column, plain JSON bodies."""
+    versioned_database(target, events, 2)
 
 
 async def test_a_version_2_store_gets_the_meta_column_in_place(store_target: str) -> None:
