@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import fluent_forward as ff  # noqa: E402
+from bench.store_e2e import connect, send_all  # noqa: E402
 from bench.synth import events, free_port  # noqa: E402
 
 
@@ -44,25 +44,7 @@ def run(n: int, compress: bool, chunk_events: int = 1000, window: int = 4) -> di
                                  "--store", "none"],  # stdout only; bench/store.py measures the store
                                 stdout=null, env=env)
     try:
-        for _ in range(200):
-            try:
-                sock = socket.create_connection(("127.0.0.1", port))
-                break
-            except OSError:
-                time.sleep(0.05)
-        decoder = ff.Decoder()
-        acked = 0
-        sent = 0
-        start = time.perf_counter()
-        with sock:
-            while acked < len(chunks):
-                while sent < len(chunks) and sent - acked < window:
-                    sock.sendall(chunks[sent][1])
-                    sent += 1
-                for msg in decoder.feed(sock.recv(65536)):
-                    assert msg == ff.Ack(chunks[acked][0]), msg
-                    acked += 1
-        elapsed = time.perf_counter() - start
+        elapsed = send_all(connect(port), chunks, window)
     finally:
         proc.terminate()
         proc.wait(15)
