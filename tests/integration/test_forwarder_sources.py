@@ -9,8 +9,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -153,6 +154,23 @@ def test_without_a_key_chunks_name_their_source_and_tamper_evidence_is_said_off(
     assert [e["event"] for e in fwd.logs()].count("tamper_evidence_off") == 1
 
 
+def lose_a_backup_unread(fwd: Any, log: Path, add: Callable[[int], None]) -> tuple[Path, int]:
+    """Three rotations while the forwarder's reader is blocked (nothing acked), ``add(i)`` appending event
+    3 + i to each new live file; the backup holding event 4 alone is deleted unread: (its path, its size)."""
+    def opened() -> int:
+        return sum(1 for e in fwd.logs() if e["event"] == "file_opened")
+
+    for i in range(3):
+        before = opened()
+        os.rename(log, log.parent / f"audit-2026-11-20T09-00-0{i}.000.log")
+        add(i)
+        wait_for(lambda b=before: opened() > b, what="the new live file held open")
+    lost = log.parent / "audit-2026-11-20T09-00-01.000.log"
+    size = lost.stat().st_size
+    lost.unlink()
+    return lost, size
+
+
 def gap_in(rec: Recorder, gid: str | None = None) -> list[tuple[str | None, object]]:
     """(status chunk id, gap) for every gap in a status record (of this id)."""
     return [(b.chunk, g) for b, s in statuses(rec) for g in s.gaps if gid is None or g.id == gid]
@@ -172,17 +190,7 @@ def test_a_backup_rotated_away_unread_is_in_one_status_record_with_its_bytes_and
     append(log, 1, 2)
     wait_for(lambda: fwd.metric("forwarder_events_read_total") >= 2, what="reader blocked on the window")
 
-    def opened() -> int:
-        return sum(1 for e in fwd.logs() if e["event"] == "file_opened")
-
-    for i in range(3):  # three rotations while nothing is acked; backup -01 holds event 3 alone
-        before = opened()
-        os.rename(log, tmp_path / f"audit-2026-11-20T09-00-0{i}.000.log")
-        append(log, 3 + i)
-        wait_for(lambda b=before: opened() > b, what="the new live file held open")
-    lost = tmp_path / "audit-2026-11-20T09-00-01.000.log"
-    size = lost.stat().st_size
-    lost.unlink()
+    lost, size = lose_a_backup_unread(fwd, log, lambda i: append(log, 3 + i))
     recorder.ack = True
     recorder.drop_connections()
     wait_for(lambda: gap_in(recorder), timeout=15, what="the gap in a status record")

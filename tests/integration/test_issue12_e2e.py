@@ -5,7 +5,6 @@ and an edited row does not; two clusters keep two histories of the same object."
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from kube_audit.contract import PREFIX
 from kubectl_audit.cli import main as kubectl_audit
 from tests.conftest import DATA, TailerProcess, wait_for
 from tests.helpers.auditlog import event
+from tests.integration.test_forwarder_sources import lose_a_backup_unread
 
 KEY = "e2e shared key"
 SCENARIO = [orjson.loads(line) for line in (DATA / "scenario-deployment.log").read_bytes().splitlines()]
@@ -67,17 +67,7 @@ def test_a_lost_backup_is_one_gap_in_sources_a_stopped_forwarder_goes_silent_and
     append(log, [ev(0), ev(1), ev(2)])
     wait_for(lambda: fwd.metric("forwarder_events_read_total") >= 1, what="reader blocked on the window")
 
-    def opened() -> int:
-        return sum(1 for e in fwd.logs() if e["event"] == "file_opened")
-
-    for i in range(3):  # three rotations while nothing is acked; backup -01 holds event 3 alone
-        before = opened()
-        os.rename(log, tmp_path / f"audit-2026-11-20T09-00-0{i}.000.log")
-        append(log, [ev(3 + i)])
-        wait_for(lambda b=before: opened() > b, what="the new live file held open")
-    lost = tmp_path / "audit-2026-11-20T09-00-01.000.log"
-    size = lost.stat().st_size
-    lost.unlink()
+    lost, size = lose_a_backup_unread(fwd, log, lambda i: append(log, [ev(3 + i)]))
     tailer.start()
     try:
         wait_for(lambda: source(tailer, "apiserver-0").get("gaps"), timeout=15, what="the gap in sources")
