@@ -16,7 +16,6 @@ parse of every chunk in flight (tens to hundreds of milliseconds each on a loade
 from __future__ import annotations
 
 import asyncio
-import gc
 import ssl
 from collections import deque
 from typing import Any
@@ -43,21 +42,6 @@ READ_SIZE = 256 * 1024
 PIPELINE_DEPTH = 2  # chunks of one connection in the sinks at once: decode overlaps the commit
 DECODE_STEP = 100  # entries decoded between two yields to the loop (~2 ms of CPU)
 log = get_logger(component="forward_server")
-# Every record decoded is a tree of dicts and lists that lives until its chunk is acked, so with
-# CPython's default thresholds (700, 10, 10) the collector ran every few hundred records and kept
-# re-scanning the chunks in flight and everything loaded at start-up: a quarter to a third of the CPU per
-# event (bench/fluentbit.py). Records are freed by reference counting; cycles are rare and still collected.
-GC_THRESHOLDS = (100_000, 20, 100)
-
-
-def tune_gc() -> None:
-    """Once the daemon has started: what start-up built is kept out of every later collection (frozen),
-    and the young generation is collected every GC_THRESHOLDS[0] allocations instead of 700."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 class _NotAcked(Exception):
     """The pipeline refused a batch: close without an ack, the sender resends."""
 

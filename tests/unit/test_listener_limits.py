@@ -89,7 +89,7 @@ async def test_entry_amplification_closes_that_connection_and_others_are_served(
 def test_after_start_up_the_collector_leaves_what_it_built_alone_and_runs_less_often() -> None:
     import gc
 
-    from tailer.ingest.listener import GC_THRESHOLDS, tune_gc
+    from tailer.app import GC_THRESHOLDS, tune_gc
 
     before = gc.get_threshold()
     try:
