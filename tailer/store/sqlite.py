@@ -32,6 +32,7 @@ class SqliteStore(Store):
         self._wconn: sqlite3.Connection | None = None
         self._local = threading.local()
         self._rconns: list[sqlite3.Connection] = []
+        self._insert_many = self._insert_sql(ROWS_PER_STATEMENT)  # built once: every chunk uses it
 
     def _connect(self, write: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(self.target, isolation_level=None, check_same_thread=False, timeout=30)
@@ -130,9 +131,8 @@ class SqliteStore(Store):
         batched = len(params) - len(params) % ROWS_PER_STATEMENT
         count = 0
         if batched:
-            many = self._insert_sql(ROWS_PER_STATEMENT)
             for i in range(0, batched, ROWS_PER_STATEMENT):
-                count += conn.execute(many, [v for row in params[i:i + ROWS_PER_STATEMENT] for v in row]).rowcount
+                count += conn.execute(self._insert_many, [v for row in params[i:i + ROWS_PER_STATEMENT] for v in row]).rowcount
         if batched < len(params):
             count += self._executemany(conn, sql, params[batched:])
         return count
