@@ -249,10 +249,10 @@ class Store(PruneStore):
             for i, (rows, source) in enumerate(chunks):
                 origin = self._origin_id(conn, source, fresh)
                 params, start = [], seq
-                for r in rows:
+                for r, body in zip(rows, self.codec.compress_all([r.event for r in rows])):
                     hw = max(hw, r.ts)  # the running maximum: non-decreasing in seq
                     own = (seq,) if self.assigns_seq else ()
-                    params.append((*own, hw, *r[:-2], origin, self.codec.compress(r.event)))
+                    params.append((*own, hw, *r[:-2], origin, body))
                     seq += 1
                 counts.append(self._insert_rows(conn, sql, params) if params else 0)
                 if self.chain_key is not None:  # the chunk's link, with its events (chainstore.py)

@@ -183,6 +183,16 @@ class Codec:
     def compress(self, body: bytes) -> bytes:
         return body if self._compressor is None else self._compressor.compress(body)
 
+    def compress_all(self, bodies: list[bytes]) -> list[bytes]:
+        """``compress`` of each body, the same frames, in one call: zstd lets go of the GIL once for them
+        all. One ``compress`` per body let go of it per body, and beside the busy event loop each time
+        waited for the switch interval to take it back: 3.7 µs of work cost ~560 µs (bench/store_e2e.py's
+        writer; measured in isolation: 5,000 bodies beside a busy thread, 566 µs each vs 4.6 µs)."""
+        if self._compressor is None or not bodies:
+            return bodies
+        frames = self._compressor.multi_compress_to_buffer(bodies)
+        return [frames[i].tobytes() for i in range(len(bodies))]
+
     def load(self, body: bytes | str, fetch: Callable[[int], bytes | None]) -> dict[str, Any]:
         """The event of a stored body; ``fetch`` reads a dictionary this process has not seen yet."""
         if not (isinstance(body, str) or body[:1] == b"{"):
