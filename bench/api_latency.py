@@ -1,6 +1,8 @@
 """The audit API next to ingest: does one stall the other? Before and after, on realistic events.
 
-A tailer process (``--before`` tree, then this one, interleaved ``--runs`` times) with its SQLite store,
+A tailer process (``--before`` tree, then this one, interleaved ``--runs`` times) with its SQLite store and its
+API on an HTTPS port of its own, as deployed (since the API process, the API runs in a child process; the
+ingest CPU is of the whole process tree),
 preloaded with realistic events (bench/events.py) and two changed objects: a ConfigMap of 400 keys changed
 5,000 times by merge patches (as a controller would) and one of 20 keys changed 50 times. Then:
 
@@ -36,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import fluent_forward as ff  # noqa: E402
+from bench.daemon import serving_pair, tree_cpu  # noqa: E402
 from bench.events import many  # noqa: E402
 from bench.store_perf import unpack  # noqa: E402
 from bench.synth import free_port  # noqa: E402
@@ -63,11 +66,17 @@ def busy_object(changes: int, width: int = 400, name: str = "big") -> Iterator[d
 
 
 class Tailer:
+    """A tailer process as deployed: its API on an HTTPS port of its own (after this change: in the API's
+    own process; a tree from before: on the tailer's event loop)."""
+
     def __init__(self, tree: Path, work: Path) -> None:
-        self.port, self.http = free_port(), free_port()
+        self.port, self.http, api = free_port(), free_port(), free_port()
         self.probe = work / "loop-lag"
+        cert, key = serving_pair(work)
+        self.verify = str(cert)
         args = ["--listen", f"127.0.0.1:{self.port}", "--http-listen", f"127.0.0.1:{self.http}", "--log-level",
-                "warning", "--data-dir", str(work), "--api-auth", "none", "--stdout", "false", "--configmaps", "false"]
+                "warning", "--data-dir", str(work / "data"), "--api-auth", "none", "--stdout", "false", "--configmaps",
+                "false", "--api-listen", f"127.0.0.1:{api}", "--api-tls-cert", str(cert), "--api-tls-key", str(key)]
         # the tree under test first; the probe (stdlib only) loaded by its path, so nothing of this tree is imported
         code = (f"import sys; sys.path[:0] = [{str(tree)!r}]; from importlib.util import spec_from_file_location as s, "
                 f"module_from_spec as m; spec = s('loop_probe', {str(ROOT / 'bench' / 'loop_probe.py')!r}); "
@@ -75,15 +84,18 @@ class Tailer:
         env = dict(os.environ, PYTHONPATH="", KUBECONFIG=os.devnull)
         with open(os.devnull, "wb") as null:
             self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=null, env=env, cwd=str(tree))
-        self.url = f"http://127.0.0.1:{self.http}"
+        self.url = f"https://127.0.0.1:{api}"
         for _ in range(600):
             try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{self.http}/readyz", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
         raise RuntimeError("the tailer did not start")
+
+    def client(self, timeout: float) -> httpx.Client:
+        return httpx.Client(timeout=timeout, verify=self.verify)
 
     def probed(self, kind: str, start: float, end: float) -> list[float]:
         """The probe's figures of one kind between two monotonic times: "lag" (seconds late, each > 1 ms),
@@ -96,8 +108,7 @@ class Tailer:
         return out
 
     def cpu(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return tree_cpu(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -143,7 +154,7 @@ def ack_latency(tailer: Tailer, seconds: float, busy: bool) -> str:
     views: list[float] = []
 
     def ask() -> None:
-        with httpx.Client(timeout=300) as http:
+        with tailer.client(300) as http:
             while not stop.is_set():
                 t = time.perf_counter()
                 assert http.get(tailer.url + BUSY, params={"limit": "5000"}).status_code == 200
@@ -194,7 +205,7 @@ def api_under_ingest(tailer: Tailer, seconds: float, chunks: list[bytes]) -> dic
     histories: list[float] = []
     t0, cpu0 = time.monotonic(), tailer.cpu()
     loader.start()
-    with httpx.Client(timeout=120) as http:
+    with tailer.client(120) as http:
         while time.monotonic() - t0 < seconds and loader.is_alive():
             t = time.perf_counter()
             assert len(http.get(tailer.url + LIST, params={"namespace": NAMESPACE, "limit": "100"})

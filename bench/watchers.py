@@ -7,8 +7,10 @@ filter, as the product is used: teams watching their namespace, or one kind of c
 namespaces x 16 filters: all, verb=update|patch|create|delete, resource=pods|configmaps|deployments|
 secrets|services|leases|events, level=RequestResponse, code=404, user=alice@example.com, name=web), and
 8 cluster-wide ones (resource=secrets, nodes, user=each human, verb=delete, resource=deployments&verb=patch).
-The client counts the lines it receives. Reported: events/s, tailer CPU per event (from /proc), the
-tailer's peak RSS (VmHWM) and how many watch lines arrived of how many the filters select.
+The client counts the lines it receives. The tailer runs as deployed, its API on an HTTPS port of its
+own (since the API process: in a child process; a tree from before: on the tailer's event loop), so CPU and
+peak RSS are of its whole process tree. Reported: events/s, tailer CPU per event (from /proc), peak RSS
+(VmHWM, summed over the tree) and how many watch lines arrived of how many the filters select.
 
     python -m bench.watchers [--events 30000] [--watchers 200] [--runs 3] [--before d0b19d0] [--mix all]
 
@@ -32,8 +34,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 
+from bench.daemon import serving_pair, tree_cpu, tree_peak_rss_mb  # noqa: E402
 from bench.events import NAMESPACES, many  # noqa: E402
-from bench.store_e2e import chunks, connect, cpu_seconds, send_all  # noqa: E402
+from bench.store_e2e import chunks, connect, send_all  # noqa: E402
 from bench.store_perf import unpack  # noqa: E402
 from bench.synth import free_port  # noqa: E402
 from kube_audit.contract import PREFIX  # noqa: E402
@@ -67,12 +70,15 @@ def selects(flt: dict[str, str], e: dict[str, Any]) -> bool:
     return all(have[k] == v for k, v in flt.items())
 
 
-async def client(base: str, n: int, counts: Path, mix: str) -> None:
+async def client(base: str, n: int, counts: Path, mix: str, ca: str) -> None:
     """Open ``n`` watches, say "ready", count lines into ``counts`` until killed."""
+    import ssl
+
     import aiohttp
 
     got = [0] * n
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+    tls = ssl.create_default_context(cafile=ca)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=tls),
                                      timeout=aiohttp.ClientTimeout(total=None)) as session:
         responses = [await session.get(base + PATH, params={"watch": "true", **flt}) for flt in filters(n, mix)]
         assert all(r.status == 200 for r in responses), [r.status for r in responses if r.status != 200][:3]
@@ -100,29 +106,25 @@ def metric(http: int, name: str) -> float:
     return float("nan")
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expected: int, mix: str,
         profile: str | None = None) -> dict[str, float]:
     """One case in a fresh tailer; ``profile``: a py-spy flame graph of the tailer while it ingests, there."""
-    port, http = free_port(), free_port()
+    port, http, api = free_port(), free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "wb") as null:
         env = dict(os.environ, PYTHONPATH=str(tree), KUBECONFIG=os.devnull)
+        cert, key = serving_pair(Path(tmp))  # the API on its own HTTPS port, as deployed
         proc = subprocess.Popen([sys.executable, "-m", "tailer.cli", "--listen", f"127.0.0.1:{port}", "--http-listen",
-                                 f"127.0.0.1:{http}", "--log-level", "warning", "--data-dir", tmp, "--store", "sqlite",
-                                 "--configmaps", "false", "--api-auth", "none"], stdout=null, env=env, cwd=str(tree))
+                                 f"127.0.0.1:{http}", "--log-level", "warning", "--data-dir", str(Path(tmp) / "data"),
+                                 "--store", "sqlite", "--configmaps", "false", "--api-auth", "none", "--api-listen",
+                                 f"127.0.0.1:{api}", "--api-tls-cert", str(cert), "--api-tls-key", str(key)],
+                                stdout=null, env=env, cwd=str(tree))
         watch = spy = None
         counts = Path(tmp) / "counts"
         try:
             sock = connect(port)
             if watchers:
-                watch = subprocess.Popen([sys.executable, "-m", "bench.watchers", "--client", f"http://127.0.0.1:{http}",
-                                          "--watchers", str(watchers), "--counts", str(counts), "--mix", mix],
+                watch = subprocess.Popen([sys.executable, "-m", "bench.watchers", "--client", f"https://127.0.0.1:{api}",
+                                          "--watchers", str(watchers), "--counts", str(counts), "--mix", mix, "--ca", str(cert)],
                                          stdout=subprocess.PIPE, text=True, cwd=str(HERE),
                                          env=dict(os.environ, PYTHONPATH=str(HERE)))
                 assert watch.stdout is not None and watch.stdout.readline().strip() == "ready"
@@ -134,9 +136,9 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
                 spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid),
                                         "--output", profile, "--rate", "200", "--nonblocking",
                                         "--format", "flamegraph" if profile.endswith(".svg") else "raw"], stdout=null, stderr=null)
-            idle = cpu_seconds(proc.pid)
+            idle = tree_cpu(proc.pid)  # the tailer and its API process
             elapsed = send_all(sock, data)
-            cpu = cpu_seconds(proc.pid) - idle
+            cpu = tree_cpu(proc.pid) - idle
             delivered = 0
             if watchers:  # how far the watchers got: wait until their count stops growing (at most 30 s)
                 last, still = -1, 0
@@ -147,7 +149,7 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
                     if delivered >= expected or still >= 10:
                         break
                     last = delivered
-            rss = peak_rss_mb(proc.pid)
+            rss = tree_peak_rss_mb(proc.pid)
             behind = metric(http, "tailer_api_watchers_behind_total") if watchers else 0
             cut = metric(http, "tailer_api_watchers_cut_off_total") if watchers else 0
         finally:
@@ -173,9 +175,10 @@ def main() -> int:
     p.add_argument("--profile", help="py-spy profile of the last run's tailer with watchers: a flame graph (.svg) or collapsed stacks")
     p.add_argument("--client", help=argparse.SUPPRESS)
     p.add_argument("--counts", help=argparse.SUPPRESS)
+    p.add_argument("--ca", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.client:
-        asyncio.run(client(a.client, a.watchers, Path(a.counts), a.mix))
+        asyncio.run(client(a.client, a.watchers, Path(a.counts), a.mix, a.ca))
         return 0
     records = list(many(a.events))
     expected = sum(selects(f, e) for f in filters(a.watchers, a.mix) for e in records)

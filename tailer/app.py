@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import gc
 import os
 import sys
 from collections.abc import Coroutine
+from multiprocessing.connection import Connection
 from typing import Any
 
 from aiohttp import web
@@ -13,13 +16,14 @@ from aiohttp import web
 from kube_audit.runtime.http import HttpServer, build_app
 from kube_audit.runtime.lifecycle import Deadline, Runtime
 from kube_audit.runtime.observability import get_logger
+from tailer.apiproc import ApiProcess, ChildLink, failed
 from tailer.configmaps.stage import ConfigMapStage
 from tailer.errors import StoreUnavailable
 from tailer.ingest.listener import ForwardServer
 from tailer.ingest.pipeline import Observer, Pipeline, Sink
 from tailer.ingest.rejected import RejectedFile
 from tailer.ingest.stdout import StdoutSink
-from tailer.metrics import TailerMetrics
+from tailer.metrics import Families, TailerMetrics, is_api_family
 from tailer.settings import Settings
 from tailer.store.sink import StoreSink, health_loop, retention_loop
 
@@ -35,7 +39,16 @@ async def start(settings: Settings, rt: Runtime) -> None:
     metrics = TailerMetrics()
     sinks: list[Sink] = []
     state = {"ready": False}
-    store, apis, store_sink = await open_store(settings, metrics, sinks, rt)
+    store, store_sink = await open_store(settings, metrics, sinks, rt)
+    apis: list[Any] = []
+    api_proc: ApiProcess | None = None
+    if store_sink is not None:
+        if settings.api.tls is not None and settings.api.process:
+            api_proc = ApiProcess(api_process_main, settings, metrics)
+            store_sink.on_commit = api_proc.wake
+        else:
+            apis.append(await build_api(settings, store, metrics, rt))
+            store_sink.on_commit = apis[0].hub.notify
     if settings.stdout:
         # After the store, on purpose. A failed store commit is common (PostgreSQL restarts, a full
         # disk) and means no ack, so the forwarder resends the chunk: written to stdout first, those
@@ -62,7 +75,12 @@ async def start(settings: Settings, rt: Runtime) -> None:
     pipeline = Pipeline(sinks, metrics, observers, rejected, control=sources, chain=chain)
     forward = ForwardServer(settings.forward, pipeline, metrics)
     # not ready while the store refuses writes (a full disk, PostgreSQL down): every chunk would be refused
-    web_app = build_app(metrics.registry, ready=lambda: state["ready"] and (store is None or store.healthy))
+    ready = lambda: state["ready"] and (store is None or store.healthy)  # noqa: E731
+    if api_proc is None:
+        web_app = build_app(metrics.registry, ready=ready)
+    else:  # the API's families come from its process, asked on each scrape
+        web_app = build_app(Families(metrics.registry, lambda name: not is_api_family(name)), ready=ready,  # type: ignore[arg-type]
+                            extra=api_proc.metrics_text)
     http = HttpServer(web_app, settings.http.host, settings.http.port)
     api_http = api_server(settings, apis, web_app)
     await http.start()
@@ -70,6 +88,10 @@ async def start(settings: Settings, rt: Runtime) -> None:
     if api_http is not None:
         await api_http.start()
         rt.on_shutdown("api-http", api_http.stop)
+    if api_proc is not None:
+        await api_proc.start()  # its start-up error (a bad certificate) is the tailer's
+        rt.spawn(api_proc.supervise(), "api-process")
+        rt.on_shutdown("api-process", api_proc.stop)
 
     async def close_apis(_: Deadline) -> None:
         for api in apis:
@@ -91,7 +113,8 @@ async def start(settings: Settings, rt: Runtime) -> None:
     rt.on_shutdown("readiness", not_ready)
     state["ready"] = True
     log.info("tailer_started", forward_port=forward.port, http_port=http.port,
-             api_port=api_http.port if api_http is not None else http.port)
+             api_port=api_http.port if api_http is not None else api_proc.port if api_proc is not None else http.port,
+             api_process=api_proc is not None)
 
 
 # Every record decoded is a tree of dicts and lists that lives until its chunk is acked, so with
@@ -141,48 +164,53 @@ def _both(first: Any, second: Any) -> Any:
 
 
 async def open_store(settings: Settings, metrics: TailerMetrics, sinks: list[Sink],
-                     rt: Runtime) -> tuple[Any, list[Any], StoreSink | None]:
-    """The store as a gating sink, its retention task and the API routes over it (none with --store none)."""
+                     rt: Runtime) -> tuple[Any, StoreSink | None]:
+    """The store as a gating sink and its retention task (none with --store none)."""
     if settings.store.target is None:
-        return None, [], None
-    from tailer.api.authn import FrontProxy
-    from tailer.api.authz import build
-    from tailer.api.queries import QueryPool
-    from tailer.api.routes import AuditApi, WatchHub
+        return None, None
     from tailer.store import Store
 
-    authorizer = build(settings.api.auth, settings.api.token_file, settings.configmaps.kubeconfig,
-                       on_error=lambda reason: metrics.api_token_file_errors.labels(reason).inc())
     try:
         store = await Store.open(settings.store.target)
     except Exception as exc:  # the owning module's errors and OS errors alike: say which store
         where = settings.store.target.split("@")[-1]  # no password in the log
         raise StoreUnavailable(f"cannot open the audit store {where}: {exc}") from exc
+    rt.on_exit("store", store.close)
+    if settings.integrity_key is not None:  # before retention runs: what it deletes is recorded (tailer/chain)
+        await store.chain_start(settings.integrity_key)
+    sink = StoreSink(store, metrics)
+    sinks.append(sink)
+    rt.spawn(retention_loop(store, settings.store, metrics), "store-retention")
+    rt.spawn(health_loop(store, metrics), "store-health")
+    log.info("store_opened", store=store.kind, api_auth=settings.api.auth)
+    return store, sink
 
-    async def close_store() -> None:
-        await store.close()
+
+async def build_api(settings: Settings, store: Any, metrics: TailerMetrics, rt: Runtime) -> Any:
+    """The API's routes over the store (in the tailer's process, or in the API's own: api_process_main)."""
+    from tailer.api.authn import FrontProxy
+    from tailer.api.authz import build
+    from tailer.api.queries import QueryPool
+    from tailer.api.routes import AuditApi, WatchHub
+
+    authorizer = build(settings.api.auth, settings.api.token_file, settings.configmaps.kubeconfig,
+                       on_error=lambda reason: metrics.api_token_file_errors.labels(reason).inc())
+
+    async def close_reviews() -> None:
         close = getattr(getattr(authorizer, "reviews", None), "close", None)  # --api-auth kubernetes
         if close is not None:
             await close()
 
-    rt.on_exit("store", close_store)
-    if settings.integrity_key is not None:  # before retention runs: what it deletes is recorded (tailer/chain)
-        await store.chain_start(settings.integrity_key)
-    hub = WatchHub()
-    sink = StoreSink(store, metrics, on_commit=hub.notify)
-    sinks.append(sink)
+    rt.on_exit("api-reviews", close_reviews)
     queries = QueryPool(settings.api.query_workers, timeout=settings.api.query_timeout, metrics=metrics)
     a = settings.api
     proxy = FrontProxy(a.allowed_names, a.username_headers, a.group_headers, a.extra_prefixes) if a.client_ca else None
-    api = AuditApi(store, authorizer, hub, metrics, a.watch_poll, a.watch_write_timeout, queries, proxy,
+    api = AuditApi(store, authorizer, WatchHub(), metrics, a.watch_poll, a.watch_write_timeout, queries, proxy,
                    a.watch_recheck, {"max_watchers": a.watch_max, "ring_events": a.watch_ring_events,
                                      "ring_bytes": a.watch_ring_bytes})
-    rt.spawn(retention_loop(store, settings.store, metrics), "store-retention")
-    rt.spawn(health_loop(store, metrics), "store-health")
     if a.requestheader_from_cluster and proxy is not None:
         rt.spawn(await follow_requestheader(settings, api, proxy), "api-requestheader")
-    log.info("store_opened", store=store.kind, api_auth=settings.api.auth)
-    return store, [api], sink
+    return api
 
 
 async def open_sources(settings: Settings, store: Any, metrics: TailerMetrics, apis: list[Any],
@@ -241,3 +269,73 @@ def api_server(settings: Settings, apis: list[Any], plain: web.Application) -> H
     for api in apis:
         api.add_routes(app)
     return HttpServer(app, settings.api.host, settings.api.port, api_tls(settings.api.tls, settings.api.client_ca))
+
+
+def api_process_main(settings: Settings, port: int, wake: Connection, control: Connection) -> None:
+    """The API's own process (``--api-process``, tailer/apiproc.py): the store as a reader, the API and a
+    view of the sources on its own event loop; ingest, retention and the sources' saves stay in the
+    tailer's process. ``port``: the one the first child listened on (a restarted child takes it again)."""
+    from kube_audit.runtime import lifecycle
+    from kube_audit.runtime.observability import setup_logging
+
+    os.dup2(2, 1)  # stdout is the audit event stream: nothing of this process goes there
+    setup_logging(settings.log_level)
+    settings = dataclasses.replace(settings, api=dataclasses.replace(settings.api, port=port))
+
+    async def begin(rt: Runtime) -> None:
+        try:
+            await start_api_process(settings, rt, wake, control)
+        except BaseException as exc:
+            failed(control, exc)
+            raise
+        tune_interpreter()
+
+    try:
+        code = lifecycle.run(begin, settings.shutdown_timeout)
+    except Exception as exc:  # told to the parent already (failed)
+        log.error("api_process_failed", error=str(exc), error_type=type(exc).__name__)
+        code = 1
+    sys.exit(code)
+
+
+async def start_api_process(settings: Settings, rt: Runtime, wake: Connection, control: Connection) -> None:
+    from tailer.sources.stage import Sources
+    from tailer.sources.state import Rules
+    from tailer.store import Store
+
+    assert settings.store.target is not None
+    metrics = TailerMetrics()  # its tailer_api_* families reach the tailer's /metrics (ChildLink)
+    store = await Store.open(settings.store.target)  # the tailer opened it first: the schema is current
+    rt.on_exit("store", store.close)
+    api = await build_api(settings, store, metrics, rt)
+    s = settings.sources
+    view = Sources(store, metrics, Rules(s.silent_after, s.lagging_bytes, s.gap_window), s.check_interval)
+    await view.refresh(log_changes=False)  # what the tailer's sources stage saved; it logs the changes
+    api.sources, api.chain_key = view, settings.integrity_key
+    rt.spawn(follow_sources(view), "sources-view")
+    server = api_server(settings, [api], web.Application())
+    assert server is not None  # this process exists only for an API with its own port
+    await server.start()
+    rt.on_shutdown("api-http", server.stop)
+
+    async def close_api(_: Deadline) -> None:
+        api.close()
+
+    rt.on_shutdown("api", close_api)
+
+    async def end_watches(_: Deadline) -> None:
+        api.hub.close()  # open watches end now (clients resume): none holds the shutdown
+
+    rt.on_shutdown("watches", end_watches)
+    ChildLink(wake, control, metrics, on_wake=api.hub.notify, on_parent_gone=rt.stop.set).ready(server.port)
+    log.info("api_process_serving", port=server.port, pid=os.getpid())
+
+
+async def follow_sources(view: Any) -> None:
+    """The API process's view of the sources: read again from the store every check interval."""
+    while True:
+        await asyncio.sleep(view.interval)
+        try:
+            await view.refresh(log_changes=False)
+        except Exception as exc:  # the store down, or a bug: the view stays as it was until the next try
+            log.debug("sources_view_refresh_failed", error=repr(exc))

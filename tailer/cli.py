@@ -194,6 +194,9 @@ def add_api_flags(p: EnvParser) -> None:
                         "the API is served on --http-listen")
     p.add_argument("--api-tls-cert", help="API serving certificate (PEM), reloaded when it changes")
     p.add_argument("--api-tls-key", help="API serving key (PEM)")
+    p.add_argument("--api-process", type=parse_bool, default=True, metavar="BOOL",
+                   help="with --api-tls-cert, serve the API from a process of its own, so that ingest and the "
+                        "API do not wait for each other (default true; false: one process)")
     p.add_argument("--requestheader-client-ca-file", metavar="FILE",
                    help="CA of the front proxy (kube-aggregator) client certificate; enables X-Remote-User")
     p.add_argument("--requestheader-from-cluster", type=parse_bool, default=False, metavar="BOOL",
@@ -274,7 +277,7 @@ def api_settings(parser: EnvParser, args: argparse.Namespace) -> ApiSettings:
         query_timeout=max(args.api_query_timeout, 0.1), host=args.api_listen[0], port=args.api_listen[1], tls=tls,
         client_ca=client_ca, requestheader_from_cluster=args.requestheader_from_cluster, allowed_names=args.requestheader_allowed_names,
         username_headers=args.requestheader_username_headers, group_headers=args.requestheader_group_headers,
-        extra_prefixes=args.requestheader_extra_headers_prefix, watch_recheck=max(args.watch_recheck, 0.05),
+        extra_prefixes=args.requestheader_extra_headers_prefix, watch_recheck=max(args.watch_recheck, 0.05), process=args.api_process,
         watch_max=args.watch_max, watch_ring_events=args.watch_ring_events, watch_ring_bytes=args.watch_ring_bytes)
 
 

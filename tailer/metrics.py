@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+
+
+def is_api_family(name: str) -> bool:
+    """The families the API serves (tailer_api_*), which its own process counts (tailer/apiproc.py)."""
+    return name.startswith("tailer_api_") and not name.startswith("tailer_api_process_")
+
+
+class Families:
+    """Part of a registry, for ``generate_latest``: the metric families ``keep`` says yes to."""
+
+    def __init__(self, registry: CollectorRegistry, keep: Callable[[str], bool]) -> None:
+        self.registry, self.keep = registry, keep
+
+    def collect(self) -> Iterator[Metric]:
+        return (m for m in self.registry.collect() if self.keep(m.name))
 
 
 class TailerMetrics:
@@ -70,6 +88,8 @@ class TailerMetrics:
                                            registry=r)
         self.api_query_rejected = Counter("tailer_api_queries_rejected", "Object views refused or abandoned",
                                           ["reason"], registry=r)
+        self.api_process_restarts = Counter("tailer_api_process_restarts", "Times the API's own process "
+                                            "exited and was started again (--api-process)", registry=r)
         self.api_token_file_errors = Counter("tailer_api_token_file_errors", "Times the API token file became "
                                              "unusable (every request refused until it is valid)", ["reason"],
                                              registry=r)

@@ -72,6 +72,7 @@ class ApiSettings:
     host: str = "0.0.0.0"  # the HTTPS API address, used when ``tls`` is set (else the API is on HttpSettings)
     port: int = 8443
     tls: TLSFiles | None = None  # serving certificate and key, reloaded when they change
+    process: bool = True  # with ``tls``: the API in a process of its own (tailer/apiproc.py), else on ingest's loop
     client_ca: str | None = None  # request-header CA: front-proxy client certificates (X-Remote-User)
     requestheader_from_cluster: bool = False  # client_ca and header names from kube-system's ConfigMap
     allowed_names: tuple[str, ...] = ()  # common names of the front proxy's certificate; empty: any

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
@@ -16,7 +16,9 @@ def build_app(
     registry: CollectorRegistry,
     ready: Callable[[], bool] = lambda: True,
     healthy: Callable[[], bool] = lambda: True,
+    extra: Callable[[], Awaitable[bytes]] | None = None,
 ) -> web.Application:
+    """``extra``: more metrics in the text format, asked on each scrape (another process's families)."""
     app = web.Application()
 
     async def healthz(_: web.Request) -> web.Response:
@@ -27,7 +29,7 @@ def build_app(
         return web.Response(text="ok\n" if ok else "not ready\n", status=200 if ok else 503)
 
     async def metrics(_: web.Request) -> web.Response:
-        body = render_metrics(registry)
+        body = render_metrics(registry) + (await extra() if extra is not None else b"")
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.router.add_get("/healthz", healthz)

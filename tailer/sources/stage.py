@@ -63,7 +63,10 @@ class SeenSink:
     async def write(self, items: Sequence[Item], origin: Origin | None = None) -> None:
         if origin is not None:
             newest = max((i.ts for i in items if isinstance(i, AuditEvent) and i.ts is not None), default=None)
-            self.stage.note(origin.source, newest)
+            if self.stage.note(origin.source, newest):
+                # a source this process had not heard from: saved before the ack, so that every reader
+                # of the store (the API's process, other replicas) lists it from then on
+                await self.stage.save()
 
 
 class Sources:
@@ -99,13 +102,15 @@ class Sources:
             for reason in GAP_REASONS:
                 self.metrics.source_gaps.labels(str(source), reason)
 
-    def note(self, source: SourceId, newest: float | None) -> None:
+    def note(self, source: SourceId, newest: float | None) -> bool:
+        """Whether ``source`` is new to this process."""
         self._touch(source)
-        now = self.clock()
+        now, new = self.clock(), source not in self._memory
         for seen in (self._unsaved, self._memory):
             last, event = seen.get(source, (now, None))
             seen[source] = (max(last, now), _later(event, newest))
         self.metrics.source_last_seen.labels(str(source)).set(now)
+        return new
 
     async def write(self, records: Sequence[Record], origin: Origin) -> None:
         """The control sink: keep each status record durably (raise on a transient store error: no ack)."""

@@ -249,7 +249,7 @@ class Store(PruneStore):
             for i, (rows, source) in enumerate(chunks):
                 origin = self._origin_id(conn, source, fresh)
                 params, start = [], seq
-                for r, body in zip(rows, self.codec.compress_all([r.event for r in rows])):
+                for r, body in zip(rows, self.codec.compress_all([r.event for r in rows]), strict=True):
                     hw = max(hw, r.ts)  # the running maximum: non-decreasing in seq
                     own = (seq,) if self.assigns_seq else ()
                     params.append((*own, hw, *r[:-2], origin, body))

@@ -190,7 +190,7 @@ class Codec:
         writer; measured in isolation: 5,000 bodies beside a busy thread, 566 µs each vs 4.6 µs)."""
         if self._compressor is None or not bodies:
             return bodies
-        frames = self._compressor.multi_compress_to_buffer(bodies)
+        frames = self._compressor.multi_compress_to_buffer(list[bytes | bytearray | memoryview](bodies))
         return [frames[i].tobytes() for i in range(len(bodies))]
 
     def load(self, body: bytes | str, fetch: Callable[[int], bytes | None]) -> dict[str, Any]:
