@@ -134,7 +134,7 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
                     time.sleep(0.05)
             if profile:
                 spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(proc.pid),
-                                        "--output", profile, "--rate", "200", "--nonblocking",
+                                        "--output", profile, "--rate", "200", "--nonblocking", "--subprocesses", "--threads",
                                         "--format", "flamegraph" if profile.endswith(".svg") else "raw"], stdout=null, stderr=null)
             idle = tree_cpu(proc.pid)  # the tailer and its API process
             elapsed = send_all(sock, data)

@@ -341,12 +341,16 @@ class Store(PruneStore):
         for dict_id, data in conn.execute("SELECT id, data FROM audit_dicts ORDER BY id").fetchall():
             self.codec.use(int(dict_id), bytes(data))
 
-    def _load(self, conn: Any, body: Any) -> dict[str, Any]:
+    def _fetch(self, conn: Any) -> Callable[[int], bytes | None]:
+        """Reads a zstd dictionary this process has not seen yet (another writer trained it)."""
         def fetch(dict_id: int) -> bytes | None:
             row = conn.execute(f"SELECT data FROM audit_dicts WHERE id = {self.ph}", (dict_id,)).fetchone()
             return bytes(row[0]) if row else None
 
-        return self.codec.load(body, fetch)
+        return fetch
+
+    def _load_all(self, conn: Any, bodies: list[Any]) -> list[dict[str, Any]]:
+        return self.codec.load_all(bodies, self._fetch(conn))
 
     async def probe(self) -> None:
         """One small real write (a row inserted and deleted again, committed): the store is healthy
@@ -445,7 +449,8 @@ class Store(PruneStore):
                 start = max(start, self._first_at(conn, flt.since) - 1)
             rows = conn.execute(sql, (start, *args, limit)).fetchall()
             names = self._names(conn, {int(origin) for _, origin, _ in rows})
-            return [(int(seq), self._load(conn, body), names[int(origin)]) for seq, origin, body in rows]
+            events = self._load_all(conn, [body for _, _, body in rows])
+            return [(int(seq), event, names[int(origin)]) for (seq, origin, _), event in zip(rows, events, strict=True)]
 
         return await self._read(query)
 
@@ -465,17 +470,13 @@ class Store(PruneStore):
                f"ORDER BY seq LIMIT {self.ph}")
 
         def query(conn: Any) -> list[tuple[Any, ...]]:
-            def fetch(dict_id: int) -> bytes | None:
-                row = conn.execute(f"SELECT data FROM audit_dicts WHERE id = {self.ph}", (dict_id,)).fetchone()
-                return bytes(row[0]) if row else None
-
-            raw = self.codec.raw
             rows = conn.execute(sql, (after, limit)).fetchall()
             if "origin" in columns:
                 at = 1 + list(columns).index("origin")
                 names = self._names(conn, {int(r[at]) for r in rows})
                 rows = [(*r[:at], names[int(r[at])], *r[at + 1:]) for r in rows]
-            return [(*r[:-1], raw(r[-1], fetch)) for r in rows]
+            bodies = self.codec.raw_all([r[-1] for r in rows], self._fetch(conn))
+            return [(*r[:-1], body) for r, body in zip(rows, bodies, strict=True)]
 
         return await self._read(query)
 
@@ -544,7 +545,9 @@ class Store(PruneStore):
                 seq, ts = rows[-1][0], rows[-1][1]
                 omitted = int(conn.execute(f"SELECT COUNT(*) FROM audit_events WHERE {older} AND dry = 0",
                                            (*args, ts, ts, seq)).fetchone()[0])
-            return [(int(seq), str(g), self._load(conn, body)) for seq, _, g, body in reversed(rows)], omitted
+            rows.reverse()
+            events = self._load_all(conn, [body for *_, body in rows])
+            return [(int(seq), str(g), event) for (seq, _, g, _), event in zip(rows, events, strict=True)], omitted
 
         return await self._read(query)
 
