@@ -46,10 +46,11 @@ def alive(pid: int) -> bool:
     return stat.rsplit(") ", 1)[1].split()[0] != "Z"
 
 
-@pytest.fixture
-def tailer(start_tailer: Any, pki: Any) -> Iterator[Any]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def tailer(request: pytest.FixtureRequest, start_tailer: Any, pki: Any) -> Iterator[Any]:
     api_port = free_port()
-    t = start_tailer("--stdout", "false", "--configmaps", "false", "--api-auth", "none", "--watch-poll", "60s",
+    store = [] if request.param == "sqlite" else ["--store", request.getfixturevalue("postgres").new_database()]
+    t = start_tailer(*store, "--stdout", "false", "--configmaps", "false", "--api-auth", "none", "--watch-poll", "60s",
                      "--api-listen", f"127.0.0.1:{api_port}", "--api-tls-cert", str(pki.server.cert),
                      "--api-tls-key", str(pki.server.key))
     t.api = httpx.Client(base_url=f"https://127.0.0.1:{api_port}", verify=ssl.create_default_context(cafile=str(pki.ca)),
