@@ -220,11 +220,11 @@ def add_api_flags(p: EnvParser) -> None:
                         "(default 1m)")
     p.add_argument("--watch-max", type=int, default=500,
                    help="watches open at once; more are refused with 429 and Retry-After (default 500)")
-    p.add_argument("--watch-ring-events", type=int, default=20_000,
+    p.add_argument("--watch-ring-events", type=int, default=10_000,
                    help="newest committed events kept in memory for all watchers; a watcher further behind "
-                        "reads the store (default 20000)")
-    p.add_argument("--watch-ring-bytes", type=parse_size, default=64 * 1024**2,
-                   help="the same bound in bytes (default 64Mi)")
+                        "reads the store (default 10000)")
+    p.add_argument("--watch-ring-bytes", type=parse_size, default=32 * 1024**2,
+                   help="the same bound in bytes (default 32Mi)")
     p.add_argument("--api-query-workers", type=int, default=2,
                    help="processes computing object views (versions, diff, bisect), off the event loop (default 2)")
     p.add_argument("--api-query-timeout", type=parse_duration, default=60.0,

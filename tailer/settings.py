@@ -66,8 +66,8 @@ class ApiSettings:
     query_workers: int = 2  # processes computing object views (versions, diff, ...), off the event loop
     query_timeout: float = 60.0  # seconds one object view may take before the request answers 504
     watch_max: int = 500  # watches open at once; more answer 429 with Retry-After
-    watch_ring_events: int = 20_000  # newest committed events kept in memory for watchers
-    watch_ring_bytes: int = 64 * 1024**2  # and their bytes at most (a watcher below the ring reads the store)
+    watch_ring_events: int = 10_000  # newest committed events kept in memory for watchers
+    watch_ring_bytes: int = 32 * 1024**2  # and their bytes at most (a watcher below the ring reads the store)
     watch_recheck: float = 60.0  # seconds between re-authorizations of an open watch (revoked: ERROR 403)
     host: str = "0.0.0.0"  # the HTTPS API address, used when ``tls`` is set (else the API is on HttpSettings)
     port: int = 8443
