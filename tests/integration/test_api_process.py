@@ -146,3 +146,33 @@ def test_a_bad_certificate_fails_the_tailer_at_start_up(tmp_path: Path, pki: Any
     assert t.proc.wait(60) == 1
     failed = [r for r in t.logs() if r.get("event") == "tailer_failed"]
     assert len(failed) == 1 and "API process failed to start" in failed[0]["error"], t.stderr()[-2000:]
+
+
+def test_an_api_process_that_cannot_start_again_is_retried_while_ingest_goes_on(start_tailer: Any, pki: Any,
+                                                                                tmp_path: Path) -> None:
+    """A certificate gone bad (a rotation that went wrong) while the API process is down: the tailer keeps
+    acking, says so, retries with backoff, and the API is back once the certificate is good again."""
+    cert, key = tmp_path / "api.crt", tmp_path / "api.key"
+    cert.write_bytes(Path(pki.server.cert).read_bytes())
+    key.write_bytes(Path(pki.server.key).read_bytes())
+    api_port = free_port()
+    t = start_tailer("--stdout", "false", "--configmaps", "false", "--api-auth", "none", "--api-listen",
+                     f"127.0.0.1:{api_port}", "--api-tls-cert", str(cert), "--api-tls-key", str(key))
+    t.api = httpx.Client(base_url=f"https://127.0.0.1:{api_port}", verify=ssl.create_default_context(cafile=str(pki.ca)),
+                         timeout=10)
+    try:
+        assert t.proc is not None
+        [api] = children(t.proc.pid)
+        good = cert.read_bytes()
+        cert.write_text("not a certificate\n")
+        os.kill(api, signal.SIGKILL)
+        wait_for(lambda: any(r.get("event") == "api_process_start_failed" for r in t.logs()),
+                 what="the failed restart said")
+        send(t, [event(3)])  # acked: ingest does not wait for the API
+        assert listed(t) is None
+        cert.write_bytes(good)
+        wait_for(lambda: listed(t) == [event(3)["auditID"]], timeout=60, what="the API back with a good certificate")
+        failures = [r for r in t.logs() if r.get("event") == "api_process_start_failed"]
+        assert failures and all(r["level"] == "error" and "API process failed to start" in r["error"] for r in failures)
+    finally:
+        t.api.close()
