@@ -15,7 +15,6 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-import zstandard
 
 from kube_audit.model import chain
 from kube_audit.model.source import SourceId
@@ -60,7 +59,8 @@ def _stored(row: Any) -> L.Stored:
 
 
 class ChainStore:
-    """Mixed into Store (base.py): uses its ``ph``, ``codec``, ``_write``, ``_read`` and ``_transaction``."""
+    """Mixed into Store (base.py): uses its ``ph``, ``codec``, ``_write``, ``_read``, ``_transaction`` and
+    ``_fetch``."""
 
     chain_key: bytes | None = None
     ph: str
@@ -69,6 +69,7 @@ class ChainStore:
         def _transaction(self) -> AbstractContextManager[Any]: ...
         async def _write(self, fn: Callable[[], T]) -> T: ...
         async def _read(self, fn: Callable[[Any], T]) -> T: ...
+        def _fetch(self, conn: Any) -> Callable[[int], bytes | None]: ...
 
     # ---- in the writer's transactions ----
 
@@ -287,18 +288,7 @@ class ChainStore:
 
     def _json_of(self, conn: Any, body: Any) -> bytes:
         """A stored body as the JSON it was before compression."""
-        if isinstance(body, str):
-            return body.encode()
-        body = bytes(body)
-        if body[:1] == b"{":
-            return body
-
-        def fetch(dict_id: int) -> bytes | None:
-            row = conn.execute(f"SELECT data FROM audit_dicts WHERE id = {self.ph}", (dict_id,)).fetchone()
-            return bytes(row[0]) if row else None
-
-        decompressor = self.codec._decompressor(zstandard.get_frame_parameters(body).dict_id, fetch)
-        return bytes(decompressor.decompress(body))
+        return bytes(self.codec.raw(body, self._fetch(conn)))
 
     async def chain_batch(self, after: int, prev_hi: int, since_ms: int | None = None,
                           links: int = 200) -> dict[str, Any]:

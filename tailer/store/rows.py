@@ -193,17 +193,9 @@ class Codec:
         frames = self._compressor.multi_compress_to_buffer(list[bytes | bytearray | memoryview](bodies))
         return [frames[i].tobytes() for i in range(len(bodies))]
 
-    def load(self, body: bytes | str, fetch: Callable[[int], bytes | None]) -> dict[str, Any]:
-        """The event of a stored body; ``fetch`` reads a dictionary this process has not seen yet."""
-        if not (isinstance(body, str) or body[:1] == b"{"):
-            body = self._decompressor(zstandard.get_frame_parameters(body).dict_id, fetch).decompress(body)
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:  # lone surrogates, escaped by encode_line's fallback
-            return json.loads(bytes(body) if not isinstance(body, str) else body)
-
     def raw(self, body: bytes | str, fetch: Callable[[int], bytes | None]) -> bytes:
-        """The JSON bytes of a stored body, not parsed (the watch ring keeps them as they are)."""
+        """The JSON bytes of a stored body, not parsed; ``fetch`` reads a dictionary this process has not
+        seen yet."""
         if isinstance(body, str):
             return body.encode()
         if body[:1] == b"{":
@@ -217,10 +209,8 @@ class Codec:
         out: list[bytes] = []
         frames: dict[int, tuple[list[int], list[bytes | bytearray | memoryview]]] = {}  # dictionary id -> where, what
         for i, body in enumerate(bodies):
-            if isinstance(body, str):
-                out.append(body.encode())
-            elif body[:1] == b"{":
-                out.append(bytes(body))
+            if isinstance(body, str) or body[:1] == b"{":  # plain JSON (rows from before compression)
+                out.append(self.raw(body, fetch))
             else:
                 out.append(b"")
                 at, data = frames.setdefault(zstandard.get_frame_parameters(body).dict_id, ([], []))
@@ -233,7 +223,7 @@ class Codec:
         return out
 
     def load_all(self, bodies: Sequence[bytes | str], fetch: Callable[[int], bytes | None]) -> list[dict[str, Any]]:
-        """``load`` of each body (``raw_all``, then each parsed)."""
+        """The events of stored bodies (``raw_all``, then each parsed)."""
         out = []
         for body in self.raw_all(bodies, fetch):
             try:
