@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gc
 import os
@@ -320,7 +319,7 @@ async def start_api_process(settings: Settings, rt: Runtime, wake: Connection, c
     view = Sources(store, metrics, Rules(s.silent_after, s.lagging_bytes, s.gap_window), s.check_interval)
     await view.refresh(log_changes=False)  # what the tailer's sources stage saved; it logs the changes
     api.sources, api.chain_key = view, settings.integrity_key
-    rt.spawn(follow_sources(view), "sources-view")
+    rt.spawn(view.run(view_only=True), "sources-view")
     server = api_server(settings, [api], web.Application())
     assert server is not None  # this process exists only for an API with its own port
     await server.start()
@@ -338,12 +337,3 @@ async def start_api_process(settings: Settings, rt: Runtime, wake: Connection, c
     ChildLink(wake, control, metrics, on_wake=api.hub.notify, on_parent_gone=rt.stop.set).ready(server.port)
     log.info("api_process_serving", port=server.port, pid=os.getpid())
 
-
-async def follow_sources(view: Any) -> None:
-    """The API process's view of the sources: read again from the store every check interval."""
-    while True:
-        await asyncio.sleep(view.interval)
-        try:
-            await view.refresh(log_changes=False)
-        except Exception as exc:  # the store down, or a bug: the view stays as it was until the next try
-            log.debug("sources_view_refresh_failed", error=repr(exc))

@@ -216,13 +216,16 @@ class Sources:
                 self._silent.discard(row.source)
                 log.info("source_resumed", source=row.source.name, cluster=row.source.cluster)
 
-    async def run(self) -> None:
+    async def run(self, view_only: bool = False) -> None:
+        """Every ``interval``: save what was noted, drop expired gaps, read the sources again. ``view_only``
+        (the API's own process, tailer/app.py): read them only; the tailer saves and logs the changes."""
         while True:
             await asyncio.sleep(self.interval)
             try:
-                await self.save()
-                await self.drop_old_gaps()
-                await self.refresh()
+                if not view_only:
+                    await self.save()
+                    await self.drop_old_gaps()
+                await self.refresh(log_changes=not view_only)
             except StoreError as exc:  # the store says so itself (store_refuses_writes); try again next time
                 log.debug("sources_refresh_failed", error=str(exc))
             except Exception as exc:  # a bug here must not stop the tailer: said, tried again next time
