@@ -50,15 +50,28 @@ def tree(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The peak RSS (VmHWM) of a live process, MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def tree_peak_rss_mb(pid: int) -> float:
     """The sum of each process's peak RSS (VmHWM) over the tree under ``pid``."""
     total = 0.0
     for p in tree(pid):
         try:
-            lines = Path(f"/proc/{p}/status").read_text().splitlines()
-        except OSError:
+            total += peak_rss_mb(p)
+        except OSError:  # it ended meanwhile
             continue
-        total += sum(int(line.split()[1]) / 1024 for line in lines if line.startswith("VmHWM:"))
     return total
 
 
@@ -67,8 +80,7 @@ def tree_cpu(pid: int) -> float:
     total = 0.0
     for p in tree(pid):
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            total += cpu_seconds(p)
+        except OSError:  # it ended meanwhile
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total

@@ -31,8 +31,9 @@ HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 
 import fluent_forward as ff  # noqa: E402
+from bench.daemon import cpu_seconds  # noqa: E402
 from bench.events import many  # noqa: E402
-from bench.store_e2e import connect, cpu_seconds, send_all  # noqa: E402
+from bench.store_e2e import connect, send_all  # noqa: E402
 from bench.store_perf import unpack  # noqa: E402
 from bench.synth import free_port  # noqa: E402
 

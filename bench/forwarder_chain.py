@@ -29,6 +29,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.daemon import cpu_seconds  # noqa: E402
 from bench.events import events  # noqa: E402
 from fluent_forward import EventTime  # noqa: E402
 from forwarder.batcher import Batcher  # noqa: E402
@@ -73,11 +74,6 @@ def seal_only(lines: list[bytes], key: bytes | None, repeat: int = 20) -> float:
             chain.seal(chunk)
         best = min(best, time.process_time() - start)
     return best / (len(chunks) * 1000)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def end_to_end(log: Path, n: int, key_file: Path | None, folder: Path) -> float:

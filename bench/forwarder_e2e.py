@@ -29,6 +29,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.daemon import cpu_seconds, peak_rss_mb  # noqa: E402
 from bench.synth import events, free_port  # noqa: E402
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=os.devnull)
@@ -55,11 +56,7 @@ def wait_port(port: int) -> None:
 
 def proc_stats(pid: int) -> tuple[float, float]:
     """CPU seconds and peak RSS (MB) of a live process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    hwm = next(int(x.split()[1]) for x in Path(f"/proc/{pid}/status").read_text().splitlines()
-               if x.startswith("VmHWM:"))
-    return cpu, hwm / 1024
+    return cpu_seconds(pid), peak_rss_mb(pid)
 
 
 def start_tailer(port: int, http: int, stdout: int | object, store: str = "sqlite") -> subprocess.Popen[bytes]:

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.daemon import cpu_seconds
 from bench.store_perf import HERE, shim, unpack
 
 GOAL = ">= 1.7"
@@ -49,19 +50,13 @@ async def replica(url: str, n: int, seed: int) -> None:
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
         backend = store._wconn.info.backend_pid  # type: ignore[attr-defined]
-        start, cpu = time.time(), time.process_time() + backend_cpu(backend)
+        start, cpu = time.time(), time.process_time() + cpu_seconds(backend)
         for chunk in chunks:
             await store.insert(chunk)
-        end, cpu = time.time(), time.process_time() + backend_cpu(backend) - cpu
+        end, cpu = time.time(), time.process_time() + cpu_seconds(backend) - cpu
         print(json.dumps({"start": start, "end": end, "events": n, "cpu": cpu}), flush=True)
     finally:
         await store.close()
-
-
-def backend_cpu(pid: int) -> float:
-    """CPU seconds of a PostgreSQL backend on this machine (its /proc entry: utime + stime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(tree: Path, shim_root: Path, url: str, replicas: int, n: int) -> tuple[float, float]:

@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 
 import fluent_forward as ff  # noqa: E402
+from bench.daemon import cpu_seconds  # noqa: E402
 from bench.events import many  # noqa: E402
 from bench.store_perf import unpack  # noqa: E402
 from bench.synth import free_port  # noqa: E402
@@ -38,11 +39,6 @@ def chunks(n: int) -> list[tuple[str, bytes]]:
                           for j, r in enumerate(records[i:i + 1000]))
         out.append((f"c{c}", ff.encode_packed_forward("audit", packed, chunk=f"c{c}", compress=True)))
     return out
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def connect(port: int) -> socket.socket:
