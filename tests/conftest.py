@@ -193,8 +193,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def _live_children() -> set[tuple[int, str]]:
-    me = str(os.getpid())
+def live_children(parent: int | None = None) -> set[tuple[int, str]]:
+    """(pid, name) of the live (not zombie) children of ``parent`` (default: this process)."""
+    me = str(os.getpid() if parent is None else parent)
     found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -213,9 +214,9 @@ def _live_children() -> set[tuple[int, str]]:
 @pytest.fixture(autouse=True)
 def no_leftover_processes() -> Iterator[None]:
     """A test that leaves a child process running fails (fixtures stop what they start)."""
-    before = _live_children()
+    before = live_children()
     yield
-    left = _live_children() - before
+    left = live_children() - before
     assert not left, f"processes left running: {sorted(left)}"
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Any]:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from kube_audit.contract import PREFIX
-from tests.conftest import TailerProcess, free_port, wait_for
+from tests.conftest import TailerProcess, free_port, live_children, wait_for
 from tests.helpers.auditlog import event
 from tests.helpers.sender import Sender
 
@@ -25,16 +25,13 @@ from tests.helpers.sender import Sender
 def children(pid: int) -> list[int]:
     """The tailer's API process: its child that runs python (spawn's resource tracker runs ``-c``, too)."""
     found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            state, ppid = stat.rsplit(") ", 1)[1].split()[:2]
-            if int(ppid) == pid and state != "Z" and b"multiprocessing.spawn" in cmd and b"spawn_main" in cmd:
-                found.append(int(entry))
+    for child, _ in live_children(pid):
+        try:
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"multiprocessing.spawn" in cmd and b"spawn_main" in cmd:
+            found.append(child)
     return found
 
 
