@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -64,23 +65,22 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def tree_peak_rss_mb(pid: int) -> float:
-    """The sum of each process's peak RSS (VmHWM) over the tree under ``pid``."""
+def tree_sum(pid: int, read: Callable[[int], float]) -> float:
+    """``read(p)`` summed over the live processes of the tree under ``pid`` (one that ended meanwhile: 0)."""
     total = 0.0
     for p in tree(pid):
         try:
-            total += peak_rss_mb(p)
-        except OSError:  # it ended meanwhile
+            total += read(p)
+        except OSError:
             continue
     return total
+
+
+def tree_peak_rss_mb(pid: int) -> float:
+    """The sum of each process's peak RSS (VmHWM) over the tree under ``pid``."""
+    return tree_sum(pid, peak_rss_mb)
 
 
 def tree_cpu(pid: int) -> float:
     """User + system CPU seconds of the live processes of the tree under ``pid``."""
-    total = 0.0
-    for p in tree(pid):
-        try:
-            total += cpu_seconds(p)
-        except OSError:  # it ended meanwhile
-            continue
-    return total
+    return tree_sum(pid, cpu_seconds)
