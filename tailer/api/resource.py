@@ -18,12 +18,14 @@ silently ignore would answer "everything".
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgspec
 import orjson
 
 from kube_audit.contract import API_VERSION, CLUSTER_ANNOTATION, FLUENT_ANNOTATION, SOURCE_ANNOTATION
@@ -195,10 +197,18 @@ def plan(sel: Selection, now: float | None = None) -> Query:
 def item(seq: int, event: dict[str, Any], fluent: dict[str, Any] | None = None,
          source: SourceId | None = None) -> dict[str, Any]:
     """One list item: the audit.k8s.io/v1 Event as stored, as an AuditEvent of our group (kubectl maps every
-    item's kind through discovery) with Kubernetes object metadata; ``fluent`` (the tag and metadata it
-    came with, when the store kept any) as the FLUENT_ANNOTATION, JSON text; ``source`` (where it came
-    from) as the SOURCE_ANNOTATION and CLUSTER_ANNOTATION."""
-    meta: dict[str, Any] = {"name": _str(event.get("auditID")), "resourceVersion": str(seq)}
+    item's kind through discovery) with Kubernetes object metadata (``item_meta``)."""
+    meta = item_meta(seq, event.get("auditID"), _at(event, "objectRef", "namespace"), event.get("stageTimestamp"),
+                     fluent, source)
+    return {**event, "kind": "AuditEvent", "apiVersion": API_VERSION, "metadata": meta}
+
+
+def item_meta(seq: int, audit_id: Any, namespace: Any, stamp: Any, fluent: dict[str, Any] | None = None,
+              source: SourceId | None = None) -> dict[str, Any]:
+    """An item's metadata, from the event's auditID, objectRef.namespace and stageTimestamp: ``fluent`` (the
+    tag and metadata the event came with, when the store kept any) as the FLUENT_ANNOTATION, JSON text;
+    ``source`` (where it came from) as the SOURCE_ANNOTATION and CLUSTER_ANNOTATION."""
+    meta: dict[str, Any] = {"name": _str(audit_id), "resourceVersion": str(seq)}
     notes: dict[str, str] = {}
     if source is not None:
         notes = {SOURCE_ANNOTATION: source.name, CLUSTER_ANNOTATION: source.cluster}
@@ -206,12 +216,119 @@ def item(seq: int, event: dict[str, Any], fluent: dict[str, Any] | None = None,
         notes[FLUENT_ANNOTATION] = orjson.dumps(fluent).decode()
     if notes:
         meta["annotations"] = notes
-    namespace = _at(event, "objectRef", "namespace")
     if namespace:
         meta["namespace"] = str(namespace)
-    if event.get("stageTimestamp"):
-        meta["creationTimestamp"] = str(event["stageTimestamp"])
-    return {**event, "kind": "AuditEvent", "apiVersion": API_VERSION, "metadata": meta}
+    if stamp:
+        meta["creationTimestamp"] = str(stamp)
+    return meta
+
+
+# ---- a watch line from the stored JSON, without parsing the event ----
+# A watched event is encoded once (the ring shares the line) but parsing its stored JSON and encoding it
+# again was a fifth of the API process's CPU under ingest with 200 watchers (bench/watchers.py). An item
+# is the event with kind and apiVersion replaced in place and metadata added at the end, so when the JSON
+# starts with the v1 kind and apiVersion (as kube-apiserver writes every event) and has no metadata of its
+# own, the item is those bytes spliced; msgspec reads only the few fields the metadata and a table row
+# need and skips the rest (the request and response bodies) without building it.
+
+Stored = dict[str, Any] | bytes  # an event parsed, or its stored JSON (the watch ring's)
+EVENT_HEAD = b'{"kind":"Event","apiVersion":"audit.k8s.io/v1",'
+ITEM_HEAD = b'{"kind":"AuditEvent","apiVersion":"' + API_VERSION.encode() + b'",'
+
+
+class _User(msgspec.Struct):
+    username: Any = None
+
+
+class _Ref(msgspec.Struct):
+    resource: Any = None
+    subresource: Any = None
+    name: Any = None
+    namespace: Any = None
+
+
+class _Status(msgspec.Struct):
+    code: Any = None
+
+
+class _Top(msgspec.Struct):
+    """What an item's metadata and a table row read of an event (absent and null alike: None)."""
+
+    auditID: Any = None
+    verb: Any = None
+    stageTimestamp: Any = None
+    user: _User | None = None
+    objectRef: _Ref | None = None
+    responseStatus: _Status | None = None
+    metadata: Any = msgspec.UNSET
+
+
+_TOP = msgspec.json.Decoder(_Top)
+
+
+def loads(data: bytes) -> dict[str, Any]:
+    """A stored event's JSON, parsed."""
+    try:
+        return orjson.loads(data)  # type: ignore[no-any-return,unused-ignore]
+    except orjson.JSONDecodeError:  # lone surrogates, escaped by the model's dumps fallback
+        return json.loads(data)  # type: ignore[no-any-return,unused-ignore]
+
+
+def _light(data: bytes) -> _Top | None:
+    """What ``_Top`` names of a stored event whose item can be spliced, else None."""
+    if not data.startswith(EVENT_HEAD):
+        return None
+    try:
+        top = _TOP.decode(data)
+    except msgspec.DecodeError:  # (not one JSON object, a field of another shape, nested deeper than it reads)
+        return None
+    return top if top.metadata is msgspec.UNSET else None
+
+
+def _spliced(seq: int, data: bytes, top: _Top, source: SourceId | None) -> bytes:
+    meta = item_meta(seq, top.auditID, top.objectRef.namespace if top.objectRef else None, top.stageTimestamp,
+                     None, source)
+    return b"".join((ITEM_HEAD, data[len(EVENT_HEAD):-1], b',"metadata":', orjson.dumps(meta), b"}"))
+
+
+def _as_event(top: _Top) -> dict[str, Any]:
+    """The fields of the event ``row`` reads, as the parsed event has them."""
+    return {"auditID": top.auditID, "verb": top.verb, "stageTimestamp": top.stageTimestamp,
+            "user": msgspec.structs.asdict(top.user) if top.user else None,
+            "objectRef": msgspec.structs.asdict(top.objectRef) if top.objectRef else None,
+            "responseStatus": msgspec.structs.asdict(top.responseStatus) if top.responseStatus else None}
+
+
+def item_json(seq: int, stored: Stored, source: SourceId | None = None) -> bytes:
+    """``dump(item(seq, event, source=source))``; from stored JSON without parsing it where it can be."""
+    if isinstance(stored, bytes):
+        top = _light(stored)
+        if top is not None:
+            return _spliced(seq, stored, top, source)
+        stored = loads(stored)
+    return dump(item(seq, stored, source=source))
+
+
+def table_json(version: str, seq: int, stored: Stored, include: str, source: SourceId | None = None) -> bytes:
+    """``dump(table(version, [row(seq, event, include, source)], {}))``, the same way as ``item_json``."""
+    whole: bytes | None = None
+    if isinstance(stored, bytes):
+        top = _light(stored)
+        if top is None:
+            stored = loads(stored)
+        else:
+            whole = _spliced(seq, stored, top, source) if include == "Object" else None
+            stored = _as_event(top)
+    return _table_head(version) + dump(row(seq, stored, include, source, whole)) + b"]}"
+
+
+@functools.cache
+def _table_head(version: str) -> bytes:
+    """A one-row Table's JSON up to its row (the column definitions: the same for every line)."""
+    head = table(version, [], {})
+    del head["rows"]
+    return orjson.dumps(head)[:-1] + b',"rows":['
+
 
 
 def event_list(items: list[dict[str, Any]], meta: dict[str, Any]) -> bytes:
@@ -236,7 +353,9 @@ def include_object(query: Mapping[str, str]) -> str:
     return mode
 
 
-def row(seq: int, event: dict[str, Any], include: str, source: SourceId | None = None) -> dict[str, Any]:
+def row(seq: int, event: dict[str, Any], include: str, source: SourceId | None = None,
+        whole: bytes | None = None) -> dict[str, Any]:
+    """A table row; ``whole``: the item's JSON when it was made already (``table_json``)."""
     found = event.get("objectRef")
     ref: dict[str, Any] = found if isinstance(found, dict) else {}
     resource = _str(ref.get("resource")) + (f"/{ref['subresource']}" if ref.get("subresource") else "")
@@ -245,11 +364,11 @@ def row(seq: int, event: dict[str, Any], include: str, source: SourceId | None =
                                      _str(event.get("verb")), resource, _str(ref.get("name")),
                                      code if isinstance(code, int) else None,
                                      source.cluster if source else "", source.name if source else ""]}
-    full = item(seq, event, source=source)
     if include == "Object":
-        out["object"] = full
+        out["object"] = orjson.Fragment(whole) if whole is not None else item(seq, event, source=source)
     elif include == "Metadata":
-        out["object"] = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": full["metadata"]}
+        out["object"] = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                         "metadata": item(seq, event, source=source)["metadata"]}
     return out
 
 
@@ -296,5 +415,6 @@ def list_body(head: dict[str, Any], key: str, entries: Sequence[Any]) -> bytes:
     return orjson.dumps(head)[:-1] + b',"' + key.encode() + b'":[' + b",".join(dump(e) for e in entries) + b"]}"
 
 
-def watch_line(kind: str, obj: Any) -> bytes:
-    return b'{"type":"' + kind.encode() + b'","object":' + dump(obj) + b"}\n"
+def watch_line(kind: str, obj: bytes) -> bytes:
+    """A watch event's line; ``obj``: the object's JSON."""
+    return b'{"type":"' + kind.encode() + b'","object":' + obj + b"}\n"

@@ -21,17 +21,15 @@ Python objects); the oldest segments leave first.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import deque, namedtuple
 from collections.abc import Callable, Hashable
 from operator import attrgetter
 from typing import Any
 
-import orjson
-
 from kube_audit.model.source import SourceId
 from kube_audit.runtime.observability import get_logger
+from tailer.api.resource import Stored, loads
 from tailer.store import EventFilter, Store
 from tailer.store.rows import clean
 
@@ -69,13 +67,6 @@ def matches(flt: EventFilter, row: Any) -> bool:
 def from_origin(flt: EventFilter, origin: SourceId) -> bool:
     return (flt.cluster is None or origin.cluster == wanted(flt.cluster)) and \
         (flt.source is None or origin.name == wanted(flt.source))
-
-
-def loads(data: bytes) -> dict[str, Any]:
-    try:
-        return orjson.loads(data)  # type: ignore[no-any-return,unused-ignore]
-    except orjson.JSONDecodeError:  # lone surrogates, escaped by the model's dumps fallback
-        return json.loads(data)  # type: ignore[no-any-return,unused-ignore]
 
 
 class Entry:
@@ -164,13 +155,13 @@ class Ring:
         out.reverse()
         return out
 
-    def line(self, entry: Entry, key: Hashable, make: Callable[[int, dict[str, Any], SourceId], bytes]) -> bytes:
+    def line(self, entry: Entry, key: Hashable, make: Callable[[int, Stored, SourceId], bytes]) -> bytes:
         """``entry``'s watch line in the encoding ``key``; made once, then shared by every watcher."""
         if entry.lines is None:
             entry.lines = {}
         found = entry.lines.get(key)
         if found is None:
-            found = entry.lines[key] = make(entry.seq, entry.event(), entry.row.origin)
+            found = entry.lines[key] = make(entry.seq, entry.row.event, entry.row.origin)  # (its JSON: parsed only if needed)
             self.bytes += len(found)
             for segment in reversed(self.segments):  # (the newest, almost always)
                 if segment.after < entry.seq <= segment.last:

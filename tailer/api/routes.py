@@ -154,10 +154,10 @@ class AuditApi:
         include = resource.include_object(q)
         timeout = uint(q["timeoutSeconds"], "timeoutSeconds") if q.get("timeoutSeconds") else None
 
-        def encode(seq: int, event: dict[str, Any], source: SourceId | None = None) -> dict[str, Any]:
+        def encode(seq: int, event: resource.Stored, source: SourceId | None = None) -> bytes:
             if version:
-                return resource.table(version, [resource.row(seq, event, include, source)], {})
-            return resource.item(seq, event, source=source)
+                return resource.table_json(version, seq, event, include, source)
+            return resource.item_json(seq, event, source)
 
         if watch:
             rv = q.get("resourceVersion")

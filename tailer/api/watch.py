@@ -34,7 +34,7 @@ from kube_audit.contract import API_VERSION
 from kube_audit.model.source import SourceId
 from kube_audit.runtime.observability import get_logger
 from tailer.api.errors import ApiError, status
-from tailer.api.resource import watch_line
+from tailer.api.resource import Stored, dump, loads, watch_line
 from tailer.api.ring import Ring, Segment
 from tailer.metrics import TailerMetrics
 from tailer.store import EventFilter, Store
@@ -43,7 +43,7 @@ WATCH_BATCH = 500
 BOOKMARK_EVERY = 30.0
 RETRY_AFTER = 5  # seconds a refused watcher is asked to wait (Retry-After)
 log = get_logger(component="api")
-Encode = Callable[[int, dict[str, Any], SourceId], dict[str, Any]]  # (seq, event, where it came from)
+Encode = Callable[[int, Stored, SourceId], bytes]  # (seq, event, where it came from) -> the watched object's JSON
 
 
 class WatchHub:
@@ -86,8 +86,8 @@ def too_old(rv: int, pruned: int) -> str:
             "list again and watch from the list's resourceVersion")
 
 
-def with_rv(seq: int, event: dict[str, Any], source: SourceId | None = None) -> dict[str, Any]:
-    return {**event, "metadata": {"resourceVersion": str(seq)}}
+def with_rv(seq: int, event: Stored, source: SourceId | None = None) -> bytes:
+    return dump({**(loads(event) if isinstance(event, bytes) else event), "metadata": {"resourceVersion": str(seq)}})
 
 
 class Watches:
@@ -151,7 +151,7 @@ class Watches:
         quiet_since = checked = time.monotonic()
         in_ring = False
 
-        def line(seq: int, event: dict[str, Any], source: SourceId) -> bytes:
+        def line(seq: int, event: Stored, source: SourceId) -> bytes:
             return watch_line("ADDED", encode(seq, event, source))
 
         while not gone():  # aiohttp does not cancel handlers when the client leaves; we look each poll
@@ -197,7 +197,7 @@ class Watches:
                 pass
 
     async def _from_store(self, flt: EventFilter, last: int, keep: Callable[[dict[str, Any]], bool] | None,
-                          line: Callable[[int, dict[str, Any], SourceId], bytes], behind: bool
+                          line: Callable[[int, Stored, SourceId], bytes], behind: bool
                           ) -> tuple[int, list[bytes], int, bool]:
         """(the pruned mark, the lines, the new position, more to read at once) from the store;
         ``behind``: the watcher was in the ring and fell behind it."""
@@ -218,7 +218,7 @@ class Watches:
         return mark, [line(*row) for row in kept], top, full
 
     def _from_ring(self, segments: list[Segment], flt: EventFilter, last: int,
-                   keep: Callable[[dict[str, Any]], bool] | None, line: Callable[[int, dict[str, Any], SourceId], bytes],
+                   keep: Callable[[dict[str, Any]], bool] | None, line: Callable[[int, Stored, SourceId], bytes],
                    encoding: Hashable) -> tuple[int, list[bytes], int, bool]:
         """The same from the ring: each line made once per encoding, shared with every other watcher."""
         lines: list[bytes] = []
