@@ -208,6 +208,12 @@ def main() -> int:
               f"{w['eps']:>7,.0f} ev/s {w['us']:4.0f} µs/ev RSS {w['rss']:5.0f} MB, {w['delivered']:,.0f}/{expected:,} "
               f"lines | throughput {w['eps'] / z['eps']:.2f}x, RSS +{w['rss'] - z['rss']:.0f} MB "
               "(goal >= 0.9x, +< 100 MB)")
+        # each run's pair (none, then watchers, back to back): steadier than the ratio of medians on a machine
+        # whose speed drifts between runs
+        pairs = list(zip(got[(name, 0)], got[(name, a.watchers)], strict=True))
+        print(f"{name:6} per run, the pair's throughput ratio: median "
+              f"{statistics.median(b['eps'] / z['eps'] for z, b in pairs):.2f}x; CPU the watchers add per event: median "
+              f"{statistics.median(b['us'] - z['us'] for z, b in pairs):.0f} µs")
     return 0
 
 
