@@ -8,6 +8,10 @@ each receiver's CPU (user + system of all its threads, from /proc/<pid>/stat) is
 idle for a while after the last ack (its flush included). Receivers are interleaved ``--runs`` times;
 medians, and the ratio ours / Fluent Bit (goal <= 2x).
 
+Beside them, ``python floor``: in this process, with the collector off, only the steps any CPython receiver that
+prints each event as a JSON line cannot skip, each in C: inflate the chunk (zlib), decode its entries (msgpack)
+and encode each record (orjson). No parse, no checks, no socket: what such a receiver's CPU per event is at least.
+
 Fluent Bit is not part of this project: build it beside it (README, issue 13) and pass its binary.
 
     python -m bench.fluentbit --fluent-bit /path/to/fluent-bit [--events 500000] [--runs 3] [--before REV]
@@ -115,6 +119,28 @@ def fluent_bit(binary: str, tmp: Path, null: int) -> Callable[[int], subprocess.
     return start
 
 
+def floor(data: list[tuple[str, bytes]], n: int) -> tuple[float, float]:
+    """(events/s, µs CPU per event) of inflate + msgpack decode + orjson encode of every record, here."""
+    import gc
+    import zlib
+
+    import msgpack
+    import orjson
+
+    payloads = [msgpack.unpackb(message, raw=False)[1] for _, message in data]
+    gc.disable()
+    try:
+        start, cpu = time.perf_counter(), time.process_time()
+        for payload in payloads:
+            reader = msgpack.Unpacker(raw=False, strict_map_key=False)
+            reader.feed(zlib.decompress(payload, 47))
+            b"\n".join([orjson.dumps(record) for _, record in reader])
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    finally:
+        gc.enable()
+    return n / elapsed, cpu / n * 1e6
+
+
 def version(binary: str) -> str:
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
     return " ".join(out.split()[:6]) or "unknown version"
@@ -144,8 +170,8 @@ def main() -> int:
         receivers["fluent-bit"] = fluent_bit(binary, tmp, null)
         got: dict[str, list[tuple[float, float]]] = {}
         for r in range(a.runs):
-            for name, start in receivers.items():
-                eps, us = measure(start, data, a.events)
+            for name, start in [*receivers.items(), ("python floor", None)]:
+                eps, us = floor(data, a.events) if start is None else measure(start, data, a.events)
                 got.setdefault(name, []).append((eps, us))
                 print(f"run {r + 1} {name:>16}: {eps:>8,.0f} events/s, {us:6.1f} µs CPU/event", flush=True)
     med = {name: (statistics.median(e for e, _ in v), statistics.median(u for _, u in v)) for name, v in got.items()}
