@@ -257,6 +257,7 @@ class _Top(msgspec.Struct):
     auditID: Any = None
     verb: Any = None
     stageTimestamp: Any = None
+    requestReceivedTimestamp: Any = None
     user: _User | None = None
     objectRef: _Ref | None = None
     responseStatus: _Status | None = None
@@ -285,15 +286,17 @@ def _light(data: bytes) -> _Top | None:
     return top if top.metadata is msgspec.UNSET else None
 
 
-def _spliced(seq: int, data: bytes, top: _Top, source: SourceId | None) -> bytes:
+def _spliced(seq: int, data: bytes, top: _Top, source: SourceId | None,
+             fluent: dict[str, Any] | None = None) -> bytes:
     meta = item_meta(seq, top.auditID, top.objectRef.namespace if top.objectRef else None, top.stageTimestamp,
-                     None, source)
+                     fluent, source)
     return b"".join((ITEM_HEAD, data[len(EVENT_HEAD):-1], b',"metadata":', orjson.dumps(meta), b"}"))
 
 
 def _as_event(top: _Top) -> dict[str, Any]:
     """The fields of the event ``row`` reads, as the parsed event has them."""
     return {"auditID": top.auditID, "verb": top.verb, "stageTimestamp": top.stageTimestamp,
+            "requestReceivedTimestamp": top.requestReceivedTimestamp,
             "user": msgspec.structs.asdict(top.user) if top.user else None,
             "objectRef": msgspec.structs.asdict(top.objectRef) if top.objectRef else None,
             "responseStatus": msgspec.structs.asdict(top.responseStatus) if top.responseStatus else None}
@@ -311,15 +314,39 @@ def item_json(seq: int, stored: Stored, source: SourceId | None = None) -> bytes
 
 def table_json(version: str, seq: int, stored: Stored, include: str, source: SourceId | None = None) -> bytes:
     """``dump(table(version, [row(seq, event, include, source)], {}))``, the same way as ``item_json``."""
-    whole: bytes | None = None
-    if isinstance(stored, bytes):
-        top = _light(stored)
-        if top is None:
-            stored = loads(stored)
+    return _table_head(version) + dump(table_rows([(seq, stored, source)], include)[0][0]) + b"]}"
+
+
+def list_items(rows: Sequence[tuple[int, Stored, SourceId | None]], fluent: Mapping[int, dict[str, Any]]
+               ) -> tuple[list[bytes], list[dict[str, Any]]]:
+    """The JSON of each row's ``item`` (``fluent``: by seq), and what ``event_time`` reads of each event (for
+    the gap warnings); stored JSON is spliced where it can be, as in ``item_json``."""
+    items, times = [], []
+    for seq, stored, source in rows:
+        if isinstance(stored, bytes) and (top := _light(stored)) is not None:
+            items.append(_spliced(seq, stored, top, source, fluent.get(seq)))
+            times.append({"stageTimestamp": top.stageTimestamp, "requestReceivedTimestamp": top.requestReceivedTimestamp})
         else:
+            event = loads(stored) if isinstance(stored, bytes) else stored
+            items.append(dump(item(seq, event, fluent.get(seq), source)))
+            times.append(event)
+    return items, times
+
+
+def table_rows(rows: Sequence[tuple[int, Stored, SourceId | None]], include: str
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each row's table ``row`` and what ``event_time`` reads of its event, as ``list_items``."""
+    out, times = [], []
+    for seq, stored, source in rows:
+        whole: bytes | None = None
+        if isinstance(stored, bytes) and (top := _light(stored)) is not None:
             whole = _spliced(seq, stored, top, source) if include == "Object" else None
-            stored = _as_event(top)
-    return _table_head(version) + dump(row(seq, stored, include, source, whole)) + b"]}"
+            event = _as_event(top)
+        else:
+            event = loads(stored) if isinstance(stored, bytes) else stored
+        out.append(row(seq, event, include, source, whole))
+        times.append(event)
+    return out, times
 
 
 @functools.cache
@@ -331,7 +358,7 @@ def _table_head(version: str) -> bytes:
 
 
 
-def event_list(items: list[dict[str, Any]], meta: dict[str, Any]) -> bytes:
+def event_list(items: Sequence[Any], meta: dict[str, Any]) -> bytes:
     return list_body({"kind": "AuditEventList", "apiVersion": API_VERSION, "metadata": meta}, "items", items)
 
 
@@ -411,8 +438,9 @@ def dump(obj: Any) -> bytes:
 
 
 def list_body(head: dict[str, Any], key: str, entries: Sequence[Any]) -> bytes:
-    """``head`` plus ``key: entries``, each entry encoded on its own."""
-    return orjson.dumps(head)[:-1] + b',"' + key.encode() + b'":[' + b",".join(dump(e) for e in entries) + b"]}"
+    """``head`` plus ``key: entries``, each entry encoded on its own (or already: bytes)."""
+    return (orjson.dumps(head)[:-1] + b',"' + key.encode() + b'":['
+            + b",".join(e if isinstance(e, bytes) else dump(e) for e in entries) + b"]}")
 
 
 def watch_line(kind: str, obj: bytes) -> bytes:

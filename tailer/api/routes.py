@@ -38,7 +38,7 @@ from tailer.api.queries import MAX_LIMIT, VERSIONS_LIMIT, VIEW_ALIASES, QueryPoo
 from tailer.api.watch import Watches, WatchHub
 from tailer.metrics import TailerMetrics
 from tailer.store import Store, StoreError
-from tailer.store.base import SourcedRows
+from tailer.store.base import SourcedJson, SourcedRows
 from tailer.store.rows import event_time
 
 __all__ = ["PREFIX", "AuditApi", "WatchHub"]
@@ -169,25 +169,28 @@ class AuditApi:
         after = decode_continue(q["continue"]) if q.get("continue") else 0
         # both reads at once: one wait for a reader thread behind ingest, not two in turn
         head, (rows, more) = await asyncio.gather(self.store.head(), self._page(query, after, limit))
-        # the range shown: the filter's bounds, else the events' own times (for the gap warnings)
-        shown = [query.store.since, query.store.until, *(event_time(e) or None for _, e, _ in rows)]
         meta: dict[str, Any] = {"resourceVersion": str(max([head, *(s for s, _, _ in rows)]))}
         if more is not None:
             meta["continue"] = encode_continue(more)
         if version:
-            body = resource.table_body(version, [resource.row(s, e, include, src) for s, e, src in rows], meta)
-            return sources_api.warn(self, web.Response(body=body, headers={
-                "Content-Type": f"application/json;as=Table;v={version};g=meta.k8s.io"}), shown)
-        fluent = await self.store.metas(rows[0][0], rows[-1][0]) if rows else {}
-        items = [resource.item(s, e, fluent.get(s), src) for s, e, src in rows]
-        return sources_api.warn(self, web.Response(body=resource.event_list(items, meta),
-                                                   content_type="application/json"), shown)
+            cells, times = resource.table_rows(rows, include)
+            body = resource.table_body(version, cells, meta)
+            headers = {"Content-Type": f"application/json;as=Table;v={version};g=meta.k8s.io"}
+        else:
+            fluent = await self.store.metas(rows[0][0], rows[-1][0]) if rows else {}
+            items, times = resource.list_items(rows, fluent)
+            body, headers = resource.event_list(items, meta), {"Content-Type": "application/json"}
+        # the range shown: the filter's bounds, else the events' own times (for the gap warnings)
+        shown = [query.store.since, query.store.until, *(event_time(e) or None for e in times)]
+        return sources_api.warn(self, web.Response(body=body, headers=headers), shown)
 
-    async def _page(self, query: resource.Query, after: int, limit: int) -> tuple[SourcedRows, int | None]:
-        """Up to ``limit`` matching events after ``after``, and where the next page starts (None: no more)."""
+    async def _page(self, query: resource.Query, after: int, limit: int
+                    ) -> tuple[SourcedRows | SourcedJson, int | None]:
+        """Up to ``limit`` matching events after ``after``, and where the next page starts (None: no more);
+        their JSON unparsed when the store applies the whole filter."""
         if query.keep is None:
-            rows = await self.store.sourced_events(query.store, after, limit)
-            return rows, (rows[-1][0] if len(rows) == limit else None)
+            found = await self.store.sourced_json(query.store, after, limit)
+            return found, (found[-1][0] if len(found) == limit else None)
         out: SourcedRows = []
         scanned, cursor = 0, after
         while True:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
 import orjson
@@ -206,11 +206,16 @@ class Watches:
             log.info("watch_behind", resource_version=last, ring_floor=self.ring.floor)
         self.ring.ensure_running()
         known = self.ring.last if self.ring.running else None  # committed and visible before our read
-        rows = await self.store.sourced_events(flt, last, WATCH_BATCH)
+        rows: Sequence[tuple[int, Stored, SourceId]]
+        kept: Sequence[tuple[int, Stored, SourceId]]
+        if keep is None:  # the JSON unparsed: the line splices it
+            rows = kept = await self.store.sourced_json(flt, last, WATCH_BATCH)
+        else:
+            parsed = await self.store.sourced_events(flt, last, WATCH_BATCH)
+            rows, kept = parsed, [row for row in parsed if keep(row[1])]
         # Read after the rows: if retention deleted anything above ``last`` since we last looked,
         # these rows may lack it (or it went just after we read: we cannot tell, so we say so too).
         mark = await self.store.pruned()
-        kept = [row for row in rows if keep(row[1])] if keep is not None else rows
         full = len(rows) == WATCH_BATCH
         top = rows[-1][0] if rows else last
         if not full and known is not None:  # every match up to ``known`` was in this read: rejoin the ring

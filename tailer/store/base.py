@@ -33,6 +33,8 @@ T = TypeVar("T")
 GROUP_ROWS = 20_000  # most rows one group commit takes
 EventRows = list[tuple[int, dict[str, Any]]]
 SourcedRows = list[tuple[int, dict[str, Any], SourceId]]  # (seq, event, where it came from)
+SourcedJson = list[tuple[int, bytes, SourceId]]  # the same with the event's JSON
+E = TypeVar("E")
 UNNAMED = SourceId("", "")  # origin 0: events stored before issue 12, and what is inserted with no source
 ObjectRows = list[tuple[int, str, dict[str, Any]]]
 
@@ -439,17 +441,25 @@ class Store(PruneStore):
 
     async def sourced_events(self, flt: EventFilter, after: int = 0, limit: int = 500) -> SourcedRows:
         """``events``, each with the (cluster, source) it came from."""
+        return await self._sourced(flt, after, limit, self._load_all)
+
+    async def sourced_json(self, flt: EventFilter, after: int = 0, limit: int = 500) -> SourcedJson:
+        """``sourced_events`` with each event's JSON bytes, decompressed, not parsed."""
+        return await self._sourced(flt, after, limit, lambda conn, bodies: self.codec.raw_all(bodies, self._fetch(conn)))
+
+    async def _sourced(self, flt: EventFilter, after: int, limit: int,
+                       bodies_of: Callable[[Any, list[Any]], list[E]]) -> list[tuple[int, E, SourceId]]:
         clauses, args = flt.where(self.ph)
         sql = (f"SELECT seq, origin, event FROM audit_events WHERE "
                f"{' AND '.join([f'seq > {self.ph}', *clauses, self.visible])} ORDER BY seq LIMIT {self.ph}")
 
-        def query(conn: Any) -> SourcedRows:
+        def query(conn: Any) -> list[tuple[int, E, SourceId]]:
             start = after
             if flt.since is not None:  # nothing below the first row whose running maximum reaches ``since``
                 start = max(start, self._first_at(conn, flt.since) - 1)
             rows = conn.execute(sql, (start, *args, limit)).fetchall()
             names = self._names(conn, {int(origin) for _, origin, _ in rows})
-            events = self._load_all(conn, [body for _, _, body in rows])
+            events = bodies_of(conn, [body for _, _, body in rows])
             return [(int(seq), event, names[int(origin)]) for (seq, origin, _), event in zip(rows, events, strict=True)]
 
         return await self._read(query)

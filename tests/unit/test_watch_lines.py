@@ -99,3 +99,21 @@ def test_a_lone_surrogate_takes_the_parsed_path() -> None:
     data = json.dumps(_event(annotations={"note": "\ud800 lone"}), separators=(",", ":")).encode()
     assert resource._light(data) is None  # msgspec refuses it; the parsed path says what it always said
     assert resource.item_json(9, data, None) == parsed_item(9, data, None)
+
+
+def test_a_list_page_from_stored_json_is_the_page_from_parsed_events() -> None:
+    from tailer.store.rows import event_time
+
+    odd = [orjson.dumps(e) for e in ODD.values()]
+    rows = [(seq, data, SOURCES[seq % 2]) for seq, data in enumerate([stored(r) for r in many(100)] + odd, 1)]
+    parsed = [(seq, resource.loads(data), source) for seq, data, source in rows]
+    fluent = {3: {"tag": "audit", "host": "cp-1"}, len(rows): {"tag": "x"}}
+    items, times = resource.list_items(rows, fluent)
+    old_items, old_times = resource.list_items(parsed, fluent)
+    assert items == old_items == [resource.dump(resource.item(s, e, fluent.get(s), src)) for s, e, src in parsed]
+    assert [event_time(t) for t in times] == [event_time(t) for t in old_times] == [event_time(e) for _, e, _ in parsed]
+    for include in INCLUDES:
+        cells, times = resource.table_rows(rows, include)
+        assert resource.table_body("v1", cells, {"resourceVersion": "9"}) == resource.table_body(
+            "v1", [resource.row(s, e, include, src) for s, e, src in parsed], {"resourceVersion": "9"})
+        assert [event_time(t) for t in times] == [event_time(e) for _, e, _ in parsed]
