@@ -77,13 +77,19 @@ class Follower:
 
     # ---- queueing -----------------------------------------------------------------------------
 
-    def _make(self, cand: Candidate, offset: int | None, cands: list[Candidate]) -> Source | None:
+    def _make(self, cand: Candidate, offset: int | None, cands: list[Candidate], moved: bool = False) -> Source | None:
         """A queued file at ``offset`` (None: after the last complete line); a plain one is opened at once,
         by its inode, so that its head and identity are of the same file even if it is renamed meanwhile."""
         raw: IO[bytes] | None = None
         if cand.compressed:
             head, size = self.folder.head(cand), self.folder.content_size(cand)
             if head is None:
+                # logrotate shifted it (audit.log.1.gz -> .2.gz) since the listing: the same file, by its inode,
+                # under its new name (the name it had is missing until the next copy is compressed into it)
+                now = None if moved else next((c for c in self.folder.scan() or () if c.compressed and
+                                               (c.device, c.inode) == (cand.device, cand.inode)), None)
+                if now is not None and now.path != cand.path:
+                    return self._make(now, offset, cands, moved=True)
                 self._unreadable(cand.path, cand.inode, "cannot read its head", size, self._last())
                 return None
         else:

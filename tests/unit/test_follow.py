@@ -529,3 +529,21 @@ def test_a_plan_taken_as_it_is_after_the_last_try_still_reads_that_copy_later(tm
     assert sorted(set(drain(f))) == list(range(10, 40))
     assert f.gaps == []
     f.close()
+
+
+def test_a_gzipped_copy_shifted_by_logrotate_while_planned_is_read_under_its_new_name(tmp_path: Path) -> None:
+    """logrotate's copytruncate with compress shifts audit.log.1.gz to .2.gz, then compresses the new copy into
+    .1.gz: in between, the name the listing saw is missing. That is a rename, not an unreadable file (no gap)."""
+    log = tmp_path / "audit.log"
+    (tmp_path / "audit.log.1.gz").write_bytes(gzip.compress(b"".join(orjson.dumps(event(i, pad=20)) + b"\n"
+                                                                     for i in range(10))))
+    write(log, range(10, 20))
+    f = follower(log)
+    cands = f.folder.scan() or []
+    copy = next(c for c in cands if c.compressed)
+    os.rename(tmp_path / "audit.log.1.gz", tmp_path / "audit.log.2.gz")  # between the listing and the open
+    src = f._make(copy, 0, cands)
+    assert src is not None and src.path == str(tmp_path / "audit.log.2.gz") and f.gaps == []
+    os.remove(tmp_path / "audit.log.2.gz")  # gone for good: that one is a gap
+    assert f._make(copy, 0, cands) is None and [g.reason for g in f.gaps] == ["unreadable: cannot read its head"]
+    f.close()
