@@ -223,15 +223,16 @@ def item_meta(seq: int, audit_id: Any, namespace: Any, stamp: Any, fluent: dict[
     return meta
 
 
-# ---- a watch line from the stored JSON, without parsing the event ----
+# ---- watch lines and list items from the stored JSON, without parsing the event ----
 # A watched event is encoded once (the ring shares the line) but parsing its stored JSON and encoding it
 # again was a fifth of the API process's CPU under ingest with 200 watchers (bench/watchers.py). An item
 # is the event with kind and apiVersion replaced in place and metadata added at the end, so when the JSON
 # starts with the v1 kind and apiVersion (as kube-apiserver writes every event) and has no metadata of its
 # own, the item is those bytes spliced; msgspec reads only the few fields the metadata and a table row
-# need and skips the rest (the request and response bodies) without building it.
+# need and skips the rest (the request and response bodies) without building it. List pages and watchers
+# reading the store take the same path (Store.sourced_json).
 
-Stored = dict[str, Any] | bytes  # an event parsed, or its stored JSON (the watch ring's)
+Stored = dict[str, Any] | bytes  # an event parsed, or its stored JSON (the watch ring's, Store.sourced_json's)
 EVENT_HEAD = b'{"kind":"Event","apiVersion":"audit.k8s.io/v1",'
 ITEM_HEAD = b'{"kind":"AuditEvent","apiVersion":"' + API_VERSION.encode() + b'",'
 
@@ -304,12 +305,7 @@ def _as_event(top: _Top) -> dict[str, Any]:
 
 def item_json(seq: int, stored: Stored, source: SourceId | None = None) -> bytes:
     """``dump(item(seq, event, source=source))``; from stored JSON without parsing it where it can be."""
-    if isinstance(stored, bytes):
-        top = _light(stored)
-        if top is not None:
-            return _spliced(seq, stored, top, source)
-        stored = loads(stored)
-    return dump(item(seq, stored, source=source))
+    return list_items([(seq, stored, source)], {})[0][0]
 
 
 def table_json(version: str, seq: int, stored: Stored, include: str, source: SourceId | None = None) -> bytes:
@@ -355,7 +351,6 @@ def _table_head(version: str) -> bytes:
     head = table(version, [], {})
     del head["rows"]
     return orjson.dumps(head)[:-1] + b',"rows":['
-
 
 
 def event_list(items: Sequence[Any], meta: dict[str, Any]) -> bytes:

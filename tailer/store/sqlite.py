@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ class SqliteStore(Store):
         for i in range(0, len(params), ROWS_PER_STATEMENT):
             part = params[i:i + ROWS_PER_STATEMENT]
             statement = self._insert_many if len(part) == ROWS_PER_STATEMENT else self._insert_sql(len(part))
-            count += conn.execute(statement, [v for row in part for v in row]).rowcount
+            count += conn.execute(statement, list(chain.from_iterable(part))).rowcount
         return count
 
     def _newest(self, conn: Any, n: int) -> range:

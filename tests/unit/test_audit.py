@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import orjson
 import pytest
@@ -278,3 +279,24 @@ def test_parse_from_many_threads_at_once_gives_each_its_own_json() -> None:
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(parse, records))
     assert all(isinstance(g, AuditEvent) and g.json == orjson.dumps(r) for g, r in zip(got, records, strict=True))
+
+
+@pytest.mark.parametrize("path", [("auditID",), ("stage",), ("verb",), ("level",), ("user", "username"),
+                                  ("objectRef", "apiGroup"), ("objectRef", "resource"), ("objectRef", "namespace"),
+                                  ("objectRef", "name"), ("objectRef", "subresource")])
+@pytest.mark.parametrize("bad", ["a\x00b", "a\ud800b"])
+def test_no_row_column_can_hold_what_a_database_refuses(path: tuple[str, ...], bad: str) -> None:
+    """The store's columns are the view's fields as they are (tailer/store/rows.py to_row, no ``clean``):
+    parse must refuse a NUL or a lone surrogate in each."""
+    from tailer.store.rows import to_row
+
+    record = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": "a-1",
+              "stage": "ResponseComplete", "verb": "get", "user": {"username": "alice"},
+              "objectRef": {"apiGroup": "apps", "resource": "deployments", "namespace": "shop", "name": "web",
+                            "subresource": "scale"}, "stageTimestamp": "2026-11-20T09:00:00.000001Z"}
+    assert to_row(record) is not None
+    holder: dict[str, Any] = record
+    for key in path[:-1]:
+        holder = holder[key]
+    holder[path[-1]] = bad
+    assert not isinstance(parse(record), AuditEvent) and to_row(record) is None
