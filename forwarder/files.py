@@ -133,7 +133,8 @@ class Folder:
         return None
 
     def head(self, cand: Candidate, n: int = FINGERPRINT_BYTES) -> bytes | None:
-        """The first ``n`` bytes of the content (decompressed); None when unreadable or no longer that file."""
+        """The first ``n`` bytes of the content (decompressed); None when unreadable or no longer that file (the
+        path names another inode now, as after a rotation: both kinds are checked by the file opened)."""
         try:
             if not cand.compressed:
                 with open(cand.path, "rb") as fh:
@@ -143,8 +144,12 @@ class Folder:
             if cache_key not in self._gz_heads:
                 if len(self._gz_heads) > 256:
                     self._gz_heads.clear()
-                with gzip.open(cand.path, "rb") as fh:
-                    self._gz_heads[cache_key] = fh.read(n)
+                with open(cand.path, "rb") as raw:
+                    st = os.fstat(raw.fileno())
+                    if (st.st_dev, st.st_ino) != (cand.device, cand.inode):  # renamed away, another file there now
+                        return None
+                    with gzip.open(raw, "rb") as fh:
+                        self._gz_heads[cache_key] = fh.read(n)
             return self._gz_heads[cache_key]
         except HEAD_ERRORS:
             return None

@@ -544,6 +544,14 @@ def test_a_gzipped_copy_shifted_by_logrotate_while_planned_is_read_under_its_new
     os.rename(tmp_path / "audit.log.1.gz", tmp_path / "audit.log.2.gz")  # between the listing and the open
     src = f._make(copy, 0, cands)
     assert src is not None and src.path == str(tmp_path / "audit.log.2.gz") and f.gaps == []
+    head = src.head
+    src.close()
+    # the next copy compressed into the old name: still the listed file, by its inode, not the one named so now
+    (tmp_path / "audit.log.1.gz").write_bytes(gzip.compress(b"".join(orjson.dumps(event(i, pad=20)) + b"\n"
+                                                                     for i in range(20, 30))))
+    src = f._make(copy, 0, cands)
+    assert src is not None and src.path == str(tmp_path / "audit.log.2.gz") and src.head == head and f.gaps == []
+    src.close()
     os.remove(tmp_path / "audit.log.2.gz")  # gone for good: that one is a gap
     assert f._make(copy, 0, cands) is None and [g.reason for g in f.gaps] == ["unreadable: cannot read its head"]
     f.close()
