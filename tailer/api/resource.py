@@ -32,6 +32,7 @@ from kube_audit.contract import API_VERSION, CLUSTER_ANNOTATION, FLUENT_ANNOTATI
 from kube_audit.model.source import SourceId
 from tailer.api.errors import ApiError, bad_request, parse_time, uint
 from tailer.store import EventFilter
+from tailer.store.rows import loads
 
 # Parameters of every list/watch (Kubernetes' ListOptions; harmless ones are accepted and ignored).
 LIST_PARAMS = {"limit", "continue", "watch", "resourceVersion", "resourceVersionMatch", "timeoutSeconds",
@@ -198,9 +199,12 @@ def item(seq: int, event: dict[str, Any], fluent: dict[str, Any] | None = None,
          source: SourceId | None = None) -> dict[str, Any]:
     """One list item: the audit.k8s.io/v1 Event as stored, as an AuditEvent of our group (kubectl maps every
     item's kind through discovery) with Kubernetes object metadata (``item_meta``)."""
-    meta = item_meta(seq, event.get("auditID"), _at(event, "objectRef", "namespace"), event.get("stageTimestamp"),
+    return {**event, "kind": "AuditEvent", "apiVersion": API_VERSION, "metadata": _meta_of(seq, event, fluent, source)}
+
+
+def _meta_of(seq: int, event: dict[str, Any], fluent: dict[str, Any] | None, source: SourceId | None) -> dict[str, Any]:
+    return item_meta(seq, event.get("auditID"), _at(event, "objectRef", "namespace"), event.get("stageTimestamp"),
                      fluent, source)
-    return {**event, "kind": "AuditEvent", "apiVersion": API_VERSION, "metadata": meta}
 
 
 def item_meta(seq: int, audit_id: Any, namespace: Any, stamp: Any, fluent: dict[str, Any] | None = None,
@@ -266,14 +270,6 @@ class _Top(msgspec.Struct):
 
 
 _TOP = msgspec.json.Decoder(_Top)
-
-
-def loads(data: bytes) -> dict[str, Any]:
-    """A stored event's JSON, parsed."""
-    try:
-        return orjson.loads(data)  # type: ignore[no-any-return,unused-ignore]
-    except orjson.JSONDecodeError:  # lone surrogates, escaped by the model's dumps fallback
-        return json.loads(data)  # type: ignore[no-any-return,unused-ignore]
 
 
 def _light(data: bytes) -> _Top | None:
@@ -390,7 +386,7 @@ def row(seq: int, event: dict[str, Any], include: str, source: SourceId | None =
         out["object"] = orjson.Fragment(whole) if whole is not None else item(seq, event, source=source)
     elif include == "Metadata":
         out["object"] = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                         "metadata": item(seq, event, source=source)["metadata"]}
+                         "metadata": _meta_of(seq, event, None, source)}
     return out
 
 

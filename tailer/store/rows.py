@@ -122,6 +122,14 @@ def event_time(event: dict[str, Any]) -> float:
     return 0.0
 
 
+def loads(data: bytes) -> dict[str, Any]:
+    """A stored event's JSON, parsed."""
+    try:
+        return orjson.loads(data)  # type: ignore[no-any-return,unused-ignore]
+    except orjson.JSONDecodeError:  # lone surrogates, escaped by the model's dumps fallback
+        return json.loads(data)  # type: ignore[no-any-return,unused-ignore]
+
+
 def to_row(record: Any) -> Row | None:
     """The row of an audit event, parsed once by the pipeline (kube_audit/model/audit.py); a raw record
     is parsed here. None for a record that is not an audit event."""
@@ -225,13 +233,7 @@ class Codec:
 
     def load_all(self, bodies: Sequence[bytes | str], fetch: Callable[[int], bytes | None]) -> list[dict[str, Any]]:
         """The events of stored bodies (``raw_all``, then each parsed)."""
-        out = []
-        for body in self.raw_all(bodies, fetch):
-            try:
-                out.append(orjson.loads(body))
-            except orjson.JSONDecodeError:  # lone surrogates, escaped by encode_line's fallback
-                out.append(json.loads(body))
-        return out
+        return [loads(body) for body in self.raw_all(bodies, fetch)]
 
     def _decompressor(self, dict_id: int, fetch: Callable[[int], bytes | None]) -> zstandard.ZstdDecompressor:
         cache: dict[int, zstandard.ZstdDecompressor] = getattr(_local, "d", None) or {}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.daemon import cpu_seconds
 from tests.conftest import python_env, wait_for
 
 pytestmark = pytest.mark.fault
@@ -71,13 +72,6 @@ def test_sigkill_ten_times_loses_nothing(start_tailer, start_forwarder, tmp_path
     assert duplicates <= 10 * window * chunk  # at most the unacked window each time
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    import os
-
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -98,11 +92,11 @@ def test_tailer_outage_of_30s(start_tailer, start_forwarder, tmp_path: Path) -> 
     w = writer(tmp_path, 40_000, start=10_000, rate=20_000)
     w.communicate(timeout=120)
     assert fwd.proc is not None
-    cpu_before = _cpu_seconds(fwd.proc.pid)
+    cpu_before = cpu_seconds(fwd.proc.pid)
     idle_from = time.monotonic()
     wait_for(lambda: time.monotonic() - outage_start >= 30, timeout=60, what="the 30 s outage")
     idle = time.monotonic() - idle_from
-    cpu_idle = _cpu_seconds(fwd.proc.pid) - cpu_before
+    cpu_idle = cpu_seconds(fwd.proc.pid) - cpu_before
     rss = _rss_mb(fwd.proc.pid)
     print(f"\noutage: forwarder used {cpu_idle:.2f} CPU s in {idle:.1f} s of waiting, RSS {rss:.0f} MB")
     assert cpu_idle < 0.1 * idle  # waiting, not spinning
