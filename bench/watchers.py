@@ -34,7 +34,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 
-from bench.daemon import serving_pair, tree_cpu, tree_peak_rss_mb  # noqa: E402
+from bench.daemon import cpu_seconds, serving_pair, tree_cpu, tree_peak_rss_mb  # noqa: E402
 from bench.events import NAMESPACES, many  # noqa: E402
 from bench.store_e2e import chunks, connect, send_all  # noqa: E402
 from bench.store_perf import unpack  # noqa: E402
@@ -137,8 +137,12 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
                                         "--output", profile, "--rate", "200", "--nonblocking", "--subprocesses", "--threads",
                                         "--format", "flamegraph" if profile.endswith(".svg") else "raw"], stdout=null, stderr=null)
             idle = tree_cpu(proc.pid)  # the tailer and its API process
+            client = cpu_seconds(watch.pid) if watch is not None else 0.0
+            sender = time.process_time()
             elapsed = send_all(sock, data)
             cpu = tree_cpu(proc.pid) - idle
+            sender = time.process_time() - sender  # this process: the chunks' sender
+            client = cpu_seconds(watch.pid) - client if watch is not None else 0.0  # the bench's watch client
             delivered = 0
             if watchers:  # how far the watchers got: wait until their count stops growing (at most 30 s)
                 last, still = -1, 0
@@ -161,7 +165,8 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
                 watch.wait(10)
             proc.terminate()
             proc.wait(30)
-    return {"eps": n / elapsed, "us": cpu / n * 1e6, "rss": rss, "delivered": delivered, "behind": behind, "cut": cut}
+    return {"eps": n / elapsed, "us": cpu / n * 1e6, "rss": rss, "delivered": delivered, "behind": behind, "cut": cut,
+            "client_us": client / n * 1e6, "sender_us": sender / n * 1e6}
 
 
 def main() -> int:
@@ -198,7 +203,8 @@ def main() -> int:
                     print(f"run {r + 1} {name:6} {w:3} watchers: {out['eps']:>7,.0f} events/s, {out['us']:4.0f} µs "
                           f"tailer CPU/event, peak RSS {out['rss']:5.0f} MB, {out['delivered']:,} of "
                           f"{expected if w else 0:,} watch lines (watchers fell behind the ring {out['behind']:.0f} times, "
-                          f"{out['cut']:.0f} cut off)", flush=True)
+                          f"{out['cut']:.0f} cut off); on the same cores meanwhile: the bench's sender {out['sender_us']:.0f} µs/event, "
+                          f"its watch client {out['client_us']:.0f} µs/event", flush=True)
     print(f"\nmedians of {a.runs} runs, {a.events} events, SQLite store")
     for name in trees:
         med = {w: {k: statistics.median(o[k] for o in got[(name, w)]) for k in ("eps", "us", "rss", "delivered")}
@@ -213,7 +219,8 @@ def main() -> int:
         pairs = list(zip(got[(name, 0)], got[(name, a.watchers)], strict=True))
         print(f"{name:6} per run, the pair's throughput ratio: median "
               f"{statistics.median(b['eps'] / z['eps'] for z, b in pairs):.2f}x; CPU the watchers add per event: median "
-              f"{statistics.median(b['us'] - z['us'] for z, b in pairs):.0f} µs")
+              f"{statistics.median(b['us'] - z['us'] for z, b in pairs):.0f} µs; the bench's own watch client beside "
+              f"them on the same cores: median {statistics.median(b['client_us'] for _, b in pairs):.0f} µs per event")
     return 0
 
 

@@ -1,5 +1,6 @@
 """The SQLite store: one file in WAL mode, one writer connection, one connection per reader thread
-(WAL readers run concurrently with each other and with the writer). The only importer of sqlite3."""
+(WAL readers run concurrently with each other and with the writer), and a checkpointer thread with a
+connection of its own. The only importer of sqlite3."""
 
 from __future__ import annotations
 
@@ -12,12 +13,64 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
+from kube_audit.runtime.observability import get_logger
 from tailer.store import schema
 from tailer.store.base import Store, StoreError
 
 ROWS_PER_STATEMENT = 250  # rows of one INSERT (19 values each: 4,750 of SQLite's 32,766 variables)
 RECLAIM_PAGES = 4096  # pages (16 MiB at 4 KiB) given back to the file system per retention run at most
 RECLAIM_STEP = 512  # pages per step
+CHECKPOINT_GAP = 0.25  # seconds at least between two checkpoints (each copies what the WAL gained meanwhile)
+log = get_logger(component="store")
+
+
+class Checkpointer:
+    """Copies the WAL's committed pages into the database file on a thread of its own, so that no commit
+    waits for it. SQLite's automatic checkpoint runs inside the commit that takes the WAL past 1,000 pages:
+    that chunk's ack waited for the copy and the database file's fsync (the longest ack waits during a
+    prune of 10M rows, whose deletes dirty index pages all over the file). A PASSIVE checkpoint never
+    blocks the writer or the readers; it copies what no reader still needs, and the writer starts the WAL
+    over once all of it was copied. Durability is the commits' (the WAL is synced at each one), not this."""
+
+    def __init__(self, connect: Any, gap: float = CHECKPOINT_GAP) -> None:
+        self._connect, self.gap = connect, gap
+        self._wake, self._stopping = threading.Event(), threading.Event()
+        self.done = 0  # checkpoints that ran (tests wait on it)
+        self._failed = ""
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def kick(self) -> None:
+        """The writer committed: checkpoint soon (at most once per ``gap``)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        while True:
+            self._wake.wait()
+            if self._stopping.is_set():
+                break
+            self._wake.clear()
+            try:
+                conn = conn or self._connect(False)
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self.done += 1
+                self._failed = ""
+            except sqlite3.Error as exc:  # the next commit tries again; said once per kind of failure
+                if str(exc) != self._failed:
+                    self._failed = str(exc)
+                    log.warning("store_checkpoint_failed", error=self._failed)
+                if conn is not None:
+                    conn.close()
+                    conn = None
+            self._stopping.wait(self.gap)  # the WAL grows meanwhile: one copy (and fsync) for many commits
+        if conn is not None:
+            conn.close()
 
 
 class SqliteStore(Store):
@@ -33,6 +86,7 @@ class SqliteStore(Store):
         self._wconn: sqlite3.Connection | None = None
         self._local = threading.local()
         self._rconns: list[sqlite3.Connection] = []
+        self._checkpointer: Checkpointer | None = None
         self._insert_many = self._insert_sql(ROWS_PER_STATEMENT)  # built once: every chunk uses it
 
     def _connect(self, write: bool) -> sqlite3.Connection:
@@ -41,6 +95,8 @@ class SqliteStore(Store):
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect on a new file, before WAL
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # an ack means the commit is on disk
+        if write:
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's, off the commit path
         if not write:
             conn.execute("PRAGMA query_only=1")
         return conn
@@ -61,8 +117,12 @@ class SqliteStore(Store):
             for statement in schema.plan(current, schema.SQLITE):
                 conn.execute(statement)
             self._known_dicts(conn)
+        self._checkpointer = Checkpointer(self._connect)
 
     def _close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         for conn in [self._wconn, *self._rconns]:
             if conn is not None:
                 conn.close()
@@ -77,6 +137,8 @@ class SqliteStore(Store):
         try:
             yield conn
             conn.execute("COMMIT")
+            if self._checkpointer is not None:
+                self._checkpointer.kick()
         except BaseException:
             # SQLite rolls back by itself on some errors (a full disk): a second ROLLBACK would fail with
             # "cannot rollback - no transaction is active" and hide the error that matters.

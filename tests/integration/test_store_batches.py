@@ -3,6 +3,8 @@ switch interval to take the GIL back from a busy event loop): counted on a real 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +60,63 @@ async def test_a_chunk_is_one_compression_and_a_few_statements_and_a_page_one_de
         assert [e["auditID"] for _, e in page] == [e["auditID"] for e in events(813, seed=2)][:500]
     finally:
         await store.close()
+
+
+async def wait_until(check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def test_commits_leave_the_checkpoint_to_the_checkpointer_thread(tmp_path: Path) -> None:
+    """A commit never copies the WAL into the database file (SQLite's automatic checkpoint did, in the
+    commit that crossed 1,000 pages, and that chunk's ack waited); the checkpointer thread does, soon after."""
+    from tailer.store.sqlite import Checkpointer
+
+    db = tmp_path / "audit.db"
+    store = await Store.open(str(db))
+    try:
+        store._checkpointer.stop()  # type: ignore[attr-defined]
+        size = db.stat().st_size
+        for i in range(8):  # ~2,000 WAL pages: past the automatic checkpoint's 1,000 twice over
+            await store.insert(list(events(1000, seed=10 + i)))
+        assert db.stat().st_size == size  # nothing was copied by the commits
+        assert (tmp_path / "audit.db-wal").stat().st_size > 1000 * 4096
+        store._checkpointer = Checkpointer(store._connect)  # type: ignore[attr-defined]
+        await store.insert(list(events(10, seed=99)))
+        await wait_until(lambda: db.stat().st_size > size + 1000 * 4096)
+        assert await store.count() == 8010
+    finally:
+        await store.close()
+
+
+async def test_a_failing_checkpoint_is_said_once_and_tried_again(tmp_path: Path, capsys: Any) -> None:
+    import sqlite3
+
+    from tailer.store.sqlite import Checkpointer
+
+    db = tmp_path / "audit.db"
+    store = await Store.open(str(db))
+    fails = [3]
+
+    def connect(write: bool) -> Any:
+        if fails[0]:
+            fails[0] -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return store._connect(write)  # type: ignore[attr-defined]
+
+    try:
+        store._checkpointer.stop()  # type: ignore[attr-defined]
+        checkpointer = store._checkpointer = Checkpointer(connect, gap=0.01)  # type: ignore[attr-defined]
+        deadline, seed = time.monotonic() + 10, 0
+        while not checkpointer.done:  # each commit wakes it; its first three tries fail
+            assert time.monotonic() < deadline, "never checkpointed"
+            seed += 1
+            await store.insert(list(events(10, seed=seed)))
+            await asyncio.sleep(0.02)
+        assert fails == [0]
+    finally:
+        await store.close()
+    said = [line for line in capsys.readouterr().out.splitlines() if "store_checkpoint_failed" in line]
+    assert len(said) == 1 and "disk I/O error" in said[0]
