@@ -21,6 +21,7 @@ ROWS_PER_STATEMENT = 250  # rows of one INSERT (19 values each: 4,750 of SQLite'
 RECLAIM_PAGES = 4096  # pages (16 MiB at 4 KiB) given back to the file system per retention run at most
 RECLAIM_STEP = 512  # pages per step
 CHECKPOINT_GAP = 0.25  # seconds at least between two checkpoints (each copies what the WAL gained meanwhile)
+BACKSTOP_PAGES = 20_000  # WAL pages (80 MiB at 4 KiB) past which a commit checkpoints after all (SQLite's default: 1,000)
 log = get_logger(component="store")
 
 
@@ -96,7 +97,9 @@ class SqliteStore(Store):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # an ack means the commit is on disk
         if write:
-            conn.execute("PRAGMA wal_autocheckpoint=0")  # the Checkpointer's, off the commit path
+            # the Checkpointer's, off the commit path; the writer checkpoints itself only as a backstop,
+            # should the WAL ever reach this many pages (the Checkpointer failing, or starved)
+            conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
         if not write:
             conn.execute("PRAGMA query_only=1")
         return conn

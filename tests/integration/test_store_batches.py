@@ -81,7 +81,7 @@ async def test_commits_leave_the_checkpoint_to_the_checkpointer_thread(tmp_path:
         size = db.stat().st_size
         for i in range(8):  # ~2,000 WAL pages: past the automatic checkpoint's 1,000 twice over
             await store.insert(list(events(1000, seed=10 + i)))
-        assert db.stat().st_size == size  # nothing was copied by the commits
+        assert db.stat().st_size == size  # nothing was copied by the commits (below the writer's backstop)
         assert (tmp_path / "audit.db-wal").stat().st_size > 1000 * 4096
         store._checkpointer = Checkpointer(store._connect)  # type: ignore[attr-defined]
         await store.insert(list(events(10, seed=99)))
@@ -120,3 +120,26 @@ async def test_a_failing_checkpoint_is_said_once_and_tried_again(tmp_path: Path,
         await store.close()
     said = [line for line in capsys.readouterr().out.splitlines() if "store_checkpoint_failed" in line]
     assert len(said) == 1 and "disk I/O error" in said[0]
+
+
+async def test_without_the_checkpointer_a_commit_still_checkpoints_past_the_backstop(tmp_path: Path) -> None:
+    """Should the checkpointer fail for good, the WAL does not grow without bound: the writer checkpoints
+    itself past ``BACKSTOP_PAGES`` (lowered here to keep the test small)."""
+    import tailer.store.sqlite as driver
+
+    db = tmp_path / "audit.db"
+    low = driver.BACKSTOP_PAGES
+    driver.BACKSTOP_PAGES = 500
+    try:
+        store = await Store.open(str(db))
+    finally:
+        driver.BACKSTOP_PAGES = low
+    try:
+        store._checkpointer.stop()  # type: ignore[attr-defined]
+        store._checkpointer = None  # type: ignore[attr-defined]
+        size = db.stat().st_size
+        for i in range(8):  # ~2,000 WAL pages
+            await store.insert(list(events(1000, seed=10 + i)))
+        assert db.stat().st_size > size + 1000 * 4096
+    finally:
+        await store.close()
