@@ -3,9 +3,10 @@
 A tailer with its SQLite store takes ``--events`` realistic events (bench/events.py) as compressed
 1,000-event chunks, 4 in flight, acks awaited (as bench/store_e2e.py); stdout goes to /dev/null. With
 ``--watchers``, a client process first opens that many watches on the tailer's API (aiohttp; each run
-prints its CPU per event, taken from the cores the tailer shares with it), each with its own filter, as the product is used: teams watching their namespace, or one kind of change in it (12
-namespaces x 16 filters: all, verb=update|patch|create|delete, resource=pods|configmaps|deployments|
-secrets|services|leases|events, level=RequestResponse, code=404, user=alice@example.com, name=web), and
+prints its CPU per event, taken from the cores the tailer shares with it), each with its own filter, as
+the product is used: teams watching their namespace, or one kind of change in it (12 namespaces x 16
+filters: all, verb=update|patch|create|delete, resource=pods|configmaps|deployments|secrets|services|
+leases|events, level=RequestResponse, code=404, user=alice@example.com, name=web), and
 8 cluster-wide ones (resource=secrets, nodes, user=each human, verb=delete, resource=deployments&verb=patch).
 The lines each watch receives are counted. The tailer runs as deployed, its API on an HTTPS port of its
 own (since the API process: in a child process; a tree from before: on the tailer's event loop), so CPU and
@@ -147,7 +148,7 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
             if watchers:
                 base = f"https://127.0.0.1:{api}"
                 watch = PythonWatches(base, watchers, mix, str(cert), counts)
-                for _ in range(400):
+                for _ in range(200):
                     if metric(http, "tailer_api_watchers") == watchers:
                         break
                     time.sleep(0.05)

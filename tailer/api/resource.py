@@ -301,7 +301,16 @@ def _as_event(top: _Top) -> dict[str, Any]:
 
 def item_json(seq: int, stored: Stored, source: SourceId | None = None) -> bytes:
     """``dump(item(seq, event, source=source))``; from stored JSON without parsing it where it can be."""
-    return list_items([(seq, stored, source)], {})[0][0]
+    return _item_json(seq, stored, source, None)[0]
+
+
+def _item_json(seq: int, stored: Stored, source: SourceId | None, fluent: dict[str, Any] | None
+               ) -> tuple[bytes, _Top | dict[str, Any]]:
+    """The item's JSON, and what it was made from: the few fields ``_light`` read, or the parsed event."""
+    if isinstance(stored, bytes) and (top := _light(stored)) is not None:
+        return _spliced(seq, stored, top, source, fluent), top
+    event = loads(stored) if isinstance(stored, bytes) else stored
+    return dump(item(seq, event, fluent, source)), event
 
 
 def table_json(version: str, seq: int, stored: Stored, include: str, source: SourceId | None = None) -> bytes:
@@ -315,13 +324,10 @@ def list_items(rows: Sequence[tuple[int, Stored, SourceId | None]], fluent: Mapp
     the gap warnings); stored JSON is spliced where it can be, as in ``item_json``."""
     items, times = [], []
     for seq, stored, source in rows:
-        if isinstance(stored, bytes) and (top := _light(stored)) is not None:
-            items.append(_spliced(seq, stored, top, source, fluent.get(seq)))
-            times.append({"stageTimestamp": top.stageTimestamp, "requestReceivedTimestamp": top.requestReceivedTimestamp})
-        else:
-            event = loads(stored) if isinstance(stored, bytes) else stored
-            items.append(dump(item(seq, event, fluent.get(seq), source)))
-            times.append(event)
+        data, made_of = _item_json(seq, stored, source, fluent.get(seq))
+        items.append(data)
+        times.append(made_of if isinstance(made_of, dict) else
+                     {"stageTimestamp": made_of.stageTimestamp, "requestReceivedTimestamp": made_of.requestReceivedTimestamp})
     return items, times
 
 

@@ -29,9 +29,10 @@ class Checkpointer:
     """Copies the WAL's committed pages into the database file on a thread of its own, so that no commit
     waits for it. SQLite's automatic checkpoint runs inside the commit that takes the WAL past 1,000 pages:
     that chunk's ack waited for the copy and the database file's fsync (at 10M rows a prune's deletes dirty
-    index pages all over the file: the longest commit wait during one fell from 248 to 214 ms). A PASSIVE checkpoint never
-    blocks the writer or the readers; it copies what no reader still needs, and the writer starts the WAL
-    over once all of it was copied. Durability is the commits' (the WAL is synced at each one), not this."""
+    index pages all over the file: the longest commit wait during one fell from 248 to 214 ms). A PASSIVE
+    checkpoint never blocks the writer or the readers; it copies what no reader still needs, and the writer
+    starts the WAL over once all of it was copied. Durability is the commits' (the WAL is synced at each
+    one), not this."""
 
     def __init__(self, connect: Callable[[bool], sqlite3.Connection], gap: float = CHECKPOINT_GAP) -> None:
         self._connect, self.gap = connect, gap
