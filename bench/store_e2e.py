@@ -113,6 +113,11 @@ def main() -> int:
               f"{med['none'][0]:>8,.0f} ev/s {med['none'][1]:5.0f} µs/ev | CPU ratio none/sqlite "
               f"{med['none'][1] / med['sqlite'][1]:.2f}x, throughput ratio {med['sqlite'][0] / med['none'][0]:.2f}x "
               "(goal >= 0.8x)")
+        # each run's pair (sqlite, then none, back to back): steadier than the ratio of medians on a machine
+        # whose speed drifts between runs
+        pairs = [s[0] / z[0] for s, z in zip(got[(name, "sqlite")], got[(name, "none")], strict=True)]
+        print(f"{name:7} per run, the pair's throughput ratio: median {statistics.median(pairs):.2f}x "
+              f"(lowest {min(pairs):.2f}x, highest {max(pairs):.2f}x)")
     return 0
 
 

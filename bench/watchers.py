@@ -35,7 +35,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 
-from bench.daemon import cpu_seconds, serving_pair, tree_cpu, tree_peak_rss_mb  # noqa: E402
+from bench.daemon import cpu_seconds, peak_rss_mb, serving_pair, tree_cpu, tree_peak_rss_mb  # noqa: E402
 from bench.events import NAMESPACES, many  # noqa: E402
 from bench.store_e2e import chunks, connect, send_all  # noqa: E402
 from bench.store_perf import unpack  # noqa: E402
@@ -157,10 +157,12 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
                                         "--output", profile, "--rate", "200", "--nonblocking", "--subprocesses", "--threads",
                                         "--format", "flamegraph" if profile.endswith(".svg") else "raw"], stdout=null, stderr=null)
             idle = tree_cpu(proc.pid)  # the tailer and its API process
+            idle_ingest = cpu_seconds(proc.pid)  # the tailer's own process (ingest, the store's writer)
             client = watch.cpu() if watch is not None else 0.0
             sender = time.process_time()
             elapsed = send_all(sock, data)
             cpu = tree_cpu(proc.pid) - idle
+            ingest = cpu_seconds(proc.pid) - idle_ingest
             sender = time.process_time() - sender  # this process: the chunks' sender
             client = watch.cpu() - client if watch is not None else 0.0  # the bench's watch client
             delivered = 0
@@ -174,6 +176,7 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
                         break
                     last = delivered
             rss = tree_peak_rss_mb(proc.pid)
+            api_rss = rss - peak_rss_mb(proc.pid)
             behind = metric(http, "tailer_api_watchers_behind_total") if watchers else 0
             cut = metric(http, "tailer_api_watchers_cut_off_total") if watchers else 0
         finally:
@@ -185,7 +188,8 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
             proc.terminate()
             proc.wait(30)
     return {"eps": n / elapsed, "us": cpu / n * 1e6, "rss": rss, "delivered": delivered, "behind": behind, "cut": cut,
-            "client_us": client / n * 1e6, "sender_us": sender / n * 1e6}
+            "client_us": client / n * 1e6, "sender_us": sender / n * 1e6, "ingest_us": ingest / n * 1e6,
+            "api_us": (cpu - ingest) / n * 1e6, "api_rss": api_rss}
 
 
 def main() -> int:
@@ -220,7 +224,8 @@ def main() -> int:
                     out = run(tree, data, a.events, w, expected, a.mix, a.profile if last else None)
                     got.setdefault((name, w), []).append(out)
                     print(f"run {r + 1} {name:6} {w:3} watchers: {out['eps']:>7,.0f} events/s, {out['us']:4.0f} µs "
-                          f"tailer CPU/event, peak RSS {out['rss']:5.0f} MB, {out['delivered']:,} of "
+                          f"tailer CPU/event ({out['ingest_us']:.0f} ingest, {out['api_us']:.0f} API process), peak RSS "
+                          f"{out['rss']:5.0f} MB ({out['api_rss']:.0f} the API process), {out['delivered']:,} of "
                           f"{expected if w else 0:,} watch lines (watchers fell behind the ring {out['behind']:.0f} times, "
                           f"{out['cut']:.0f} cut off); on the same cores meanwhile: the bench's sender {out['sender_us']:.0f} µs/event, "
                           f"its watch client {out['client_us']:.0f} µs/event", flush=True)
@@ -238,7 +243,9 @@ def main() -> int:
         pairs = list(zip(got[(name, 0)], got[(name, a.watchers)], strict=True))
         print(f"{name:6} per run, the pair's throughput ratio: median "
               f"{statistics.median(b['eps'] / z['eps'] for z, b in pairs):.2f}x; CPU the watchers add per event: median "
-              f"{statistics.median(b['us'] - z['us'] for z, b in pairs):.0f} µs; the bench's own watch client beside "
+              f"{statistics.median(b['us'] - z['us'] for z, b in pairs):.0f} µs (the API process: "
+              f"{statistics.median(b['api_us'] for _, b in pairs):.0f} µs, peak RSS "
+              f"{statistics.median(b['api_rss'] - z['api_rss'] for z, b in pairs):+.0f} MB); the bench's own watch client beside "
               f"them on the same cores: median {statistics.median(b['client_us'] for _, b in pairs):.0f} µs per event")
     return 0
 

@@ -55,6 +55,7 @@ class Store(PruneStore):
     kind = "store"
     ph = "?"  # the driver's placeholder
     assigns_seq = False  # inserts set ``seq`` from ``_reserve`` (with ``override``), not the database
+    null_meta_omitted = False  # a chunk with no row's meta goes in by an INSERT without that column
     override = ""
     # what a reader may see of ``audit_events``: a prefix of the sequence that no open write transaction
     # can still commit into (one writer: every committed row)
@@ -245,18 +246,22 @@ class Store(PruneStore):
         fresh: dict[SourceId, int] = {}
         with self._transaction() as conn:
             first, hw = self._reserve(conn, n, max((r.ts for rows in groups for r in rows), default=0.0))
-            sql, seq = self._insert_sql(), first
+            seq = first
             counts = []
             lo = first - 1
             for i, (rows, source) in enumerate(chunks):
                 origin = self._origin_id(conn, source, fresh)
                 params, start = [], seq
+                # without a meta column when no row has one (the common case): sqlite3 binds each value
+                # that is not an int, float, str or bytearray through its adapter lookup (a None too)
+                meta = not self.null_meta_omitted or any(r.meta is not None for r in rows)
+                cut = -2 if meta else -3
                 for r, body in zip(rows, self.codec.compress_all([r.event for r in rows]), strict=True):
                     hw = max(hw, r.ts)  # the running maximum: non-decreasing in seq
                     own = (seq,) if self.assigns_seq else ()
-                    params.append((*own, hw, *r[:-2], origin, body))
+                    params.append((*own, hw, *r[:cut], origin, body))
                     seq += 1
-                counts.append(self._insert_rows(conn, sql, params) if params else 0)
+                counts.append(self._insert_rows(conn, self._insert_sql(meta=meta), params, meta) if params else 0)
                 if self.chain_key is not None:  # the chunk's link, with its events (chainstore.py)
                     link = links[i] if i < len(links) else None
                     if self.assigns_seq:  # its rows are in its own reserved block, whoever else commits
@@ -300,10 +305,11 @@ class Store(PruneStore):
         fresh[source] = int(row[0])
         return fresh[source]
 
-    def _insert_sql(self, rows: int = 1) -> str:
-        """The INSERT of ``rows`` events (repeats of a stored one are dropped)."""
+    def _insert_sql(self, rows: int = 1, meta: bool = True) -> str:
+        """The INSERT of ``rows`` events (repeats of a stored one are dropped); ``meta``: with that column
+        (else it is NULL in each row, and the rows' tuples have no value for it)."""
         own = ["seq"] if self.assigns_seq else []
-        names = [*own, "hw", *COLUMNS]
+        names = [*own, "hw", *(c for c in COLUMNS if meta or c != "meta")]
         values = ", ".join([f"({', '.join([self.ph] * len(names))})"] * rows)
         return (f"INSERT INTO audit_events ({', '.join(names)}) {self.override if own else ''}"
                 f"VALUES {values} ON CONFLICT (ts, audit_id, stage) DO NOTHING")
@@ -318,8 +324,8 @@ class Store(PruneStore):
     def _executemany(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
         raise NotImplementedError
 
-    def _insert_rows(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
-        """A chunk's rows through ``sql`` (one row's INSERT); how many were new."""
+    def _insert_rows(self, conn: Any, sql: str, params: list[tuple[Any, ...]], meta: bool = True) -> int:
+        """A chunk's rows through ``sql`` (one row's INSERT; ``meta``: with that column); how many were new."""
         return self._executemany(conn, sql, params)
 
     def _newest(self, conn: Any, n: int) -> range:

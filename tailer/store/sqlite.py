@@ -79,6 +79,7 @@ class SqliteStore(Store):
     kind = "sqlite"
     ph = "?"
     errors = (sqlite3.Error,)
+    null_meta_omitted = True
 
     def is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError)  # locked, I/O error, disk full
@@ -89,7 +90,8 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._rconns: list[sqlite3.Connection] = []
         self._checkpointer: Checkpointer | None = None
-        self._insert_many = self._insert_sql(ROWS_PER_STATEMENT)  # built once: every chunk uses it
+        # built once, with and without the meta column: every chunk uses them
+        self._insert_many = {meta: self._insert_sql(ROWS_PER_STATEMENT, meta) for meta in (True, False)}
 
     def _connect(self, write: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(self.target, isolation_level=None, check_same_thread=False, timeout=30)
@@ -191,14 +193,14 @@ class SqliteStore(Store):
     def _executemany(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
         return int(conn.executemany(sql, params).rowcount)
 
-    def _insert_rows(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
+    def _insert_rows(self, conn: Any, sql: str, params: list[tuple[Any, ...]], meta: bool = True) -> int:
         """``ROWS_PER_STATEMENT`` rows per multi-row INSERT, the rest in one more: sqlite3's executemany
         steps once per row, and each step gives up the GIL and waits (up to the switch interval) to take
         it back from the busy event loop; a chunk of 1,000 rows now takes it back 4 times."""
         count = 0
         for i in range(0, len(params), ROWS_PER_STATEMENT):
             part = params[i:i + ROWS_PER_STATEMENT]
-            statement = self._insert_many if len(part) == ROWS_PER_STATEMENT else self._insert_sql(len(part))
+            statement = self._insert_many[meta] if len(part) == ROWS_PER_STATEMENT else self._insert_sql(len(part), meta)
             count += conn.execute(statement, list(chain.from_iterable(part))).rowcount
         return count
 

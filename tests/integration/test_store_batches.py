@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import orjson
 import zstandard
 
 from bench.events import events
+from kube_audit.model.audit import AuditEvent, parse
 from tailer.store import EventFilter, Store
 from tailer.store.rows import Codec
 
@@ -58,6 +60,54 @@ async def test_a_chunk_is_one_compression_and_a_few_statements_and_a_page_one_de
         page = await store.events(EventFilter(), 0, 500)
         assert len(page) == 500 and read == {"multi_decompress_to_buffer": 1}
         assert [e["auditID"] for _, e in page] == [e["auditID"] for e in events(813, seed=2)][:500]
+    finally:
+        await store.close()
+
+
+async def test_a_chunk_without_meta_binds_no_value_sqlite3_would_adapt(tmp_path: Path) -> None:
+    """sqlite3 sends each value that is not an int, float, str or bytearray (bytes, None) through its adapter
+    lookup: a chunk whose rows have no meta goes in without that column, its bodies as bytearrays; a chunk
+    with a meta keeps the column, and both read back the same."""
+    store = await Store.open(str(tmp_path / "audit.db"))
+    try:
+        codec = store.codec
+        sample = [orjson.dumps(e) for e in events(1000, seed=1)]
+        codec.use(1, Codec.with_id(zstandard.train_dictionary(Codec.DICT_BYTES, sample, level=codec.level), 1))
+        bound: list[set[type]] = []
+        statements: list[str] = []
+
+        def trace(conn: Any) -> None:
+            conn.set_trace_callback(statements.append)
+            real = conn.execute
+
+            class Spy:  # (a sqlite3.Connection's execute cannot be replaced on the object itself)
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(conn, name)
+
+                def execute(self, sql: str, params: Any = ()) -> Any:
+                    if sql.startswith("INSERT INTO audit_events "):
+                        bound.append({type(v) for v in params})
+                    return real(sql, params)
+
+            store._wconn = Spy()  # type: ignore[assignment]
+
+        real_conn = store._wconn
+        await store._write(lambda: trace(real_conn))
+        plain = list(events(300, seed=2))
+        await store.insert(plain)
+        parsed = parse(next(events(1, seed=3)))
+        assert isinstance(parsed, AuditEvent)
+        await store.insert([replace(parsed, meta=b'{"tag":"relay.in","metadata":{}}'), *events(10, seed=4)])
+        inserts = [s for s in statements if s.startswith("INSERT INTO audit_events ")]
+        assert len(inserts) == 3 and all("meta" not in s for s in inserts[:2]) and "meta" in inserts[2]
+        assert bound[0] <= {int, float, str, bytearray} and bound[1] <= {int, float, str, bytearray}, bound[:2]
+        assert type(None) in bound[2]  # (the other rows of the chunk with a meta)
+        assert await store.metas(1, 311) == {301: {"tag": "relay.in", "metadata": {}}}
+        got = [e for _, e in await store.events(EventFilter(), 0, 400)]
+        assert [e["auditID"] for e in got] == [e["auditID"] for e in plain] + [parsed.record["auditID"]] + \
+            [e["auditID"] for e in events(10, seed=4)]
+        assert got[:300] == [orjson.loads(orjson.dumps(e)) for e in plain]
+        store._wconn = real_conn
     finally:
         await store.close()
 
