@@ -29,6 +29,10 @@ from kube_audit.model.source import SourceId
 from tailer.store.prunestore import PruneStore, _Fold
 from tailer.store.rows import COLUMNS, Codec, EventFilter, InsertResult, Row, clean, origin_where, to_row
 
+TAIL = ("meta", "origin", "event")  # the last fields of a Row, in order: ``_insert`` cuts them by position
+if COLUMNS[-3:] != TAIL:
+    raise ImportError(f"tailer.store.rows.Row must end with {TAIL}, not {COLUMNS[-3:]}")
+
 T = TypeVar("T")
 GROUP_ROWS = 20_000  # most rows one group commit takes
 EventRows = list[tuple[int, dict[str, Any]]]
@@ -255,7 +259,7 @@ class Store(PruneStore):
                 # without a meta column when no row has one (the common case): sqlite3 binds each value
                 # that is not an int, float, str or bytearray through its adapter lookup (a None too)
                 meta = not self.null_meta_omitted or any(r.meta is not None for r in rows)
-                cut = -2 if meta else -3
+                cut = -2 if meta else -3  # a Row ends with meta, origin, event (TAIL): origin and body follow
                 for r, body in zip(rows, self.codec.compress_all([r.event for r in rows]), strict=True):
                     hw = max(hw, r.ts)  # the running maximum: non-decreasing in seq
                     own = (seq,) if self.assigns_seq else ()
