@@ -49,7 +49,7 @@ class Folder:
         self._numbered = re.compile(rf"^{re.escape(base)}\.(\d+)(\.gz)?$")
         self._dated = re.compile(rf"^{re.escape(base)}-(.+?)(\.gz)?$")
         self.exclude = {os.path.abspath(p) for p in exclude}
-        self._gz_heads: dict[tuple[str, int, int, int], bytes] = {}
+        self._gz_heads: dict[tuple[int, int, int, int], bytes] = {}
 
     def exists(self) -> bool:
         return os.path.isdir(self.path)
@@ -117,8 +117,13 @@ class Folder:
 
     def open_plain(self, cand: Candidate) -> tuple[IO[bytes], str] | None:
         """Open exactly the file ``cand`` was (its inode), wherever a rename took it; None: gone."""
+        return self._open_same(cand, follow=True)
+
+    def _open_same(self, cand: Candidate, follow: bool) -> tuple[IO[bytes], str] | None:
+        """The file ``cand`` was, open, and where it is now; ``follow``: looked for by inode under the other
+        names when its own names another file now (a rename), else None then."""
         paths: list[str] = [cand.path]
-        for i in range(2):
+        for i in range(2 if follow else 1):
             for path in paths:
                 try:
                     fh = open(path, "rb")  # noqa: SIM115 - the caller owns it
@@ -128,38 +133,52 @@ class Folder:
                 if (st.st_dev, st.st_ino) == (cand.device, cand.inode):
                     return fh, path
                 fh.close()
-            if i == 0:
+            if i == 0 and follow:
                 paths = [c.path for c in self.scan() or () if (c.device, c.inode) == (cand.device, cand.inode)]
         return None
 
     def head(self, cand: Candidate, n: int = FINGERPRINT_BYTES) -> bytes | None:
-        """The first ``n`` bytes of the content (decompressed); None when unreadable or no longer that file (the
-        path names another inode now, as after a rotation: both kinds are checked by the file opened)."""
+        """The first ``n`` bytes of the content (decompressed); None when unreadable or gone. A copy or backup
+        is read wherever a rename took it since the listing (logrotate shifts ``.1`` -> ``.2`` while we look:
+        read by its old name, a copy of ours named another file, and ours went unrecognised: a gap reported
+        for what was in fact read again from the start). The live file's is None once its path names another
+        file (it was rotated away: what the live file holds now is another question)."""
         try:
-            if not cand.compressed:
-                with open(cand.path, "rb") as fh:
-                    st = os.fstat(fh.fileno())
-                    return fh.read(n) if (st.st_dev, st.st_ino) == (cand.device, cand.inode) else None
-            cache_key = (cand.path, cand.inode, cand.size, n)
-            if cache_key not in self._gz_heads:
+            opened = self._open_same(cand, follow=cand.kind != "live")
+            if opened is None:
+                return None
+            cache_key = (cand.device, cand.inode, cand.size, n)
+            with opened[0] as raw:
+                if not cand.compressed:
+                    return raw.read(n)
+                if cache_key in self._gz_heads:
+                    return self._gz_heads[cache_key]
                 if len(self._gz_heads) > 256:
                     self._gz_heads.clear()
-                with open(cand.path, "rb") as raw:
-                    st = os.fstat(raw.fileno())
-                    if (st.st_dev, st.st_ino) != (cand.device, cand.inode):  # renamed away, another file there now
-                        return None
-                    with gzip.open(raw, "rb") as fh:
-                        self._gz_heads[cache_key] = fh.read(n)
+                with gzip.open(raw, "rb") as fh:
+                    self._gz_heads[cache_key] = fh.read(n)
             return self._gz_heads[cache_key]
         except HEAD_ERRORS:
             return None
 
+    def names(self, cand: Candidate) -> bool:
+        """Whether ``cand``'s path still names its file (no rename or removal since the listing)."""
+        try:
+            st = os.stat(cand.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == (cand.device, cand.inode)
+
     def content_size(self, cand: Candidate) -> int:
-        """Bytes of content: the file size, or the size a gzip trailer records (modulo 4 GiB)."""
+        """Bytes of content: the file size, or the size a gzip trailer records (modulo 4 GiB); read, as
+        ``head``, wherever a rename took the file since the listing (0: gone)."""
         if not cand.compressed:
             return cand.size
         try:
-            with open(cand.path, "rb") as fh:
+            opened = self._open_same(cand, follow=True)
+            if opened is None:
+                return 0
+            with opened[0] as fh:
                 fh.seek(-4, os.SEEK_END)
                 return int(struct.unpack("<I", fh.read(4))[0])
         except (OSError, struct.error):

@@ -83,13 +83,16 @@ class Follower:
         raw: IO[bytes] | None = None
         if cand.compressed:
             head, size = self.folder.head(cand), self.folder.content_size(cand)
-            if head is None:
+            if head is None or not self.folder.names(cand):
                 # logrotate shifted it (audit.log.1.gz -> .2.gz) since the listing: the same file, by its inode,
-                # under its new name (the name it had is missing until the next copy is compressed into it)
+                # under its new name (the name it had is missing until the next copy is compressed into it, then
+                # names that one); it is read there, since a compressed file is opened by name when read
                 now = None if moved else next((c for c in self.folder.scan() or () if c.compressed and
                                                (c.device, c.inode) == (cand.device, cand.inode)), None)
                 if now is not None and now.path != cand.path:
                     return self._make(now, offset, cands, moved=True)
+                head = None  # (its name is another file's now, or nothing's: not to be read there)
+            if head is None:
                 self._unreadable(cand.path, cand.inode, "cannot read its head", size, self._last())
                 return None
         else:
@@ -160,7 +163,13 @@ class Follower:
                           and same_content(src.head, self.folder.head(c, len(src.head)))), None)
         if match is not None:
             try:
-                src.open(match, src.pos)
+                # the file the head was read from, by its inode: its name may be another file's by now
+                opened = self.folder.open_plain(match)
+                if opened is None:
+                    raise FileNotFoundError(match.path)
+                raw, path = opened
+                match = dataclasses.replace(match, path=path)
+                src.open(match, src.pos, raw)
                 self.log.info("file_opened", file=match.path, inode=match.inode, offset=src.pos,
                               compressed=match.compressed)
                 return True

@@ -78,8 +78,11 @@ class Source:
         raw.seek(offset)
         self.fh, self.raw, self.path, self.compressed, self.at = raw, None, path, False, (st.st_dev, st.st_ino)
 
-    def open(self, cand: Candidate, offset: int) -> None:
-        raw = open(cand.path, "rb")  # noqa: SIM115 - held until read to its end or closed by the held-file bound
+    def open(self, cand: Candidate, offset: int, raw: IO[bytes] | None = None) -> None:
+        """Read ``cand`` from ``offset``: ``raw`` when given (the file already open, found by its inode),
+        else opened by its path."""
+        if raw is None:
+            raw = open(cand.path, "rb")  # noqa: SIM115 - held until read to its end or closed by the held-file bound
         try:
             st = os.fstat(raw.fileno())
             fh: IO[bytes] = raw
