@@ -344,35 +344,46 @@ class Follower:
         if not src.refresh():
             self._truncated(src, cands if cands is not None else self.folder.scan() or [])
             return False
-        if not (was_empty and src.head):
+        if not ((was_empty and src.head) or src.unsettled):
             return True
         for attempt in range(TRIES):
             cands = self.folder.settled() or []  # not a listing torn by logrotate shifting its copies
-            missed = self._copies_since(src, cands)
+            live = next((c for c in cands if c.kind == "live"), None)
+            planned = self.folder.head(live) if live is not None else None
+            missed = self._copies_since(src, cands, planned)
             if not missed:
+                # (a copy of what it held before we opened it was made before that: this one look suffices)
+                src.unsettled = False
                 return True
-            if (queue := self._open_all([(c, 0) for c in missed], cands, attempt == TRIES - 1)) is not None:
+            if (queue := self._open_all([(c, 0) for c in missed], cands, attempt == TRIES - 1, planned)) is not None:
                 break
         self.truncations += len(missed)
         self.log.warning("truncations_caught_up", file=src.path, inode=src.inode, copies=[c.path for c in missed],
-                         note="truncated while it looked empty to us; reading the copies")
+                         note="truncated while it looked empty to us, or before we could open it while logrotate "
+                              "kept copying; reading the copies")
         src.ended, src.live = True, False
         for new in queue or ():
             self._push(new)
         return False
 
     def _open_all(self, plan: list[tuple[Candidate, int]], cands: list[Candidate],
-                  last: bool) -> list[Source | None] | None:
+                  last: bool, planned: bytes | None = None) -> list[Source | None] | None:
         """The planned files and then the live one, opened; None (all closed again) when a copy was made meanwhile
         or the live file no longer holds what it held when the plan was made: truncated again, its copy is in the
         next listing (a live file that was empty then cannot tell by its head).
-        The ``last`` try is taken as it is: a copy it misses is found at the next truncation (``after_copy``)."""
+        The ``last`` try is taken as it is: a copy it misses is found at the next truncation (``after_copy``).
+        ``planned``: the live file's head the plan was made with (it left out the copies of what the live file
+        held then): truncated or rewritten since, the plan is made again (that copy now holds the only one)."""
         live = next((c for c in cands if c.kind == "live"), None)
         now = self.folder.head(live) if live is not None else None
+        moved_on = bool(planned) and not _related(planned, now)
         queue = [self._make(c, offset, cands) for c, offset in plan + ([(live, 0)] if live is not None else [])]
         known = {(c.device, c.inode) for c in cands}
         new = [c for c in self.folder.settled() or () if c.kind != "live" and (c.device, c.inode) not in known]
-        if last or live is None or (not new and (not now or queue[-1] is None or _related(now, queue[-1].head))):
+        settled = not new and not moved_on and (not now or queue[-1] is None or _related(now, queue[-1].head))
+        if last or live is None or settled:
+            if last and not settled and live is not None and queue[-1] is not None:
+                queue[-1].unsettled = True  # (_still_same looks for the copies made since at each poll)
             if (src := queue[-1]) is not None and now:  # what it held then may be in a copy by now: not older
                 copies = [self.folder.head(c) for c in reversed(cands) if c.kind == "copy"]
                 src.after_copy = next((_fp(h) for h in copies if h is not None and not _related(now, h)
@@ -383,12 +394,13 @@ class Follower:
                 src.close()
         return None
 
-    def _copies_since(self, src: Source, cands: list[Candidate]) -> list[Candidate]:
+    def _copies_since(self, src: Source, cands: list[Candidate], now: bytes | None = None) -> list[Candidate]:
         """logrotate copies newer than the newest one there was when ``src`` became live, but the one of what the
         live file holds now (read there): ``src`` looked empty, so it read none of them, also not one of the content
         its head was refreshed with (truncated again meanwhile)."""
-        live = next((c for c in cands if c.kind == "live"), None)
-        now = self.folder.head(live) if live is not None else None
+        if now is None:
+            live = next((c for c in cands if c.kind == "live"), None)
+            now = self.folder.head(live) if live is not None else None
         copies = [c for c in cands if c.kind == "copy"]
         fps = [_fp(self.folder.head(c)) for c in copies] if src.after_copy else []
         start = fps.index(src.after_copy) + 1 if src.after_copy in fps else 0  # a pruned one: all are newer
@@ -437,7 +449,7 @@ class Follower:
             copy = next((c for c in reversed(pool) if same_content(tail.head, heads[c.path])), None)
             plan = [(c, resume if c is copy else 0) for c in self._since(tail, pool, heads, copy)
                     if c is copy or not (_related(now, heads[c.path]) or _related(tail.head, heads[c.path]))]
-            if (queue := self._open_all(plan, cands, attempt == TRIES - 1)) is not None:
+            if (queue := self._open_all(plan, cands, attempt == TRIES - 1, now)) is not None:
                 break
         self.log.warning("file_truncated", file=tail.path, inode=tail.inode, offset=resume,
                          copy=copy.path if copy else None, copies=len(plan))

@@ -36,6 +36,9 @@ class Source:
     raw: IO[bytes] | None = None  # the file under a gzip reader (GzipFile does not close it)
     at: tuple[int, int] = (0, 0)  # device and inode of the file now held (a .gz after compression differs)
     ended: bool = False  # nothing more can be read from it: truncated under us, or gone
+    # the live file as opened on the last try of a plan that copies kept tearing: logrotate may have copied
+    # and truncated it again before we opened it, and only a copy newer than ``after_copy`` holds that
+    unsettled: bool = False
     _fingerprint: tuple[str, int] | None = None
 
     def fingerprint(self) -> tuple[str, int]:
