@@ -581,3 +581,27 @@ def test_a_copy_shifted_after_the_listing_is_still_recognised_by_its_inode(tmp_p
     os.remove(tmp_path / "audit.log.2.gz")
     assert f.folder.head(copy) is None and f.folder.content_size(copy) == 0
     f.close()
+
+
+def test_a_plan_made_before_the_live_file_was_truncated_again_is_made_again(tmp_path: Path) -> None:
+    """The plan leaves out the copy of what the live file holds (read there). If logrotate copies and truncates
+    it before the files are opened, that copy holds the only one: opened against the head the plan was made
+    with, the plan is refused and made again (tests/fault copytruncate-outage, starved of CPU)."""
+    log = tmp_path / "audit.log"
+    write(log, range(0, 10))
+    f = follower(log)
+    cands = f.folder.scan() or []
+    live = next(c for c in cands if c.kind == "live")
+    planned = f.folder.head(live)
+    shutil.copyfile(log, tmp_path / "audit.log.1")  # copytruncate, after the plan
+    os.truncate(log, 0)
+    write(log, range(10, 12))
+    assert f._open_all([], cands, last=False, planned=planned) is None
+    cands = f.folder.settled() or []  # a plan made now (the copy listed) is taken
+    live = next(c for c in cands if c.kind == "live")
+    queue = f._open_all([], cands, last=False, planned=f.folder.head(live))
+    assert queue is not None and queue[-1] is not None
+    for src in queue:
+        if src is not None:
+            src.close()
+    f.close()
