@@ -82,16 +82,17 @@ class Follower:
         by its inode, so that its head and identity are of the same file even if it is renamed meanwhile."""
         raw: IO[bytes] | None = None
         if cand.compressed:
-            head, size = self.folder.head(cand), self.folder.content_size(cand)
-            if head is None or not self.folder.names(cand):
+            if not moved and not self.folder.names(cand):
                 # logrotate shifted it (audit.log.1.gz -> .2.gz) since the listing: the same file, by its inode,
                 # under its new name (the name it had is missing until the next copy is compressed into it, then
                 # names that one); it is read there, since a compressed file is opened by name when read
-                now = None if moved else next((c for c in self.folder.scan() or () if c.compressed and
-                                               (c.device, c.inode) == (cand.device, cand.inode)), None)
+                now = next((c for c in self.folder.scan() or () if c.compressed and
+                            (c.device, c.inode) == (cand.device, cand.inode)), None)
                 if now is not None and now.path != cand.path:
                     return self._make(now, offset, cands, moved=True)
-                head = None  # (its name is another file's now, or nothing's: not to be read there)
+            # (a name that is another file's now, or nothing's, is not to be read)
+            head = self.folder.head(cand) if self.folder.names(cand) else None
+            size = self.folder.content_size(cand)
             if head is None:
                 self._unreadable(cand.path, cand.inode, "cannot read its head", size, self._last())
                 return None
@@ -383,7 +384,7 @@ class Follower:
         settled = not new and not moved_on and (not now or queue[-1] is None or _related(now, queue[-1].head))
         if last or live is None or settled:
             if last and not settled and live is not None and queue[-1] is not None:
-                queue[-1].unsettled = True  # (_still_same looks for the copies made since at each poll)
+                queue[-1].unsettled = True  # (_still_same looks for the copies made since at its next poll)
             if (src := queue[-1]) is not None and now:  # what it held then may be in a copy by now: not older
                 copies = [self.folder.head(c) for c in reversed(cands) if c.kind == "copy"]
                 src.after_copy = next((_fp(h) for h in copies if h is not None and not _related(now, h)
@@ -394,13 +395,10 @@ class Follower:
                 src.close()
         return None
 
-    def _copies_since(self, src: Source, cands: list[Candidate], now: bytes | None = None) -> list[Candidate]:
+    def _copies_since(self, src: Source, cands: list[Candidate], now: bytes | None) -> list[Candidate]:
         """logrotate copies newer than the newest one there was when ``src`` became live, but the one of what the
-        live file holds now (read there): ``src`` looked empty, so it read none of them, also not one of the content
-        its head was refreshed with (truncated again meanwhile)."""
-        if now is None:
-            live = next((c for c in cands if c.kind == "live"), None)
-            now = self.folder.head(live) if live is not None else None
+        live file holds now (``now``, its head: read there): ``src`` looked empty, so it read none of them, also not
+        one of the content its head was refreshed with (truncated again meanwhile)."""
         copies = [c for c in cands if c.kind == "copy"]
         fps = [_fp(self.folder.head(c)) for c in copies] if src.after_copy else []
         start = fps.index(src.after_copy) + 1 if src.after_copy in fps else 0  # a pruned one: all are newer
