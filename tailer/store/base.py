@@ -59,7 +59,6 @@ class Store(PruneStore):
     kind = "store"
     ph = "?"  # the driver's placeholder
     assigns_seq = False  # inserts set ``seq`` from ``_reserve`` (with ``override``), not the database
-    null_meta_omitted = False  # a chunk with no row's meta goes in by an INSERT without that column
     override = ""
     # what a reader may see of ``audit_events``: a prefix of the sequence that no open write transaction
     # can still commit into (one writer: every committed row)
@@ -255,17 +254,10 @@ class Store(PruneStore):
             lo = first - 1
             for i, (rows, source) in enumerate(chunks):
                 origin = self._origin_id(conn, source, fresh)
-                params, start = [], seq
-                # without a meta column when no row has one (the common case): sqlite3 binds each value
-                # that is not an int, float, str or bytearray through its adapter lookup (a None too)
-                meta = not self.null_meta_omitted or any(r.meta is not None for r in rows)
-                cut = -2 if meta else -3  # a Row ends with meta, origin, event (TAIL): origin and body follow
-                for r, body in zip(rows, self.codec.compress_all([r.event for r in rows]), strict=True):
-                    hw = max(hw, r.ts)  # the running maximum: non-decreasing in seq
-                    own = (seq,) if self.assigns_seq else ()
-                    params.append((*own, hw, *r[:cut], origin, body))
-                    seq += 1
-                counts.append(self._insert_rows(conn, self._insert_sql(meta=meta), params, meta) if params else 0)
+                start = seq
+                counts.append(self._insert_chunk(conn, rows, origin, start, hw) if rows else 0)
+                hw = max(hw, max((r.ts for r in rows), default=hw))
+                seq += len(rows)
                 if self.chain_key is not None:  # the chunk's link, with its events (chainstore.py)
                     link = links[i] if i < len(links) else None
                     if self.assigns_seq:  # its rows are in its own reserved block, whoever else commits
@@ -309,14 +301,12 @@ class Store(PruneStore):
         fresh[source] = int(row[0])
         return fresh[source]
 
-    def _insert_sql(self, rows: int = 1, meta: bool = True) -> str:
-        """The INSERT of ``rows`` events (repeats of a stored one are dropped); ``meta``: with that column
-        (else it is NULL in each row, and the rows' tuples have no value for it)."""
+    def _insert_sql(self) -> str:
+        """The INSERT of one event (a repeat of a stored one is dropped)."""
         own = ["seq"] if self.assigns_seq else []
-        names = [*own, "hw", *(c for c in COLUMNS if meta or c != "meta")]
-        values = ", ".join([f"({', '.join([self.ph] * len(names))})"] * rows)
+        names = [*own, "hw", *COLUMNS]
         return (f"INSERT INTO audit_events ({', '.join(names)}) {self.override if own else ''}"
-                f"VALUES {values} ON CONFLICT (ts, audit_id, stage) DO NOTHING")
+                f"VALUES ({', '.join([self.ph] * len(names))}) ON CONFLICT (ts, audit_id, stage) DO NOTHING")
 
     def _reserve(self, conn: Any, n: int, top: float) -> tuple[int, float]:
         """Before the first write of an insert transaction: (the sequence its first row gets, the ``hw``
@@ -328,9 +318,16 @@ class Store(PruneStore):
     def _executemany(self, conn: Any, sql: str, params: list[tuple[Any, ...]]) -> int:
         raise NotImplementedError
 
-    def _insert_rows(self, conn: Any, sql: str, params: list[tuple[Any, ...]], meta: bool = True) -> int:
-        """A chunk's rows through ``sql`` (one row's INSERT; ``meta``: with that column); how many were new."""
-        return self._executemany(conn, sql, params)
+    def _insert_chunk(self, conn: Any, rows: list[Row], origin: int, first: int, hw: float) -> int:
+        """One chunk's rows from ``origin``, compressed, in sequence order from ``first``, each with the
+        running maximum of ``ts`` (``hw``: the one below ``first``); how many were new (not repeats)."""
+        params = []
+        for seq, r, body in zip(range(first, first + len(rows)), rows,
+                                self.codec.compress_all([r.event for r in rows]), strict=True):
+            hw = max(hw, r.ts)  # the running maximum: non-decreasing in seq
+            own = (seq,) if self.assigns_seq else ()
+            params.append((*own, hw, *r[:-2], origin, body))  # a Row ends with origin, event (TAIL)
+        return self._executemany(conn, self._insert_sql(), params)
 
     def _newest(self, conn: Any, n: int) -> range:
         """The sequences of the ``n`` rows the last ``_executemany`` inserted, all of them (one writer)."""
