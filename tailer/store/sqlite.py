@@ -195,10 +195,11 @@ class SqliteStore(Store):
         return int(conn.executemany(sql, params).rowcount)
 
     def _insert_chunk(self, conn: Any, rows: list[Row], origin: int, first: int, hw: float) -> int:
-        """A chunk in one INSERT with two values: its rows' columns as one JSON array, which SQLite takes
-        apart itself (json_each), and its compressed bodies end to end in one blob. Bound value by value
-        (as PostgreSQL's are), 1,000 rows were ~17,000 values bound and 4 statements stepped, each with the
-        GIL held or taken back from the busy event loop; here the loop waits for the writer once."""
+        """A chunk in one INSERT of four values (``_json_insert``): its rows' columns as one JSON array, which
+        SQLite takes apart itself (json_each), its compressed bodies end to end in one blob, the ``hw`` below
+        it and its origin. Bound value by value (``Store._insert_chunk``), 1,000 rows were ~17,000 values
+        bound and 4 statements stepped, each with the GIL held or taken back from the busy event loop; here
+        the loop waits for the writer once."""
         metas = any(r.meta is not None for r in rows)
         bodies = self.codec.compress_all([r.event for r in rows])
         try:
