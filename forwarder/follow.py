@@ -82,7 +82,8 @@ class Follower:
         by its inode, so that its head and identity are of the same file even if it is renamed meanwhile."""
         raw: IO[bytes] | None = None
         if cand.compressed:
-            if not moved and not self.folder.names(cand):
+            named = self.folder.names(cand)
+            if not moved and not named:
                 # logrotate shifted it (audit.log.1.gz -> .2.gz) since the listing: the same file, by its inode,
                 # under its new name (the name it had is missing until the next copy is compressed into it, then
                 # names that one); it is read there, since a compressed file is opened by name when read
@@ -91,7 +92,7 @@ class Follower:
                 if now is not None and now.path != cand.path:
                     return self._make(now, offset, cands, moved=True)
             # (a name that is another file's now, or nothing's, is not to be read)
-            head = self.folder.head(cand) if self.folder.names(cand) else None
+            head = self.folder.head(cand) if named else None
             size = self.folder.content_size(cand)
             if head is None:
                 self._unreadable(cand.path, cand.inode, "cannot read its head", size, self._last())
