@@ -10,6 +10,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import accumulate
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ RECLAIM_PAGES = 4096  # pages (16 MiB at 4 KiB) given back to the file system pe
 RECLAIM_STEP = 512  # pages per step
 CHECKPOINT_GAP = 0.25  # seconds at least between two checkpoints (each copies what the WAL gained meanwhile)
 BACKSTOP_PAGES = 20_000  # WAL pages (80 MiB at 4 KiB) past which a commit checkpoints after all (SQLite's default: 1,000)
+_ts = itemgetter(COLUMNS.index("ts"))  # a Row's timestamp
 log = get_logger(component="store")
 
 
@@ -195,24 +198,29 @@ class SqliteStore(Store):
         return int(conn.executemany(sql, params).rowcount)
 
     def _insert_chunk(self, conn: Any, rows: list[Row], origin: int, first: int, hw: float) -> int:
-        """A chunk in one INSERT of four values (``_json_insert``): its rows' columns as one JSON array, which
-        SQLite takes apart itself (json_each), its compressed bodies end to end in one blob, the ``hw`` below
-        it and its origin. Bound value by value (``Store._insert_chunk``), 1,000 rows were ~17,000 values
-        bound and 4 statements stepped, each with the GIL held or taken back from the busy event loop; here
-        the loop waits for the writer once."""
+        """A chunk in one INSERT of three values (``_json_insert``): its rows as one JSON array, which SQLite
+        takes apart itself (json_each), their compressed bodies end to end in one blob, and their origin. Each
+        row carries its ``hw`` (the running maximum of ``ts``, from the ``hw`` below the chunk) and its body's
+        place in the blob, summed here: in SQL they were a window, whose sorter cost the writer more than
+        the sums cost us. Bound value by value (``Store._insert_chunk``), 1,000 rows were ~17,000 values bound
+        and 4 statements stepped, each with the GIL held or taken back from the busy event loop; here the loop
+        waits for the writer once."""
+        if not math.isfinite(sum(map(_ts, rows))):  # JSON has no inf or nan (never from parse)
+            return super()._insert_chunk(conn, rows, origin, first, hw)
         metas = any(r.meta is not None for r in rows)
-        bodies = self.codec.compress_all([r.event for r in rows])
+        blob, lengths = self.codec.compress_joined([r.event for r in rows])
+        hws = accumulate(map(_ts, rows), max, initial=hw)
+        next(hws)  # (the hw below the chunk)
+        starts = accumulate(lengths[:-1], initial=1)  # where each body begins (substr counts from 1)
         try:
-            if not math.isfinite(sum(r.ts for r in rows)):  # JSON has no inf or nan (never from parse)
-                raise ValueError("a timestamp JSON cannot carry")
             if metas:  # JSON text: orjson made it (UTF-8); the column keeps it as a blob, as bound
-                doc = orjson.dumps([(*r[:-3], None if r.meta is None else r.meta.decode(), len(b))
-                                    for r, b in zip(rows, bodies, strict=True)])
+                doc = orjson.dumps([(h, *r[:-3], None if r.meta is None else r.meta.decode(), s, n)
+                                    for r, h, s, n in zip(rows, hws, starts, lengths, strict=True)])
             else:
-                doc = orjson.dumps([(*r[:-3], len(b)) for r, b in zip(rows, bodies, strict=True)])
+                doc = orjson.dumps([(h, *r[:-3], s, n) for r, h, s, n in zip(rows, hws, starts, lengths, strict=True)])
         except (ValueError, TypeError):  # (orjson.JSONEncodeError is a TypeError) bound value by value
             return super()._insert_chunk(conn, rows, origin, first, hw)
-        return int(conn.execute(self._insert_json[metas], (doc, b"".join(bodies), hw, origin)).rowcount)
+        return int(conn.execute(self._insert_json[metas], (doc, blob, origin)).rowcount)
 
     def _newest(self, conn: Any, n: int) -> range:
         last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])  # AUTOINCREMENT: one by one
@@ -231,17 +239,19 @@ class SqliteStore(Store):
 
 
 def _json_insert(metas: bool) -> str:
-    """``_insert_chunk``'s INSERT: ?1 the rows (each the Row's fields up to ``bytes``, then ``meta`` when
-    ``metas``, then its body's length), ?2 the bodies end to end, ?3 the ``hw`` below the first row, ?4 the
-    origin. ``hw`` and each body's place are running sums over the rows in order (one window)."""
+    """``_insert_chunk``'s INSERT: ?1 the rows (each its ``hw``, then the Row's fields up to ``bytes``, then
+    ``meta`` when ``metas``, then its body's place in ?2 and its length), ?2 the bodies end to end, ?3 the
+    origin. Each row's JSON text is taken out of the array once (``r``, materialized: json_each made it
+    again for every ``->>``), and rows go in in the array's order, so they take their sequence numbers in
+    the chunk's order."""
     data = COLUMNS[:COLUMNS.index("meta")]
-    at = len(data) + metas  # where the body's length is
-    ts = data.index("ts")
+    at = 1 + len(data) + metas  # where the body's place is
     names = ["hw", *data, "meta", "origin", "event"]
-    values = [f"max(?3, max(value->>{ts}) OVER w)", *(f"value->>{i}" for i in range(len(data))),
-              f"CAST(value->>{len(data)} AS BLOB)" if metas else "NULL", "?4",
-              f"substr(?2, sum(value->>{at}) OVER w - value->>{at} + 1, value->>{at})"]
+    values = ["value->>0", *(f"value->>{i + 1}" for i in range(len(data))),
+              f"CAST(value->>{len(data) + 1} AS BLOB)" if metas else "NULL", "?3",
+              f"substr(?2, value->>{at}, value->>{at + 1})"]
     # (WHERE true: without it SQLite would read ON CONFLICT as the join's ON)
-    return (f"INSERT INTO audit_events ({', '.join(names)}) SELECT {', '.join(values)} "
-            "FROM json_each(CAST(?1 AS TEXT)) WHERE true WINDOW w AS (ORDER BY key ROWS UNBOUNDED PRECEDING) "
-            "ORDER BY key ON CONFLICT (ts, audit_id, stage) DO NOTHING")
+    # (the WITH after INSERT: a statement that begins with INSERT is one whose rowcount sqlite3 counts)
+    return (f"INSERT INTO audit_events ({', '.join(names)}) "
+            "WITH r(value) AS MATERIALIZED (SELECT value FROM json_each(CAST(?1 AS TEXT))) "
+            f"SELECT {', '.join(values)} FROM r WHERE true ON CONFLICT (ts, audit_id, stage) DO NOTHING")
