@@ -193,25 +193,32 @@ class Codec:
         return body if self._compressor is None else self._compressor.compress(body)
 
     def compress_all(self, bodies: list[bytes]) -> list[bytes] | list[bytearray]:
-        """``compress`` of each body, the same frames, in one call: zstd lets go of the GIL once for them
-        all. One ``compress`` per body let go of it per body, and beside the busy event loop each time
-        waited for the switch interval to take it back: 3.7 µs of work cost ~560 µs (bench/store_e2e.py's
-        writer; measured in isolation: 5,000 bodies beside a busy thread, 566 µs each vs 4.6 µs)."""
-        if self._compressor is None or not bodies:
+        """``compress`` of each body, the same frames, in one call (``_frames``)."""
+        frames = self._frames(bodies)
+        if frames is None:
             return bodies
-        frames = self._compressor.multi_compress_to_buffer(list[bytes | bytearray | memoryview](bodies))
         # bytearrays: sqlite3 binds them directly, where each bytes value first goes through its adapter
         # lookup (an AttributeError raised, formatted and cleared: 4% of the writer thread's instructions)
-        return [bytearray(frames[i]) for i in range(len(bodies))]  # type: ignore[call-overload]  # (a buffer: untyped)
+        return [bytearray(f) for f in frames]
 
     def compress_joined(self, bodies: list[bytes]) -> tuple[bytes, list[int]]:
         """``compress_all``'s frames end to end in one value, and the length of each (what one INSERT of a
         chunk binds, sqlite.py): the frames are joined from zstd's buffer, not copied out one by one."""
-        if self._compressor is None or not bodies:
+        frames = self._frames(bodies)
+        if frames is None:
             return b"".join(bodies), list(map(len, bodies))
-        frames = self._compressor.multi_compress_to_buffer(list[bytes | bytearray | memoryview](bodies))
-        segments = [frames[i] for i in range(len(bodies))]  # (buffers: join and len read them in place)
-        return b"".join(segments), list(map(len, segments))  # type: ignore[arg-type]  # (buffers, typed as not)
+        return b"".join(frames), list(map(len, frames))
+
+    def _frames(self, bodies: list[bytes]) -> list[Any] | None:
+        """The bodies' frames as buffers in zstd's output, from one call; None when bodies stay plain (no
+        dictionary yet) or there are none. One call lets go of the GIL once for them all: one ``compress``
+        per body let go of it per body, and beside the busy event loop each time waited for the switch
+        interval to take it back: 3.7 µs of work cost ~560 µs (bench/store_e2e.py's writer; measured in
+        isolation: 5,000 bodies beside a busy thread, 566 µs each vs 4.6 µs)."""
+        if self._compressor is None or not bodies:
+            return None
+        out = self._compressor.multi_compress_to_buffer(list[bytes | bytearray | memoryview](bodies))
+        return [out[i] for i in range(len(bodies))]  # (zstd's segments: buffers, untyped)
 
     def raw(self, body: bytes | str, fetch: Callable[[int], bytes | None]) -> bytes:
         """The JSON bytes of a stored body, not parsed; ``fetch`` reads a dictionary this process has not
