@@ -175,6 +175,8 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
                     if delivered >= expected or still >= 10:
                         break
                     last = delivered
+            # the API process's CPU until the last line arrived (it may still work after ingest ended)
+            api_all = tree_cpu(proc.pid) - cpu_seconds(proc.pid) - (idle - idle_ingest)
             rss = tree_peak_rss_mb(proc.pid)
             api_rss = rss - peak_rss_mb(proc.pid)
             behind = metric(http, "tailer_api_watchers_behind_total") if watchers else 0
@@ -189,7 +191,8 @@ def run(tree: Path, data: list[tuple[str, bytes]], n: int, watchers: int, expect
             proc.wait(30)
     return {"eps": n / elapsed, "us": cpu / n * 1e6, "rss": rss, "delivered": delivered, "behind": behind, "cut": cut,
             "client_us": client / n * 1e6, "sender_us": sender / n * 1e6, "ingest_us": ingest / n * 1e6,
-            "api_us": (cpu - ingest) / n * 1e6, "api_rss": api_rss}
+            "api_us": (cpu - ingest) / n * 1e6, "api_rss": api_rss,
+            "api_line_us": api_all / delivered * 1e6 if delivered else 0.0}
 
 
 def main() -> int:
@@ -227,7 +230,7 @@ def main() -> int:
                           f"tailer CPU/event ({out['ingest_us']:.0f} ingest, {out['api_us']:.0f} API process), peak RSS "
                           f"{out['rss']:5.0f} MB ({out['api_rss']:.0f} the API process), {out['delivered']:,} of "
                           f"{expected if w else 0:,} watch lines (watchers fell behind the ring {out['behind']:.0f} times, "
-                          f"{out['cut']:.0f} cut off); on the same cores meanwhile: the bench's sender {out['sender_us']:.0f} µs/event, "
+                          f"{out['cut']:.0f} cut off; the API process until the last line: {out['api_line_us']:.1f} µs per line); on the same cores meanwhile: the bench's sender {out['sender_us']:.0f} µs/event, "
                           f"its watch client {out['client_us']:.0f} µs/event", flush=True)
     print(f"\nmedians of {a.runs} runs, {a.events} events, SQLite store")
     for name in trees:
@@ -244,7 +247,8 @@ def main() -> int:
         print(f"{name:6} per run, the pair's throughput ratio: median "
               f"{statistics.median(b['eps'] / z['eps'] for z, b in pairs):.2f}x; CPU the watchers add per event: median "
               f"{statistics.median(b['us'] - z['us'] for z, b in pairs):.0f} µs (the API process: "
-              f"{statistics.median(b['api_us'] for _, b in pairs):.0f} µs, peak RSS "
+              f"{statistics.median(b['api_us'] for _, b in pairs):.0f} µs; until the last line arrived "
+              f"{statistics.median(b['api_line_us'] for _, b in pairs):.1f} µs per line; peak RSS "
               f"{statistics.median(b['api_rss'] - z['api_rss'] for z, b in pairs):+.0f} MB); the bench's own watch client beside "
               f"them on the same cores: median {statistics.median(b['client_us'] for _, b in pairs):.0f} µs per event")
     return 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections import deque, namedtuple
 from collections.abc import Callable, Hashable
 from operator import attrgetter
@@ -83,6 +84,23 @@ class Entry:
         return loads(self.row.event)
 
 
+class Plan:
+    """What a filter asks of each segment, worked out once per filter (``Ring.plan``), not once per
+    segment: the columns it sets (its index's shape), the values it wants there, and whether ``matches``
+    must still check each candidate (a time range, a cluster or a source). Watchers with equal filters
+    share one plan, and so each segment's list of their entries."""
+
+    __slots__ = ("__weakref__", "check", "columns", "flt", "want")
+
+    def __init__(self, flt: EventFilter) -> None:
+        fields = [(field, column) for field, column in FIELDS if getattr(flt, field) is not None]
+        self.flt = flt
+        self.columns = tuple(column for _, column in fields)
+        want = tuple(wanted(getattr(flt, field)) for field, _ in fields)
+        self.want: Any = want if len(want) > 1 else want[0] if want else None  # as the index keys it
+        self.check = flt.since is not None or flt.until is not None or flt.cluster is not None or flt.source is not None
+
+
 class Segment:
     """The rows of one store read: complete in (``after``, ``last``]."""
 
@@ -96,34 +114,32 @@ class Segment:
         self.last = self.entries[-1].seq if self.entries else after
         self.bytes = sum(len(e.row.event) + ENTRY_OVERHEAD for e in self.entries)
         self._index: dict[tuple[str, ...], dict[Any, list[Entry]]] = {}
-        self._matches: dict[EventFilter, list[Entry]] = {}
+        self._matches: dict[Plan, list[Entry]] = {}
 
-    def matching(self, flt: EventFilter, after: int) -> list[Entry]:
-        """The entries ``flt`` selects with seq > ``after``: computed once per filter."""
-        found = self._matches.get(flt)
+    def matching(self, plan: Plan, after: int) -> list[Entry]:
+        """The entries ``plan``'s filter selects with seq > ``after``: computed once per plan."""
+        found = self._matches.get(plan)
         if found is None:
-            found = self._candidates(flt)
-            if flt.since is not None or flt.until is not None or flt.cluster is not None or flt.source is not None:
-                # (else the index said all ``matches`` would)
-                found = [e for e in found if matches(flt, e.row)]
-            self._matches[flt] = found
+            found = self._candidates(plan)
+            if plan.check:  # (else the index said all ``matches`` would)
+                found = [e for e in found if matches(plan.flt, e.row)]
+            self._matches[plan] = found
         return found if after <= self.after else [e for e in found if e.seq > after]
 
-    def _candidates(self, flt: EventFilter) -> list[Entry]:
-        """The entries equal to ``flt`` on every column it sets (what ``matches`` checks but the time range),
-        from an index over those columns built on first use (filters of the same shape share it)."""
-        fields = [(field, column) for field, column in FIELDS if getattr(flt, field) is not None]
-        if not fields:
+    def _candidates(self, plan: Plan) -> list[Entry]:
+        """The entries equal to the filter on every column it sets (what ``matches`` checks but the time
+        range and the origin), from an index over those columns built on first use (plans of the same
+        shape share it)."""
+        columns = plan.columns
+        if not columns:
             return self.entries
-        columns = tuple(column for _, column in fields)
         index = self._index.get(columns)
         if index is None:
             index = self._index[columns] = {}
             key = attrgetter(*columns)  # a tuple for several columns, the value for one
             for e in self.entries:
                 index.setdefault(key(e.row), []).append(e)
-        want = tuple(wanted(getattr(flt, field)) for field, _ in fields)
-        return index.get(want if len(want) > 1 else want[0], [])
+        return index.get(plan.want, [])
 
 
 class Ring:
@@ -132,6 +148,7 @@ class Ring:
         self.store, self.wake, self.feed, self.watchers, self.metrics = store, wake, feed, watchers, metrics
         self.poll, self.max_events, self.max_bytes = poll, max_events, max_bytes
         self.segments: deque[Segment] = deque()
+        self._plans: weakref.WeakValueDictionary[EventFilter, Plan] = weakref.WeakValueDictionary()
         self.running = False
         self.floor = self.last = self.pruned = self.events = self.bytes = 0
         self._task: asyncio.Task[None] | None = None
@@ -144,6 +161,13 @@ class Ring:
         """Shutdown: the task ends now, not at its next read."""
         if self._task is not None:
             self._task.cancel()
+
+    def plan(self, flt: EventFilter) -> Plan:
+        """``flt``'s plan, shared with every watcher of an equal filter while one of them holds it."""
+        found = self._plans.get(flt)
+        if found is None:
+            found = self._plans[flt] = Plan(flt)
+        return found
 
     def after(self, cursor: int) -> list[Segment] | None:
         """The segments above ``cursor``; None when the ring cannot say (not running, or ``cursor`` is

@@ -35,7 +35,7 @@ from kube_audit.model.source import SourceId
 from kube_audit.runtime.observability import get_logger
 from tailer.api.errors import ApiError, status
 from tailer.api.resource import Stored, dump, loads, watch_line
-from tailer.api.ring import Ring, Segment
+from tailer.api.ring import Plan, Ring, Segment
 from tailer.metrics import TailerMetrics
 from tailer.store import EventFilter, Store
 
@@ -150,6 +150,7 @@ class Watches:
         the part of the filter the store cannot apply; ``bookmarks``: send one every 30 s when quiet."""
         quiet_since = checked = time.monotonic()
         in_ring = False
+        plan = self.ring.plan(flt)  # (held for the stream: watchers of an equal filter share it)
 
         def line(seq: int, event: Stored, source: SourceId) -> bytes:
             return watch_line("ADDED", encode(seq, event, source))
@@ -169,7 +170,7 @@ class Watches:
                 in_ring = False
             else:
                 in_ring = True
-                mark, lines, top, full = self._from_ring(segments, flt, last, keep, line, encoding)
+                mark, lines, top, full = self._from_ring(segments, plan, last, keep, line, encoding)
             if mark > pruned and mark > last:
                 await self.final(response, status(410, "Expired", too_old(last, mark)))
                 self.metrics.watchers_expired.inc()
@@ -222,14 +223,14 @@ class Watches:
             top = max(top, known)
         return mark, [line(*row) for row in kept], top, full
 
-    def _from_ring(self, segments: list[Segment], flt: EventFilter, last: int,
+    def _from_ring(self, segments: list[Segment], plan: Plan, last: int,
                    keep: Callable[[dict[str, Any]], bool] | None, line: Callable[[int, Stored, SourceId], bytes],
                    encoding: Hashable) -> tuple[int, list[bytes], int, bool]:
         """The same from the ring: each line made once per encoding, shared with every other watcher."""
         lines: list[bytes] = []
         top = last
         for segment in segments:
-            for entry in segment.matching(flt, top):
+            for entry in segment.matching(plan, top):
                 if keep is None or keep(entry.event()):
                     lines.append(self.ring.line(entry, encoding, line))
             top = segment.last

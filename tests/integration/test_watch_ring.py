@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 import tailer.api.watch as watch_module
-from tailer.api.ring import Ring, RingRow, Segment, matches
+from tailer.api.ring import Plan, Ring, RingRow, Segment, matches
 from tailer.api.routes import PREFIX
 from tailer.store import EventFilter
 from tests.helpers.apitest import ADMIN, SCENARIO, Api, GatedResponse, api_fixture, resource_tracker  # noqa: F401 - fixtures
@@ -56,8 +56,9 @@ async def test_the_ring_selects_what_the_store_selects(api: Api) -> None:
     for flt in FILTERS:
         want = [s for s, _ in await api.store.events(flt, 0, 10_000)]
         assert [s for s, row in rows if matches(flt, row)] == want, flt
-        assert [e.seq for e in segment.matching(flt, 0)] == want, flt  # through the column index
-        assert [e.seq for e in segment.matching(flt, want[1] if len(want) > 1 else 0)] == want[2:] or len(want) < 2
+        plan = Plan(flt)
+        assert [e.seq for e in segment.matching(plan, 0)] == want, flt  # through the column index
+        assert [e.seq for e in segment.matching(plan, want[1] if len(want) > 1 else 0)] == want[2:] or len(want) < 2
     sizes = [sum(1 for _, r in rows if matches(flt, r)) for flt in FILTERS]
     assert sizes.count(0) == 1 and sizes.count(60) == 2  # only "nowhere" is empty; none and name=web are all
 
@@ -242,3 +243,17 @@ async def test_each_watcher_gets_exactly_its_events_in_order_whether_its_filter_
         assert {g["type"] for g in got} == {"ADDED"}
         resp.close()
     assert len({len(await api.store.events(flt, start, 10_000)) for _, _, flt in specs}) == 4  # 4 different selections
+
+
+def test_watchers_of_equal_filters_share_one_plan_while_they_hold_it() -> None:
+    import gc
+
+    ring = Ring(None, lambda: None, asyncio.Event(), lambda: 0, Metrics())  # type: ignore[arg-type]
+    first = ring.plan(EventFilter(namespace="shop", verb="patch"))
+    assert ring.plan(EventFilter(namespace="shop", verb="patch")) is first
+    assert ring.plan(EventFilter(namespace="shop")) is not first
+    assert (first.columns, first.want, first.check) == (("namespace", "verb"), ("shop", "patch"), False)
+    assert ring.plan(EventFilter(since=1.0)).check and ring.plan(EventFilter(cluster="eu")).check
+    del first
+    gc.collect()
+    assert len(ring._plans) == 0  # a plan no watcher holds is gone: the map does not grow with past filters
