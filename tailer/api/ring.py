@@ -26,7 +26,7 @@ import weakref
 from collections import deque, namedtuple
 from collections.abc import Callable, Hashable
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from kube_audit.model.source import SourceId
 from kube_audit.runtime.observability import get_logger
@@ -73,15 +73,28 @@ def from_origin(flt: EventFilter, origin: SourceId) -> bool:
         (flt.source is None or origin.name == wanted(flt.source))
 
 
-class Entry:
-    __slots__ = ("lines", "row", "seq")
+class Entry(NamedTuple):
+    """One event of the ring: its sequence and its RingRow, one tuple made straight from the store's row
+    (its watch lines are the segment's, ``Segment.lines``)."""
 
-    def __init__(self, seq: int, row: Any) -> None:
-        self.seq, self.row = seq, row
-        self.lines: dict[Hashable, bytes] | None = None  # watch lines by encoding, made on first use
+    seq: int
+    ts: float
+    namespace: str
+    name: str
+    username: str
+    resource: str
+    verb: str
+    api_group: str
+    level: str
+    code: int | None
+    origin: SourceId
+    event: bytes  # the JSON
 
-    def event(self) -> dict[str, Any]:
-        return loads(self.row.event)
+    def parsed(self) -> dict[str, Any]:
+        return loads(self.event)
+
+
+assert Entry._fields == ("seq", *RingRow._fields), "Entry: the seq, then RingRow's fields"
 
 
 class Plan:
@@ -104,15 +117,16 @@ class Plan:
 class Segment:
     """The rows of one store read: complete in (``after``, ``last``]."""
 
-    __slots__ = ("_index", "_matches", "after", "bytes", "entries", "last")
+    __slots__ = ("_index", "_matches", "after", "bytes", "entries", "gone", "last", "lines")
 
     def __init__(self, after: int, rows: list[tuple[Any, ...]]) -> None:
         """``rows``: (seq, *RingRow) as Store.rows_after reads them."""
         self.after = after
-        make = RingRow._make
-        self.entries = [Entry(r[0], make(r[1:])) for r in rows]
+        self.entries: list[Entry] = list(map(Entry._make, rows))
         self.last = self.entries[-1].seq if self.entries else after
-        self.bytes = sum(len(e.row.event) + ENTRY_OVERHEAD for e in self.entries)
+        self.bytes = sum(len(e.event) for e in self.entries) + ENTRY_OVERHEAD * len(self.entries)
+        self.lines: dict[Hashable, dict[int, bytes]] = {}  # watch lines by encoding, then seq: made on first use
+        self.gone = False  # left the ring (its lines no longer count in the ring's bytes)
         self._index: dict[tuple[str, ...], dict[Any, list[Entry]]] = {}
         self._matches: dict[Plan, list[Entry]] = {}
 
@@ -122,7 +136,7 @@ class Segment:
         if found is None:
             found = self._candidates(plan)
             if plan.check:  # (else the index said all ``matches`` would)
-                found = [e for e in found if matches(plan.flt, e.row)]
+                found = [e for e in found if matches(plan.flt, e)]
             self._matches[plan] = found
         return found if after <= self.after else [e for e in found if e.seq > after]
 
@@ -138,7 +152,7 @@ class Segment:
             index = self._index[columns] = {}
             key = attrgetter(*columns)  # a tuple for several columns, the value for one
             for e in self.entries:
-                index.setdefault(key(e.row), []).append(e)
+                index.setdefault(key(e), []).append(e)
         return index.get(plan.want, [])
 
 
@@ -182,18 +196,17 @@ class Ring:
         out.reverse()
         return out
 
-    def line(self, entry: Entry, key: Hashable, make: Callable[[int, Stored, SourceId], bytes]) -> bytes:
+    def line(self, segment: Segment, entry: Entry, key: Hashable, make: Callable[[int, Stored, SourceId], bytes]) -> bytes:
         """``entry``'s watch line in the encoding ``key``; made once, then shared by every watcher."""
-        if entry.lines is None:
-            entry.lines = {}
-        found = entry.lines.get(key)
+        made = segment.lines.get(key)
+        if made is None:
+            made = segment.lines[key] = {}
+        found = made.get(entry.seq)
         if found is None:
-            found = entry.lines[key] = make(entry.seq, entry.row.event, entry.row.origin)  # (its JSON: parsed only if needed)
-            self.bytes += len(found)
-            for segment in reversed(self.segments):  # (the newest, almost always)
-                if segment.after < entry.seq <= segment.last:
-                    segment.bytes += len(found)
-                    break
+            found = made[entry.seq] = make(entry.seq, entry.event, entry.origin)  # (its JSON: parsed only if needed)
+            if not segment.gone:
+                segment.bytes += len(found)
+                self.bytes += len(found)
         return found
 
     async def run(self) -> None:
@@ -241,6 +254,7 @@ class Ring:
             self.bytes += segment.bytes
         while self.segments and (self.events > self.max_events or self.bytes > self.max_bytes):
             old = self.segments.popleft()
+            old.gone = True
             self.floor = old.last
             self.events -= len(old.entries)
             self.bytes -= old.bytes
@@ -249,6 +263,8 @@ class Ring:
 
     def clear(self) -> None:
         self.running = False
+        for segment in self.segments:
+            segment.gone = True
         self.segments.clear()
         self.events = self.bytes = 0
         self.metrics.watch_ring_events.set(0)

@@ -231,8 +231,8 @@ class Watches:
         top = last
         for segment in segments:
             for entry in segment.matching(plan, top):
-                if keep is None or keep(entry.event()):
-                    lines.append(self.ring.line(entry, encoding, line))
+                if keep is None or keep(entry.parsed()):
+                    lines.append(self.ring.line(segment, entry, encoding, line))
             top = segment.last
             if len(lines) >= WATCH_BATCH:
                 break

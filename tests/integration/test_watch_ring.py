@@ -51,7 +51,7 @@ async def test_the_ring_selects_what_the_store_selects(api: Api) -> None:
     await api.insert(variety())
     read = await api.store.rows_after(0, 10_000, RingRow._fields[:-1])
     segment = Segment(0, read)
-    rows = [(e.seq, e.row) for e in segment.entries]
+    rows = [(e.seq, e) for e in segment.entries]
     assert len(rows) == 60 and all(orjson.loads(row.event)["auditID"].startswith("v-") for _, row in rows)
     for flt in FILTERS:
         want = [s for s, _ in await api.store.events(flt, 0, 10_000)]
@@ -90,15 +90,18 @@ def test_the_ring_is_bounded_and_knows_what_it_cannot_answer() -> None:
         made.append(seq)
         return orjson.dumps({"seq": seq, "id": orjson.loads(event)["auditID"]}) + b"\n"
 
-    entry = ring.segments[-1].entries[0]
+    segment = ring.segments[-1]
+    entry = segment.entries[0]
     before = ring.bytes
-    assert ring.line(entry, "k", make) is ring.line(entry, "k", make) and made == [14]  # once per encoding
-    assert ring.bytes == before + len(ring.line(entry, "k", make))
-    ring.line(entry, "other", make)
+    assert ring.line(segment, entry, "k", make) is ring.line(segment, entry, "k", make) and made == [14]  # once per encoding
+    assert ring.bytes == before + len(ring.line(segment, entry, "k", make))
+    ring.line(segment, entry, "other", make)
     assert made == [14, 14]
     ring.max_bytes = 0
     ring.append([], 0)  # over the byte bound: everything leaves, the ring still answers from ``last`` on
-    assert (ring.events, ring.floor) == (0, 16) and ring.after(16) == []
+    assert (ring.events, ring.floor, ring.bytes) == (0, 16, 0) and ring.after(16) == []
+    ring.line(segment, segment.entries[1], "k", make)  # a watcher still writing a segment that left
+    assert made == [14, 14, 15] and ring.bytes == 0  # its lines are not counted in the ring's bytes
 
 
 async def read_lines(resp: Any, n: int) -> list[dict[str, Any]]:
