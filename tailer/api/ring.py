@@ -13,7 +13,8 @@ Each segment answers "which of my rows does this filter select" once per distinc
 the same filter reuses the list), from an index over the columns the filter sets (built on first use,
 shared by filters of the same shape), and each event's watch line is encoded once per encoding
 (``Ring.line``), not once per watcher. ``matches`` is what a filter means, over the named fields in
-``FIELDS``: a new filter column is one more line there (and in EventFilter and the store's columns).
+``FIELDS``: a new filter column is one more line there (and in ``Entry``, which the import checks against
+it, in EventFilter and in the store's columns).
 The ring is bounded by events and by bytes (the JSON, the encoded lines and a per-event estimate of the
 Python objects); the oldest segments leave first.
 """
