@@ -10,11 +10,12 @@ after ``max_entries`` instead of being built in memory first. Never assumes shor
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import MappingProxyType
 from typing import Any
 
 import msgpack
+import msgspec
 
 from .errors import ProtocolError
 from .model import EVENT_TIME_EXT, EventTime, Metadata, Record
@@ -24,6 +25,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 NO_METADATA: Metadata = MappingProxyType({})
 _PIECE = 64 * 1024  # inflate this much at a time
+BATCH = 100  # entries of a packed payload built in one call
 
 
 def ext_hook(code: int, data: bytes) -> Any:
@@ -33,6 +35,27 @@ def ext_hook(code: int, data: bytes) -> Any:
         except ValueError as exc:
             raise ProtocolError("bad_time", str(exc)) from exc
     return msgpack.ExtType(code, data)
+
+
+def _fast_ext(code: int, data: memoryview) -> Any:
+    return ext_hook(code, bytes(data))
+
+
+_FAST = msgspec.msgpack.Decoder(ext_hook=_fast_ext)
+
+
+def _may_hold_timestamp(data: bytes) -> bool:
+    """Whether ``data`` may hold a msgpack Timestamp (ext -1 as fixext 4, fixext 8 or ext 8 of 12 bytes),
+    which msgspec would build as a datetime. 0xff is never part of UTF-8 text, so it is rare and memchr
+    finds each one (three ``in`` searches for the two-byte marks cost 13k instructions per event); one
+    that is not a Timestamp's (in a number, in binary data) only sends that run the slower way."""
+    at = data.find(b"\xff", 1)
+    while at != -1:
+        before = data[at - 1]
+        if before in (0xD6, 0xD7) or (before == 0x0C and at > 1 and data[at - 2] == 0xC7):
+            return True
+        at = data.find(b"\xff", at + 1)
+    return False
 
 
 def unpacker(max_bytes: int, max_entries: int) -> msgpack.Unpacker:
@@ -144,9 +167,17 @@ def compression_of(payload: bytes, declared: str | None) -> str | None:
     raise ProtocolError("bad_options", f"unknown compression {declared!r}")
 
 
-def packed_entries(payload: bytes, codec: str | None, max_bytes: int,
-                   max_entries: int) -> Iterator[tuple[EventTime, Record, Metadata]]:
-    """The entries of a PackedForward payload, inflated and decoded piece by piece."""
+def packed_entries(payload: bytes, codec: str | None, max_bytes: int, max_entries: int,
+                   batch: int = BATCH) -> Iterator[tuple[EventTime, Record, Metadata]]:
+    """The entries of a PackedForward payload, inflated and decoded piece by piece, ``batch`` at a time.
+
+    msgpack's reader walks the entries without building them (``skip``: it finds where each ends and
+    refuses what is malformed or nested too deep); each run of ``batch`` whole entries is then built by
+    msgspec in one call, 1.4-1.6x faster than msgpack building them one by one (bench.model_parse's
+    realistic events). msgspec has no reader that takes a stream a piece at a time, hence the split.
+    What msgspec would build otherwise than msgpack (a Timestamp, ext -1: msgspec makes a datetime;
+    text that is not UTF-8, which msgpack keeps with surrogateescape) goes the old way, one run at a
+    time, so the result is the same either way."""
     if codec == "gzip":
         pieces: Iterator[bytes] = _gunzip_pieces(payload, max_bytes)
     elif codec == "zstd":
@@ -154,18 +185,63 @@ def packed_entries(payload: bytes, codec: str | None, max_bytes: int,
     else:
         pieces = iter((payload,))
     reader = unpacker(max(max_bytes, len(payload)), max_entries)
-    count = 0
-    for piece in pieces:
-        reader.feed(piece)
-        try:
-            for item in reader:
-                count += 1
-                if count > max_entries:
-                    raise ProtocolError("too_many_entries", f"more than {max_entries} entries in one message")
-                yield entry(item)
-        except ProtocolError:
-            raise
-        except (ValueError, TypeError) as exc:
-            raise msgpack_error(exc, "packed entries") from exc
-    if reader.read_bytes(1):  # (bytes left that are not a whole entry)
+    held = bytearray()  # the inflated bytes from stream offset ``base`` on: the run being walked
+    base = count = 0
+    failure: ProtocolError | None = None
+    more = True
+    while more and failure is None:
+        n, end = 0, base
+        while n < batch:
+            try:
+                reader.skip()
+            except msgpack.OutOfData:
+                try:
+                    piece = next(pieces, None)
+                except ProtocolError as exc:  # bad gzip, too large: after the whole entries before it
+                    failure = exc
+                    break
+                if piece is None:
+                    more = False
+                    break
+                reader.feed(piece)
+                held += piece
+                continue
+            except (ValueError, TypeError) as exc:  # FormatError, StackError, BufferFull
+                failure = msgpack_error(exc, "packed entries")
+                break
+            count += 1
+            if count > max_entries:
+                failure = ProtocolError("too_many_entries", f"more than {max_entries} entries in one message")
+                break
+            n, end = n + 1, reader.tell()
+        if n:
+            with memoryview(held) as view:
+                run = _run(view[:end - base], n, max_entries)
+            del held[:end - base]
+            base = end
+            yield from map(entry, run)
+    if failure is not None:
+        raise failure
+    if held:  # (bytes left that are not a whole entry)
         raise ProtocolError("malformed_msgpack", "packed entries: the payload ends inside an entry")
+
+
+def _run(view: memoryview, n: int, max_entries: int) -> Iterable[Any]:
+    """The ``n`` whole entries in ``view``, built (see packed_entries)."""
+    data = b"".join((b"\xdc" + n.to_bytes(2, "big") if n < 65536 else b"\xdd" + n.to_bytes(4, "big"), view))
+    if not _may_hold_timestamp(data):
+        try:
+            built: list[Any] = _FAST.decode(data)
+            return built
+        except Exception:  # noqa: BLE001 (whatever msgspec refuses, msgpack decides: its error is the one raised)
+            pass
+    slow = unpacker(len(data), max_entries)
+    slow.feed(view)
+    return _each(slow)
+
+
+def _each(reader: msgpack.Unpacker) -> Iterator[Any]:
+    try:
+        yield from reader
+    except (ValueError, TypeError) as exc:
+        raise msgpack_error(exc, "packed entries") from exc

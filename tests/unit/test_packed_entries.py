@@ -1,0 +1,148 @@
+"""Packed entries are walked by msgpack and built by msgspec a run at a time (fluent_forward/entries.py):
+the result and the errors must be those of msgpack building each entry, whatever the bytes."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fluent_forward import EventTime, ProtocolError
+from fluent_forward.entries import entry, packed_entries, unpacker
+
+LIMIT = 64 * 1024 * 1024
+
+
+def reference(payload: bytes, max_entries: int = 100_000) -> list[Any]:
+    """What msgpack alone makes of an uncompressed payload, entry by entry (the decoder before msgspec)."""
+    reader = unpacker(LIMIT, max_entries)
+    reader.feed(payload)
+    try:
+        out = [entry(item) for item in reader]
+        left = reader.read_bytes(1)
+    except ValueError:  # FormatError, StackError; read_bytes: "an object is incomplete"
+        raise ProtocolError("malformed_msgpack", "malformed") from None
+    if left:
+        raise ProtocolError("malformed_msgpack", "ends inside an entry")
+    return out
+
+
+def ours(payload: bytes, codec: str | None = None, batch: int = 100) -> list[Any]:
+    return list(packed_entries(payload, codec, LIMIT, 100_000, batch=batch))
+
+
+def et(seconds: int = 1_700_000_000, nanos: int = 5) -> msgpack.ExtType:
+    return msgpack.ExtType(0, struct.pack(">II", seconds, nanos))
+
+
+def pack(*entries: Any) -> bytes:
+    return b"".join(msgpack.packb(e, use_bin_type=True, datetime=False) for e in entries)
+
+
+ODD_VALUES = [
+    msgpack.Timestamp(1, 2),  # ext -1: msgspec would make a datetime of it
+    msgpack.ExtType(5, b"abc"),
+    b"\xff\xfe binary",
+    1.5, -(2**63), 2**64 - 1, None, True,
+    {1: "int key", None: "nil key", b"k": "bin key", 2.5: "float key"},
+    [[[[{"deep": []}]]]],
+]
+BAD_UTF8 = b"\x81\xa4text\xa3\xff\xfe\xfd"  # {"text": <3 bytes that are not UTF-8>}: msgpack keeps them, escaped
+
+
+@pytest.mark.parametrize("value", ODD_VALUES, ids=repr)
+def test_odd_values_come_out_as_msgpack_builds_them(value: Any) -> None:
+    payload = pack(*([[et(), {"i": i}] for i in range(150)] + [[et(), {"odd": value}]]))
+    assert ours(payload) == reference(payload)
+    assert type(ours(payload)[-1][1]["odd"]) is type(reference(payload)[-1][1]["odd"])
+
+
+def test_text_that_is_not_utf8_is_kept_with_surrogateescape_in_its_run_only() -> None:
+    good = pack(*[[et(), {"i": i}] for i in range(100)])
+    payload = good + b"\x92\xd7\x00" + struct.pack(">II", 7, 0) + BAD_UTF8 + good
+    got = ours(payload)
+    assert got == reference(payload) and len(got) == 201
+    assert got[100][1]["text"] == "\udcff\udcfe\udcfd" and got[100][0] == EventTime(7, 0)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 100, 1000])
+@pytest.mark.parametrize("codec", [None, "gzip"])
+def test_runs_across_inflated_pieces_give_every_entry_once_in_order(batch: int, codec: str | None) -> None:
+    records = [{"n": i, "body": f"x{i}" * (i % 300)} for i in range(2500)]  # runs straddle 64 KiB pieces
+    raw = pack(*([[et(1, i), r] for i, r in enumerate(records)]))
+    payload = gzip.compress(raw) if codec else raw
+    got = ours(payload, codec, batch)
+    assert [r for _, r, _ in got] == records and [t for t, _, _ in got] == [EventTime(1, i) for i in range(2500)]
+
+
+def test_fluent_bit_entries_keep_their_metadata_and_classic_ones_have_none() -> None:
+    payload = pack([[et(), {"m": 1}], {"a": 1}], [1_700_000_000, {"b": 2}], [1.25, {"c": 3}])
+    assert ours(payload) == reference(payload)
+    assert [m for _, _, m in ours(payload)] == [{"m": 1}, {}, {}]
+
+
+@pytest.mark.parametrize("tail, reason", [
+    (b"\x92\xd7\x00\x00", "malformed_msgpack"),  # the payload ends inside an entry
+    (b"\xc1", "malformed_msgpack"),  # a byte msgpack never uses
+    (b"\x91" * 3000, "malformed_msgpack"),  # nested deeper than msgpack's stack: refused while walking
+    (b"\x93\x01\x02\x03", "bad_entry"),
+    (b"\x92\xd6\x00\x00\x00\x00\x01\x81\x01\x02", "bad_time"),  # ext 0 of 4 bytes is no EventTime
+    (b"\x92\x01\x91\x01", "bad_record"),
+])
+def test_a_bad_entry_raises_its_reason_after_the_whole_entries_before_it(tail: bytes, reason: str) -> None:
+    payload = pack(*[[et(), {"i": i}] for i in range(130)]) + tail
+    got: list[Any] = []
+    with pytest.raises(ProtocolError) as err:
+        got.extend(packed_entries(payload, None, LIMIT, 100_000))
+    assert err.value.reason == reason
+    assert [r for _, r, _ in got] == [{"i": i} for i in range(130)]
+
+
+def test_the_entry_limit_still_counts_entries_across_runs() -> None:
+    payload = pack(*[[1, {}] for _ in range(251)])
+    with pytest.raises(ProtocolError) as err:
+        list(packed_entries(payload, None, LIMIT, 250))
+    assert err.value.reason == "too_many_entries"
+    assert len(list(packed_entries(payload, None, LIMIT, 251))) == 251
+
+
+values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=20)
+    | st.binary(max_size=10) | st.builds(msgpack.Timestamp, st.integers(0, 2**33), st.integers(0, 999_999_999))
+    | st.builds(msgpack.ExtType, st.integers(1, 127), st.binary(max_size=8)),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | st.integers(-(2**63), 2**64 - 1), inner, max_size=4),
+    max_leaves=20)
+entries_st = st.lists(st.tuples(st.integers(0, 2**32 - 1), st.dictionaries(st.text(max_size=8), values, max_size=5)),
+                      max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=entries_st, batch=st.integers(1, 50), garbage=st.binary(max_size=12))
+def test_property_same_entries_and_same_error_as_msgpack(entries: list[Any], batch: int, garbage: bytes) -> None:
+    payload = pack(*[[et(t, 0), r] for t, r in entries]) + garbage
+    try:
+        expected: Any = reference(payload)
+    except ProtocolError as exc:
+        expected = exc.reason
+    try:
+        got: Any = ours(payload, None, batch)
+    except ProtocolError as exc:
+        got = exc.reason
+    assert got == expected
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_payload_that_ends_inside_a_map_is_a_protocol_error_not_a_value_error(compress: bool) -> None:
+    """It was a ValueError from msgpack ("cannot switch unpacking methods while an object is incomplete")."""
+    import fluent_forward as ff
+
+    raw = pack([et(), {"a": 1}]) + b"\x92\x01\x91\x81\x01"
+    data = ff.encode_packed_forward("t", raw, compress=compress)
+    with pytest.raises(ProtocolError) as err:
+        ff.Decoder().feed(data)
+    assert err.value.reason == "malformed_msgpack"
