@@ -146,3 +146,14 @@ def test_a_payload_that_ends_inside_a_map_is_a_protocol_error_not_a_value_error(
     with pytest.raises(ProtocolError) as err:
         ff.Decoder().feed(data)
     assert err.value.reason == "malformed_msgpack"
+
+
+def test_an_array_as_a_map_key_is_a_tuple_and_the_model_keeps_the_record() -> None:
+    """msgpack refused the whole message (a list is not hashable); now the one record is kept, its key a
+    string (the audit model's fallback for keys JSON cannot hold)."""
+    from kube_audit.model.audit import dumps
+
+    payload = pack([et(), {"a": 1}]) + b"\x92\x01\x81\x91\x01\xa1v"  # [1, {[1]: "v"}]
+    (_, first, _), (_, odd, _) = ours(payload)
+    assert first == {"a": 1} and odd == {(1,): "v"}
+    assert dumps(odd)[0] == b'{"(1,)":"v"}'
