@@ -35,6 +35,20 @@ def test_event_time_wire_format_is_ext0_with_two_big_endian_uint32() -> None:
     assert packed[3:11] == (1_763_629_200).to_bytes(4, "big") + (123_456_789).to_bytes(4, "big")
 
 
+def test_event_time_from_bytes_is_an_ordinary_frozen_event_time() -> None:
+    import dataclasses
+
+    wire = T.to_bytes()
+    for data in (wire, memoryview(wire)):
+        made = EventTime.from_bytes(data)
+        assert (made, hash(made), repr(made), type(made)) == (T, hash(T), repr(T), EventTime)
+        assert made < EventTime(T.seconds, T.nanoseconds + 1)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            made.seconds = 0  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        EventTime.from_bytes(wire[:7])
+
+
 def test_message_mode_round_trip_bytewise() -> None:
     data = ff.encode_message("audit", T, REC, Options(chunk="c1"))
     batch = only_batch(feed_bytewise(data))
