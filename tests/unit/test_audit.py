@@ -300,3 +300,16 @@ def test_no_row_column_can_hold_what_a_database_refuses(path: tuple[str, ...], b
         holder = holder[key]
     holder[path[-1]] = bad
     assert not isinstance(parse(record), AuditEvent) and to_row(record) is None
+
+
+def test_object_key_is_an_ordinary_frozen_object_key() -> None:
+    import dataclasses
+
+    from kube_audit.model.audit import ObjectKey, object_key
+
+    made, plain = object_key("apps", "deployments", "shop", "web"), ObjectKey("apps", "deployments", "shop", "web")
+    assert (made, hash(made), repr(made), type(made)) == (plain, hash(plain), repr(plain), ObjectKey)
+    assert {plain: 1}[made] == 1 and made != ObjectKey("apps", "deployments", "shop", "api")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.name = "other"  # type: ignore[misc]
+    assert parse(GOOD).view.object == ObjectKey(*(GOOD["objectRef"].get(k, "") for k in ("apiGroup", "resource", "namespace", "name")))
