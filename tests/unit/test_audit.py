@@ -313,3 +313,11 @@ def test_object_key_is_an_ordinary_frozen_object_key() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.name = "other"  # type: ignore[misc]
     assert parse(GOOD).view.object == ObjectKey(*(GOOD["objectRef"].get(k, "") for k in ("apiGroup", "resource", "namespace", "name")))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400) | st.text(alphabet="{[]}\"ab:,\\", max_size=400).map(str.encode))
+def test_containers_at_most_counts_every_opening_bracket(data: bytes) -> None:
+    from kube_audit.model.audit import _containers_at_most
+
+    assert _containers_at_most(data) == data.count(b"{") + data.count(b"[")
