@@ -10,6 +10,7 @@ import msgpack
 
 from .entries import (
     DEFAULT_MAX_ENTRIES,
+    Numbers,
     compression_of,
     entry,
     msgpack_error,
@@ -207,9 +208,10 @@ class Decoder:
             options = _options(obj[2] if len(obj) == 3 else None)
             payload = _as_bytes(body, "entries")
             codec = compression_of(payload, options.compressed)
-            entries = packed_entries(payload, codec, self.max_message_bytes, self.max_entries)
+            numbers = Numbers()
+            entries = packed_entries(payload, codec, self.max_message_bytes, self.max_entries, numbers=numbers)
             return self._batch(tag, entries, options, "packed" if codec is None else "compressed", wire_bytes,
-                               payload)
+                               payload, numbers)
         # Message mode: [tag, time, record, option?]; the metadata, if any, is an option
         if len(obj) not in (3, 4):
             raise ProtocolError("bad_message", "Message mode is [tag, time, record, option?]")
@@ -220,8 +222,8 @@ class Decoder:
         return batch
 
     def _batch(self, tag: str, entries: Iterator[tuple[EventTime, Record, Metadata]], options: Options, mode: str,
-               wire_bytes: int, payload: bytes | None = None) -> EventBatch:
-        batch = EventBatch(tag, [], options, mode, wire_bytes, [], payload)
+               wire_bytes: int, payload: bytes | None = None, numbers: Numbers | None = None) -> EventBatch:
+        batch = EventBatch(tag, [], options, mode, wire_bytes, [], payload, numbers)
         if self._fill(entries, batch, self.step_entries):
             self._partial = (entries, batch)
         return batch

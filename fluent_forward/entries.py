@@ -61,6 +61,31 @@ def _may_hold_timestamp(data: bytes) -> bool:
     return False
 
 
+def _may_hold_nonfinite(data: bytes) -> bool:
+    """Whether ``data`` may hold a float that is NaN or infinite. msgpack writes every float as 0xcb and
+    8 bytes or 0xca and 4 (IEEE 754, big-endian), and one is NaN or infinite when its exponent bits are
+    all ones (the next byte ends in 0x7f, the one after starts with 0xf (64 bits) or 0x8 (32)). memchr
+    finds each marker; one that is not a float's (in text, in a number, in an EventTime) only costs a look."""
+    for marker, mask in ((b"\xcb", 0xF0), (b"\xca", 0x80)):
+        at = data.find(marker)
+        while at != -1:
+            if at + 2 >= len(data) or (data[at + 1] & 0x7F == 0x7F and data[at + 2] & mask == mask):
+                return True
+            at = data.find(marker, at + 1)
+    return False
+
+
+class Numbers:
+    """What decoding a payload learned of its floats: ``finite`` stays True while every run of entries was
+    built by msgspec from bytes that hold no NaN or infinite float (``_may_hold_nonfinite``). The audit
+    model then need not look for them in each record (``kube_audit.model.audit.parse``)."""
+
+    __slots__ = ("finite",)
+
+    def __init__(self) -> None:
+        self.finite = True
+
+
 def unpacker(max_bytes: int, max_entries: int) -> msgpack.Unpacker:
     """An incremental msgpack reader; arrays and maps longer than ``max_entries`` are refused at
     their header, before anything is allocated for them."""
@@ -176,7 +201,7 @@ def compression_of(payload: bytes, declared: str | None) -> str | None:
 
 
 def packed_entries(payload: bytes, codec: str | None, max_bytes: int, max_entries: int,
-                   batch: int = BATCH) -> Iterator[tuple[EventTime, Record, Metadata]]:
+                   batch: int = BATCH, numbers: Numbers | None = None) -> Iterator[tuple[EventTime, Record, Metadata]]:
     """The entries of a PackedForward payload, inflated and decoded piece by piece, ``batch`` at a time.
 
     msgpack's reader walks the entries without building them (``skip``: it finds where each ends and
@@ -188,7 +213,8 @@ def packed_entries(payload: bytes, codec: str | None, max_bytes: int, max_entrie
     map) goes the old way, one run at a time, so the result is the same either way. One difference: an
     array or map inside a record is no longer refused for holding more than ``max_entries`` items (the
     walk does not count them); its bytes are still bounded by ``max_bytes``, and a record by the audit
-    model's limits. (An array used as a map key becomes a tuple, which the model turns into a string.)"""
+    model's limits. (An array used as a map key becomes a tuple, which the model turns into a string.)
+    ``numbers``, if given, learns whether the entries may hold a NaN or infinite float (``Numbers``)."""
     if codec == "gzip":
         pieces: Iterator[bytes] = _gunzip_pieces(payload, max_bytes)
     elif codec == "zstd":
@@ -227,7 +253,7 @@ def packed_entries(payload: bytes, codec: str | None, max_bytes: int, max_entrie
             n, end = n + 1, reader.tell()
         if n:
             with memoryview(held) as view:
-                run = _run(view[:end - base], n, max_entries)
+                run = _run(view[:end - base], n, max_entries, numbers)
             del held[:end - base]
             base = end
             yield from map(entry, run)
@@ -237,15 +263,20 @@ def packed_entries(payload: bytes, codec: str | None, max_bytes: int, max_entrie
         raise ProtocolError("malformed_msgpack", "packed entries: the payload ends inside an entry")
 
 
-def _run(view: memoryview, n: int, max_entries: int) -> Iterable[Any]:
+def _run(view: memoryview, n: int, max_entries: int, numbers: Numbers | None = None) -> Iterable[Any]:
     """The ``n`` whole entries in ``view``, built (see packed_entries)."""
     data = b"".join((b"\xdc" + n.to_bytes(2, "big") if n < 65536 else b"\xdd" + n.to_bytes(4, "big"), view))
     if not _may_hold_timestamp(data):
         try:
             built: list[Any] = _FAST.decode(data)
-            return built
         except Exception:  # noqa: BLE001 (whatever msgspec refuses, msgpack decides: its error is the one raised)
             pass
+        else:
+            if numbers is not None and numbers.finite and _may_hold_nonfinite(data):
+                numbers.finite = False
+            return built
+    if numbers is not None:
+        numbers.finite = False
     slow = unpacker(len(data), max_entries)
     slow.feed(view)
     return _each(slow)

@@ -94,6 +94,8 @@ class EventBatch:
     wire_bytes: int
     metadata: list[Metadata] = field(default_factory=list)
     payload: bytes | None = None  # PackedForward's entries field exactly as on the wire (still compressed)
+    # entries.Numbers of a packed payload (decoder state, not part of the message): may its bytes hold a NaN?
+    numbers: Any = field(default=None, compare=False, repr=False)
 
     def records(self, hostname: str = "") -> Records:
         return Records(self, hostname)
@@ -102,8 +104,9 @@ class EventBatch:
 class Records(list[Record]):
     """The records of one message, as the list the sinks take, with what came beside them: the
     tag, and each record's time and metadata (same order) for a sink that keeps them (the store); the
-    options other than size/chunk/compressed, the entries field as sent (``payload``, packed modes only)
-    and the hostname the peer gave in its PING ("" without shared-key auth), for who sent it."""
+    options other than size/chunk/compressed, the entries field as sent (``payload``, packed modes only),
+    the hostname the peer gave in its PING ("" without shared-key auth), for who sent it, and ``finite``
+    (decoded from bytes that hold no NaN or infinite float: read once the batch is decoded)."""
 
     def __init__(self, batch: EventBatch, hostname: str = "") -> None:
         super().__init__(record for _, record in batch.entries)
@@ -113,6 +116,8 @@ class Records(list[Record]):
         self.options = batch.options.extra
         self.payload = batch.payload
         self.hostname = hostname
+        # True when the decoder found no NaN or infinite float in the bytes these records were built from
+        self.finite = batch.numbers is not None and batch.numbers.finite
 
 
 @dataclass(frozen=True, slots=True)

@@ -340,14 +340,14 @@ def _strings(holder: Any, fields: tuple[tuple[str, int, int], ...], where: str) 
     return out
 
 
-def _checked_view(record: Any, strict: bytes | None) -> EventView:
+def _checked_view(record: Any, strict: bytes | None, finite: bool = False) -> EventView:
     """The view of a record that can be stored as an audit event, read in the same pass that checks the
     fields it holds; raises _Reject with the first reason it cannot (in a fixed order)."""
     if not isinstance(record, dict):
         raise _Reject("not_a_map", type(record).__name__)
     if strict is None:
         _walk(record)
-    elif _containers_at_most(strict) > MAX_DEPTH or b"null" in strict:  # NaN and inf encode as null
+    elif _containers_at_most(strict) > MAX_DEPTH or (not finite and b"null" in strict):  # NaN, inf encode as null
         _containers(record)
     if not record.get("auditID") or not record.get("stage"):
         raise _Reject("not_an_audit_event", "no auditID or stage")
@@ -373,11 +373,14 @@ def _checked_view(record: Any, strict: bytes | None) -> EventView:
                      subresource or "", api_version or "", group, resource, namespace, name)
 
 
-def parse(record: Any) -> AuditEvent | Rejected:
-    """The typed view of one received record, or why it cannot be stored."""
+def parse(record: Any, finite: bool = False) -> AuditEvent | Rejected:
+    """The typed view of one received record, or why it cannot be stored. ``finite``: its decoder found no
+    NaN or infinite number in the bytes it was built from (``Records.finite``), so none is looked for (a
+    NaN encodes as the ``null`` that one realistic event in twenty holds, and each such event is walked:
+    with the search for ``null``, 7.8k instructions per event on average, callgrind)."""
     strict = _strict_json(record) if isinstance(record, dict) else None
     try:
-        v = _checked_view(record, strict)
+        v = _checked_view(record, strict, finite)
     except _Reject as exc:
         return reject(record, exc.reason, exc.detail)
     body = redact(record)

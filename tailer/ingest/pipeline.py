@@ -110,10 +110,11 @@ async def parse_in_steps(records: Sequence[Record]) -> list[Item]:
     """``parse`` of each record, ``PARSE_STEP`` at a time, yielding to the loop between steps (the API and
     the other connections run meanwhile; order and results are those of one pass)."""
     items: list[Item] = []
+    finite = getattr(records, "finite", False)  # (fluent_forward's Records: no NaN or infinity in their bytes)
     for start in range(0, len(records), PARSE_STEP):
         if start:
             await asyncio.sleep(0)
-        items.extend(parse(r) for r in records[start:start + PARSE_STEP])
+        items.extend(parse(r, finite) for r in records[start:start + PARSE_STEP])
     return items
 
 

@@ -28,9 +28,9 @@ async def test_other_tasks_run_between_the_decode_steps_and_the_parse_steps_of_o
     counts = {"decoded": 0, "parsed": 0}
 
     def counting(real: Any, key: str) -> Any:
-        def wrapped(item: Any) -> Any:
+        def wrapped(item: Any, *rest: Any) -> Any:
             counts[key] += 1
-            return real(item)
+            return real(item, *rest)
         return wrapped
 
     monkeypatch.setattr(entries, "entry", counting(entries.entry, "decoded"))

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from fluent_forward import EventTime, ProtocolError
@@ -157,3 +157,74 @@ def test_an_array_as_a_map_key_is_a_tuple_and_the_model_keeps_the_record() -> No
     (_, first, _), (_, odd, _) = ours(payload)
     assert first == {"a": 1} and odd == {(1,): "v"}
     assert dumps(odd)[0] == b'{"(1,)":"v"}'
+
+
+def _nonfinite_inside(value: Any) -> bool:
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return any(_nonfinite_inside(k) or _nonfinite_inside(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_nonfinite_inside(v) for v in value)
+    return False
+
+
+floats = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([float("nan"), float("inf"), -float("inf")])
+float_values = st.recursive(
+    st.none() | st.integers(-(2**63), 2**64 - 1) | floats | st.text(max_size=6) | st.binary(max_size=6),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 999_999_999),
+                          st.dictionaries(st.text(max_size=6), float_values, max_size=4)), min_size=1, max_size=30),
+       st.booleans(), st.integers(1, 20))
+def test_property_finite_is_never_claimed_for_a_nan_or_an_infinity(entries: list[Any], single: bool, batch: int) -> None:
+    """``Numbers.finite`` may be False without cause (a 0xca or 0xcb byte that is not a float's), never True
+    when a record holds a NaN or an infinite number, in 32 or 64 bits."""
+    from fluent_forward.entries import Numbers
+
+    try:
+        payload = b"".join(msgpack.packb([et(s, ns), r], use_bin_type=True, use_single_float=single)
+                           for s, ns, r in entries)
+    except OverflowError:  # (a finite double beyond 32 bits)
+        assume(False)
+    numbers = Numbers()
+    got = list(packed_entries(payload, None, LIMIT, 100_000, batch=batch, numbers=numbers))
+    assert len(got) == len(entries)
+    if any(_nonfinite_inside(record) for _, record, _ in got):
+        assert not numbers.finite
+
+
+def test_realistic_chunks_are_finite_and_the_model_agrees_with_or_without_the_flag() -> None:
+    import fluent_forward as ff
+    from bench.events import many
+    from kube_audit.model.audit import parse
+
+    records = list(many(3000))
+    records[1234] = {**records[1234], "requestObject": {"spec": {"replicas": float("nan")}}}
+    for compress in (False, True):
+        packed = b"".join(ff.encode_entry(ff.EventTime(1_763_629_200, i), r) for i, r in enumerate(records))
+        batches = [m for m in ff.Decoder(max_message_bytes=1 << 26).feed(
+            ff.encode_packed_forward("audit", packed, compress=compress)) if isinstance(m, ff.EventBatch)]
+        (batch,) = batches
+        got = batch.records()
+        assert not got.finite  # (the NaN)
+        clean = [r for i, r in enumerate(records) if i != 1234]
+        packed = b"".join(ff.encode_entry(ff.EventTime(1_763_629_200, i), r) for i, r in enumerate(clean))
+        (batch,) = [m for m in ff.Decoder(max_message_bytes=1 << 26).feed(
+            ff.encode_packed_forward("audit", packed, compress=compress)) if isinstance(m, ff.EventBatch)]
+        ok = batch.records()
+        assert ok.finite and len(ok) == len(clean)
+        assert [parse(r, True) for r in ok] == [parse(r) for r in ok]
+    assert parse(records[1234]).reason == "non_finite_number"  # type: ignore[union-attr]
+    assert parse(records[1234], True).__class__.__name__ == "AuditEvent"  # (what the flag must never be wrongly given for)
+
+
+def test_forward_and_message_modes_never_claim_finite() -> None:
+    import fluent_forward as ff
+
+    rec = {"auditID": "a", "stage": "ResponseComplete"}
+    for data in (ff.encode_forward("audit", [(ff.EventTime(1, 0), rec)]), ff.encode_message("audit", ff.EventTime(1, 0), rec)):
+        (batch,) = ff.Decoder().feed(data)
+        assert isinstance(batch, ff.EventBatch) and not batch.records().finite
