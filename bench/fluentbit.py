@@ -12,9 +12,15 @@ Beside them, ``python floor``: in this process, with the collector off, only the
 prints each event as a JSON line cannot skip, each in C: inflate the chunk (zlib), decode its entries (msgpack)
 and encode each record (orjson). No parse, no checks, no socket: what such a receiver's CPU per event is at least.
 
+With ``--callgrind``, each receiver runs once under valgrind's callgrind instead, and what is printed is the
+instructions it executed per event: (a run that receives ``--events`` events, minus a run that receives none
+and lives as long), the one figure this machine repeats (its speed drifts by up to 2x within minutes).
+Instructions are not time (C and the interpreter retire them at different rates); compare within a receiver.
+
 Fluent Bit is not part of this project: build it beside it (README, issue 13) and pass its binary.
 
     python -m bench.fluentbit --fluent-bit /path/to/fluent-bit [--events 500000] [--runs 3] [--before REV]
+    python -m bench.fluentbit --fluent-bit /path/to/fluent-bit --callgrind [--events 20000] [--before REV]
 """
 
 from __future__ import annotations
@@ -23,13 +29,15 @@ import argparse
 import io
 import itertools
 import os
+import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent.parent
@@ -101,23 +109,70 @@ def measure(start: Callable[[int], subprocess.Popen[bytes]], data: list[tuple[st
     return n / elapsed, cpu / n * 1e6
 
 
-def tailer(tree: Path, tmp: Path, null: int) -> Callable[[int], subprocess.Popen[bytes]]:
+def tailer(tree: Path, tmp: Path, null: int, prefix: Sequence[str] = ()) -> Callable[[int], subprocess.Popen[bytes]]:
     env = dict(os.environ, PYTHONPATH=str(tree), KUBECONFIG=os.devnull)
 
     def start(port: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "tailer.cli", "--listen", f"127.0.0.1:{port}",
+        return subprocess.Popen([*prefix, sys.executable, "-m", "tailer.cli", "--listen", f"127.0.0.1:{port}",
                                  "--http-listen", f"127.0.0.1:{free_port()}", "--log-level", "warning",
                                  "--data-dir", str(tmp), "--store", "none", "--configmaps", "false"],
                                 stdout=null, env=env, cwd=str(tree))
     return start
 
 
-def fluent_bit(binary: str, tmp: Path, null: int) -> Callable[[int], subprocess.Popen[bytes]]:
+def fluent_bit(binary: str, tmp: Path, null: int, prefix: Sequence[str] = ()) -> Callable[[int], subprocess.Popen[bytes]]:
     def start(port: int) -> subprocess.Popen[bytes]:
         conf = tmp / f"fluent-bit-{port}.conf"
         conf.write_text(FLUENT_BIT_CONF.format(port=port))
-        return subprocess.Popen([binary, "-c", str(conf)], stdout=null, stderr=subprocess.STDOUT)
+        return subprocess.Popen([*prefix, binary, "-c", str(conf)], stdout=null, stderr=subprocess.STDOUT)
     return start
+
+
+def instructions(make: Callable[[Sequence[str]], Callable[[int], subprocess.Popen[bytes]]], data: list[tuple[str, bytes]],
+                 tmp: Path, lifetime: float | None = None) -> tuple[int, float]:
+    """(instructions, seconds alive) of one receiver under callgrind that gets ``data`` (acked, then idle
+    until its CPU settles), or nothing, alive ``lifetime`` seconds (the same idle timers as the other run)."""
+    log = tmp / f"callgrind-{time.monotonic_ns()}.log"
+    prefix = ["valgrind", "--tool=callgrind", f"--log-file={log}", f"--callgrind-out-file={log}.out"]
+    port, born = free_port(), time.monotonic()
+    proc = make(prefix)(port)
+    try:
+        end = time.monotonic() + 900  # (start-up under valgrind takes a minute or more)
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port))
+                break
+            except OSError:
+                if time.monotonic() > end or proc.poll() is not None:
+                    raise TimeoutError(f"no receiver listening on port {port} (see {log})") from None
+                time.sleep(0.2)
+        if data:
+            send_all(sock, data)
+            settled_cpu(proc.pid, quiet=3.0, limit=60.0)
+        else:
+            sock.close()
+            time.sleep(max(0.0, (lifetime or 0.0) - (time.monotonic() - born)))
+        alive = time.monotonic() - born
+    finally:
+        proc.terminate()
+        proc.wait(600)
+    found = re.findall(r"Collected : (\d+)", log.read_text())
+    if not found:
+        raise RuntimeError(f"callgrind wrote no total (see {log})")
+    return int(found[-1]), alive
+
+
+def callgrind(receivers: dict[str, Callable[[Sequence[str]], Callable[[int], subprocess.Popen[bytes]]]],
+              data: list[tuple[str, bytes]], n: int, tmp: Path) -> dict[str, float]:
+    """Instructions per event of each receiver: a run with ``data`` minus a run without, as long."""
+    out: dict[str, float] = {}
+    for name, make in receivers.items():
+        loaded, alive = instructions(make, data, tmp)
+        idle, _ = instructions(make, [], tmp, lifetime=alive)
+        out[name] = (loaded - idle) / n
+        print(f"{name:>16}: {out[name]:>10,.0f} instructions/event ({loaded:,} with the events, {idle:,} "
+              f"without, {alive:.0f} s each)", flush=True)
+    return out
 
 
 def floor(data: list[tuple[str, bytes]], n: int) -> tuple[float, float]:
@@ -160,7 +215,12 @@ def main() -> int:
     p.add_argument("--events", type=int, default=500_000)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--before", default="", help="also measure the tailer of this git revision ('' = not)")
+    p.add_argument("--callgrind", action="store_true",
+                   help="count instructions per event under valgrind instead of timing (one run each)")
     a = p.parse_args()
+    if a.callgrind and shutil.which("valgrind") is None:
+        print("bench.fluentbit: --callgrind needs valgrind (apt-get install valgrind)", file=sys.stderr)
+        return 2
     binary = shutil.which(a.fluent_bit) or a.fluent_bit
     if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
         print(f"bench.fluentbit: no Fluent Bit binary at {a.fluent_bit!r}: build one (README, issue 13: "
@@ -171,6 +231,19 @@ def main() -> int:
     data = chunks(a.events)
     with tempfile.TemporaryDirectory() as tmp_, open(os.devnull, "wb") as null_file:
         tmp, null = Path(tmp_), null_file.fileno()
+        if a.callgrind:
+            before = unpack(a.before, tmp / "before") if a.before else None
+            makers: dict[str, Callable[[Sequence[str]], Callable[[int], subprocess.Popen[bytes]]]] = {}
+            if before is not None:
+                makers["tailer " + a.before] = lambda prefix: tailer(before, tmp, null, prefix)
+            makers["tailer"] = lambda prefix: tailer(HERE, tmp, null, prefix)
+            makers["fluent-bit"] = lambda prefix: fluent_bit(binary, tmp, null, prefix)
+            counts = callgrind(makers, data, a.events, tmp)
+            print(f"\ninstructions per event, {a.events:,} events (one run each, under callgrind)")
+            for name, count in counts.items():
+                ratio = "" if name == "fluent-bit" else f"  {count / counts['fluent-bit']:.1f}x Fluent Bit's"
+                print(f"{name:>16}: {count:>10,.0f}{ratio}")
+            return 0
         receivers: dict[str, Callable[[int], subprocess.Popen[bytes]]] = {}
         if a.before:
             receivers["tailer " + a.before] = tailer(unpack(a.before, tmp / "before"), tmp, null)
