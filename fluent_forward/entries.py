@@ -61,6 +61,28 @@ def _may_hold_timestamp(data: bytes) -> bool:
     return False
 
 
+def _may_hold_long_container(data: bytes, max_entries: int) -> bool:
+    """Whether the whole entries ``data`` (after its own array header) may hold an array or map of more
+    than ``max_entries`` items: msgpack refuses one at its header, where msgspec has no such limit (and the
+    walk, ``skip``, does not count), so a few KB of gzip would become a list of millions of items. Only
+    array 32 and map 32 (0xdd, 0xdf: a 4-byte length) can, array 16 and map 16 (0xdc, 0xde) when the
+    limit is below 65,535 (and any when it is below 15); and a real one's items, a byte each at least, end inside ``data``. memchr finds
+    each marker; one that is not a header's (in text, in an EventTime) rarely passes both tests, and then
+    only sends the run the slower way."""
+    if max_entries < 15:  # (a fixarray or fixmap can be too long: msgpack decides every run)
+        return True
+    markers = (b"\xdd", b"\xdf") if max_entries >= 0xFFFF else (b"\xdc", b"\xdd", b"\xde", b"\xdf")
+    for marker in markers:
+        width = 4 if marker in (b"\xdd", b"\xdf") else 2
+        at = data.find(marker, 1)
+        while at != -1:
+            items = int.from_bytes(data[at + 1:at + 1 + width], "big")
+            if max_entries < items <= len(data) - at - 1 - width:
+                return True
+            at = data.find(marker, at + 1)
+    return False
+
+
 def _may_hold_nonfinite(data: bytes) -> bool:
     """Whether ``data`` may hold a float that is NaN or infinite. msgpack writes every float as 0xcb and
     8 bytes or 0xca and 4 (IEEE 754, big-endian), and one is NaN or infinite when its exponent bits are
@@ -210,10 +232,10 @@ def packed_entries(payload: bytes, codec: str | None, max_bytes: int, max_entrie
     build with msgpack alone, 86.1k so (callgrind). msgspec has no reader that takes a stream a piece at
     a time, hence the split. What msgspec would build otherwise than msgpack (a Timestamp, ext -1: msgspec
     makes a datetime; text that is not UTF-8, which msgpack keeps with surrogateescape; a map keyed by a
-    map) goes the old way, one run at a time, so the result is the same either way. One difference: an
-    array or map inside a record is no longer refused for holding more than ``max_entries`` items (the
-    walk does not count them); its bytes are still bounded by ``max_bytes``, and a record by the audit
-    model's limits. (An array used as a map key becomes a tuple, which the model turns into a string.)
+    map; an array or map header of more than ``max_entries`` items, which msgpack refuses and msgspec would
+    build) goes the old way, one run at a time, so the result is the same either way. (One difference: an
+    array used as a map key becomes a tuple, which the model turns into a string, where msgpack refused
+    the message.)
     ``numbers``, if given, learns whether the entries may hold a NaN or infinite float (``Numbers``)."""
     if codec == "gzip":
         pieces: Iterator[bytes] = _gunzip_pieces(payload, max_bytes)
@@ -266,7 +288,7 @@ def packed_entries(payload: bytes, codec: str | None, max_bytes: int, max_entrie
 def _run(view: memoryview, n: int, max_entries: int, numbers: Numbers | None = None) -> Iterable[Any]:
     """The ``n`` whole entries in ``view``, built (see packed_entries)."""
     data = b"".join((b"\xdc" + n.to_bytes(2, "big") if n < 65536 else b"\xdd" + n.to_bytes(4, "big"), view))
-    if not _may_hold_timestamp(data):
+    if not (_may_hold_timestamp(data) or _may_hold_long_container(data, max_entries)):
         try:
             built: list[Any] = _FAST.decode(data)
         except Exception:  # noqa: BLE001 (whatever msgspec refuses, msgpack decides: its error is the one raised)

@@ -13,27 +13,33 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from fluent_forward import EventTime, ProtocolError
-from fluent_forward.entries import entry, packed_entries, unpacker
+from fluent_forward.entries import entry, msgpack_error, packed_entries, unpacker
 
 LIMIT = 64 * 1024 * 1024
 
 
-def reference(payload: bytes, max_entries: int = 100_000) -> list[Any]:
-    """What msgpack alone makes of an uncompressed payload, entry by entry (the decoder before msgspec)."""
+def reference(payload: bytes, max_entries: int = 100_000, limits: bool = False) -> list[Any]:
+    """What msgpack alone makes of an uncompressed payload, entry by entry (the decoder before msgspec).
+    ``limits``: a length limit is too_many_entries, as msgpack_error says (else malformed_msgpack, like any
+    ValueError: a too-long header in trailing garbage is malformed to the walk, which needs its items)."""
     reader = unpacker(LIMIT, max_entries)
     reader.feed(payload)
+    out: list[Any] = []
     try:
-        out = [entry(item) for item in reader]
+        for item in reader:
+            if len(out) == max_entries:
+                raise ProtocolError("too_many_entries", "more entries than the limit")
+            out.append(entry(item))
         left = reader.read_bytes(1)
-    except ValueError:  # FormatError, StackError; read_bytes: "an object is incomplete"
-        raise ProtocolError("malformed_msgpack", "malformed") from None
+    except ValueError as exc:  # FormatError, StackError, the length limits; read_bytes: "an object is incomplete"
+        raise (msgpack_error(exc, "reference") if limits else ProtocolError("malformed_msgpack", str(exc))) from None
     if left:
         raise ProtocolError("malformed_msgpack", "ends inside an entry")
     return out
 
 
-def ours(payload: bytes, codec: str | None = None, batch: int = 100) -> list[Any]:
-    return list(packed_entries(payload, codec, LIMIT, 100_000, batch=batch))
+def ours(payload: bytes, codec: str | None = None, batch: int = 100, max_entries: int = 100_000) -> list[Any]:
+    return list(packed_entries(payload, codec, LIMIT, max_entries, batch=batch))
 
 
 def et(seconds: int = 1_700_000_000, nanos: int = 5) -> msgpack.ExtType:
@@ -228,3 +234,53 @@ def test_forward_and_message_modes_never_claim_finite() -> None:
     for data in (ff.encode_forward("audit", [(ff.EventTime(1, 0), rec)]), ff.encode_message("audit", ff.EventTime(1, 0), rec)):
         (batch,) = ff.Decoder().feed(data)
         assert isinstance(batch, ff.EventBatch) and not batch.records().finite
+
+
+@pytest.mark.parametrize("items", [100_001, 10_000_000])
+@pytest.mark.parametrize("kind", ["array", "map"])
+def test_a_container_longer_than_the_limit_is_refused_at_its_header_not_built(items: int, kind: str) -> None:
+    """msgspec has no length limit and the walk does not count: the run goes msgpack's way, which refuses
+    the header (before, a 10 KB gzip message became a record of ten million items)."""
+    import fluent_forward as ff
+
+    head = (b"\xdd" if kind == "array" else b"\xdf") + items.to_bytes(4, "big")
+    body = head + (b"\xc0" if kind == "array" else b"\x01\xc0") * items  # nils, or 1: nil pairs
+    record = b"\x83\xa7auditID\xa1x\xa5stage\xa1s\xa1a" + body
+    raw = pack([et(), {"before": 1}]) + b"\x92" + msgpack.packb(et()) + record
+    with pytest.raises(ProtocolError) as err:
+        reference(raw, limits=True)
+    assert err.value.reason == "too_many_entries"
+    for codec, payload in ((None, raw), ("gzip", gzip.compress(raw, 1))):
+        got = []
+        with pytest.raises(ProtocolError) as err:
+            got.extend(packed_entries(payload, codec, LIMIT, 100_000))
+        assert err.value.reason == "too_many_entries" and [r for _, r, _ in got] == [{"before": 1}]
+    with pytest.raises(ProtocolError) as err:
+        ff.Decoder().feed(ff.encode_packed_forward("audit", raw, compress=True))
+    assert err.value.reason == "too_many_entries"
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=st.lists(st.tuples(st.integers(0, 2**32 - 1), st.dictionaries(st.text(max_size=4), values, max_size=6)),
+                        max_size=30),
+       batch=st.integers(1, 20), limit=st.sampled_from([3, 8, 14, 15, 16, 20, 40]))
+def test_property_same_limits_as_msgpack_at_any_max_entries(entries: list[Any], batch: int, limit: int) -> None:
+    payload = pack(*[[et(t, 0), r] for t, r in entries])
+    try:
+        expected: Any = reference(payload, limit, limits=True)
+    except ProtocolError as exc:
+        expected = exc.reason
+    try:
+        got: Any = ours(payload, None, batch, limit)
+    except ProtocolError as exc:
+        got = exc.reason
+    assert got == expected
+
+
+def test_a_false_container_mark_only_sends_its_run_the_slower_way() -> None:
+    from fluent_forward.entries import _may_hold_long_container
+
+    # 0xdd then a length that cannot fit in what follows: not a header (an EventTime's bytes, say)
+    assert not _may_hold_long_container(b"\xdc\x00\x01" + b"\x92\xd7\x00\x00\x00\x00\x07\xdd\xff\xff\xff\x81\xa1a\x01", 100_000)
+    assert _may_hold_long_container(b"\xdc\x00\x01\xdd\x00\x01\x86\xa1" + b"\xc0" * 100_001, 100_000)
+    assert not _may_hold_long_container(b"\xdc\x00\x01\xdd\x00\x01\x86\xa0" + b"\xc0" * 100_000, 100_000)  # (at the limit)
