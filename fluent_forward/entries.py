@@ -64,11 +64,12 @@ def _may_hold_timestamp(data: bytes) -> bool:
 def _may_hold_long_container(data: bytes, max_entries: int) -> bool:
     """Whether the whole entries ``data`` (after its own array header) may hold an array or map of more
     than ``max_entries`` items: msgpack refuses one at its header, where msgspec has no such limit (and the
-    walk, ``skip``, does not count), so a few KB of gzip would become a list of millions of items. Only
-    array 32 and map 32 (0xdd, 0xdf: a 4-byte length) can, array 16 and map 16 (0xdc, 0xde) when the
-    limit is below 65,535 (and any when it is below 15); and a real one's items, a byte each at least, end inside ``data``. memchr finds
-    each marker; one that is not a header's (in text, in an EventTime) rarely passes both tests, and then
-    only sends the run the slower way."""
+    walk, ``skip``, does not count), so a few KB of gzip would become a list of millions of items.
+
+    Only array 32 and map 32 (0xdd, 0xdf: a 4-byte length) can, array 16 and map 16 (0xdc, 0xde) when the
+    limit is below 65,535, any container when it is below 15; and a real header's items, a byte each at
+    least, end inside ``data``. memchr finds each marker; one that is not a header's (in text, in an
+    EventTime) rarely passes both tests, and then only sends the run the slower way."""
     if max_entries < 15:  # (a fixarray or fixmap can be too long: msgpack decides every run)
         return True
     markers = (b"\xdd", b"\xdf") if max_entries >= 0xFFFF else (b"\xdc", b"\xdd", b"\xde", b"\xdf")
