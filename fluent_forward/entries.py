@@ -47,18 +47,22 @@ def _fast_ext(code: int, data: memoryview) -> Any:
 _FAST = msgspec.msgpack.Decoder(ext_hook=_fast_ext)
 
 
+def _marks(data: bytes, marker: bytes, start: int = 0) -> Iterator[int]:
+    """Each offset of the byte ``marker`` in ``data`` from ``start`` on, found by memchr (``find``): the
+    scans below look only at those, so the bytes between cost next to nothing."""
+    at = data.find(marker, start)
+    while at != -1:
+        yield at
+        at = data.find(marker, at + 1)
+
+
 def _may_hold_timestamp(data: bytes) -> bool:
     """Whether ``data`` may hold a msgpack Timestamp (ext -1 as fixext 4, fixext 8 or ext 8 of 12 bytes),
     which msgspec would build as a datetime. 0xff is never part of UTF-8 text, so it is rare and memchr
     finds each one (three ``in`` searches for the two-byte marks cost 13k instructions per event); one
     that is not a Timestamp's (in a number, in binary data) only sends that run the slower way."""
-    at = data.find(b"\xff", 1)
-    while at != -1:
-        before = data[at - 1]
-        if before in (0xD6, 0xD7) or (before == 0x0C and at > 1 and data[at - 2] == 0xC7):
-            return True
-        at = data.find(b"\xff", at + 1)
-    return False
+    return any(data[at - 1] in (0xD6, 0xD7) or (data[at - 1] == 0x0C and at > 1 and data[at - 2] == 0xC7)
+               for at in _marks(data, b"\xff", 1))
 
 
 def _may_hold_long_container(data: bytes, max_entries: int) -> bool:
@@ -75,12 +79,9 @@ def _may_hold_long_container(data: bytes, max_entries: int) -> bool:
     markers = (b"\xdd", b"\xdf") if max_entries >= 0xFFFF else (b"\xdc", b"\xdd", b"\xde", b"\xdf")
     for marker in markers:
         width = 4 if marker in (b"\xdd", b"\xdf") else 2
-        at = data.find(marker, 1)
-        while at != -1:
-            items = int.from_bytes(data[at + 1:at + 1 + width], "big")
-            if max_entries < items <= len(data) - at - 1 - width:
-                return True
-            at = data.find(marker, at + 1)
+        if any(max_entries < int.from_bytes(data[at + 1:at + 1 + width], "big") <= len(data) - at - 1 - width
+               for at in _marks(data, marker, 1)):
+            return True
     return False
 
 
@@ -89,13 +90,8 @@ def _may_hold_nonfinite(data: bytes) -> bool:
     8 bytes or 0xca and 4 (IEEE 754, big-endian), and one is NaN or infinite when its exponent bits are
     all ones (the next byte ends in 0x7f, the one after starts with 0xf (64 bits) or 0x8 (32)). memchr
     finds each marker; one that is not a float's (in text, in a number, in an EventTime) only costs a look."""
-    for marker, mask in ((b"\xcb", 0xF0), (b"\xca", 0x80)):
-        at = data.find(marker)
-        while at != -1:
-            if at + 2 >= len(data) or (data[at + 1] & 0x7F == 0x7F and data[at + 2] & mask == mask):
-                return True
-            at = data.find(marker, at + 1)
-    return False
+    return any(at + 2 >= len(data) or (data[at + 1] & 0x7F == 0x7F and data[at + 2] & mask == mask)
+               for marker, mask in ((b"\xcb", 0xF0), (b"\xca", 0x80)) for at in _marks(data, marker))
 
 
 class Numbers:
