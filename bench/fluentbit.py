@@ -31,7 +31,6 @@ import itertools
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -137,15 +136,7 @@ def instructions(make: Callable[[Sequence[str]], Callable[[int], subprocess.Pope
     port, born = free_port(), time.monotonic()
     proc = make(prefix)(port)
     try:
-        end = time.monotonic() + 900  # (start-up under valgrind takes a minute or more)
-        while True:
-            try:
-                sock = socket.create_connection(("127.0.0.1", port))
-                break
-            except OSError:
-                if time.monotonic() > end or proc.poll() is not None:
-                    raise TimeoutError(f"no receiver listening on port {port} (see {log})") from None
-                time.sleep(0.2)
+        sock = connect(port, timeout=900, proc=proc)  # (start-up under valgrind takes a minute or more)
         if data:
             send_all(sock, data)
             settled_cpu(proc.pid, quiet=3.0, limit=60.0)
@@ -231,24 +222,21 @@ def main() -> int:
     data = chunks(a.events)
     with tempfile.TemporaryDirectory() as tmp_, open(os.devnull, "wb") as null_file:
         tmp, null = Path(tmp_), null_file.fileno()
+        # each receiver, given what to run it under (nothing, or valgrind)
+        makers: dict[str, Callable[[Sequence[str]], Callable[[int], subprocess.Popen[bytes]]]] = {}
+        if a.before:
+            before = unpack(a.before, tmp / "before")
+            makers["tailer " + a.before] = lambda prefix: tailer(before, tmp, null, prefix)
+        makers["tailer"] = lambda prefix: tailer(HERE, tmp, null, prefix)
+        makers["fluent-bit"] = lambda prefix: fluent_bit(binary, tmp, null, prefix)
         if a.callgrind:
-            before = unpack(a.before, tmp / "before") if a.before else None
-            makers: dict[str, Callable[[Sequence[str]], Callable[[int], subprocess.Popen[bytes]]]] = {}
-            if before is not None:
-                makers["tailer " + a.before] = lambda prefix: tailer(before, tmp, null, prefix)
-            makers["tailer"] = lambda prefix: tailer(HERE, tmp, null, prefix)
-            makers["fluent-bit"] = lambda prefix: fluent_bit(binary, tmp, null, prefix)
             counts = callgrind(makers, data, a.events, tmp)
             print(f"\ninstructions per event, {a.events:,} events (one run each, under callgrind)")
             for name, count in counts.items():
                 ratio = "" if name == "fluent-bit" else f"  {count / counts['fluent-bit']:.1f}x Fluent Bit's"
                 print(f"{name:>16}: {count:>10,.0f}{ratio}")
             return 0
-        receivers: dict[str, Callable[[int], subprocess.Popen[bytes]]] = {}
-        if a.before:
-            receivers["tailer " + a.before] = tailer(unpack(a.before, tmp / "before"), tmp, null)
-        receivers["tailer"] = tailer(HERE, tmp, null)
-        receivers["fluent-bit"] = fluent_bit(binary, tmp, null)
+        receivers = {name: make(()) for name, make in makers.items()}
         got: dict[str, list[tuple[float, float]]] = {}
         for r in range(a.runs):
             for name, start in [*receivers.items(), ("python floor", None)]:

@@ -41,14 +41,17 @@ def chunks(n: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def connect(port: int) -> socket.socket:
-    """The tailer's forward port once it listens (it is starting)."""
-    for _ in range(400):
+def connect(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> socket.socket:
+    """The tailer's forward port once it listens (it is starting); gives up after ``timeout`` seconds, or
+    as soon as ``proc`` (the receiver) has exited."""
+    end = time.monotonic() + timeout
+    while True:
         try:
             return socket.create_connection(("127.0.0.1", port))
         except OSError:
+            if time.monotonic() > end or (proc is not None and proc.poll() is not None):
+                raise TimeoutError(f"no tailer listening on port {port}") from None
             time.sleep(0.05)
-    raise TimeoutError(f"no tailer listening on port {port}")
 
 
 def send_all(sock: socket.socket, data: list[tuple[str, bytes]], window: int = 4) -> float:
