@@ -1,7 +1,9 @@
 """The tailer's CPU per event without a store vs a real Fluent Bit in_forward (-> out_null), same run.
 
 Both receive the same realistic events (bench/events.py) as our forwarder sends them: CompressedPackedForward
-chunks of 1,000 events, gzip, each asking for an ack (``chunk`` option), 4 in flight, one connection. The
+chunks of 1,000 events, gzip, each asking for an ack (``chunk`` option), 4 in flight, one connection (with
+``--mode forward``, as a Fluent Bit out_forward sends them by default instead: Forward mode, not compressed,
+each entry with its empty metadata map; an ack asked for, as ``require_ack_response`` does). The
 tailer runs with ``--store none --configmaps false`` and prints to /dev/null; Fluent Bit runs in_forward ->
 out_null. Fluent Bit acks a chunk once it is in its input buffer and flushes to out_null afterwards, so
 each receiver's CPU (user + system of all its threads, from /proc/<pid>/stat) is read once it has been
@@ -19,7 +21,7 @@ Instructions are not time (C and the interpreter retire them at different rates)
 
 Fluent Bit is not part of this project: build it beside it (README, issue 13) and pass its binary.
 
-    python -m bench.fluentbit --fluent-bit /path/to/fluent-bit [--events 500000] [--runs 3] [--before REV]
+    python -m bench.fluentbit --fluent-bit /path/to/fluent-bit [--events 500000] [--runs 3] [--before REV] [--mode forward]
     python -m bench.fluentbit --fluent-bit /path/to/fluent-bit --callgrind [--events 20000] [--before REV]
 """
 
@@ -67,15 +69,29 @@ FLUENT_BIT_CONF = """\
 """
 
 
-def chunks(n: int) -> list[tuple[str, bytes]]:
-    """``n`` events as acked gzip chunks, built 1,000 records at a time (500k records never sit in memory)."""
+MODES = ("compressed", "forward")
+
+
+def chunks(n: int, mode: str = "compressed") -> list[tuple[str, bytes]]:
+    """``n`` events as acked chunks of 1,000, built a chunk at a time (500k records never sit in memory):
+    ``compressed`` as our forwarder sends them (CompressedPackedForward, gzip, entries ``[time, record]``),
+    ``forward`` as a Fluent Bit out_forward with ``require_ack_response`` does (Forward mode, entries
+    ``[[time, {}], record]``, options ``chunk``, ``size`` and ``fluent_signal``; shared/anchors)."""
+    import msgpack
+
     out: list[tuple[str, bytes]] = []
     records = many(n)
     for c in itertools.count():
         batch = list(itertools.islice(records, CHUNK))
         if not batch:
             return out
-        packed = b"".join(ff.encode_entry(ff.EventTime(1_763_629_200 + c, j), r) for j, r in enumerate(batch))
+        times = [ff.EventTime(1_763_629_200 + c, j) for j in range(len(batch))]
+        if mode == "forward":
+            entries = [[[msgpack.ExtType(0, t.to_bytes()), {}], r] for t, r in zip(times, batch, strict=True)]
+            options = {"chunk": f"c{c}", "size": len(batch), "fluent_signal": 0}
+            out.append((f"c{c}", msgpack.packb(["audit", entries, options], use_bin_type=True)))
+            continue
+        packed = b"".join(ff.encode_entry(t, r) for t, r in zip(times, batch, strict=True))
         out.append((f"c{c}", ff.encode_packed_forward("audit", packed, chunk=f"c{c}", compress=True)))
 
 
@@ -180,6 +196,9 @@ def floor(data: list[tuple[str, bytes]], n: int) -> tuple[float, float]:
     payloads = []
     for _, message in data:
         payload = msgpack.unpackb(message, raw=False)[1]
+        if isinstance(payload, list):  # Forward mode: the message is decoded whole, nothing to inflate
+            payloads.append((b"", message))
+            continue
         count = sum(1 for _ in msgpack.Unpacker(io.BytesIO(zlib.decompress(payload, 47)), raw=False))
         payloads.append((b"\xdd" + count.to_bytes(4, "big"), payload))
     decode = msgspec.msgpack.Decoder().decode
@@ -187,7 +206,7 @@ def floor(data: list[tuple[str, bytes]], n: int) -> tuple[float, float]:
     try:
         start, cpu = time.perf_counter(), time.process_time()
         for header, payload in payloads:
-            entries = decode(header + zlib.decompress(payload, 47))
+            entries = decode(header + zlib.decompress(payload, 47)) if header else decode(payload)[1]
             b"\n".join([orjson.dumps(record) for _, record in entries])
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
@@ -206,6 +225,8 @@ def main() -> int:
     p.add_argument("--events", type=int, default=500_000)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--before", default="", help="also measure the tailer of this git revision ('' = not)")
+    p.add_argument("--mode", choices=MODES, default="compressed",
+                   help="what is sent: our forwarder's gzip chunks, or Fluent Bit out_forward's default Forward mode")
     p.add_argument("--callgrind", action="store_true",
                    help="count instructions per event under valgrind instead of timing (one run each)")
     a = p.parse_args()
@@ -217,9 +238,10 @@ def main() -> int:
         print(f"bench.fluentbit: no Fluent Bit binary at {a.fluent_bit!r}: build one (README, issue 13: "
               "in_forward and out_null are enough) and pass --fluent-bit PATH", file=sys.stderr)
         return 2
-    print(f"{version(binary)}; {a.events:,} events in chunks of {CHUNK}, gzip, acked; loadavg "
+    print(f"{version(binary)}; {a.events:,} events in chunks of {CHUNK}, "
+          f"{'gzip (CompressedPackedForward)' if a.mode == 'compressed' else 'Forward mode'}, acked; loadavg "
           f"{Path('/proc/loadavg').read_text().split()[:3]}", flush=True)
-    data = chunks(a.events)
+    data = chunks(a.events, a.mode)
     with tempfile.TemporaryDirectory() as tmp_, open(os.devnull, "wb") as null_file:
         tmp, null = Path(tmp_), null_file.fileno()
         # each receiver, given what to run it under (nothing, or valgrind)

@@ -47,7 +47,7 @@ def _fast_ext(code: int, data: memoryview) -> Any:
 _FAST = msgspec.msgpack.Decoder(ext_hook=_fast_ext)
 
 
-def _marks(data: bytes, marker: bytes, start: int = 0) -> Iterator[int]:
+def _marks(data: bytes | bytearray, marker: bytes, start: int = 0) -> Iterator[int]:
     """Each offset of the byte ``marker`` in ``data`` from ``start`` on, found by memchr (``find``): the
     scans below look only at those, so the bytes between cost next to nothing."""
     at = data.find(marker, start)
@@ -56,7 +56,7 @@ def _marks(data: bytes, marker: bytes, start: int = 0) -> Iterator[int]:
         at = data.find(marker, at + 1)
 
 
-def _may_hold_timestamp(data: bytes) -> bool:
+def _may_hold_timestamp(data: bytes | bytearray) -> bool:
     """Whether ``data`` may hold a msgpack Timestamp (ext -1 as fixext 4, fixext 8 or ext 8 of 12 bytes),
     which msgspec would build as a datetime. 0xff is never part of UTF-8 text, so it is rare and memchr
     finds each one (three ``in`` searches for the two-byte marks cost 13k instructions per event); one
@@ -65,10 +65,10 @@ def _may_hold_timestamp(data: bytes) -> bool:
                for at in _marks(data, b"\xff", 1))
 
 
-def _may_hold_long_container(data: bytes, max_entries: int) -> bool:
-    """Whether the whole entries ``data`` (after its own array header) may hold an array or map of more
-    than ``max_entries`` items: msgpack refuses one at its header, where msgspec has no such limit (and the
-    walk, ``skip``, does not count), so a few KB of gzip would become a list of millions of items.
+def _may_hold_long_container(data: bytes | bytearray, max_entries: int) -> bool:
+    """Whether ``data``, one whole msgpack object, may hold an array or map of more than ``max_entries``
+    items below its first header: msgpack refuses one at its header, where msgspec has no such limit (and
+    the walk, ``skip``, does not count), so a few KB of gzip would become a list of millions of items.
 
     Only array 32 and map 32 (0xdd, 0xdf: a 4-byte length) can, array 16 and map 16 (0xdc, 0xde) when the
     limit is below 65,535, any container when it is below 15; and a real header's items, a byte each at
@@ -85,7 +85,7 @@ def _may_hold_long_container(data: bytes, max_entries: int) -> bool:
     return False
 
 
-def _may_hold_nonfinite(data: bytes) -> bool:
+def _may_hold_nonfinite(data: bytes | bytearray) -> bool:
     """Whether ``data`` may hold a float that is NaN or infinite. msgpack writes every float as 0xcb and
     8 bytes or 0xca and 4 (IEEE 754, big-endian), and one is NaN or infinite when its exponent bits are
     all ones (the next byte ends in 0x7f, the one after starts with 0xf (64 bits) or 0x8 (32)). memchr
@@ -105,15 +105,18 @@ class Numbers:
         self.finite = True
 
 
-def unpacker(max_bytes: int, max_entries: int) -> msgpack.Unpacker:
-    """An incremental msgpack reader; arrays and maps longer than ``max_entries`` are refused at
+def unpacker_options(max_entries: int) -> dict[str, Any]:
+    """How msgpack reads what peers send: arrays and maps longer than ``max_entries`` are refused at
     their header, before anything is allocated for them."""
     # surrogateescape: old clients send packed entries as msgpack "str", and Fluent Bit sends raw
     # bytes in str (HELO nonce, PING salt); we recover the bytes.
-    return msgpack.Unpacker(
-        raw=False, unicode_errors="surrogateescape", strict_map_key=False, ext_hook=ext_hook,
-        max_buffer_size=max_bytes, max_array_len=max_entries, max_map_len=max_entries,
-    )
+    return {"raw": False, "unicode_errors": "surrogateescape", "strict_map_key": False, "ext_hook": ext_hook,
+            "max_array_len": max_entries, "max_map_len": max_entries}
+
+
+def unpacker(max_bytes: int, max_entries: int) -> msgpack.Unpacker:
+    """An incremental msgpack reader (``unpacker_options``)."""
+    return msgpack.Unpacker(max_buffer_size=max_bytes, **unpacker_options(max_entries))
 
 
 def msgpack_error(exc: Exception, where: str) -> ProtocolError:
@@ -282,13 +285,18 @@ def packed_entries(payload: bytes, codec: str | None, max_bytes: int, max_entrie
         raise ProtocolError("malformed_msgpack", "packed entries: the payload ends inside an entry")
 
 
-def _run(view: memoryview, n: int, max_entries: int, numbers: Numbers | None = None) -> Iterable[Any]:
-    """The ``n`` whole entries in ``view``, built (see packed_entries)."""
-    data = b"".join((b"\xdc" + n.to_bytes(2, "big") if n < 65536 else b"\xdd" + n.to_bytes(4, "big"), view))
+SLOW = object()  # what ``build`` returns when msgpack must decide
+
+
+def build(data: bytes | bytearray, max_entries: int, numbers: Numbers | None = None) -> Any:
+    """The one whole msgpack object in ``data`` built by msgspec, or ``SLOW`` when msgpack must build it:
+    ``data`` may hold what msgspec would build otherwise (see packed_entries), or msgspec refused it
+    (then msgpack's error is the one raised). ``numbers``, if given, learns whether it may hold a NaN or
+    infinite float; anything left to msgpack may."""
     if not (_may_hold_timestamp(data) or _may_hold_long_container(data, max_entries)):
         try:
-            built: list[Any] = _FAST.decode(data)
-        except Exception:  # noqa: BLE001 (whatever msgspec refuses, msgpack decides: its error is the one raised)
+            built = _FAST.decode(data)
+        except Exception:  # noqa: BLE001 (whatever msgspec refuses, msgpack decides)
             pass
         else:
             if numbers is not None and numbers.finite and _may_hold_nonfinite(data):
@@ -296,6 +304,15 @@ def _run(view: memoryview, n: int, max_entries: int, numbers: Numbers | None = N
             return built
     if numbers is not None:
         numbers.finite = False
+    return SLOW
+
+
+def _run(view: memoryview, n: int, max_entries: int, numbers: Numbers | None = None) -> Iterable[Any]:
+    """The ``n`` whole entries in ``view``, built (see packed_entries)."""
+    data = b"".join((b"\xdc" + n.to_bytes(2, "big") if n < 65536 else b"\xdd" + n.to_bytes(4, "big"), view))
+    built = build(data, max_entries, numbers)
+    if built is not SLOW:
+        return cast("list[Any]", built)
     slow = unpacker(len(data), max_entries)
     slow.feed(view)
     return _each(slow)

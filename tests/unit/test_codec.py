@@ -280,3 +280,110 @@ def test_forward_mode_with_too_many_entries_is_refused_at_the_array_header() -> 
     with pytest.raises(ProtocolError) as err:
         Decoder().feed(data)
     assert err.value.reason == "too_many_entries"
+
+
+# ---- Forward mode: framed by msgpack's walk, built by msgspec (or msgpack where msgspec would differ) ----
+
+def _all_by_msgpack(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fluent_forward.codec as codec
+
+    monkeypatch.setattr(codec, "build", lambda *_args, **_kw: codec.SLOW)
+
+
+def _decode_all(data: bytes, split: int, **limits: int) -> list[ff.Message] | str:
+    decoder, out = Decoder(**limits), []
+    try:
+        for i in range(0, len(data), split):
+            out.extend(decoder.feed(data[i : i + split]))
+    except ProtocolError as exc:
+        return exc.reason
+    return out
+
+
+keys = st.text(max_size=8) | st.integers(-5, 300) | st.binary(max_size=4)
+odd_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=20)
+    | st.binary(max_size=20) | st.builds(msgpack.ExtType, st.integers(1, 127), st.binary(max_size=9))
+    | st.builds(msgpack.Timestamp, st.integers(0, 2**33), st.integers(0, 999_999_999)),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
+    max_leaves=20,
+)
+heads = times | st.integers(0, 2**32 - 1) | st.floats(0, 2**31) | st.tuples(times, st.dictionaries(st.text(max_size=5), odd_values, max_size=2))
+odd_messages = st.tuples(
+    st.text(max_size=300),
+    st.lists(st.tuples(heads, st.dictionaries(keys, odd_values, max_size=5)), max_size=6),
+    st.none() | st.dictionaries(st.sampled_from(["chunk", "size", "x"]), odd_values, max_size=2),
+)
+
+
+def _forward(tag: str, entries: list[tuple[object, object]], options: object) -> bytes:
+    def wire(head: object) -> object:
+        if isinstance(head, EventTime):
+            return msgpack.ExtType(0, head.to_bytes())
+        if isinstance(head, tuple):
+            return [wire(head[0]), head[1]]
+        return head
+
+    return msgpack.packb([tag, [[wire(h), r] for h, r in entries], *([] if options is None else [options])],
+                         use_bin_type=True, strict_types=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(message=odd_messages, split=st.integers(1, 200), max_entries=st.integers(3, 40))
+def test_forward_mode_decodes_as_msgpack_alone_would(message: tuple, split: int, max_entries: int) -> None:
+    """Whatever a Forward message holds (binary, other ext types, Timestamps, int and binary keys, long
+    tags, any limit), fed in any pieces, the messages or the refusal are those of msgpack building all."""
+    data = _forward(*message)
+    ours = _decode_all(data, split, max_entries=max_entries)
+    with pytest.MonkeyPatch.context() as m:
+        _all_by_msgpack(m)
+        theirs = _decode_all(data, split, max_entries=max_entries)
+    assert ours == theirs
+
+
+def test_forward_mode_keeps_text_that_is_not_utf8_as_msgpack_does() -> None:
+    data = _forward("audit", [(T, {"user": b"\xff\xfeok"})], None).replace(b"\xc4\x04\xff\xfeok", b"\xa4\xff\xfeok")
+    batch = only_batch(Decoder().feed(data))
+    assert batch.entries == [(T, {"user": "\udcff\udcfeok"})]
+
+
+@pytest.mark.parametrize("kind", ["array", "map"])
+def test_forward_mode_refuses_a_nested_container_longer_than_the_limit(kind: str) -> None:
+    items = 200_000
+    body = (b"\xdd" if kind == "array" else b"\xdf") + items.to_bytes(4, "big") + (b"\xc0" if kind == "array" else b"\x01\xc0") * items
+    time = msgpack.packb(msgpack.ExtType(0, T.to_bytes()))
+    data = b"\x92\xa5audit\x92" + b"\x92" + time + b"\x81\xa2ok\x01" + b"\x92" + time + b"\x81\xa1x" + body
+    assert msgpack.unpackb(data, strict_map_key=False)[1][0][1] == {"ok": 1}  # (a well-formed message)
+    for split in (len(data), 65536):
+        assert _decode_all(data, split) == "too_many_entries"
+
+
+def test_forward_mode_too_many_entries_is_refused_before_the_message_is_whole() -> None:
+    d = Decoder(max_entries=10)
+    head = b"\x93\xa5audit\xdc" + (11).to_bytes(2, "big")
+    with pytest.raises(ProtocolError) as err:
+        d.feed(head + ff.encode_entry(T, REC))
+    assert err.value.reason == "too_many_entries"
+
+
+def test_a_forward_message_of_small_entries_is_refused_once_past_the_size_limit() -> None:
+    """The walk keeps only the token it is in; the message's own bytes are what the limit counts."""
+    d = Decoder(max_message_bytes=10_000)
+    data = ff.encode_forward("audit", [(T, {"i": i, "pad": "p" * 40}) for i in range(1000)])
+    fed = 0
+    with pytest.raises(ProtocolError) as err:
+        for i in range(0, len(data), 500):
+            d.feed(data[i : i + 500])
+            fed += 500
+            assert d.buffered() == fed
+    assert err.value.reason == "message_too_large" and fed <= 10_500
+
+
+def test_a_forward_message_between_others_in_one_feed_and_byte_by_byte() -> None:
+    entries = [(T, dict(REC, i=i)) for i in range(50)]
+    data = ff.encode_message("t", T, {"i": -1}) + ff.encode_forward("audit", entries, Options(chunk="c")) + b"\xc0"
+    for out in (Decoder().feed(data), feed_bytewise(data)):
+        assert [type(m).__name__ for m in out] == ["EventBatch", "EventBatch", "Heartbeat"]
+        second = out[1]
+        assert isinstance(second, EventBatch) and second.entries == entries and second.mode == "forward"
+        assert second.options.chunk == "c" and second.wire_bytes == len(data) - len(ff.encode_message("t", T, {"i": -1})) - 1

@@ -227,13 +227,19 @@ def test_realistic_chunks_are_finite_and_the_model_agrees_with_or_without_the_fl
     assert parse(records[1234], True).__class__.__name__ == "AuditEvent"  # (what the flag must never be wrongly given for)
 
 
-def test_forward_and_message_modes_never_claim_finite() -> None:
+def test_forward_mode_claims_finite_only_without_nan_and_message_mode_never() -> None:
     import fluent_forward as ff
 
-    rec = {"auditID": "a", "stage": "ResponseComplete"}
-    for data in (ff.encode_forward("audit", [(ff.EventTime(1, 0), rec)]), ff.encode_message("audit", ff.EventTime(1, 0), rec)):
-        (batch,) = ff.Decoder().feed(data)
+    rec = {"auditID": "a", "stage": "ResponseComplete", "n": 1.5}
+    (batch,) = ff.Decoder().feed(ff.encode_forward("audit", [(ff.EventTime(1, 0), rec)]))
+    assert isinstance(batch, ff.EventBatch) and batch.records().finite  # built by msgspec, no NaN inside
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        (batch,) = ff.Decoder().feed(ff.encode_forward("audit", [(ff.EventTime(1, 0), rec), (1, {"n": bad})]))
         assert isinstance(batch, ff.EventBatch) and not batch.records().finite
+    (batch,) = ff.Decoder().feed(ff.encode_forward("audit", [(ff.EventTime(1, 0), {"t": msgpack.Timestamp(1)})]))
+    assert isinstance(batch, ff.EventBatch) and not batch.records().finite  # (built by msgpack: never claimed)
+    (batch,) = ff.Decoder().feed(ff.encode_message("audit", ff.EventTime(1, 0), rec))
+    assert isinstance(batch, ff.EventBatch) and not batch.records().finite
 
 
 @pytest.mark.parametrize("items", [100_001, 10_000_000])
