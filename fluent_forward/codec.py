@@ -57,30 +57,6 @@ def _as_str(value: Any, what: str) -> str:
     raise ProtocolError(f"bad_{what}", f"expected a string, got {type(value).__name__}")
 
 
-def _forward_entries(data: bytes | bytearray) -> int | None:
-    """How many entries a message starting with ``data`` says it holds if it is Forward mode
-    (``[tag, [entry, ...], options?]``, the tag a str), else None (or not yet known)."""
-    if len(data) < 3 or data[0] not in (0x92, 0x93):
-        return None
-    head = data[1]
-    if 0xA0 <= head <= 0xBF:
-        at = 2 + (head & 0x1F)
-    elif head in _STR_WIDTH:
-        width = _STR_WIDTH[head]
-        at = 2 + width + int.from_bytes(data[2:2 + width], "big")
-    else:
-        return None
-    if at >= len(data):
-        return None
-    head = data[at]
-    if 0x90 <= head <= 0x9F:
-        return head & 0x0F
-    if head in (0xDC, 0xDD):
-        width = 2 if head == 0xDC else 4
-        return int.from_bytes(data[at + 1:at + 1 + width], "big") if at + width < len(data) else None
-    return None
-
-
 _STR_WIDTH = {0xD9: 1, 0xDA: 2, 0xDB: 4}  # str 8, 16, 32: the bytes of their length
 
 
@@ -125,8 +101,10 @@ class Decoder:
         self.max_entries = max_entries
         self.step_entries = step_entries
         self._partial: tuple[Iterator[tuple[EventTime, Record, Metadata]], EventBatch] | None = None
-        self._framer = unpacker(max_message_bytes, max_entries)  # only walks (``skip``): where a message ends
+        self._framer = unpacker(max_message_bytes, max_entries)  # the stream's reader (``next_message``)
+        self._options = unpacker_options(max_entries)  # how msgpack builds a message msgspec does not
         self._held = bytearray()  # the bytes received from ``_start`` on
+        self._walk: bool | None = None  # how the message being received is read (``_walks``)
         self._start = 0  # stream offset where the message being decoded began
         self._received = 0  # stream offset of the end of the bytes received
 
@@ -144,49 +122,88 @@ class Decoder:
     def next_message(self) -> Message | None:
         """The next complete message, or None until more bytes arrive.
 
-        msgpack's reader only walks the stream (``skip``: it finds where a message ends, refusing what is
-        malformed or nested too deep, and keeps only the bytes of a token it is inside); the message's
-        bytes, held here, are then built in one call: by msgspec for Forward mode (Fluent Bit's default:
-        decoding 1,000-event messages of realistic events, their entries checked, took 91.8k instructions
-        per event with msgpack building them, 71.1k so, callgrind), by msgpack otherwise, or where msgspec
-        would build something else (``entries.build``)."""
+        A Forward message (Fluent Bit's default) is only walked by msgpack's reader (``skip``: it finds
+        where the message ends, refusing what is malformed or nested too deep, and keeps only the bytes of
+        a token it is inside); its bytes, held here, are then built in one msgspec call (or msgpack's,
+        where msgspec would build something else: ``entries.build``). Decoding 1,000-event messages of
+        realistic events, their entries checked, took 91.8k instructions per event with msgpack building
+        them, 71.1k so (callgrind). Any other message msgpack builds as it reads it: for a one-event
+        Message mode message, walking first and building after cost 11% more."""
         while self.decode_more():
             pass
+        if self._walk is None:
+            self._walk = self._walks()
+            if self._walk is None:
+                self._check_partial()
+                return None
         try:
-            self._framer.skip()
+            obj = self._framer.skip() if self._walk else self._framer.unpack()
         except msgpack.OutOfData:
             self._check_partial()
             return None
+        except ProtocolError:
+            raise
         except (ValueError, TypeError) as exc:
             raise msgpack_error(exc, "message") from exc
+        walked, self._walk = self._walk, None
         end = self._framer.tell()
         wire_bytes, self._start = end - self._start, end
+        numbers = Numbers()
+        if not walked:
+            del self._held[:wire_bytes]
+            numbers.finite = False
+            return self._classify(obj, wire_bytes, numbers)
         if wire_bytes == len(self._held):  # (the usual case: a sender waits for its ack, no copy)
             data, self._held = self._held, bytearray()
         else:
             data = self._held[:wire_bytes]
             del self._held[:wire_bytes]
-        numbers = Numbers()
-        obj = build(data, self.max_entries, numbers) if _forward_entries(data) is not None else SLOW
+        obj = build(data, self.max_entries, numbers)
         if obj is SLOW:
-            numbers.finite = False
             try:
-                obj = msgpack.unpackb(data, **unpacker_options(self.max_entries))
+                obj = msgpack.unpackb(data, **self._options)
             except ProtocolError:
                 raise
             except (ValueError, TypeError) as exc:
                 raise msgpack_error(exc, "message") from exc
         return self._classify(obj, wire_bytes, numbers)
 
+    def _walks(self) -> bool | None:
+        """Whether the message that starts the held bytes is walked first (Forward mode: its entries are
+        built by msgspec after), built as read (False: any other, and a Forward message that says it holds
+        more than ``max_entries`` entries, which msgpack refuses at that header), or not yet known (None)."""
+        held = self._held
+        if not held:
+            return None
+        if held[0] not in (0x92, 0x93):
+            return False
+        if len(held) < 2:
+            return None
+        head = held[1]
+        if 0xA0 <= head <= 0xBF:
+            at = 2 + (head & 0x1F)
+        elif head in _STR_WIDTH:
+            width = _STR_WIDTH[head]
+            if len(held) < 2 + width:
+                return None
+            at = 2 + width + int.from_bytes(held[2:2 + width], "big")
+        else:
+            return False
+        if at >= len(held):
+            return None
+        head = held[at]
+        if 0x90 <= head <= 0x9F:
+            return True
+        if head in (0xDC, 0xDD):
+            width = 2 if head == 0xDC else 4
+            if at + width >= len(held):
+                return None
+            return int.from_bytes(held[at + 1:at + 1 + width], "big") <= self.max_entries
+        return False
+
     def _check_partial(self) -> None:
-        """Refuse the message being received as soon as its size or its count of entries says it cannot be
-        taken (a nested array or map longer than ``max_entries`` is refused once the message is whole)."""
         if len(self._held) > self.max_message_bytes:
             raise ProtocolError("message_too_large", f"a message exceeds {self.max_message_bytes} bytes")
-        entries = _forward_entries(self._held)
-        if entries is not None and entries > self.max_entries:
-            raise ProtocolError("too_many_entries", f"message: {entries} entries exceeds max_array_len"
-                                                    f"({self.max_entries})")
 
     def decode_more(self) -> bool:
         """Decode the next ``step_entries`` entries of the batch last returned; True while some are left."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from typing import Any
 
 import msgpack
 import pytest
@@ -316,24 +317,32 @@ odd_messages = st.tuples(
 )
 
 
-def _forward(tag: str, entries: list[tuple[object, object]], options: object) -> bytes:
-    def wire(head: object) -> object:
-        if isinstance(head, EventTime):
-            return msgpack.ExtType(0, head.to_bytes())
-        if isinstance(head, tuple):
-            return [wire(head[0]), head[1]]
-        return head
+def _wire(head: object) -> object:
+    if isinstance(head, EventTime):
+        return msgpack.ExtType(0, head.to_bytes())
+    if isinstance(head, tuple):
+        return [_wire(head[0]), head[1]]
+    return head
 
-    return msgpack.packb([tag, [[wire(h), r] for h, r in entries], *([] if options is None else [options])],
+
+def _forward(tag: str, entries: list[tuple[object, object]], options: object) -> bytes:
+    return msgpack.packb([tag, [[_wire(h), r] for h, r in entries], *([] if options is None else [options])],
                          use_bin_type=True, strict_types=False)
 
 
+def _message(tag: str, entries: list[tuple[object, object]], options: object) -> bytes:
+    head, record = entries[0] if entries else (None, None)
+    return msgpack.packb([tag, _wire(head), record, *([] if options is None else [options])], use_bin_type=True)
+
+
 @settings(max_examples=300, deadline=None)
-@given(message=odd_messages, split=st.integers(1, 200), max_entries=st.integers(3, 40))
-def test_forward_mode_decodes_as_msgpack_alone_would(message: tuple, split: int, max_entries: int) -> None:
-    """Whatever a Forward message holds (binary, other ext types, Timestamps, int and binary keys, long
-    tags, any limit), fed in any pieces, the messages or the refusal are those of msgpack building all."""
-    data = _forward(*message)
+@given(message=odd_messages, split=st.integers(1, 200), max_entries=st.integers(3, 40), mode=st.sampled_from([_forward, _message]))
+def test_forward_and_message_mode_decode_as_msgpack_alone_would(message: tuple, split: int, max_entries: int,
+                                                                mode: Any) -> None:
+    """Whatever a Forward or Message mode message holds (binary, other ext types, Timestamps, int and binary
+    keys, long tags, any limit), fed in any pieces, the messages or the refusal are those of msgpack
+    building all."""
+    data = mode(*message)
     ours = _decode_all(data, split, max_entries=max_entries)
     with pytest.MonkeyPatch.context() as m:
         _all_by_msgpack(m)
