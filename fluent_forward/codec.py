@@ -148,16 +148,15 @@ class Decoder:
         walked, self._walk = self._walk, None
         end = self._framer.tell()
         wire_bytes, self._start = end - self._start, end
-        numbers = Numbers()
         if not walked:
             del self._held[:wire_bytes]
-            numbers.finite = False
-            return self._classify(obj, wire_bytes, numbers)
+            return self._classify(obj, wire_bytes, None)
         if wire_bytes == len(self._held):  # (the usual case: a sender waits for its ack, no copy)
             data, self._held = self._held, bytearray()
         else:
             data = self._held[:wire_bytes]
             del self._held[:wire_bytes]
+        numbers = Numbers()
         obj = build(data, self.max_entries, numbers)
         if obj is SLOW:
             try:
@@ -237,7 +236,8 @@ class Decoder:
             messages.append(message)
         return messages
 
-    def _classify(self, obj: Any, wire_bytes: int, numbers: Numbers) -> Message:
+    def _classify(self, obj: Any, wire_bytes: int, numbers: Numbers | None) -> Message:
+        """``numbers``: what building ``obj`` with msgspec learned of its floats (None: msgpack built it)."""
         if obj is None:
             return Heartbeat()
         if isinstance(obj, dict):
@@ -275,7 +275,7 @@ class Decoder:
             raise ProtocolError("bad_message", "no events after the tag")
         return self._events(head, obj, wire_bytes, numbers)
 
-    def _events(self, tag: str, obj: list[Any], wire_bytes: int, numbers: Numbers) -> EventBatch:
+    def _events(self, tag: str, obj: list[Any], wire_bytes: int, numbers: Numbers | None) -> EventBatch:
         body = obj[1]
         if isinstance(body, list):  # Forward mode
             if len(obj) > 3:
@@ -288,10 +288,10 @@ class Decoder:
             options = _options(obj[2] if len(obj) == 3 else None)
             payload = _as_bytes(body, "entries")
             codec = compression_of(payload, options.compressed)
-            numbers = Numbers()
-            entries = packed_entries(payload, codec, self.max_message_bytes, self.max_entries, numbers=numbers)
+            inside = Numbers()  # (what building the payload's entries learns)
+            entries = packed_entries(payload, codec, self.max_message_bytes, self.max_entries, numbers=inside)
             return self._batch(tag, entries, options, "packed" if codec is None else "compressed", wire_bytes,
-                               payload, numbers)
+                               payload, inside)
         # Message mode: [tag, time, record, option?]; the metadata, if any, is an option
         if len(obj) not in (3, 4):
             raise ProtocolError("bad_message", "Message mode is [tag, time, record, option?]")
