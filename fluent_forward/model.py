@@ -105,8 +105,8 @@ class Records(list[Record]):
     """The records of one message, as the list the sinks take, with what came beside them: the
     tag, and each record's time and metadata (same order) for a sink that keeps them (the store); the
     options other than size/chunk/compressed, the entries field as sent (``payload``, packed modes only),
-    the hostname the peer gave in its PING ("" without shared-key auth), for who sent it, and ``finite``
-    (decoded from bytes that hold no NaN or infinite float: read once the batch is decoded)."""
+    the hostname the peer gave in its PING ("" without shared-key auth), for who sent it, ``finite``
+    (decoded from bytes that hold no NaN or infinite float: read once the batch is decoded) and ``exact``."""
 
     def __init__(self, batch: EventBatch, hostname: str = "") -> None:
         super().__init__(record for _, record in batch.entries)
@@ -118,6 +118,10 @@ class Records(list[Record]):
         self.hostname = hostname
         # True when the decoder found no NaN or infinite float in the bytes these records were built from
         self.finite = batch.numbers is not None and batch.numbers.finite
+
+    # Built by a decoder from bytes: every map, array and string is exactly a dict, list or str (no tuple,
+    # no subclass), which kube_audit.model.audit.parse may rely on (``exact``)
+    exact = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,9 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import orjson
 
 from kube_audit.model.redact import REDACTED, is_secret, redact  # noqa: F401  (re-exported)
@@ -340,7 +341,73 @@ def _strings(holder: Any, fields: tuple[tuple[str, int, int], ...], where: str) 
     return out
 
 
-def _checked_view(record: Any, strict: bytes | None, finite: bool = False) -> EventView:
+def _short(name: str) -> Any:
+    """A string field of ``_Fields`` that msgspec takes when it surely fits (``_limits``' characters)."""
+    limit = MAX_FIELD.get(name)
+    return str if limit is None else Annotated[str, msgspec.Meta(max_length=limit // 4)]
+
+
+# The fields the view reads, as msgspec checks them in C: what ``_checked_view`` accepts with no question
+# (each a string that surely fits, verb, level, stageTimestamp and user.username present, a code in range),
+# read in one call instead of the Python loop of ``_strings``: 74k -> 62k instructions per realistic event
+# for ``parse`` (callgrind). Anything msgspec refuses goes the checking way, which says why (or accepts a
+# field it could not be sure of: a long name within its byte limit, a null verb).
+class _User(msgspec.Struct):
+    username: _short("username")  # type: ignore[valid-type]
+    groups: list[str] | None = None
+
+
+class _Ref(msgspec.Struct):
+    apiGroup: _short("apiGroup") | None = None  # type: ignore[valid-type]
+    apiVersion: str | None = None
+    resource: _short("resource") | None = None  # type: ignore[valid-type]
+    namespace: _short("namespace") | None = None  # type: ignore[valid-type]
+    name: _short("name") | None = None  # type: ignore[valid-type]
+    subresource: _short("subresource") | None = None  # type: ignore[valid-type]
+
+
+class _Status(msgspec.Struct):
+    code: Annotated[int, msgspec.Meta(ge=0, le=MAX_CODE)] | None = None
+
+
+class _Fields(msgspec.Struct):
+    auditID: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_FIELD["auditID"] // 4)]
+    stage: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_FIELD["stage"] // 4)]
+    verb: _short("verb")  # type: ignore[valid-type]
+    level: _short("level")  # type: ignore[valid-type]
+    stageTimestamp: str
+    user: _User
+    requestURI: str | None = None
+    objectRef: _Ref | None = None
+    responseStatus: _Status | None = None
+
+
+def _quick_view(record: dict[str, Any]) -> EventView | None:
+    """The view of ``record`` when msgspec finds every field it reads fine (None: let the checks decide).
+    Only for a record a decoder built from bytes (``exact``): msgspec also takes a tuple for a list and
+    subclasses of dict and str, which the checks refuse as ``bad_shape``."""
+    try:
+        f = msgspec.convert(record, _Fields)
+    except msgspec.ValidationError:
+        return None
+    user, ref, status = f.user, f.objectRef, f.responseStatus
+    if ref is None:
+        group = resource = namespace = name = subresource = api_version = ""
+    else:
+        group, resource, namespace, name = ref.apiGroup or "", ref.resource or "", ref.namespace or "", ref.name or ""
+        subresource, api_version = ref.subresource or "", ref.apiVersion or ""
+    # a NUL in any of them: one search of them joined (one per field took longer than msgspec's checks)
+    if "\x00" in "".join((f.auditID, f.stage, f.verb, f.level, f.stageTimestamp, f.requestURI or "", user.username,
+                          group, api_version, resource, namespace, name, subresource)):
+        return None
+    groups = user.groups
+    return EventView(f.auditID, f.stage, f.verb, f.level, user.username, tuple(groups) if groups else (),
+                     None if status is None else status.code, f.stageTimestamp,
+                     object_key(group, resource, namespace, name) if resource and name else None,
+                     subresource, api_version, group, resource, namespace, name)
+
+
+def _checked_view(record: Any, strict: bytes | None, finite: bool = False, exact: bool = False) -> EventView:
     """The view of a record that can be stored as an audit event, read in the same pass that checks the
     fields it holds; raises _Reject with the first reason it cannot (in a fixed order)."""
     if not isinstance(record, dict):
@@ -349,6 +416,10 @@ def _checked_view(record: Any, strict: bytes | None, finite: bool = False) -> Ev
         _walk(record)
     elif _containers_at_most(strict) > MAX_DEPTH or (not finite and b"null" in strict):  # NaN, inf encode as null
         _containers(record)
+    if exact and strict is not None:
+        quick = _quick_view(record)
+        if quick is not None:
+            return quick
     if not record.get("auditID") or not record.get("stage"):
         raise _Reject("not_an_audit_event", "no auditID or stage")
     audit_id, stage, verb, level, stamp, _ = _strings(record, _TOP, "")
@@ -373,14 +444,16 @@ def _checked_view(record: Any, strict: bytes | None, finite: bool = False) -> Ev
                      subresource or "", api_version or "", group, resource, namespace, name)
 
 
-def parse(record: Any, finite: bool = False) -> AuditEvent | Rejected:
+def parse(record: Any, finite: bool = False, exact: bool = False) -> AuditEvent | Rejected:
     """The typed view of one received record, or why it cannot be stored. ``finite``: its decoder found no
     NaN or infinite number in the bytes it was built from (``Records.finite``), so none is looked for (a
     NaN encodes as the ``null`` that one realistic event in twenty holds, and each such event is walked:
-    with the search for ``null``, 7.8k instructions per event on average, callgrind)."""
+    with the search for ``null``, 7.8k instructions per event on average, callgrind). ``exact``: a decoder
+    built it from bytes (``Records.exact``), so its maps, arrays and strings are exactly dict, list and str
+    (no tuple, no subclass), and msgspec may check its fields (``_quick_view``). Same result either way."""
     strict = _strict_json(record) if isinstance(record, dict) else None
     try:
-        v = _checked_view(record, strict, finite)
+        v = _checked_view(record, strict, finite, exact)
     except _Reject as exc:
         return reject(record, exc.reason, exc.detail)
     body = redact(record)

@@ -111,10 +111,11 @@ async def parse_in_steps(records: Sequence[Record]) -> list[Item]:
     the other connections run meanwhile; order and results are those of one pass)."""
     items: list[Item] = []
     finite = getattr(records, "finite", False)  # (fluent_forward's Records: no NaN or infinity in their bytes)
+    exact = getattr(records, "exact", False)  # (and only the exact types a decoder builds)
     for start in range(0, len(records), PARSE_STEP):
         if start:
             await asyncio.sleep(0)
-        items.extend(parse(r, finite) for r in records[start:start + PARSE_STEP])
+        items.extend(parse(r, finite, exact) for r in records[start:start + PARSE_STEP])
     return items
 
 

@@ -321,3 +321,71 @@ def test_containers_at_most_counts_every_opening_bracket(data: bytes) -> None:
     from kube_audit.model.audit import _containers_at_most
 
     assert _containers_at_most(data) == data.count(b"{") + data.count(b"[")
+
+
+# ---- the fields the view reads, checked by msgspec for a record a decoder built (parse(..., exact=True)) ----
+_ODD = st.one_of(st.none(), st.text(max_size=4), st.integers(-3, 2**40), st.booleans(), st.floats(allow_nan=False),
+                 st.lists(st.text(max_size=2), max_size=2), st.dictionaries(st.text(max_size=2), st.text(max_size=2), max_size=1),
+                 st.sampled_from(["", "a\x00b", "\x00", "é" * 16, "é" * 17, "x" * 63, "x" * 64, "x" * 300, "é" * 256,
+                                  "é" * 257, "😀" * 64, "😀" * 300, "ResponseComplete", "2026-11-20T09:00:00.000001Z", "?dryRun=All"]))
+
+
+_EDGES = [None, "", "a\x00b", "\x00", "é" * 16, "é" * 17, "x" * 63, "x" * 64, "x" * 300, "é" * 256, "é" * 257,
+          "😀" * 64, "😀" * 300, "ResponseComplete", 0, -1, 2**31 - 1, 2**31, 2**64, True, 1.5, ["a"], ["a", 1], ("a",),
+          {}, {"a": "b"}]
+_PATHS = [(f,) for f in ("auditID", "stage", "verb", "level", "stageTimestamp", "requestURI", "user", "objectRef",
+                         "responseStatus")] + [("user", f) for f in ("username", "groups")] + \
+    [("objectRef", f) for f in ("apiGroup", "apiVersion", "resource", "namespace", "name", "subresource")] + \
+    [("responseStatus", "code")]
+
+
+@pytest.mark.parametrize("path", _PATHS, ids="/".join)
+def test_msgspec_checking_one_odd_field_of_a_decoded_record_changes_no_result(path: tuple[str, ...]) -> None:
+    """Each field the view reads, set to each edge value in turn (or left out), in a good record."""
+    for value in [*_EDGES, KeyError]:
+        record = {**GOOD, "level": "Request", "user": dict(GOOD["user"]), "objectRef": dict(GOOD["objectRef"]),
+                  "responseStatus": dict(GOOD["responseStatus"])}
+        holder = record if len(path) == 1 else record[path[0]]
+        if value is KeyError:
+            holder.pop(path[-1], None)
+        else:
+            holder[path[-1]] = value
+        if isinstance(value, tuple):
+            continue  # (not what a decoder builds: ``exact`` promises lists)
+        assert parse(record, exact=True) == parse(record), (path, value)
+
+
+def _holder(*fields: str, value: st.SearchStrategy = _ODD) -> st.SearchStrategy:
+    return st.one_of(_ODD, st.fixed_dictionaries({}, optional={f: value for f in fields}))
+
+
+_AUDIT_FIELDS = st.fixed_dictionaries({}, optional={
+    **{f: _ODD for f in ("auditID", "stage", "verb", "level", "stageTimestamp", "requestURI")},
+    "user": _holder("username", "groups"),
+    "objectRef": _holder("apiGroup", "apiVersion", "resource", "namespace", "name", "subresource"),
+    "responseStatus": _holder("code", value=st.one_of(_ODD, st.integers(2**31 - 3, 2**31 + 2), st.just(2**64))),
+})
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_AUDIT_FIELDS, st.booleans(), st.booleans())
+def test_msgspec_checking_the_fields_of_a_decoded_record_changes_no_result(fields: dict, good: bool, finite: bool) -> None:
+    """``exact`` (msgspec reads the view's fields: ``_quick_view``) gives what the checks alone give, for any
+    value of any of those fields: NUL, too long by characters or only by bytes, null, of another type."""
+    record = {**GOOD, "level": "Request", **fields} if good else fields
+    assert parse(record, finite, exact=True) == parse(record, finite)
+
+
+def test_msgspec_reads_the_view_of_a_good_record_and_leaves_the_rest_to_the_checks() -> None:
+    """Not vacuous: the quick reading is taken for a good record, and refuses what only the checks can
+    tell apart (they then accept it or say why not)."""
+    from kube_audit.model.audit import _checked_view, _quick_view
+
+    good = {**GOOD, "level": "Metadata"}
+    quick = _quick_view(good)
+    assert quick is not None and quick == _checked_view(good, orjson.dumps(good))
+    for odd in ({"level": None}, {"user": {"username": "é" * 257}}, {"objectRef": {"resource": "a\x00"}},
+                {"responseStatus": {"code": True}}, {"auditID": ""}):
+        assert _quick_view({**good, **odd}) is None, odd
+    long_by_characters = {**good, "user": {"username": "x" * 300}}  # past msgspec's bound, within the byte limit
+    assert _quick_view(long_by_characters) is None and parse(long_by_characters, exact=True).view.user == "x" * 300
