@@ -32,12 +32,18 @@ HERE = Path(__file__).resolve().parent.parent
 
 
 class Taker:
-    """A response that takes every write at once."""
+    """A response that takes every write at once. Its lines are counted after the measured part: counting
+    them as they come (``bytes.count``, byte by byte) cost this process ~20k instructions per event, a fifth
+    of what it measured."""
 
-    lines = 0
+    written: list[bytes] = []
 
     async def write(self, data: bytes) -> None:
-        Taker.lines += data.count(b"\n")
+        Taker.written.append(data)
+
+    @classmethod
+    def lines(cls) -> int:
+        return sum(data.count(b"\n") for data in cls.written)
 
     async def write_eof(self) -> None:
         pass
@@ -69,7 +75,9 @@ async def fanout(events: int, per: int, watchers: int) -> tuple[float, int]:
             flts.append(resource.plan(resource.selection(params, lambda k, p=params: [p[k]] if k in p else [],
                                                          f.get("namespace"))).store)
 
-        def encode(seq: int, event: dict[str, Any], source: Any = None) -> dict[str, Any]:
+        def encode(seq: int, event: Any, source: Any = None) -> Any:  # as the API's watch route encodes an item
+            if hasattr(resource, "item_json"):  # (a tree whose ring holds each event's JSON bytes)
+                return resource.item_json(seq, event, source)
             return resource.item(seq, event, source=source)
 
         hub = WatchHub()
@@ -91,7 +99,7 @@ async def fanout(events: int, per: int, watchers: int) -> tuple[float, int]:
         hub.close()
         await asyncio.gather(*tasks)
         await store.close()
-    return cpu, Taker.lines
+    return cpu, Taker.lines()
 
 
 def run(tree: Path, events: int, per: int, watchers: int) -> tuple[float, int]:
