@@ -42,3 +42,24 @@ def test_raw_all_reads_every_kind_of_body_in_its_place() -> None:
     assert sorted(fetched) == [1, 2]
     assert reader.load_all(stored[:8], fetch) == [orjson.loads(b) for b in bodies[2000:2008]]
     assert reader.raw_all([], fetch) == []
+
+
+def test_to_row_makes_the_row_its_fields_name() -> None:
+    """``to_row`` puts each field of the parsed event in the column of its name (Row's fields are positional)."""
+    from kube_audit.model.audit import AuditEvent, parse
+    from tailer.store.rows import Row, to_row
+
+    records = list(many(200))
+    records[0] = {**records[0], "requestURI": "/api/v1/namespaces/a/pods?dryRun=All"}
+    for record in records:
+        ev = parse(record)
+        assert isinstance(ev, AuditEvent)
+        v = ev.view
+        code = v.code if v.code is not None and v.code < 2**63 else None
+        want = Row(audit_id=v.audit_id, stage=v.stage, ts=ev.ts, verb=v.verb, level=v.level, username=v.user,
+                   api_group=v.group, resource=v.resource, namespace=v.namespace, name=v.name, subresource=v.subresource,
+                   code=code, dry=int("dryRun=" in str(record.get("requestURI", ""))), bytes=len(ev.json), meta=ev.meta,
+                   origin=0, event=ev.json)
+        row = to_row(ev)
+        assert type(row) is Row and row == want and row._asdict() == want._asdict()
+    assert to_row(records[0]).dry == 1  # type: ignore[union-attr]
