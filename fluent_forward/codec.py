@@ -303,7 +303,7 @@ class Decoder:
 
     def _batch(self, tag: str, entries: Iterator[tuple[EventTime, Record, Metadata]], options: Options, mode: str,
                wire_bytes: int, payload: bytes | None = None, numbers: Numbers | None = None) -> EventBatch:
-        batch = EventBatch(tag, [], options, mode, wire_bytes, [], payload, numbers)
+        batch = EventBatch(tag, [], options, mode, wire_bytes, [], payload, numbers, exact=True)
         if self._fill(entries, batch, self.step_entries):
             self._partial = (entries, batch)
         return batch

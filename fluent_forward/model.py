@@ -96,6 +96,10 @@ class EventBatch:
     payload: bytes | None = None  # PackedForward's entries field exactly as on the wire (still compressed)
     # entries.Numbers of a packed payload (decoder state, not part of the message): may its bytes hold a NaN?
     numbers: Any = field(default=None, compare=False, repr=False)
+    # built by a decoder from bytes (decoder state too): every map, array and string of its records is exactly a
+    # dict, list or str (no tuple, no subclass), which kube_audit.model.audit.parse may rely on; a batch made
+    # by hand is not (False)
+    exact: bool = field(default=False, compare=False, repr=False)
 
     def records(self, hostname: str = "") -> Records:
         return Records(self, hostname)
@@ -118,10 +122,7 @@ class Records(list[Record]):
         self.hostname = hostname
         # True when the decoder found no NaN or infinite float in the bytes these records were built from
         self.finite = batch.numbers is not None and batch.numbers.finite
-
-    # Built by a decoder from bytes: every map, array and string is exactly a dict, list or str (no tuple,
-    # no subclass), which kube_audit.model.audit.parse may rely on (``exact``)
-    exact = True
+        self.exact = batch.exact  # (EventBatch.exact)
 
 
 @dataclass(frozen=True, slots=True)

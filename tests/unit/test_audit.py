@@ -3,11 +3,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgpack
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fluent_forward import EventTime
 from kube_audit.model.audit import (
     REJECT_REASONS,
     AuditEvent,
@@ -332,7 +334,7 @@ _ODD = st.one_of(st.none(), st.text(max_size=4), st.integers(-3, 2**40), st.bool
 
 _EDGES = [None, "", "a\x00b", "\x00", "é" * 16, "é" * 17, "x" * 63, "x" * 64, "x" * 300, "é" * 256, "é" * 257,
           "😀" * 64, "😀" * 300, "ResponseComplete", 0, -1, 2**31 - 1, 2**31, 2**64, True, 1.5, ["a"], ["a", 1], ("a",),
-          {}, {"a": "b"}]
+          {}, {"a": "b"}, EventTime(1, 2), msgpack.ExtType(5, b"x")]  # (what a decoder's ext_hook builds)
 _PATHS = [(f,) for f in ("auditID", "stage", "verb", "level", "stageTimestamp", "requestURI", "user", "objectRef",
                          "responseStatus")] + [("user", f) for f in ("username", "groups")] + \
     [("objectRef", f) for f in ("apiGroup", "apiVersion", "resource", "namespace", "name", "subresource")] + \

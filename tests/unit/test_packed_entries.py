@@ -242,6 +242,21 @@ def test_forward_mode_claims_finite_only_without_nan_and_message_mode_never() ->
     assert isinstance(batch, ff.EventBatch) and not batch.records().finite
 
 
+def test_records_a_decoder_built_are_exact_and_records_made_by_hand_are_not() -> None:
+    """``Records.exact`` (parse may let msgspec read their fields) only for what a decoder built from bytes,
+    in every mode; a batch made by hand may hold tuples or subclasses."""
+    import fluent_forward as ff
+
+    rec, t = {"auditID": "a", "stage": "ResponseComplete", "user": {"groups": ["g"]}}, ff.EventTime(1, 0)
+    for data in (ff.encode_forward("audit", [(t, rec)]), ff.encode_message("audit", t, rec),
+                 ff.encode_packed_forward("audit", ff.encode_entry(t, rec)),
+                 ff.encode_packed_forward("audit", ff.encode_entry(t, rec), compress=True)):
+        (batch,) = ff.Decoder().feed(data)
+        assert isinstance(batch, ff.EventBatch) and batch.records().exact, batch.mode
+    by_hand = ff.EventBatch("audit", [(t, {**rec, "user": {"groups": ("g",)}})], ff.Options(), "forward", 0)
+    assert not by_hand.records().exact
+
+
 @pytest.mark.parametrize("items", [100_001, 10_000_000])
 @pytest.mark.parametrize("kind", ["array", "map"])
 def test_a_container_longer_than_the_limit_is_refused_at_its_header_not_built(items: int, kind: str) -> None:
