@@ -449,8 +449,9 @@ def parse(record: Any, finite: bool = False, exact: bool = False) -> AuditEvent 
     NaN or infinite number in the bytes it was built from (``Records.finite``), so none is looked for (a
     NaN encodes as the ``null`` that one realistic event in twenty holds, and each such event is walked:
     with the search for ``null``, 7.8k instructions per event on average, callgrind). ``exact``: a decoder
-    built it from bytes (``Records.exact``), so its maps, arrays and strings are exactly dict, list and str
-    (no tuple, no subclass), and msgspec may check its fields (``_quick_view``). Same result either way."""
+    built it from bytes (``Records.exact``, from ``EventBatch.exact``), so its maps, arrays and strings are
+    exactly dict, list and str (no tuple, no subclass), and msgspec may check its fields (``_quick_view``).
+    Same result either way."""
     strict = _strict_json(record) if isinstance(record, dict) else None
     try:
         v = _checked_view(record, strict, finite, exact)
