@@ -135,11 +135,22 @@ def test_property_same_entries_and_same_error_as_msgpack(entries: list[Any], bat
         expected: Any = reference(payload)
     except ProtocolError as exc:
         expected = exc.reason
+    except TypeError:  # garbage that holds a map with an array for a key, which msgpack cannot hash: where
+        assume(False)  # ours differs on purpose (test_garbage_with_an_array_for_a_map_key_is_a_protocol_error)
     try:
         got: Any = ours(payload, None, batch)
     except ProtocolError as exc:
         got = exc.reason
     assert got == expected
+
+
+def test_garbage_with_an_array_for_a_map_key_is_a_protocol_error() -> None:
+    """msgpack alone raises TypeError (unhashable list) on such a map; msgspec builds the key as a tuple, and
+    a map is not an entry (found by the property above: garbage b"\x81\x90\x00")."""
+    for garbage in (b"\x81\x90\x00", b"\x81\x91\x01\x02"):
+        with pytest.raises(ProtocolError) as err:
+            ours(pack([et(), {"a": 1}]) + garbage)
+        assert err.value.reason == "bad_entry"
 
 
 @pytest.mark.parametrize("compress", [False, True])
