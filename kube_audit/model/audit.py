@@ -341,10 +341,12 @@ def _strings(holder: Any, fields: tuple[tuple[str, int, int], ...], where: str) 
     return out
 
 
-def _short(name: str) -> Any:
+def _short(name: str, min_length: int = 0) -> Any:
     """A string field of ``_Fields`` that msgspec takes when it surely fits (``_limits``' characters)."""
     limit = MAX_FIELD.get(name)
-    return str if limit is None else Annotated[str, msgspec.Meta(max_length=limit // 4)]
+    if limit is None and not min_length:
+        return str
+    return Annotated[str, msgspec.Meta(min_length=min_length, max_length=None if limit is None else limit // 4)]
 
 
 # The fields the view reads, as msgspec checks them in C: what ``_checked_view`` accepts with no question
@@ -371,8 +373,8 @@ class _Status(msgspec.Struct):
 
 
 class _Fields(msgspec.Struct):
-    auditID: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_FIELD["auditID"] // 4)]
-    stage: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_FIELD["stage"] // 4)]
+    auditID: _short("auditID", min_length=1)  # type: ignore[valid-type]
+    stage: _short("stage", min_length=1)  # type: ignore[valid-type]
     verb: _short("verb")  # type: ignore[valid-type]
     level: _short("level")  # type: ignore[valid-type]
     stageTimestamp: str
