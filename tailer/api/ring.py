@@ -10,10 +10,10 @@ back, or it wrote too slowly and the ring dropped what it had not read) reads th
 every watcher once did, until it is back above ``floor``.
 
 Each segment answers "which of my rows does this filter select" once per distinct filter (a watcher with
-the same filter reuses the list), from an index over the columns the filter sets (built on first use,
-shared by filters of the same shape), and each event's watch line is encoded once per encoding
-(``Ring.line``), not once per watcher. ``matches`` is what a filter means, over the named fields in
-``FIELDS``: a new filter column is one more line there (and in ``Entry``, which the import checks against
+the same filter reuses the list): from its rows of the filter's namespace (grouped once per segment: the
+column nearly every watch sets), the other columns compared in C (``Segment._candidates``). Each event's
+watch line is encoded once per encoding (``Ring.line``), not once per watcher. ``matches`` is what a
+filter means, over the named fields in ``FIELDS``: a new filter column is one more line there (and in ``Entry``, which the import checks against
 it, in EventFilter and in the store's columns).
 The ring is bounded by events and by bytes (the JSON, the encoded lines and a per-event estimate of the
 Python objects); the oldest segments leave first.
@@ -26,7 +26,8 @@ import time
 import weakref
 from collections import deque, namedtuple
 from collections.abc import Callable, Hashable
-from operator import attrgetter
+from itertools import compress, groupby, repeat
+from operator import eq, itemgetter
 from typing import Any, NamedTuple
 
 from kube_audit.model.source import SourceId
@@ -96,6 +97,7 @@ class Entry(NamedTuple):
 
 
 assert Entry._fields == ("seq", *RingRow._fields), "Entry: the seq, then RingRow's fields"
+_AT = {name: i for i, name in enumerate(Entry._fields)}  # an Entry's fields by place (itemgetter: no attribute lookup)
 
 
 class Plan:
@@ -104,21 +106,26 @@ class Plan:
     must still check each candidate (a time range, a cluster or a source). Watchers with equal filters
     share one plan, and so each segment's list of their entries."""
 
-    __slots__ = ("__weakref__", "check", "columns", "flt", "want")
+    __slots__ = ("__weakref__", "check", "columns", "flt", "namespace", "other", "other_want", "want")
 
     def __init__(self, flt: EventFilter) -> None:
         fields = [(field, column) for field, column in FIELDS if getattr(flt, field) is not None]
         self.flt = flt
         self.columns = tuple(column for _, column in fields)
         want = tuple(wanted(getattr(flt, field)) for field, _ in fields)
-        self.want: Any = want if len(want) > 1 else want[0] if want else None  # as the index keys it
+        self.want: Any = want  # the value of each column in ``columns``
+        self.namespace: str | None = wanted(flt.namespace) if flt.namespace is not None else None
+        # the columns but the namespace, read as one value (a tuple for several), and the value wanted there
+        other = [(column, value) for column, value in zip(self.columns, want, strict=True) if column != "namespace"]
+        self.other: Callable[[Any], Any] | None = itemgetter(*(_AT[c] for c, _ in other)) if other else None
+        self.other_want: Any = tuple(v for _, v in other) if len(other) > 1 else other[0][1] if other else None
         self.check = flt.since is not None or flt.until is not None or flt.cluster is not None or flt.source is not None
 
 
 class Segment:
     """The rows of one store read: complete in (``after``, ``last``]."""
 
-    __slots__ = ("_index", "_matches", "after", "bytes", "entries", "gone", "last", "lines")
+    __slots__ = ("_matches", "_namespaces", "after", "bytes", "entries", "gone", "last", "lines")
 
     def __init__(self, after: int, rows: list[tuple[Any, ...]]) -> None:
         """``rows``: (seq, *RingRow) as Store.rows_after reads them."""
@@ -128,7 +135,7 @@ class Segment:
         self.bytes = sum(len(e.event) for e in self.entries) + ENTRY_OVERHEAD * len(self.entries)
         self.lines: dict[Hashable, dict[int, bytes]] = {}  # watch lines by encoding, then seq: made on first use
         self.gone = False  # left the ring (its lines no longer count in the ring's bytes)
-        self._index: dict[tuple[str, ...], dict[Any, list[Entry]]] = {}
+        self._namespaces: dict[str, list[Entry]] | None = None  # the entries of each namespace: made on first use
         self._matches: dict[Plan, list[Entry]] = {}
 
     def matching(self, plan: Plan, after: int) -> list[Entry]:
@@ -143,18 +150,19 @@ class Segment:
 
     def _candidates(self, plan: Plan) -> list[Entry]:
         """The entries equal to the filter on every column it sets (what ``matches`` checks but the time
-        range and the origin), from an index over those columns built on first use (plans of the same
-        shape share it)."""
-        columns = plan.columns
-        if not columns:
-            return self.entries
-        index = self._index.get(columns)
-        if index is None:
-            index = self._index[columns] = {}
-            key = attrgetter(*columns)  # a tuple for several columns, the value for one
-            for e in self.entries:
-                index.setdefault(key(e), []).append(e)
-        return index.get(plan.want, [])
+        range and the origin): those of its namespace, then the other columns compared by ``map`` and
+        ``compress``, in C. Once per distinct filter: 200 watches are ~200 filters of ~11 shapes, so an
+        index per shape (a loop of bytecode per entry for each) cost more than these scans of C."""
+        entries = self.entries
+        if plan.namespace is not None:
+            if self._namespaces is None:  # sorted is stable: each namespace's entries stay in seq order
+                by = itemgetter(_AT["namespace"])
+                self._namespaces = {ns: list(group) for ns, group in groupby(sorted(entries, key=by), key=by)}
+            entries = self._namespaces.get(plan.namespace, [])
+        if plan.other is None:
+            return entries
+        # (eq, not the wanted value's __eq__: that says NotImplemented, which is true, for another type)
+        return list(compress(entries, map(eq, map(plan.other, entries), repeat(plan.other_want))))
 
 
 class Ring:

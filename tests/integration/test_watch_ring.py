@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 import tailer.api.watch as watch_module
-from tailer.api.ring import Plan, Ring, RingRow, Segment, matches
+from tailer.api.ring import Entry, Plan, Ring, RingRow, Segment, matches
 from tailer.api.routes import PREFIX
 from tailer.store import EventFilter
 from tests.helpers.apitest import ADMIN, SCENARIO, Api, GatedResponse, api_fixture, resource_tracker  # noqa: F401 - fixtures
@@ -256,6 +256,7 @@ def test_watchers_of_equal_filters_share_one_plan_while_they_hold_it() -> None:
     assert ring.plan(EventFilter(namespace="shop", verb="patch")) is first
     assert ring.plan(EventFilter(namespace="shop")) is not first
     assert (first.columns, first.want, first.check) == (("namespace", "verb"), ("shop", "patch"), False)
+    assert (first.namespace, first.other_want, first.other(Entry(*range(12)))) == ("shop", "patch", 6)  # type: ignore[arg-type]
     assert ring.plan(EventFilter(since=1.0)).check and ring.plan(EventFilter(cluster="eu")).check
     del first
     gc.collect()
