@@ -5,7 +5,8 @@ each event encoded once per encoding) and sleep until the ring took new events o
 A watcher below the ring (it resumes from further back, or wrote too slowly while the ring moved on)
 reads the store by sequence (``seq > last``), a batch at a time, until it is back in the ring's range:
 either way it sees every event after its resourceVersion once, in sequence order. So a watcher holds at
-most one batch in memory; one that cannot take a batch within ``write_timeout`` is cut off with a final
+most one batch in memory, and at most ``CATCH_UP`` watchers read the store at once (the others wait their
+turn, holding nothing); one that cannot take a batch within ``write_timeout`` is cut off with a final
 ERROR line saying where to resume. At most ``max_watchers`` are open at once; more answer 429 with a
 Retry-After header.
 
@@ -23,6 +24,7 @@ the shutdown past its deadline).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
@@ -40,6 +42,7 @@ from tailer.metrics import TailerMetrics
 from tailer.store import EventFilter, Store
 
 WATCH_BATCH = 500
+CATCH_UP = 8  # watchers reading the store (behind the ring) at once, each holding one batch until written
 BOOKMARK_EVERY = 30.0
 RETRY_AFTER = 5  # seconds a refused watcher is asked to wait (Retry-After)
 log = get_logger(component="api")
@@ -96,6 +99,7 @@ class Watches:
                  ring_events: int = 20_000, ring_bytes: int = 64 * 1024**2) -> None:
         self.store, self.hub, self.metrics = store, hub, metrics
         self.poll, self.write_timeout, self.recheck, self.max_watchers = poll, write_timeout, recheck, max_watchers
+        self.catch_up = asyncio.Semaphore(CATCH_UP)
         self.ring = Ring(store, hub.wake, hub.feed, lambda: 0 if hub.closed else len(hub), metrics, poll, ring_events, ring_bytes)
 
     async def serve(self, request: web.Request, flt: EventFilter, rv: int | None, timeout: float | None = None,
@@ -165,29 +169,35 @@ class Watches:
                     return
             flag.clear()
             segments = self.ring.after(last)
-            if segments is None:  # not in the ring (yet, or any more): read the store
-                mark, lines, top, full = await self._from_store(flt, last, keep, line, behind=in_ring)
-                in_ring = False
-            else:
-                in_ring = True
-                mark, lines, top, full = self._from_ring(segments, plan, last, keep, line, encoding)
-            if mark > pruned and mark > last:
-                await self.final(response, status(410, "Expired", too_old(last, mark)))
-                self.metrics.watchers_expired.inc()
-                log.warning("watch_expired", resource_version=last, pruned=mark)
-                return
-            pruned, last = max(pruned, mark), top
-            if lines:
-                try:
-                    async with asyncio.timeout(self.write_timeout):
-                        await response.write(b"".join(lines))
-                except TimeoutError:
-                    await self.cut_off(response, last)
+            # A watcher that reads the store holds a batch of its own until it is written: at most
+            # ``catch_up`` of them at once (all watchers falling behind together held 200 batches)
+            async with self.catch_up if segments is None else contextlib.nullcontext():
+                if segments is None:  # not in the ring (yet, or any more): read the store
+                    if self.hub.closed or gone():  # (it left, or the tailer stops, while it waited its turn)
+                        continue
+                    mark, lines, top, full = await self._from_store(flt, last, keep, line, behind=in_ring)
+                    in_ring = False
+                else:
+                    in_ring = True
+                    mark, lines, top, full = self._from_ring(segments, plan, last, keep, line, encoding)
+                if mark > pruned and mark > last:
+                    await self.final(response, status(410, "Expired", too_old(last, mark)))
+                    self.metrics.watchers_expired.inc()
+                    log.warning("watch_expired", resource_version=last, pruned=mark)
                     return
-                quiet_since = time.monotonic()
+                pruned, last = max(pruned, mark), top
+                if lines:
+                    try:
+                        async with asyncio.timeout(self.write_timeout):
+                            await response.write(b"".join(lines))
+                    except TimeoutError:
+                        await self.cut_off(response, last)
+                        return
+                    quiet_since = time.monotonic()
+                wrote, lines = bool(lines), []  # (its batch is written: free before the next watcher reads)
             if full:
                 continue
-            if not lines and bookmarks and time.monotonic() - quiet_since > BOOKMARK_EVERY:  # finds gone clients
+            if not wrote and bookmarks and time.monotonic() - quiet_since > BOOKMARK_EVERY:  # finds gone clients
                 await self._bookmark(response, last)
                 quiet_since = time.monotonic()
             wait = self.poll if deadline is None else max(0.0, min(self.poll, deadline - time.monotonic()))

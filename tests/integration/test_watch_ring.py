@@ -1,6 +1,7 @@
 """The watch ring (tailer/api/ring.py) over SQLite and PostgreSQL: it selects what the store's filter
 selects, watchers share one store read per commit and one encoding per event, a watcher that falls
-behind the ring catches up from the store without gaps or repeats, and the cap answers 429."""
+behind the ring catches up from the store without gaps or repeats (a few at a time), and the cap answers
+429."""
 
 from __future__ import annotations
 
@@ -185,6 +186,35 @@ async def test_a_watcher_behind_the_ring_catches_up_from_the_store_without_gaps_
         await watcher
     assert [e["object"]["auditID"] for e in gated.lines] == [f"behind-{n}" for n in range(31)]
     assert api.api.metrics.watchers_behind._value.get() == 1
+
+
+async def test_at_most_catch_up_watchers_read_the_store_at_once_and_the_rest_wait_their_turn(api: Api, monkeypatch: Any) -> None:
+    watches = api.api.watches
+    watches.catch_up = asyncio.Semaphore(2)
+    await api.insert([event(n) for n in range(30)])  # before the ring: every watcher from 0 reads the store
+    reads = []
+    original = api.store.sourced_json
+
+    def counted(*args: Any) -> Any:
+        reads.append(args[1])  # (the position it reads after)
+        return original(*args)
+
+    monkeypatch.setattr(api.store, "sourced_json", counted)
+    gated = [GatedResponse() for _ in range(6)]
+    tasks = [asyncio.create_task(watches.stream(g, EventFilter(), 0, api.hub.register())) for g in gated]  # type: ignore[arg-type]
+    async with asyncio.timeout(10):
+        while sum(g.writing.is_set() for g in gated) < 2 or len(watches.catch_up._waiters or ()) < 4:
+            await asyncio.sleep(0.01)  # polling the watchers' state, not synchronisation
+    assert reads == [0, 0]  # two read a batch and hold it while they write; four wait, holding nothing
+    for g in gated:
+        g.gate.set()
+    async with asyncio.timeout(10):
+        while any(len(g.lines) < 30 for g in gated):
+            await asyncio.sleep(0.01)
+    api.hub.close()
+    async with asyncio.timeout(10):
+        await asyncio.gather(*tasks)
+    assert all([e["object"]["auditID"] for e in g.lines] == [f"behind-{n}" for n in range(30)] for g in gated)
 
 
 async def test_watchers_beyond_the_cap_get_429_with_retry_after(api: Api) -> None:
