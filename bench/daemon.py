@@ -57,6 +57,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_seconds(pid: int) -> dict[int, tuple[float, float]]:
+    """Each live thread of a process: (user + system, system) CPU seconds, by thread id (the main
+    thread's id is the process's)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # (it ended meanwhile)
+            continue
+        tick = os.sysconf("SC_CLK_TCK")
+        out[int(task.name)] = ((int(fields[11]) + int(fields[12])) / tick, int(fields[12]) / tick)
+    return out
+
+
 def peak_rss_mb(pid: int) -> float:
     """The peak RSS (VmHWM) of a live process, MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

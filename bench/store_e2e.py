@@ -3,8 +3,10 @@
 A sender here (not the forwarder: it would share the two cores and blur the tailer's figure) sends
 ``--events`` realistic events (bench/events.py) as CompressedPackedForward chunks of 1,000 events, 4 in
 flight, and waits for every ack; the tailer prints to /dev/null. Reported per run: events/s and the tailer's
-CPU per event (user + system, from /proc). The ratio is CPU per event with ``--store none`` over with the
-SQLite store (1.0 = the store costs nothing). Trees and stores are interleaved ``--runs`` times; medians.
+CPU per event (user + system, from /proc), and where it went: the event loop (the main thread) and the
+busiest other thread (with a store: its writer), each with its share of a core and of kernel time. The ratio is
+CPU per event with ``--store none`` over with the SQLite store (1.0 = the store costs nothing). Trees and
+stores are interleaved ``--runs`` times; medians.
 
     python -m bench.store_e2e [--events 100000] [--runs 3] [--before 8a254db]
 """
@@ -25,7 +27,7 @@ HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 
 import fluent_forward as ff  # noqa: E402
-from bench.daemon import cpu_seconds  # noqa: E402
+from bench.daemon import cpu_seconds, thread_seconds  # noqa: E402
 from bench.events import many  # noqa: E402
 from bench.store_perf import unpack  # noqa: E402
 from bench.synth import free_port  # noqa: E402
@@ -69,8 +71,21 @@ def send_all(sock: socket.socket, data: list[tuple[str, bytes]], window: int = 4
     return time.perf_counter() - start
 
 
-def run(tree: Path, store: str, data: list[tuple[str, bytes]], n: int) -> tuple[float, float]:
-    """(events/s, tailer CPU µs per event)."""
+def threads(before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]], pid: int, n: int,
+            elapsed: float) -> str:
+    """The loop's and the busiest other thread's CPU per event, share of a core and kernel part."""
+    used = {tid: (c - before.get(tid, (0.0, 0.0))[0], k - before.get(tid, (0.0, 0.0))[1]) for tid, (c, k) in after.items()}
+    others = sorted((t for t in used if t != pid), key=lambda t: -used[t][0])
+    out = []
+    for name, tid in (("loop", pid), ("busiest other thread", others[0] if others else None)):
+        if tid is not None and used[tid][0] > 0:
+            cpu, kernel = used[tid]
+            out.append(f"{name} {cpu / n * 1e6:.0f} µs ({cpu / elapsed:.0%} of a core, kernel {kernel / n * 1e6:.1f})")
+    return ", ".join(out)
+
+
+def run(tree: Path, store: str, data: list[tuple[str, bytes]], n: int) -> tuple[float, float, str]:
+    """(events/s, tailer CPU µs per event, where it went by thread)."""
     port, http = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "wb") as null:
         env = dict(os.environ, PYTHONPATH=str(tree), KUBECONFIG=os.devnull)
@@ -79,13 +94,14 @@ def run(tree: Path, store: str, data: list[tuple[str, bytes]], n: int) -> tuple[
                                  "--configmaps", "false"], stdout=null, env=env, cwd=str(tree))
         try:
             sock = connect(port)
-            idle = cpu_seconds(proc.pid)
+            idle, at_rest = cpu_seconds(proc.pid), thread_seconds(proc.pid)
             elapsed = send_all(sock, data)
             cpu = cpu_seconds(proc.pid) - idle
+            split = threads(at_rest, thread_seconds(proc.pid), proc.pid, n, elapsed)
         finally:
             proc.terminate()
             proc.wait(30)
-    return n / elapsed, cpu / n * 1e6
+    return n / elapsed, cpu / n * 1e6, split
 
 
 def main() -> int:
@@ -104,10 +120,10 @@ def main() -> int:
         for r in range(a.runs):
             for name, tree in trees.items():
                 for store in ("sqlite", "none"):
-                    eps, us = run(tree, store, data, a.events)
+                    eps, us, split = run(tree, store, data, a.events)
                     got.setdefault((name, store), []).append((eps, us))
-                    print(f"run {r + 1} {name} --store {store}: {eps:,.0f} events/s, {us:.0f} µs tailer CPU/event",
-                          flush=True)
+                    print(f"run {r + 1} {name} --store {store}: {eps:,.0f} events/s, {us:.0f} µs tailer CPU/event "
+                          f"({split})", flush=True)
     print(f"\nmedians of {a.runs} runs, {a.events} events")
     for name in trees:
         med = {s: (statistics.median(e for e, _ in got[(name, s)]), statistics.median(u for _, u in got[(name, s)]))
