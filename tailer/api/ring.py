@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from bisect import bisect_right
 from collections import deque, namedtuple
 from collections.abc import Callable, Hashable
 from itertools import compress, groupby, repeat
@@ -42,6 +43,7 @@ WAKE_EVERY = 0.1  # seconds: while the ring catches up on a large commit, it wak
 # faster than this (a commit after a quiet spell wakes them at once). 0.5 s against 0.1 s: the API process
 # 18-23% less CPU per event under full ingest with 200 watchers (bench/watchers.py, 11 interleaved pairs)
 WAKE_GAP = 0.5
+GAP_SHARE = 0.8  # of the ring's events, at most, come in one WAKE_GAP (wake_gap)
 ENTRY_OVERHEAD = 900  # bytes of Python objects per event beside its JSON and lines (measured: row, strings, index)
 # (EventFilter field, store column) of the equality filters, in the order the index prefers them
 FIELDS: tuple[tuple[str, str], ...] = (
@@ -52,6 +54,18 @@ FIELDS: tuple[tuple[str, str], ...] = (
 # cluster and source filters compare its names), and the JSON bytes (last)
 RingRow = namedtuple("RingRow", ["ts", *dict.fromkeys(column for _, column in FIELDS), "origin", "event"])  # type: ignore[misc]
 log = get_logger(component="api")
+
+
+def wake_gap(events: int, seconds: float, max_events: int) -> float:
+    """How long the ring waits after a wake before it reads again: ``WAKE_GAP``, or less when events come so
+    fast (``events`` in the last ``seconds``) that a gap would bring more than ``GAP_SHARE`` of the ring: a
+    gap that brings the whole ring drops, before the next wake, what even a watcher that took the last one
+    whole has not read, and every watcher falls behind at once (at ~28,000 events/s, 0.5 s brought 14,000
+    into a 10,000-event ring: all 200 watchers of bench.watchers fell behind and read the store). Each wake
+    costs every watcher a write: the share leaves the watchers some room, not more."""
+    if events <= 0 or seconds <= 0:
+        return WAKE_GAP
+    return min(WAKE_GAP, GAP_SHARE * max_events / (events / seconds))
 
 
 def wanted(value: Any) -> Any:
@@ -98,6 +112,7 @@ class Entry(NamedTuple):
 
 assert Entry._fields == ("seq", *RingRow._fields), "Entry: the seq, then RingRow's fields"
 _AT = {name: i for i, name in enumerate(Entry._fields)}  # an Entry's fields by place (itemgetter: no attribute lookup)
+_SEQ = itemgetter(0)
 
 
 class Plan:
@@ -146,7 +161,7 @@ class Segment:
             if plan.check:  # (else the index said all ``matches`` would)
                 found = [e for e in found if matches(plan.flt, e)]
             self._matches[plan] = found
-        return found if after <= self.after else [e for e in found if e.seq > after]
+        return found if after <= self.after else found[bisect_right(found, after, key=_SEQ):]  # (in seq order)
 
     def _candidates(self, plan: Plan) -> list[Entry]:
         """The entries equal to the filter on every column it sets (what ``matches`` checks but the time
@@ -224,21 +239,24 @@ class Ring:
             self.pruned = await self.store.pruned()
             self.running = True
             pending, woken = False, time.monotonic()  # pending: appended since the watchers were woken
+            since = 0  # events appended since the watchers were woken
             while self.watchers():
                 self.feed.clear()
                 rows = await self.store.rows_after(self.last, FEED_BATCH, RingRow._fields[:-1])
                 pruned = await self.store.pruned()  # after the rows, as watchers read it (watch.py)
                 if rows or pruned != self.pruned:
                     self.append(rows, pruned)
-                    pending = True
+                    pending, since = True, since + len(rows)
                 full = len(rows) == FEED_BATCH
                 # Catching up on a large commit: wake the watchers at the end (or every WAKE_EVERY
                 # seconds), for fewer, larger writes to each of them.
                 if pending and (not full or time.monotonic() - woken >= WAKE_EVERY):
                     self.wake()
-                    pending, woken = False, time.monotonic()
+                    now = time.monotonic()
+                    gap = wake_gap(since, now - woken, self.max_events)
+                    pending, woken, since = False, now, 0
                     if not full:  # commits that come meanwhile are read (and written) together
-                        await asyncio.sleep(WAKE_GAP)
+                        await asyncio.sleep(gap)
                 if full:
                     continue
                 try:

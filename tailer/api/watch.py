@@ -42,6 +42,7 @@ from tailer.metrics import TailerMetrics
 from tailer.store import EventFilter, Store
 
 WATCH_BATCH = 500
+WRITE_BYTES = 128 * 1024  # a watcher's lines from the ring per write, at most (about)
 CATCH_UP = 8  # watchers reading the store (behind the ring) at once, each holding one batch until written
 BOOKMARK_EVERY = 30.0
 RETRY_AFTER = 5  # seconds a refused watcher is asked to wait (Retry-After)
@@ -236,16 +237,20 @@ class Watches:
     def _from_ring(self, segments: list[Segment], plan: Plan, last: int,
                    keep: Callable[[dict[str, Any]], bool] | None, line: Callable[[int, Stored, SourceId], bytes],
                    encoding: Hashable) -> tuple[int, list[bytes], int, bool]:
-        """The same from the ring: each line made once per encoding, shared with every other watcher."""
+        """The same from the ring: each line made once per encoding, shared with every other watcher. At most
+        ``WRITE_BYTES`` (or ``WATCH_BATCH`` lines) per write, the rest at once after it: a watcher whose client
+        is slow holds one write's lines (and their copies on the way to the socket) while it waits."""
         lines: list[bytes] = []
-        top = last
+        size, top = 0, last
         for segment in segments:
             for entry in segment.matching(plan, top):
                 if keep is None or keep(entry.parsed()):
-                    lines.append(self.ring.line(segment, entry, encoding, line))
+                    made = self.ring.line(segment, entry, encoding, line)
+                    lines.append(made)
+                    size += len(made)
+                    if size >= WRITE_BYTES or len(lines) >= WATCH_BATCH:  # (a place inside the segment)
+                        return self.ring.pruned, lines, entry.seq, entry.seq < self.ring.last
             top = segment.last
-            if len(lines) >= WATCH_BATCH:
-                break
         return self.ring.pruned, lines, top, top < self.ring.last
 
     async def _revoked(self, response: web.StreamResponse, still_allowed: Callable[[], Awaitable[bool]], last: int,

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 import tailer.api.watch as watch_module
-from tailer.api.ring import Entry, Plan, Ring, RingRow, Segment, matches
+from tailer.api.ring import WAKE_GAP, Entry, Plan, Ring, RingRow, Segment, matches, wake_gap
 from tailer.api.routes import PREFIX
 from tailer.store import EventFilter
 from tests.helpers.apitest import ADMIN, SCENARIO, Api, GatedResponse, api_fixture, resource_tracker  # noqa: F401 - fixtures
@@ -217,6 +217,34 @@ async def test_at_most_catch_up_watchers_read_the_store_at_once_and_the_rest_wai
     assert all([e["object"]["auditID"] for e in g.lines] == [f"behind-{n}" for n in range(30)] for g in gated)
 
 
+async def test_a_watcher_writes_at_most_write_bytes_of_ring_lines_at_once_and_misses_none(api: Api, monkeypatch: Any) -> None:
+    watches = api.api.watches
+    writes: list[bytes] = []
+
+    class Recording:
+        async def write(self, data: bytes) -> None:
+            writes.append(data)
+
+        async def write_eof(self) -> None:
+            pass
+
+    watcher = asyncio.create_task(watches.stream(Recording(), EventFilter(), await api.store.head(), api.hub.register()))  # type: ignore[arg-type]
+    async with asyncio.timeout(10):
+        while not watches.ring.running:
+            await asyncio.sleep(0.01)  # polling the ring's state, not synchronisation
+    monkeypatch.setattr(watch_module, "WRITE_BYTES", 2 * len(watch_module.with_rv(1, orjson.dumps(event(0)))))
+    await api.insert([event(n) for n in range(9)])  # one commit: one segment, written two lines at a time
+    async with asyncio.timeout(10):
+        while sum(data.count(b"\n") for data in writes) < 9:
+            await asyncio.sleep(0.01)
+    api.hub.close()
+    async with asyncio.timeout(10):
+        await watcher
+    assert [data.count(b"\n") for data in writes] == [2, 2, 2, 2, 1]
+    lines = [orjson.loads(line) for data in writes for line in data.splitlines()]
+    assert [e["object"]["auditID"] for e in lines] == [f"behind-{n}" for n in range(9)]
+
+
 async def test_watchers_beyond_the_cap_get_429_with_retry_after(api: Api) -> None:
     api.api.watches.max_watchers = 2
     url = PREFIX + "/auditevents"
@@ -276,6 +304,13 @@ async def test_each_watcher_gets_exactly_its_events_in_order_whether_its_filter_
         assert {g["type"] for g in got} == {"ADDED"}
         resp.close()
     assert len({len(await api.store.events(flt, start, 10_000)) for _, _, flt in specs}) == 4  # 4 different selections
+
+
+def test_the_ring_waits_less_between_wakes_when_a_gap_would_bring_most_of_it() -> None:
+    assert wake_gap(1_000, 0.6, 10_000) == WAKE_GAP  # 1,667 events/s: a gap brings ~830
+    assert wake_gap(0, 0.0, 10_000) == WAKE_GAP
+    assert abs(wake_gap(14_000, 0.5, 10_000) - 8_000 / 28_000) < 1e-9  # 28,000 events/s: GAP_SHARE of the ring
+    assert wake_gap(14_000, 0.5, 10_000) * 28_000 <= 10_000 * 0.8
 
 
 def test_watchers_of_equal_filters_share_one_plan_while_they_hold_it() -> None:
