@@ -13,10 +13,12 @@ Each segment answers "which of my rows does this filter select" once per distinc
 the same filter reuses the list): from its rows of the filter's namespace (grouped once per segment: the
 column nearly every watch sets), the other columns compared in C (``Segment._candidates``). Each event's
 watch line is encoded once per encoding (``Ring.line``), not once per watcher. ``matches`` is what a
-filter means, over the named fields in ``FIELDS``: a new filter column is one more line there (and in ``Entry``, which the import checks against
-it, in EventFilter and in the store's columns).
+filter means, over the named fields in ``FIELDS``: a new filter column is one more line there (and in
+``Entry``, which the import checks against it, in EventFilter and in the store's columns).
 The ring is bounded by events and by bytes (the JSON, the encoded lines and a per-event estimate of the
-Python objects); the oldest segments leave first.
+Python objects); the oldest segments leave first. Between two wakes of the watchers it waits, so that
+commits that come meanwhile are written together, but never so long that the next read would make it
+drop what the watchers were not yet woken for (``Ring._gap``).
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ WAKE_EVERY = 0.1  # seconds: while the ring catches up on a large commit, it wak
 # faster than this (a commit after a quiet spell wakes them at once). 0.5 s against 0.1 s: the API process
 # 18-23% less CPU per event under full ingest with 200 watchers (bench/watchers.py, 11 interleaved pairs)
 WAKE_GAP = 0.5
-GAP_SHARE = 0.8  # of the ring's events, at most, come in one WAKE_GAP (wake_gap)
-ENTRY_OVERHEAD = 900  # bytes of Python objects per event beside its JSON and lines (measured: row, strings, index)
-# (EventFilter field, store column) of the equality filters, in the order the index prefers them
+GAP_SHARE = 0.8  # of the ring's room, at most, is read after one gap between wakes (Ring._gap)
+ENTRY_OVERHEAD = 900  # bytes of Python objects per event beside its JSON and lines (measured: row, strings, lists)
+# (EventFilter field, store column) of the equality filters
 FIELDS: tuple[tuple[str, str], ...] = (
     ("namespace", "namespace"), ("name", "name"), ("user", "username"), ("resource", "resource"),
     ("verb", "verb"), ("group", "api_group"), ("level", "level"), ("code", "code"),
@@ -54,18 +56,6 @@ FIELDS: tuple[tuple[str, str], ...] = (
 # cluster and source filters compare its names), and the JSON bytes (last)
 RingRow = namedtuple("RingRow", ["ts", *dict.fromkeys(column for _, column in FIELDS), "origin", "event"])  # type: ignore[misc]
 log = get_logger(component="api")
-
-
-def wake_gap(events: int, seconds: float, max_events: int) -> float:
-    """How long the ring waits after a wake before it reads again: ``WAKE_GAP``, or less when events come so
-    fast (``events`` in the last ``seconds``) that a gap would bring more than ``GAP_SHARE`` of the ring: a
-    gap that brings the whole ring drops, before the next wake, what even a watcher that took the last one
-    whole has not read, and every watcher falls behind at once (at ~28,000 events/s, 0.5 s brought 14,000
-    into a 10,000-event ring: all 200 watchers of bench.watchers fell behind and read the store). Each wake
-    costs every watcher a write: the share leaves the watchers some room, not more."""
-    if events <= 0 or seconds <= 0:
-        return WAKE_GAP
-    return min(WAKE_GAP, GAP_SHARE * max_events / (events / seconds))
 
 
 def wanted(value: Any) -> Any:
@@ -117,8 +107,8 @@ _SEQ = itemgetter(0)
 
 class Plan:
     """What a filter asks of each segment, worked out once per filter (``Ring.plan``), not once per
-    segment: the columns it sets (its index's shape), the values it wants there, and whether ``matches``
-    must still check each candidate (a time range, a cluster or a source). Watchers with equal filters
+    segment: the columns it sets, the values it wants there, and whether ``matches`` must still check
+    each candidate (a time range, a cluster or a source). Watchers with equal filters
     share one plan, and so each segment's list of their entries."""
 
     __slots__ = ("__weakref__", "check", "columns", "flt", "namespace", "other", "other_want", "want")
@@ -158,7 +148,7 @@ class Segment:
         found = self._matches.get(plan)
         if found is None:
             found = self._candidates(plan)
-            if plan.check:  # (else the index said all ``matches`` would)
+            if plan.check:  # (else the columns said all ``matches`` would)
                 found = [e for e in found if matches(plan.flt, e)]
             self._matches[plan] = found
         return found if after <= self.after else found[bisect_right(found, after, key=_SEQ):]  # (in seq order)
@@ -239,24 +229,21 @@ class Ring:
             self.pruned = await self.store.pruned()
             self.running = True
             pending, woken = False, time.monotonic()  # pending: appended since the watchers were woken
-            since = 0  # events appended since the watchers were woken
             while self.watchers():
                 self.feed.clear()
                 rows = await self.store.rows_after(self.last, FEED_BATCH, RingRow._fields[:-1])
                 pruned = await self.store.pruned()  # after the rows, as watchers read it (watch.py)
                 if rows or pruned != self.pruned:
                     self.append(rows, pruned)
-                    pending, since = True, since + len(rows)
+                    pending = True
                 full = len(rows) == FEED_BATCH
                 # Catching up on a large commit: wake the watchers at the end (or every WAKE_EVERY
                 # seconds), for fewer, larger writes to each of them.
                 if pending and (not full or time.monotonic() - woken >= WAKE_EVERY):
                     self.wake()
-                    now = time.monotonic()
-                    gap = wake_gap(since, now - woken, self.max_events)
-                    pending, woken, since = False, now, 0
+                    pending, woken = False, time.monotonic()
                     if not full:  # commits that come meanwhile are read (and written) together
-                        await asyncio.sleep(gap)
+                        await self._gap()
                 if full:
                     continue
                 try:
@@ -270,6 +257,25 @@ class Ring:
             self.clear()
             self._task = None
             self.wake()
+
+    async def _gap(self) -> None:
+        """``WAKE_GAP`` after a wake, or less: it ends once the store holds ``GAP_SHARE`` of the ring's room
+        beyond what the ring read (looked at every ``WAKE_EVERY``). A gap that brought more would have the
+        ring drop, before the next wake, what even a watcher that took the last one whole has not read: at
+        ~28,000 events/s a whole 0.5 s brought 14,000 events into the 10,000-event ring, and all 200 watchers
+        of bench.watchers fell behind it at once and read the store."""
+        end = time.monotonic() + WAKE_GAP
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(WAKE_EVERY, left))
+            if await self.store.head() - self.last >= GAP_SHARE * self.room():
+                return
+
+    def room(self) -> float:
+        """How many events the ring holds at most: ``max_events``, or fewer where ``max_bytes`` binds first
+        (at the bytes per event it holds now)."""
+        if not self.events:
+            return self.max_events
+        return min(self.max_events, self.max_bytes * self.events / max(self.bytes, 1))
 
     def append(self, rows: list[tuple[Any, ...]], pruned: int) -> None:
         self.pruned = pruned

@@ -17,14 +17,13 @@ means "from the oldest event kept".
 
 A stream also ends when its ``timeoutSeconds`` pass (cleanly, as kube-apiserver does), when the
 authorization it started with is revoked (re-checked every ``recheck`` seconds: ERROR 403), and when the
-tailer shuts down (``WatchHub.close``: every watcher wakes and ends at once, so an open watch never holds
-the shutdown past its deadline).
+tailer shuts down (``WatchHub.close``: every watcher wakes and ends at once, one waiting its turn to read
+the store within a ``poll``, so an open watch never holds the shutdown past its deadline).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
@@ -44,6 +43,7 @@ from tailer.store import EventFilter, Store
 WATCH_BATCH = 500
 WRITE_BYTES = 128 * 1024  # a watcher's lines from the ring per write, at most (about)
 CATCH_UP = 8  # watchers reading the store (behind the ring) at once, each holding one batch until written
+TURN_HOLD = 1.0  # seconds a watcher writing its batch from the store keeps its turn at most (Watches._write)
 BOOKMARK_EVERY = 30.0
 RETRY_AFTER = 5  # seconds a refused watcher is asked to wait (Retry-After)
 log = get_logger(component="api")
@@ -92,6 +92,20 @@ def too_old(rv: int, pruned: int) -> str:
 
 def with_rv(seq: int, event: Stored, source: SourceId | None = None) -> bytes:
     return dump({**(loads(event) if isinstance(event, bytes) else event), "metadata": {"resourceVersion": str(seq)}})
+
+
+class _Turn:
+    """One of the ``Watches.catch_up`` permits, given back once."""
+
+    __slots__ = ("_semaphore",)
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore: asyncio.Semaphore | None = semaphore
+
+    def give_back(self) -> None:
+        if self._semaphore is not None:
+            self._semaphore.release()
+            self._semaphore = None
 
 
 class Watches:
@@ -170,11 +184,12 @@ class Watches:
                     return
             flag.clear()
             segments = self.ring.after(last)
-            # A watcher that reads the store holds a batch of its own until it is written: at most
-            # ``catch_up`` of them at once (all watchers falling behind together held 200 batches)
-            async with self.catch_up if segments is None else contextlib.nullcontext():
-                if segments is None:  # not in the ring (yet, or any more): read the store
-                    if self.hub.closed or gone():  # (it left, or the tailer stops, while it waited its turn)
+            turn: _Turn | None = None
+            try:
+                if segments is None:  # not in the ring (yet, or any more): read the store, in turn
+                    self.ring.ensure_running()
+                    turn = await self._turn(gone, deadline)
+                    if turn is None:  # (none within a poll: look again at what ends the watch or moves it)
                         continue
                     mark, lines, top, full = await self._from_store(flt, last, keep, line, behind=in_ring)
                     in_ring = False
@@ -182,20 +197,23 @@ class Watches:
                     in_ring = True
                     mark, lines, top, full = self._from_ring(segments, plan, last, keep, line, encoding)
                 if mark > pruned and mark > last:
+                    if turn is not None:
+                        turn.give_back()
                     await self.final(response, status(410, "Expired", too_old(last, mark)))
                     self.metrics.watchers_expired.inc()
                     log.warning("watch_expired", resource_version=last, pruned=mark)
                     return
                 pruned, last = max(pruned, mark), top
+                wrote = bool(lines)
                 if lines:
-                    try:
-                        async with asyncio.timeout(self.write_timeout):
-                            await response.write(b"".join(lines))
-                    except TimeoutError:
+                    data, lines = b"".join(lines), []
+                    if not await self._write(response, data, turn):
                         await self.cut_off(response, last)
                         return
                     quiet_since = time.monotonic()
-                wrote, lines = bool(lines), []  # (its batch is written: free before the next watcher reads)
+            finally:
+                if turn is not None:
+                    turn.give_back()
             if full:
                 continue
             if not wrote and bookmarks and time.monotonic() - quiet_since > BOOKMARK_EVERY:  # finds gone clients
@@ -207,6 +225,42 @@ class Watches:
                     await flag.wait()
             except TimeoutError:
                 pass
+
+    async def _turn(self, gone: Callable[[], bool], deadline: float | None) -> _Turn | None:
+        """One of the ``catch_up`` turns to read the store; None when none came within a poll (or the watch
+        is over), so that the stream looks again at what ends it (the tailer stopping, its deadline, its
+        client gone, its authorization revoked) or brings it back into the ring."""
+        if self.hub.closed or gone():
+            return None
+        wait = self.poll if deadline is None else max(0.0, min(self.poll, deadline - time.monotonic()))
+        try:
+            async with asyncio.timeout(wait):
+                await self.catch_up.acquire()
+        except TimeoutError:
+            return None
+        return _Turn(self.catch_up)
+
+    async def _write(self, response: web.StreamResponse, data: bytes, turn: _Turn | None) -> bool:
+        """``data`` written within ``write_timeout``, else False (the client does not read). A watcher
+        writing a batch from the store in its turn gives the turn back after ``TURN_HOLD`` seconds of
+        writing: a client that reads slowly keeps its own batch waiting, not the other watchers' turns."""
+        try:
+            if turn is None:
+                async with asyncio.timeout(self.write_timeout):
+                    await response.write(data)
+                return True
+            hold = min(TURN_HOLD, self.write_timeout / 2)
+            write = asyncio.ensure_future(response.write(data))
+            try:
+                await asyncio.wait({write}, timeout=hold)
+                turn.give_back()
+                async with asyncio.timeout(self.write_timeout - hold):
+                    await write
+            finally:
+                write.cancel()  # (done: nothing; else the client did not take it, or this watch was cancelled)
+            return True
+        except TimeoutError:
+            return False
 
     async def _from_store(self, flt: EventFilter, last: int, keep: Callable[[dict[str, Any]], bool] | None,
                           line: Callable[[int, Stored, SourceId], bytes], behind: bool
@@ -273,7 +327,7 @@ class Watches:
         """The client does not read fast enough: one final line, then close (the rest would only pile up)."""
         self.metrics.watchers_cut_off.inc()
         log.warning("watch_cut_off", resource_version=last, write_timeout=self.write_timeout)
-        message = (f"watch closed: the client did not read {WATCH_BATCH} events within {self.write_timeout}s; "
+        message = (f"watch closed: the client did not read a batch of events within {self.write_timeout}s; "
                    f"resume with resourceVersion={last}")
         await self.final(response, status(504, "SlowConsumer", message, resourceVersion=str(last)))
 

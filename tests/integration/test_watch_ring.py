@@ -12,8 +12,9 @@ from typing import Any
 
 import orjson
 
+import tailer.api.ring as ring_module
 import tailer.api.watch as watch_module
-from tailer.api.ring import WAKE_GAP, Entry, Plan, Ring, RingRow, Segment, matches, wake_gap
+from tailer.api.ring import Entry, Plan, Ring, RingRow, Segment, matches
 from tailer.api.routes import PREFIX
 from tailer.store import EventFilter
 from tests.helpers.apitest import ADMIN, SCENARIO, Api, GatedResponse, api_fixture, resource_tracker  # noqa: F401 - fixtures
@@ -217,6 +218,33 @@ async def test_at_most_catch_up_watchers_read_the_store_at_once_and_the_rest_wai
     assert all([e["object"]["auditID"] for e in g.lines] == [f"behind-{n}" for n in range(30)] for g in gated)
 
 
+async def test_a_client_that_does_not_read_gives_its_turn_back_and_waiters_end_with_the_tailer(api: Api, monkeypatch: Any) -> None:
+    watches = api.api.watches
+    watches.catch_up = asyncio.Semaphore(1)
+    monkeypatch.setattr(watch_module, "TURN_HOLD", 0.05)
+    await api.insert([event(n) for n in range(30)])
+    stuck = [GatedResponse() for _ in range(3)]  # clients that never read
+    tasks = [asyncio.create_task(watches.stream(g, EventFilter(), 0, api.hub.register())) for g in stuck]  # type: ignore[arg-type]
+    async with asyncio.timeout(10):
+        while not all(g.writing.is_set() for g in stuck):  # one turn, three batches: each passed it on
+            await asyncio.sleep(0.01)  # polling the watchers' state, not synchronisation
+    monkeypatch.setattr(watch_module, "TURN_HOLD", 60.0)
+    holder, waiter = GatedResponse(), GatedResponse()
+    behind = [asyncio.create_task(watches.stream(g, EventFilter(), 0, api.hub.register())) for g in (holder, waiter)]  # type: ignore[arg-type]
+    async with asyncio.timeout(10):
+        while not holder.writing.is_set() or not watches.catch_up._waiters:
+            await asyncio.sleep(0.01)
+    api.hub.close()  # the one waiting its turn ends within a poll, though the holder keeps it
+    async with asyncio.timeout(5):
+        await behind[1]
+    assert not behind[0].done() and not waiter.writing.is_set()
+    for g in (*stuck, holder):
+        g.gate.set()
+    async with asyncio.timeout(10):
+        await asyncio.gather(*tasks, behind[0])
+    assert all(len(g.lines) == 30 for g in (*stuck, holder))
+
+
 async def test_a_watcher_writes_at_most_write_bytes_of_ring_lines_at_once_and_misses_none(api: Api, monkeypatch: Any) -> None:
     watches = api.api.watches
     writes: list[bytes] = []
@@ -306,11 +334,37 @@ async def test_each_watcher_gets_exactly_its_events_in_order_whether_its_filter_
     assert len({len(await api.store.events(flt, start, 10_000)) for _, _, flt in specs}) == 4  # 4 different selections
 
 
-def test_the_ring_waits_less_between_wakes_when_a_gap_would_bring_most_of_it() -> None:
-    assert wake_gap(1_000, 0.6, 10_000) == WAKE_GAP  # 1,667 events/s: a gap brings ~830
-    assert wake_gap(0, 0.0, 10_000) == WAKE_GAP
-    assert abs(wake_gap(14_000, 0.5, 10_000) - 8_000 / 28_000) < 1e-9  # 28,000 events/s: GAP_SHARE of the ring
-    assert wake_gap(14_000, 0.5, 10_000) * 28_000 <= 10_000 * 0.8
+async def test_the_gap_between_wakes_ends_once_the_store_holds_most_of_the_rings_room(api: Api, monkeypatch: Any) -> None:
+    watches = api.api.watches
+    watches.ring.max_events = 10
+    monkeypatch.setattr(ring_module, "WAKE_GAP", 60.0)  # a gap that would outlast the test
+    gated = GatedResponse()
+    gated.gate.set()
+    watcher = asyncio.create_task(watches.stream(gated, EventFilter(), await api.store.head(), api.hub.register()))  # type: ignore[arg-type]
+    async with asyncio.timeout(10):
+        while not watches.ring.running:
+            await asyncio.sleep(0.01)  # polling the ring's state, not synchronisation
+        await api.insert([event(0)])
+        while len(gated.lines) < 1:  # read, woken, and now in its gap
+            await asyncio.sleep(0.01)
+        await api.insert([event(n) for n in range(1, 8)])  # 7 of 10: the gap goes on
+        await api.insert([event(8)])  # 8 of 10 (GAP_SHARE): it ends, the ring reads them, the watcher gets them
+        while len(gated.lines) < 9:
+            await asyncio.sleep(0.01)
+        assert watches.ring.floor < await api.store.head() - 8  # none of them left the ring unread
+    api.hub.close()
+    async with asyncio.timeout(10):
+        await watcher
+    assert [e["object"]["auditID"] for e in gated.lines] == [f"behind-{n}" for n in range(9)]
+
+
+def test_the_rings_room_is_its_events_or_fewer_where_its_bytes_bind_first() -> None:
+    ring = Ring(None, lambda: None, asyncio.Event(), lambda: 1, Metrics(), max_events=10_000, max_bytes=4_000_000)  # type: ignore[arg-type]
+    assert ring.room() == 10_000  # empty: nothing to say bytes bind
+    ring.events, ring.bytes = 100, 100_000  # 1,000 bytes per event: 4,000 fit in the bytes
+    assert ring.room() == 4_000
+    ring.bytes = 10_000  # 100 bytes per event: the events bind
+    assert ring.room() == 10_000
 
 
 def test_watchers_of_equal_filters_share_one_plan_while_they_hold_it() -> None:
