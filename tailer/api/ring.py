@@ -45,7 +45,7 @@ WAKE_EVERY = 0.1  # seconds: while the ring catches up on a large commit, it wak
 # faster than this (a commit after a quiet spell wakes them at once). 0.5 s against 0.1 s: the API process
 # 18-23% less CPU per event under full ingest with 200 watchers (bench/watchers.py, 11 interleaved pairs)
 WAKE_GAP = 0.5
-GAP_SHARE = 0.8  # of the ring's room, at most, is read after one gap between wakes (Ring._gap)
+GAP_SHARE = 0.6  # of the ring's room, at most, is read after one gap between wakes (Ring._gap)
 ENTRY_OVERHEAD = 900  # bytes of Python objects per event beside its JSON and lines (measured: row, strings, lists)
 # (EventFilter field, store column) of the equality filters
 FIELDS: tuple[tuple[str, str], ...] = (
@@ -259,16 +259,20 @@ class Ring:
             self.wake()
 
     async def _gap(self) -> None:
-        """``WAKE_GAP`` after a wake, or less: it ends once the store holds ``GAP_SHARE`` of the ring's room
-        beyond what the ring read (looked at every ``WAKE_EVERY``). A gap that brought more would have the
-        ring drop, before the next wake, what even a watcher that took the last one whole has not read: at
+        """``WAKE_GAP`` after a wake, or less: it ends before the store holds ``GAP_SHARE`` of the ring's room
+        beyond what the ring read (looked at every ``WAKE_EVERY``; the rest of the room is for watchers still
+        writing the last wake). A gap that brought more would have the ring drop, before the next wake, what
+        even a watcher that took the last one whole has not read: at
         ~28,000 events/s a whole 0.5 s brought 14,000 events into the 10,000-event ring, and all 200 watchers
         of bench.watchers fell behind it at once and read the store."""
-        end = time.monotonic() + WAKE_GAP
+        end, seen = time.monotonic() + WAKE_GAP, 0
         while (left := end - time.monotonic()) > 0:
             await asyncio.sleep(min(WAKE_EVERY, left))
-            if await self.store.head() - self.last >= GAP_SHARE * self.room():
+            backlog = await self.store.head() - self.last
+            # (and what one more look would bring at the pace of the last: the read after it must fit too)
+            if 2 * backlog - seen >= GAP_SHARE * self.room():
                 return
+            seen = backlog
 
     def room(self) -> float:
         """How many events the ring holds at most: ``max_events``, or fewer where ``max_bytes`` binds first

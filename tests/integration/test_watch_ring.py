@@ -347,8 +347,7 @@ async def test_the_gap_between_wakes_ends_once_the_store_holds_most_of_the_rings
         await api.insert([event(0)])
         while len(gated.lines) < 1:  # read, woken, and now in its gap
             await asyncio.sleep(0.01)
-        await api.insert([event(n) for n in range(1, 8)])  # 7 of 10: the gap goes on
-        await api.insert([event(8)])  # 8 of 10 (GAP_SHARE): it ends, the ring reads them, the watcher gets them
+        await api.insert([event(n) for n in range(1, 9)])  # 8 of 10, past GAP_SHARE: the gap ends, the ring reads
         while len(gated.lines) < 9:
             await asyncio.sleep(0.01)
         assert watches.ring.floor < await api.store.head() - 8  # none of them left the ring unread
