@@ -224,7 +224,10 @@ def add_api_flags(p: EnvParser) -> None:
                    help="newest committed events kept in memory for all watchers; a watcher further behind "
                         "reads the store (default 10000)")
     p.add_argument("--watch-ring-bytes", type=parse_size, default=32 * 1024**2,
-                   help="the same bound in bytes (default 32Mi)")
+                   help="the same bound in bytes (an event costs ~4 KB there: its JSON, its watch line and its "
+                        "objects, so 32Mi holds ~8,000); watchers are woken before the ring would drop what they "
+                        "have not read, so a ring that holds more seconds of ingest means fewer, larger writes "
+                        "(default 32Mi)")
     p.add_argument("--api-query-workers", type=int, default=2,
                    help="processes computing object views (versions, diff, bisect), off the event loop (default 2)")
     p.add_argument("--api-query-timeout", type=parse_duration, default=60.0,
