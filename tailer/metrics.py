@@ -70,6 +70,8 @@ class TailerMetrics:
                                         "--watch-max watches were open", registry=r)
         self.watchers_behind = Counter("tailer_api_watchers_behind", "Times an open watch fell behind the watch "
                                        "ring and read the store to catch up", registry=r)
+        self.watchers_waiting = Gauge("tailer_api_watchers_waiting", "Open watches behind the watch ring waiting "
+                                      "their turn to read the store (a few read it at once)", registry=r)
         self.watch_ring_events = Gauge("tailer_api_watch_ring_events", "Committed events held in the watch ring",
                                        registry=r)
         self.watch_ring_bytes = Gauge("tailer_api_watch_ring_bytes", "Bytes held in the watch ring (JSON, encoded "

@@ -233,11 +233,14 @@ class Watches:
         if self.hub.closed or gone():
             return None
         wait = self.poll if deadline is None else max(0.0, min(self.poll, deadline - time.monotonic()))
+        self.metrics.watchers_waiting.inc()
         try:
             async with asyncio.timeout(wait):
                 await self.catch_up.acquire()
         except TimeoutError:
             return None
+        finally:
+            self.metrics.watchers_waiting.dec()
         return _Turn(self.catch_up)
 
     async def _write(self, response: web.StreamResponse, data: bytes, turn: _Turn | None) -> bool:

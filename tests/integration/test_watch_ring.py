@@ -234,10 +234,11 @@ async def test_a_client_that_does_not_read_gives_its_turn_back_and_waiters_end_w
     async with asyncio.timeout(10):
         while not holder.writing.is_set() or not watches.catch_up._waiters:
             await asyncio.sleep(0.01)
+    assert watches.metrics.watchers_waiting._value.get() == 1  # (tailer_api_watchers_waiting)
     api.hub.close()  # the one waiting its turn ends within a poll, though the holder keeps it
     async with asyncio.timeout(5):
         await behind[1]
-    assert not behind[0].done() and not waiter.writing.is_set()
+    assert not behind[0].done() and not waiter.writing.is_set() and watches.metrics.watchers_waiting._value.get() == 0
     for g in (*stuck, holder):
         g.gate.set()
     async with asyncio.timeout(10):
