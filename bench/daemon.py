@@ -51,10 +51,16 @@ def tree(pid: int) -> list[int]:
     return found
 
 
+def _stat_seconds(stat: Path) -> tuple[float, float]:
+    """(user + system, system) CPU seconds from a /proc ``stat`` file (a process's or a thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, int(fields[12]) / tick
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a live process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat_seconds(Path(f"/proc/{pid}/stat"))[0]
 
 
 def thread_seconds(pid: int) -> dict[int, tuple[float, float]]:
@@ -63,11 +69,9 @@ def thread_seconds(pid: int) -> dict[int, tuple[float, float]]:
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = _stat_seconds(task / "stat")
         except OSError:  # (it ended meanwhile)
             continue
-        tick = os.sysconf("SC_CLK_TCK")
-        out[int(task.name)] = ((int(fields[11]) + int(fields[12])) / tick, int(fields[12]) / tick)
     return out
 
 

@@ -219,12 +219,16 @@ class Watches:
             if not wrote and bookmarks and time.monotonic() - quiet_since > BOOKMARK_EVERY:  # finds gone clients
                 await self._bookmark(response, last)
                 quiet_since = time.monotonic()
-            wait = self.poll if deadline is None else max(0.0, min(self.poll, deadline - time.monotonic()))
+            wait = self._poll_wait(deadline)
             try:
                 async with asyncio.timeout(wait):
                     await flag.wait()
             except TimeoutError:
                 pass
+
+    def _poll_wait(self, deadline: float | None) -> float:
+        """Seconds a stream waits before it looks again: a ``poll``, or what is left until its deadline."""
+        return self.poll if deadline is None else max(0.0, min(self.poll, deadline - time.monotonic()))
 
     async def _turn(self, gone: Callable[[], bool], deadline: float | None) -> _Turn | None:
         """One of the ``catch_up`` turns to read the store; None when none came within a poll (or the watch
@@ -232,7 +236,7 @@ class Watches:
         client gone, its authorization revoked) or brings it back into the ring."""
         if self.hub.closed or gone():
             return None
-        wait = self.poll if deadline is None else max(0.0, min(self.poll, deadline - time.monotonic()))
+        wait = self._poll_wait(deadline)
         self.metrics.watchers_waiting.inc()
         try:
             async with asyncio.timeout(wait):
@@ -273,7 +277,6 @@ class Watches:
         if behind:
             self.metrics.watchers_behind.inc()
             log.info("watch_behind", resource_version=last, ring_floor=self.ring.floor)
-        self.ring.ensure_running()
         known = self.ring.last if self.ring.running else None  # committed and visible before our read
         rows: Sequence[tuple[int, Stored, SourceId]]
         kept: Sequence[tuple[int, Stored, SourceId]]
