@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import IO
 
 FINGERPRINT_BYTES = 1024
+FOLLOW_TRIES = 20  # looks for a file that logrotate keeps moving while we open it (each one untorn listing)
 HEAD_ERRORS = (OSError, EOFError, zlib.error)
 
 
@@ -121,9 +122,11 @@ class Folder:
 
     def _open_same(self, cand: Candidate, follow: bool) -> tuple[IO[bytes], str] | None:
         """The file ``cand`` was, open, and where it is now; ``follow``: looked for by inode under the other
-        names when its own names another file now (a rename), else None then."""
+        names when its own names another file now (a rename), else None then. Gone means no untorn listing
+        holds its inode: logrotate may shift it again between a listing and our open (.3 -> .4 -> .5 while
+        we are starved of CPU), and a file that only moved is not a gap."""
         paths: list[str] = [cand.path]
-        for i in range(2 if follow else 1):
+        for _ in range(FOLLOW_TRIES if follow else 1):
             for path in paths:
                 try:
                     fh = open(path, "rb")  # noqa: SIM115 - the caller owns it
@@ -133,8 +136,11 @@ class Folder:
                 if (st.st_dev, st.st_ino) == (cand.device, cand.inode):
                     return fh, path
                 fh.close()
-            if i == 0 and follow:
-                paths = [c.path for c in self.scan() or () if (c.device, c.inode) == (cand.device, cand.inode)]
+            if not follow:
+                break
+            paths = [c.path for c in self.settled() or () if (c.device, c.inode) == (cand.device, cand.inode)]
+            if not paths:
+                break
         return None
 
     def head(self, cand: Candidate, n: int = FINGERPRINT_BYTES) -> bytes | None:

@@ -24,9 +24,9 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from .checkpoint import Checkpoint
-from .files import FINGERPRINT_BYTES, HEAD_ERRORS, Candidate, Folder, same_content
+from .files import FINGERPRINT_BYTES, FOLLOW_TRIES, HEAD_ERRORS, Candidate, Folder, same_content
 from .lines import Splitter
-from .source import Gap, Read, Source, last_line_end
+from .source import Gap, Read, Source, head_and_size, last_line_end
 
 __all__ = ["FINGERPRINT_BYTES", "Follower", "Gap", "Read", "Source"]
 
@@ -77,20 +77,24 @@ class Follower:
 
     # ---- queueing -----------------------------------------------------------------------------
 
-    def _make(self, cand: Candidate, offset: int | None, cands: list[Candidate], moved: bool = False) -> Source | None:
+    def _make(self, cand: Candidate, offset: int | None, cands: list[Candidate]) -> Source | None:
         """A queued file at ``offset`` (None: after the last complete line); a plain one is opened at once,
         by its inode, so that its head and identity are of the same file even if it is renamed meanwhile."""
         raw: IO[bytes] | None = None
         if cand.compressed:
             named = self.folder.names(cand)
-            if not moved and not named:
+            for _ in range(FOLLOW_TRIES):
+                if named:
+                    break
                 # logrotate shifted it (audit.log.1.gz -> .2.gz) since the listing: the same file, by its inode,
                 # under its new name (the name it had is missing until the next copy is compressed into it, then
-                # names that one); it is read there, since a compressed file is opened by name when read
-                now = next((c for c in self.folder.scan() or () if c.compressed and
+                # names that one); it is read there, since a compressed file is opened by name when read. It
+                # may be shifted again while we look (each look is an untorn listing); gone when none holds it
+                now = next((c for c in self.folder.settled() or () if c.compressed and
                             (c.device, c.inode) == (cand.device, cand.inode)), None)
-                if now is not None and now.path != cand.path:
-                    return self._make(now, offset, cands, moved=True)
+                if now is None:
+                    break
+                cand, named = now, self.folder.names(now)
             # (a name that is another file's now, or nothing's, is not to be read)
             head = self.folder.head(cand) if named else None
             size = self.folder.content_size(cand)
@@ -105,8 +109,10 @@ class Follower:
                                          after=self._last()))
                 return None
             raw, path = opened
-            head = os.pread(raw.fileno(), FINGERPRINT_BYTES, 0)
-            size = os.fstat(raw.fileno()).st_size
+            for _ in range(TRIES):
+                if (seen := head_and_size(raw.fileno())) is not None:
+                    break
+            head, size = seen or (os.pread(raw.fileno(), FINGERPRINT_BYTES, 0), 0)  # (0: a lower bound)
             cand = dataclasses.replace(cand, path=path)
         if offset is None:
             offset = last_line_end(raw) if raw is not None else 0
@@ -338,15 +344,16 @@ class Follower:
             self._still_same(tail, cands)
         self._balance()
 
-    def _still_same(self, src: Source, cands: list[Candidate] | None) -> bool:
+    def _still_same(self, src: Source, cands: list[Candidate] | None, was_empty: bool | None = None) -> bool:
         """Does the live file still hold the content we are reading? If not, the truncation is handled here:
         seen by its size or head, or, for a file that was empty when we first looked (no head to compare),
-        by logrotate copies made since that we have not read."""
-        was_empty = not src.head
+        by logrotate copies made since that we have not read. ``was_empty``: it had no head before a read
+        (which took its head from what it read)."""
+        was_empty = not src.head if was_empty is None else was_empty
         if not src.refresh():
             self._truncated(src, cands if cands is not None else self.folder.scan() or [])
             return False
-        if not ((was_empty and src.head) or src.unsettled):
+        if not (was_empty or src.unsettled):  # (empty still: it may have been written and truncated meanwhile)
             return True
         for attempt in range(TRIES):
             cands = self.folder.settled() or []  # not a listing torn by logrotate shifting its copies
@@ -387,8 +394,11 @@ class Follower:
             if last and not settled and live is not None and queue[-1] is not None:
                 queue[-1].unsettled = True  # (_still_same looks for the copies made since at its next poll)
             if (src := queue[-1]) is not None and now:  # what it held then may be in a copy by now: not older
-                copies = [self.folder.head(c) for c in reversed(cands) if c.kind == "copy"]
-                src.after_copy = next((_fp(h) for h in copies if h is not None and not _related(now, h)
+                copies = [self.folder.head(c) for c in cands if c.kind == "copy"]  # oldest first
+                if moved_on:  # the plan left out the copies of what it held then (read there), but it was
+                    # truncated since: those hold the only one, so only the copies older than them were read
+                    copies = copies[: next((i for i, h in enumerate(copies) if _related(planned, h)), len(copies))]
+                src.after_copy = next((_fp(h) for h in reversed(copies) if h is not None and not _related(now, h)
                                        and not _related(src.head, h)), "")
             return queue
         for src in queue:
@@ -406,13 +416,14 @@ class Follower:
         out = []
         for cand in copies[start:]:
             head = self.folder.head(cand)  # None: renamed since the listing (read it: it is opened by inode)
-            if not _related(head, now) and not self._known(cand):
+            if not _related(head, now) and not self._known(cand, but=src):
                 out.append(cand)
         return out
 
-    def _known(self, cand: Candidate) -> bool:
+    def _known(self, cand: Candidate, but: Source | None = None) -> bool:
+        """``cand`` is queued (``but``: the file being replaced, whose content is read from its copies)."""
         for src in self.sources:
-            if src.ended:
+            if src.ended or src is but:
                 continue
             if not cand.compressed and (cand.device, cand.inode) == src.at and (
                     src.fh is not None or same_content(src.head, self.folder.head(cand, len(src.head)))):
@@ -485,6 +496,7 @@ class Follower:
                 self._reopen(src)
             if src.ended:
                 return self._finish(src, complete=False)
+            had_head = bool(src.head)
             try:
                 data = src.read()
             except HEAD_ERRORS as exc:  # a damaged or cut gzip backup
@@ -492,7 +504,7 @@ class Follower:
                 src.ended = True
                 continue
             if data:
-                if src.live and not self._still_same(src, None):
+                if src.live and not self._still_same(src, None, was_empty=not had_head):
                     self._balance()  # what we just read may be the new content: it is read again
                     continue
                 src.pos += len(data)

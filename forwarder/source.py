@@ -65,9 +65,10 @@ class Source:
         """Re-read the head and size of a held plain file. False: the head changed (truncated, rewritten)."""
         if self.fh is None or self.compressed:
             return True
-        fd = self.fh.fileno()
-        now = os.pread(fd, FINGERPRINT_BYTES, 0)
-        size = os.fstat(fd).st_size
+        seen = head_and_size(self.fh.fileno())
+        if seen is None:  # it shrank while we looked: truncated, unless we know nothing of it yet (no head:
+            return not self.head  # then the copies made since say what it held, Follower._still_same)
+        now, size = seen
         if (self.head and not now.startswith(self.head)) or size < self.size:
             return False
         if len(now) > len(self.head):
@@ -114,7 +115,28 @@ class Source:
 
     def read(self) -> bytes:
         assert self.fh is not None
+        if self.raw is None and not self.compressed and self.pos < FINGERPRINT_BYTES > len(self.head):
+            # the start of a file (its head short or empty): read from 0 in one call, so that the head we
+            # check it by later is of the content we read. A head taken at another moment can be of other
+            # content (copy-truncated in between: empty then, or already written anew), and a truncation
+            # right after our read would go unseen
+            whole = os.pread(self.fh.fileno(), self.pos + READ_BLOCK, 0)
+            if whole.startswith(self.head):
+                self.head = whole[:FINGERPRINT_BYTES]
+            data = whole[self.pos :]
+            self.fh.seek(self.pos + len(data))
+            return data
         return self.fh.read(READ_BLOCK)
+
+
+def head_and_size(fd: int) -> tuple[bytes, int] | None:
+    """A plain file's head and a size of the content that head is of; None: it shrank while we looked
+    (truncated). Read in one order alone, either can be of new content (truncated and written again between
+    the two reads) that the other is not of: a size too large for the head we check, and a later look takes
+    the file for truncated, or a gap counts bytes as lost that were never there."""
+    size = os.fstat(fd).st_size
+    head = os.pread(fd, FINGERPRINT_BYTES, 0)
+    return None if os.fstat(fd).st_size < size else (head, size)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,150 @@
+"""The follower against logrotate's copytruncate in random interleavings, on real files.
+
+The writer is a generator of single filesystem steps: appending lines, removing the oldest copy, each rename
+that shifts the copies (``.1`` -> ``.2`` ...), each part of a copy (``shutil.copyfile`` writes the copy in
+place, so a listing can see it half made; a gzipped one appears by a rename), the truncation. Between two
+of the follower's own looks at the folder (a listing, a head, an open, a ``pread``) the writer takes a few
+steps or none, as a starved forwarder beside a busy logrotate would see it. Every line written must be read,
+and nothing reported as a gap: with 400 copies kept, nothing is ever pruned, so any gap is a false alarm.
+Seeded: a failure names its seed, and ``run(seed, compress, ...)`` replays it; ``FOLLOW_SEEDS_FROM`` and
+``FOLLOW_SEEDS_TO`` run other seeds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from forwarder.follow import Follower
+from tests.helpers.auditlog import event
+
+SEEDS = range(int(os.environ.get("FOLLOW_SEEDS_FROM", "0")), int(os.environ.get("FOLLOW_SEEDS_TO", "150")))  # more: env
+KEEP = 400  # copies kept: none is pruned, so nothing may be lost and no gap reported
+
+
+class _Log:
+    def __getattr__(self, level: str) -> Any:
+        return lambda name, **kw: None
+
+
+def _writer(folder: Path, events: int, burst: int, rng: random.Random, compress: bool) -> Iterator[None]:
+    """logrotate copytruncate beside an appending apiserver; yields after each step."""
+    log = folder / "audit.log"
+    ext = ".gz" if compress else ""
+
+    def copy(n: int) -> Path:
+        return folder / f"audit.log.{n}{ext}"
+
+    seq = 0
+    with log.open("ab") as out:  # O_APPEND, kept across truncations, as the apiserver keeps its descriptor
+        while seq < events:
+            for _ in range(min(rng.randint(1, burst), events - seq)):
+                out.write(orjson.dumps(event(seq, pad=200)) + b"\n")
+                out.flush()
+                seq += 1
+                if rng.random() < 0.3:
+                    yield
+            yield
+            if rng.random() < 0.5:
+                continue
+            if copy(KEEP).exists():
+                os.remove(copy(KEEP))
+                yield
+            for n in range(KEEP - 1, 0, -1):
+                if copy(n).exists():
+                    os.rename(copy(n), copy(n + 1))
+                    yield
+            data = log.read_bytes()
+            if compress:
+                tmp = folder / "audit.log.1.gz.tmp"
+                tmp.write_bytes(gzip.compress(data))
+                yield
+                os.rename(tmp, copy(1))
+            else:
+                with copy(1).open("wb") as dst:
+                    for at in range(0, len(data), 4096):
+                        dst.write(data[at : at + 4096])
+                        dst.flush()
+                        if rng.random() < 0.5:
+                            yield
+            yield
+            os.truncate(log, 0)
+            yield
+
+
+def run(seed: int, compress: bool, folder: Path, monkeypatch: Any) -> tuple[list[int], list[Any]]:
+    """(the written events never read, the gaps reported)"""
+    rng = random.Random(seed)
+    log = folder / "audit.log"
+    log.touch()
+    f = Follower(str(log), max_event_bytes=1 << 20, max_held_files=16, log=_Log())
+    f.start(None, False)
+    steps = _writer(folder, rng.randint(20, 200), rng.randint(2, 40), rng, compress)
+    pace = rng.choice([0.05, 0.2, 0.5, 0.9])
+    done = [False]
+
+    def step() -> None:
+        if not done[0] and rng.random() < pace:
+            for _ in range(rng.randint(1, 6)):
+                if next(steps, StopIteration) is StopIteration:
+                    done[0] = True
+                    return
+
+    def interleaved(real: Any) -> Any:
+        def look(*args: Any, **kw: Any) -> Any:
+            step()
+            out = real(*args, **kw)
+            step()
+            return out
+        return look
+
+    for name in ("scan", "head", "open_plain", "content_size", "names"):
+        monkeypatch.setattr(f.folder, name, interleaved(getattr(f.folder, name)))
+    monkeypatch.setattr(os, "pread", interleaved(os.pread))
+    read: set[int] = set()
+
+    def take() -> bool:
+        got = f.read()
+        if got is not None:
+            read.update(orjson.loads(line.data)["seq"] for line in got.lines)
+        return got is not None
+
+    try:
+        while not done[0]:
+            if rng.random() < 0.3:
+                f.poll()
+            else:
+                take()
+            step()
+        for _ in range(3):  # the writer is done: what is left is read
+            f.poll()
+            while take():
+                pass
+    finally:
+        monkeypatch.undo()
+        f.close()
+    written: set[int] = set()
+    for path in folder.glob("audit.log*"):
+        data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+        written.update(orjson.loads(line)["seq"] for line in data.splitlines() if line.strip())
+    return sorted(written - read), list(f.gaps)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain copies", "gzipped copies"])
+def test_every_line_is_read_and_no_gap_is_reported_in_any_interleaving(compress: bool, tmp_path: Path,
+                                                                       monkeypatch: Any) -> None:
+    failed = []
+    for seed in SEEDS:
+        folder = tmp_path / str(seed)
+        folder.mkdir()
+        missing, gaps = run(seed, compress, folder, monkeypatch)
+        if missing or gaps:
+            failed.append((seed, missing[:10], [(g.reason, g.bytes_lost) for g in gaps]))
+    assert failed == []
