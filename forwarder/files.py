@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from typing import IO
 
 FINGERPRINT_BYTES = 1024
+# where a rename takes a file: the live one to its backup name (the apiserver), a copy to the next copy name
+# (logrotate shifting them); a backup stays where it is until it is gzipped (another file) or removed
+_MOVES_TO = {"live": ("backup",), "copy": ("copy",), "backup": ()}
 FOLLOW_TRIES = 20  # looks for a file that logrotate keeps moving while we open it (each one untorn listing)
 HEAD_ERRORS = (OSError, EOFError, zlib.error)
 
@@ -138,7 +141,11 @@ class Folder:
                 fh.close()
             if not follow:
                 break
-            paths = [c.path for c in self.settled() or () if (c.device, c.inode) == (cand.device, cand.inode)]
+            # only where a rename can take it: a removed file's inode is soon another's (the next audit.log or
+            # .gz after the apiserver gzipped a backup and removed it), and a backup is never renamed again
+            kinds = _MOVES_TO[cand.kind]
+            paths = [c.path for c in self.settled() or () if (c.device, c.inode) == (cand.device, cand.inode)
+                     and c.kind in kinds and c.compressed == cand.compressed]
             if not paths:
                 break
         return None

@@ -103,6 +103,11 @@ class Follower:
                 return None
         else:
             opened = self.folder.open_plain(cand)
+            if opened is None and cand.kind == "backup":  # the apiserver gzipped it since, and removed it
+                gz = next((c for c in self.folder.settled() or () if c.compressed and c.path == cand.path + ".gz"),
+                          None)
+                if gz is not None:
+                    return self._make(gz, offset, cands)
             if opened is None:  # gone between the listing and now
                 if cand.kind != "live" and cand.size:
                     self.gaps.append(Gap(cand.path, cand.inode, cand.size, "deleted before it could be opened",
@@ -340,9 +345,23 @@ class Follower:
             for cand in self._missed(tail, cands):
                 self._push(self._make(cand, 0, cands))
             self._push(self._make(live, 0, cands))
-        else:
-            self._still_same(tail, cands)
+        elif self._still_same(tail, cands):
+            self._newer_backups(tail, cands)
         self._balance()
+
+    def _newer_backups(self, tail: Source, cands: list[Candidate]) -> None:
+        """Backups newer than any there was when the live file we hold was listed, though it is still live:
+        rotations between that listing and our open (a freed inode is soon the next live file's, so the one
+        we opened looked like the one listed). Read now, before what follows in the live file."""
+        newer = [c for c in cands if c.kind == "backup" and c.key > tail.after and not self._known(c)
+                 and not _related(tail.head, self.folder.head(c))]  # (not a copy of what it holds: copytruncate)
+        if not newer:
+            return
+        tail.after = max(c.key for c in newer)
+        for cand in newer:
+            self.log.warning("rotated_file_caught_up", file=cand.path, note="rotated between our listing and our open")
+            if (src := self._make(cand, 0, cands)) is not None:
+                self.sources.insert(len(self.sources) - 1, src)
 
     def _still_same(self, src: Source, cands: list[Candidate] | None, was_empty: bool | None = None) -> bool:
         """Does the live file still hold the content we are reading? If not, the truncation is handled here:
@@ -437,7 +456,8 @@ class Follower:
         backups = [c for c in cands if c.kind == "backup"]
         at = next((i for i, c in enumerate(backups) if (not c.compressed and (c.device, c.inode) == tail.at)
                    or (c.compressed and same_content(tail.head, self.folder.head(c, len(tail.head))))), None)
-        after = backups[at + 1 :] if at is not None else [c for c in backups if c.key > tail.after]
+        # and those newer than any there was when it was listed: rotated between that listing and our open
+        after = [c for i, c in enumerate(backups) if (at is not None and i > at) or c.key > tail.after]
         missed = [c for c in after if not self._known(c)]
         for cand in missed:
             self.log.warning("rotated_file_caught_up", file=cand.path, note="rotated before we saw it live")

@@ -1,10 +1,12 @@
-"""The follower against logrotate's copytruncate in random interleavings, on real files.
+"""The follower against logrotate's copytruncate and the apiserver's rename rotation in random interleavings,
+on real files.
 
 The writer is a generator of single filesystem steps: appending lines, removing the oldest copy, each rename
 that shifts the copies (``.1`` -> ``.2`` ...), each part of a copy (``shutil.copyfile`` writes the copy in
 place, so a listing can see it half made; a gzipped one appears by a rename), the truncation. Between two
 of the follower's own looks at the folder (a listing, a head, an open, a ``pread``) the writer takes a few
-steps or none, as a starved forwarder beside a busy logrotate would see it. Every line written must be read,
+steps or none, as a starved forwarder beside a busy logrotate would see it (``_renamer``: the apiserver's
+rotation, its backups gzipped and removed, whose freed inodes the next files get at once). Every line written must be read,
 and nothing reported as a gap: with 400 copies kept, nothing is ever pruned, so any gap is a false alarm.
 Seeded: a failure names its seed, and ``run(seed, compress, ...)`` replays it; ``FOLLOW_SEEDS_FROM`` and
 ``FOLLOW_SEEDS_TO`` run other seeds.
@@ -26,6 +28,8 @@ from forwarder.follow import Follower
 from tests.helpers.auditlog import event
 
 SEEDS = range(int(os.environ.get("FOLLOW_SEEDS_FROM", "0")), int(os.environ.get("FOLLOW_SEEDS_TO", "150")))  # more: env
+EVENTS = (20, 200)
+BURST = (2, 40)  # lines written between two rotations, at most
 KEEP = 400  # copies kept: none is pruned, so nothing may be lost and no gap reported
 
 
@@ -79,14 +83,53 @@ def _writer(folder: Path, events: int, burst: int, rng: random.Random, compress:
             yield
 
 
-def run(seed: int, compress: bool, folder: Path, monkeypatch: Any) -> tuple[list[int], list[Any]]:
+def _renamer(folder: Path, events: int, burst: int, rng: random.Random, compress: bool) -> Iterator[None]:
+    """The apiserver's rotation (lumberjack): close, rename to ``audit-<time>.log``, create a new live file;
+    with ``compress`` the backup is gzipped beside itself (the .gz written in parts), then removed."""
+    log = folder / "audit.log"
+    seq = rotation = 0
+    out = log.open("ab")
+    try:
+        while seq < events:
+            for _ in range(min(rng.randint(1, burst), events - seq)):
+                out.write(orjson.dumps(event(seq, pad=200)) + b"\n")
+                out.flush()
+                seq += 1
+                if rng.random() < 0.3:
+                    yield
+            yield
+            if rng.random() < 0.5:
+                continue
+            out.close()
+            rotation += 1
+            backup = folder / f"audit-2026-11-20T09-00-00.{rotation:03d}.log"
+            os.rename(log, backup)
+            yield
+            out = log.open("ab")
+            yield
+            if compress:
+                data = gzip.compress(backup.read_bytes())
+                with (folder / (backup.name + ".gz")).open("wb") as dst:
+                    for at in range(0, len(data), 512):
+                        dst.write(data[at : at + 512])
+                        dst.flush()
+                        if rng.random() < 0.5:
+                            yield
+                yield
+                os.remove(backup)
+                yield
+    finally:
+        out.close()
+
+
+def run(seed: int, compress: bool, folder: Path, monkeypatch: Any, rename: bool = False) -> tuple[list[int], list[Any]]:
     """(the written events never read, the gaps reported)"""
     rng = random.Random(seed)
     log = folder / "audit.log"
     log.touch()
     f = Follower(str(log), max_event_bytes=1 << 20, max_held_files=16, log=_Log())
     f.start(None, False)
-    steps = _writer(folder, rng.randint(20, 200), rng.randint(2, 40), rng, compress)
+    steps = (_renamer if rename else _writer)(folder, rng.randint(*EVENTS), rng.randint(*BURST), rng, compress)
     pace = rng.choice([0.05, 0.2, 0.5, 0.9])
     done = [False]
 
@@ -131,20 +174,21 @@ def run(seed: int, compress: bool, folder: Path, monkeypatch: Any) -> tuple[list
         monkeypatch.undo()
         f.close()
     written: set[int] = set()
-    for path in folder.glob("audit.log*"):
+    for path in folder.glob("audit*.log*"):
         data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
         written.update(orjson.loads(line)["seq"] for line in data.splitlines() if line.strip())
     return sorted(written - read), list(f.gaps)
 
 
-@pytest.mark.parametrize("compress", [False, True], ids=["plain copies", "gzipped copies"])
-def test_every_line_is_read_and_no_gap_is_reported_in_any_interleaving(compress: bool, tmp_path: Path,
-                                                                       monkeypatch: Any) -> None:
+@pytest.mark.parametrize(("rename", "compress"), [(False, False), (False, True), (True, False), (True, True)],
+                         ids=["copytruncate", "copytruncate, gzipped copies", "rename", "rename, gzipped backups"])
+def test_every_line_is_read_and_no_gap_is_reported_in_any_interleaving(rename: bool, compress: bool,
+                                                                       tmp_path: Path, monkeypatch: Any) -> None:
     failed = []
     for seed in SEEDS:
         folder = tmp_path / str(seed)
         folder.mkdir()
-        missing, gaps = run(seed, compress, folder, monkeypatch)
+        missing, gaps = run(seed, compress, folder, monkeypatch, rename)
         if missing or gaps:
             failed.append((seed, missing[:10], [(g.reason, g.bytes_lost) for g in gaps]))
     assert failed == []
