@@ -796,3 +796,39 @@ def test_a_size_read_after_the_head_is_not_taken_for_that_heads_content(tmp_path
     f.poll()
     assert sorted(set(drain(f))) == list(range(25)) and f.gaps == []
     f.close()
+
+
+def test_a_backup_gzipped_and_removed_before_we_open_it_is_read_from_its_gz(tmp_path: Path) -> None:
+    """The apiserver never renames a backup: its inode under another name is another file's (freed and reused
+    at once, e.g. by the next backup). Gone by its name, it is read from the .gz made of it."""
+    log = tmp_path / "audit.log"
+    backup = tmp_path / "audit-2026-11-20T09-00-00.001.log"
+    write(backup, range(10))
+    write(log, range(10, 12))
+    f = follower(log)
+    cands = f.folder.scan() or []
+    cand = next(c for c in cands if c.kind == "backup")
+    (tmp_path / (backup.name + ".gz")).write_bytes(gzip.compress(backup.read_bytes()))
+    os.rename(backup, tmp_path / "audit-2026-11-20T09-00-00.002.log")  # (its inode, as if reused by the next)
+    src = f._make(cand, 0, cands)
+    assert src is not None and src.compressed and src.path.endswith(".001.log.gz") and f.gaps == []
+    src.close()
+    f.close()
+
+
+def test_backups_newer_than_the_live_files_listing_are_read_while_it_is_still_live(tmp_path: Path) -> None:
+    """Rotations between our listing and our open, and the new audit.log got the listed one's inode (freed at
+    once when its backup was gzipped and removed): the file we hold is live, yet backups appeared that are newer
+    than any there was when it was listed. They are read, not taken as read."""
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    f = follower(log)
+    f.start(None, True)
+    assert drain(f) == list(range(10))
+    write(tmp_path / "audit-2026-11-20T09-00-00.001.log", range(100, 110))
+    write(log, range(10, 20))
+    f.poll()
+    assert sorted(drain(f)) == list(range(10, 20)) + list(range(100, 110)) and f.gaps == []
+    f.poll()
+    assert drain(f) == []  # once
+    f.close()
