@@ -19,7 +19,7 @@ import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import pytest
@@ -38,6 +38,15 @@ class _Log:
         return lambda name, **kw: None
 
 
+def _append(out: IO[bytes], seqs: range, rng: random.Random) -> Iterator[None]:
+    for seq in seqs:
+        out.write(orjson.dumps(event(seq, pad=200)) + b"\n")
+        out.flush()
+        if rng.random() < 0.3:
+            yield
+    yield
+
+
 def _writer(folder: Path, events: int, burst: int, rng: random.Random, compress: bool) -> Iterator[None]:
     """logrotate copytruncate beside an appending apiserver; yields after each step."""
     log = folder / "audit.log"
@@ -49,13 +58,9 @@ def _writer(folder: Path, events: int, burst: int, rng: random.Random, compress:
     seq = 0
     with log.open("ab") as out:  # O_APPEND, kept across truncations, as the apiserver keeps its descriptor
         while seq < events:
-            for _ in range(min(rng.randint(1, burst), events - seq)):
-                out.write(orjson.dumps(event(seq, pad=200)) + b"\n")
-                out.flush()
-                seq += 1
-                if rng.random() < 0.3:
-                    yield
-            yield
+            count = min(rng.randint(1, burst), events - seq)
+            yield from _append(out, range(seq, seq + count), rng)
+            seq += count
             if rng.random() < 0.5:
                 continue
             if copy(KEEP).exists():
@@ -91,13 +96,9 @@ def _renamer(folder: Path, events: int, burst: int, rng: random.Random, compress
     out = log.open("ab")
     try:
         while seq < events:
-            for _ in range(min(rng.randint(1, burst), events - seq)):
-                out.write(orjson.dumps(event(seq, pad=200)) + b"\n")
-                out.flush()
-                seq += 1
-                if rng.random() < 0.3:
-                    yield
-            yield
+            count = min(rng.randint(1, burst), events - seq)
+            yield from _append(out, range(seq, seq + count), rng)
+            seq += count
             if rng.random() < 0.5:
                 continue
             out.close()
