@@ -51,6 +51,10 @@ def _related(head: bytes | None, other: bytes | None) -> bool:
     return head.startswith(other) or other.startswith(head)
 
 
+def _names(cands: list[Candidate]) -> list[tuple[str, int, int]]:
+    return [(c.path, c.device, c.inode) for c in cands]
+
+
 def _fp(head: bytes | None) -> str:
     return hashlib.sha256(head).hexdigest() if head else ""
 
@@ -236,16 +240,26 @@ class Follower:
         self._balance()
 
     def _resume(self, cp: Checkpoint, cands: list[Candidate]) -> None:
-        index = self._find(cands, cp)
+        """The checkpointed file from its offset, then every file newer than it. Planned against one listing and
+        opened as a truncation's plan is (``_open_all``): a rotation while we looked makes the plan again."""
+        queue: list[Source | None] = []
+        for attempt in range(TRIES):
+            last = attempt == TRIES - 1
+            index = self._find(cands, cp)
+            again = self.folder.settled() if index is None and not last else None
+            if again is not None and _names(again) != _names(cands):
+                cands = again  # not found: it may be under a name not in that listing
+                continue
+            live = next((c for c in cands if c.kind == "live"), None)
+            now = self.folder.head(live) if live is not None else None
+            plan, live_offset = self._resume_plan(cp, cands, index, now)
+            if (opened := self._open_all(plan, cands, last, now, live_offset)) is not None:
+                queue = opened
+                break
+            cands = self.folder.settled() or cands
         if index is not None:
-            found = cands[index]
-            self._push(self._make(found, cp.offset, cands))
-            for cand in cands[index + 1 :]:
-                if cand.kind in (found.kind, "live"):
-                    self._push(self._make(cand, 0, cands))
-            self.log.info("resumed", file=found.path, offset=cp.offset, files=len(self.sources))
-            return
-        if cp.fingerprint_bytes and not cp.finished and cp.fingerprint not in self.reported:
+            self.log.info("resumed", file=cands[index].path, offset=cp.offset, files=len(queue))
+        elif cp.fingerprint_bytes and not cp.finished and cp.fingerprint not in self.reported:
             lost = max(cp.size - cp.offset, 0)
             if lost or cp.live:
                 self.reported[cp.fingerprint] = None
@@ -255,15 +269,28 @@ class Follower:
                                      not cp.live, cp.fingerprint))
         else:
             self.log.info("checkpointed_file_gone", file=cp.path, note="reading the files rotated since")
+        for src in queue:
+            self._push(src)
+
+    def _resume_plan(self, cp: Checkpoint, cands: list[Candidate], index: int | None,
+                     now: bytes | None) -> tuple[list[tuple[Candidate, int]], int]:
+        """(the files to read before the live one, with offsets; the live file's offset)"""
+
+        def read_there(cand: Candidate) -> bool:  # a copy (being made) of what the live file holds: read there
+            return cand.kind == "copy" and _related(now, self.folder.head(cand))
+
+        if index is not None:
+            found = cands[index]
+            if found.kind == "live":
+                return [], cp.offset
+            return [(found, cp.offset)] + [(c, 0) for c in cands[index + 1 :]
+                                           if c.kind == found.kind and not read_there(c)], 0
         # newer than the checkpointed file, by rotation order (names), never by modification time
         copies = [c for c in cands if c.kind == "copy"]
         fps = [_fp(self.folder.head(c)) for c in copies] if cp.after_copy else []
         first_copy = fps.index(cp.after_copy) + 1 if cp.after_copy in fps else 0
-        for cand in cands:
-            newer = (cand.kind == "live" or (cand.kind == "backup" and cand.key > cp.after)
-                     or (cand.kind == "copy" and copies.index(cand) >= first_copy))
-            if newer:
-                self._push(self._make(cand, 0, cands))
+        return [(c, 0) for c in cands if (c.kind == "backup" and c.key > cp.after)
+                or (c.kind == "copy" and copies.index(c) >= first_copy and not read_there(c))], 0
 
     def _find(self, cands: list[Candidate], cp: Checkpoint) -> int | None:
         if cp.fingerprint_bytes == 0:
@@ -395,7 +422,7 @@ class Follower:
         return False
 
     def _open_all(self, plan: list[tuple[Candidate, int]], cands: list[Candidate],
-                  last: bool, planned: bytes | None = None) -> list[Source | None] | None:
+                  last: bool, planned: bytes | None = None, live_offset: int = 0) -> list[Source | None] | None:
         """The planned files and then the live one, opened; None (all closed again) when a copy was made meanwhile
         or the live file no longer holds what it held when the plan was made: truncated again, its copy is in the
         next listing (a live file that was empty then cannot tell by its head).
@@ -405,14 +432,14 @@ class Follower:
         live = next((c for c in cands if c.kind == "live"), None)
         now = self.folder.head(live) if live is not None else None
         moved_on = bool(planned) and not _related(planned, now)
-        queue = [self._make(c, offset, cands) for c, offset in plan + ([(live, 0)] if live is not None else [])]
+        queue = [self._make(c, offset, cands) for c, offset in plan + ([(live, live_offset)] if live else [])]
         known = {(c.device, c.inode) for c in cands}
         new = [c for c in self.folder.settled() or () if c.kind != "live" and (c.device, c.inode) not in known]
         settled = not new and not moved_on and (not now or queue[-1] is None or _related(now, queue[-1].head))
         if last or live is None or settled:
             if last and not settled and live is not None and queue[-1] is not None:
                 queue[-1].unsettled = True  # (_still_same looks for the copies made since at its next poll)
-            if (src := queue[-1]) is not None and now:  # what it held then may be in a copy by now: not older
+            if live is not None and (src := queue[-1]) is not None and now:  # what it held then may be in a copy by now: not older
                 copies = [self.folder.head(c) for c in cands if c.kind == "copy"]  # oldest first
                 if moved_on:  # the plan left out the copies of what it held then (read there), but it was
                     # truncated since: those hold the only one, so only the copies older than them were read

@@ -14,6 +14,7 @@ Seeded: a failure names its seed, and ``run(seed, compress, ...)`` replays it; `
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import random
@@ -24,7 +25,10 @@ from typing import IO, Any
 import orjson
 import pytest
 
+from forwarder.checkpoint import Checkpoint
+from forwarder.files import FINGERPRINT_BYTES
 from forwarder.follow import Follower
+from forwarder.source import Read
 from tests.helpers.auditlog import event
 
 SEEDS = range(int(os.environ.get("FOLLOW_SEEDS_FROM", "0")), int(os.environ.get("FOLLOW_SEEDS_TO", "150")))  # more: env
@@ -123,8 +127,11 @@ def _renamer(folder: Path, events: int, burst: int, rng: random.Random, compress
         out.close()
 
 
-def run(seed: int, compress: bool, folder: Path, monkeypatch: Any, rename: bool = False) -> tuple[list[int], list[Any]]:
-    """(the written events never read, the gaps reported)"""
+def run(seed: int, compress: bool, folder: Path, monkeypatch: Any, rename: bool = False,
+        restarts: bool = False) -> tuple[list[int], list[Any], list[bytes]]:
+    """(the written events never read, the gaps reported, the lines read that were never written). ``restarts``: up to 3 times the follower is
+    dropped (a SIGKILL) and a new one starts from the last position, saved as the forwarder saves it once
+    everything read is acked; what was read before counts as delivered."""
     rng = random.Random(seed)
     log = folder / "audit.log"
     log.touch()
@@ -149,26 +156,63 @@ def run(seed: int, compress: bool, folder: Path, monkeypatch: Any, rename: bool 
             return out
         return look
 
-    for name in ("scan", "head", "open_plain", "content_size", "names"):
-        monkeypatch.setattr(f.folder, name, interleaved(getattr(f.folder, name)))
+    def hooked(f: Follower) -> Follower:
+        for name in ("scan", "head", "open_plain", "content_size", "names"):
+            monkeypatch.setattr(f.folder, name, interleaved(getattr(f.folder, name)))
+        return f
+
+    position: list[Checkpoint | None] = [None]
+
+    def saved(f: Follower) -> Follower:  # ForwarderApp.after_poll: a first file's start is saved at once
+        if f.new_start and f.sources:
+            f.new_start = False
+            position[0] = f.sources[0].checkpoint(f.sources[0].splitter.offset)
+        return f
+
+    def acked(f: Follower, got: Read) -> None:  # ForwarderApp._on_ack, every line read acked at once
+        src = got.source
+        target, offset = src, got.lines[-1].end if got.lines else src.splitter.offset
+        if got.done and f.sources and f.sources[0].fingerprint()[1] == FINGERPRINT_BYTES:
+            target, offset = f.sources[0], f.sources[0].start
+        position[0] = target.checkpoint(offset)
+        if got.done and target is src:
+            position[0] = dataclasses.replace(position[0], finished=True)
+
+    f = saved(hooked(f))
     monkeypatch.setattr(os, "pread", interleaved(os.pread))
     read: set[int] = set()
+    gaps: list[Any] = []
+    torn: list[bytes] = []  # lines that are not what was written: half a line, gzip bytes
 
     def take() -> bool:
         got = f.read()
         if got is not None:
-            read.update(orjson.loads(line.data)["seq"] for line in got.lines)
+            for line in got.lines:
+                try:
+                    read.add(orjson.loads(line.data)["seq"])
+                except orjson.JSONDecodeError:
+                    torn.append(line.data[:80])
+            acked(f, got)
         return got is not None
 
     try:
+        kills = 0
         while not done[0]:
-            if rng.random() < 0.3:
-                f.poll()
+            if restarts and kills < 3 and rng.random() < 0.02:
+                kills += 1
+                gaps += f.gaps
+                f.close()
+                f = Follower(str(log), max_event_bytes=1 << 20, max_held_files=16, log=_Log())
+                f = saved(hooked(f))
+                f.start(position[0], False)
+                saved(f)
+            elif rng.random() < 0.3:
+                saved(f).poll()
             else:
                 take()
             step()
         for _ in range(3):  # the writer is done: what is left is read
-            f.poll()
+            saved(f).poll()
             while take():
                 pass
     finally:
@@ -178,18 +222,19 @@ def run(seed: int, compress: bool, folder: Path, monkeypatch: Any, rename: bool 
     for path in folder.glob("audit*.log*"):
         data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
         written.update(orjson.loads(line)["seq"] for line in data.splitlines() if line.strip())
-    return sorted(written - read), list(f.gaps)
+    return sorted(written - read), gaps + list(f.gaps), torn
 
 
+@pytest.mark.parametrize("restarts", [False, True], ids=["", "killed and restarted"])
 @pytest.mark.parametrize(("rename", "compress"), [(False, False), (False, True), (True, False), (True, True)],
                          ids=["copytruncate", "copytruncate, gzipped copies", "rename", "rename, gzipped backups"])
-def test_every_line_is_read_and_no_gap_is_reported_in_any_interleaving(rename: bool, compress: bool,
+def test_every_line_is_read_and_no_gap_is_reported_in_any_interleaving(rename: bool, compress: bool, restarts: bool,
                                                                        tmp_path: Path, monkeypatch: Any) -> None:
     failed = []
     for seed in SEEDS:
         folder = tmp_path / str(seed)
         folder.mkdir()
-        missing, gaps = run(seed, compress, folder, monkeypatch, rename)
-        if missing or gaps:
-            failed.append((seed, missing[:10], [(g.reason, g.bytes_lost) for g in gaps]))
+        missing, gaps, torn = run(seed, compress, folder, monkeypatch, rename, restarts)
+        if missing or gaps or torn:
+            failed.append((seed, missing[:10], [(g.reason, g.bytes_lost) for g in gaps], torn[:1]))
     assert failed == []
