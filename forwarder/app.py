@@ -57,6 +57,7 @@ class Forwarder:
         self._flush_at: float | None = None
         self._checkpoint_failing = False
         self._sent_end: tuple[Source | None, int] = (None, 0)  # file and offset the last chunk ends at
+        self._acked_at: tuple[Source, int] | None = None  # file and offset of the last ack
 
     # ---- acks -> checkpoint -------------------------------------------------------------------
 
@@ -76,6 +77,8 @@ class Forwarder:
             fingerprint_bytes = chunk.next_source.fingerprint()[1]
             if fingerprint_bytes == FINGERPRINT_BYTES:  # a head that can tell the file apart after a restart
                 target, offset = chunk.next_source, chunk.next_source.start
+        self._acked_at = (target, offset)
+        target, offset = self.follower.resume_point(target, offset)
         position = target.checkpoint(offset)
         if chunk.source_done and target is chunk.source:
             position = dataclasses.replace(position, finished=True)
@@ -155,6 +158,10 @@ class Forwarder:
             fol.new_start = False
             first = fol.sources[0]
             self._save(first.checkpoint(first.splitter.offset))
+        if fol.late_queued:  # a file found late, older than the last ack's: the position goes back to it
+            fol.late_queued = False
+            if self._acked_at is not None and (back := fol.resume_point(*self._acked_at))[0] is not self._acked_at[0]:
+                self._save(back[0].checkpoint(back[1]))
         self._report_gaps()
         if fol.rotations != self._rotations_seen:
             self._rotations_seen = fol.rotations

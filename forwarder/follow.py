@@ -72,6 +72,7 @@ class Follower:
         self.reported: dict[str, None] = {}  # fingerprints of files already reported as gaps, oldest first
         self.folder_missing = False
         self.new_start = False  # a first file was queued: the caller checkpoints its start at once
+        self.late_queued = False  # an older file was queued before the one being read: see resume_point
         self.rotations = 0
         self.truncations = 0
         self._pending_start: tuple[Checkpoint | None, bool] | None = None
@@ -388,6 +389,7 @@ class Follower:
         for cand in newer:
             self.log.warning("rotated_file_caught_up", file=cand.path, note="rotated between our listing and our open")
             if (src := self._make(cand, 0, cands)) is not None:
+                src.late = self.late_queued = True
                 self.sources.insert(len(self.sources) - 1, src)
 
     def _still_same(self, src: Source, cands: list[Candidate] | None, was_empty: bool | None = None) -> bool:
@@ -571,6 +573,17 @@ class Follower:
         self._balance()
         self.log.info("file_finished", file=src.path, inode=src.inode, offset=src.pos)
         return Read(src, [last] if last and last.data.strip() else [], [], True)
+
+    def resume_point(self, src: Source, offset: int) -> tuple[Source, int]:
+        """Where a position acked at ``offset`` of ``src`` is to be saved: there, unless an older file found late
+        is queued before ``src``; then at that file's first unread byte, so that a restart reads it (and what
+        follows it, again) rather than resuming past it. ``late_queued`` says when to save it again."""
+        for queued in self.sources:
+            if queued is src:
+                break
+            if queued.late:
+                return queued, queued.splitter.offset
+        return src, offset
 
     def lag_bytes(self) -> int:
         """Bytes in the files of the queue that we have not read yet."""

@@ -39,6 +39,9 @@ class Source:
     # the live file as opened on the last try of a plan that copies kept tearing: logrotate may have copied
     # and truncated it again before we opened it, and only a copy newer than ``after_copy`` holds that
     unsettled: bool = False
+    # queued behind the file being read though older than it (a rotation found late): until it is read, a
+    # saved position must not pass it (Follower.resume_point)
+    late: bool = False
     _fingerprint: tuple[str, int] | None = None
 
     def fingerprint(self) -> tuple[str, int]:

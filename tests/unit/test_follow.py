@@ -813,3 +813,23 @@ def test_backups_newer_than_the_live_files_listing_are_read_while_it_is_still_li
     f.poll()
     assert drain(f) == []  # once
     f.close()
+
+
+def test_a_position_saved_while_a_late_backup_is_queued_goes_back_to_it(tmp_path: Path) -> None:
+    """Acked up to the live file's end, then an older backup is found late and queued before it: a position
+    saved now (or at the next ack of the live file) is the backup's start, so a restart reads it, not past it."""
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    f = follower(log)
+    f.start(None, True)
+    assert drain(f) == list(range(10))
+    tail = f.sources[-1]
+    write(tmp_path / "audit-2026-11-20T09-00-00.001.log", range(100, 110))
+    write(log, range(10, 20))
+    f.poll()
+    assert f.late_queued
+    back, offset = f.resume_point(tail, tail.splitter.offset)
+    assert back.path.endswith("09-00-00.001.log") and offset == 0
+    drain(f)
+    assert f.resume_point(tail, 5) == (tail, 5)  # read: the position goes on from the live file again
+    f.close()

@@ -163,10 +163,16 @@ def run(seed: int, compress: bool, folder: Path, monkeypatch: Any, rename: bool 
 
     position: list[Checkpoint | None] = [None]
 
-    def saved(f: Follower) -> Follower:  # ForwarderApp.after_poll: a first file's start is saved at once
-        if f.new_start and f.sources:
+    acked_at: list[tuple[Any, int] | None] = [None]
+
+    def saved(f: Follower) -> Follower:  # Forwarder.after_poll: a first file's start is saved at once; a file
+        if f.new_start and f.sources:  # found late, older than the last ack's, takes the position back to it
             f.new_start = False
             position[0] = f.sources[0].checkpoint(f.sources[0].splitter.offset)
+        if f.late_queued:
+            f.late_queued = False
+            if acked_at[0] is not None and (back := f.resume_point(*acked_at[0]))[0] is not acked_at[0][0]:
+                position[0] = back[0].checkpoint(back[1])
         return f
 
     def acked(f: Follower, got: Read) -> None:  # ForwarderApp._on_ack, every line read acked at once
@@ -174,6 +180,8 @@ def run(seed: int, compress: bool, folder: Path, monkeypatch: Any, rename: bool 
         target, offset = src, got.lines[-1].end if got.lines else src.splitter.offset
         if got.done and f.sources and f.sources[0].fingerprint()[1] == FINGERPRINT_BYTES:
             target, offset = f.sources[0], f.sources[0].start
+        acked_at[0] = (target, offset)
+        target, offset = f.resume_point(target, offset)
         position[0] = target.checkpoint(offset)
         if got.done and target is src:
             position[0] = dataclasses.replace(position[0], finished=True)
@@ -207,12 +215,14 @@ def run(seed: int, compress: bool, folder: Path, monkeypatch: Any, rename: bool 
                 f.start(position[0], False)
                 saved(f)
             elif rng.random() < 0.3:
-                saved(f).poll()
+                f.poll()
+                saved(f)
             else:
                 take()
             step()
         for _ in range(3):  # the writer is done: what is left is read
-            saved(f).poll()
+            f.poll()
+            saved(f)
             while take():
                 pass
     finally:
