@@ -21,7 +21,7 @@ from .batcher import Batcher, Chunk
 from .chain import Chain
 from .client import ForwardClient
 from .errors import ConfigError, TransportError
-from .follow import FINGERPRINT_BYTES, Follower, Read, Source
+from .follow import Follower, Read, Source
 from .lines import BadLine, Line, to_timed_entry
 from .metrics import ForwarderMetrics
 from .settings import Settings
@@ -73,10 +73,8 @@ class Forwarder:
         if chunk.last_time is not None:
             self._acked_time = rfc3339(chunk.last_time)
         target, offset = chunk.source, chunk.end
-        if chunk.source_done and chunk.next_source is not None:
-            fingerprint_bytes = chunk.next_source.fingerprint()[1]
-            if fingerprint_bytes == FINGERPRINT_BYTES:  # a head that can tell the file apart after a restart
-                target, offset = chunk.next_source, chunk.next_source.start
+        if chunk.source_done and chunk.next_source is not None and chunk.next_source.identifiable():
+            target, offset = chunk.next_source, chunk.next_source.start
         self._acked_at = (target, offset)
         target, offset = self.follower.resume_point(target, offset)
         position = target.checkpoint(offset)

@@ -253,6 +253,12 @@ class Follower:
                 continue
             live = next((c for c in cands if c.kind == "live"), None)
             now = self.folder.head(live) if live is not None else None
+            if index is not None and cands[index] is live and _fp((now or b"")[: cp.fingerprint_bytes]) != cp.fingerprint:
+                # found live, then copy-truncated before we looked again: its content is in a copy now
+                if not last:
+                    cands = self.folder.settled() or cands
+                    continue
+                index = None  # (then read by rotation order from the copies since: again rather than lost)
             plan, live_offset = self._resume_plan(cp, cands, index, now)
             if (opened := self._open_all(plan, cands, last, now, live_offset)) is not None:
                 queue = opened

@@ -52,6 +52,12 @@ class Source:
             self._fingerprint = fp
         return fp
 
+    def identifiable(self) -> bool:
+        """Its head tells it apart after a restart: a full fingerprint, or the whole of a file that no longer
+        grows (a backup or copy shorter than a fingerprint; an empty one has nothing to tell)."""
+        n = self.fingerprint()[1]
+        return n == FINGERPRINT_BYTES or (n > 0 and not self.live)
+
     def identity(self) -> str:
         fp, _ = self.fingerprint()
         return f"{self.device}:{self.inode}:{fp[:16]}"

@@ -26,7 +26,6 @@ import orjson
 import pytest
 
 from forwarder.checkpoint import Checkpoint
-from forwarder.files import FINGERPRINT_BYTES
 from forwarder.follow import Follower
 from forwarder.source import Read
 from tests.helpers.auditlog import event
@@ -178,7 +177,7 @@ def run(seed: int, compress: bool, folder: Path, monkeypatch: Any, rename: bool 
     def acked(f: Follower, got: Read) -> None:  # ForwarderApp._on_ack, every line read acked at once
         src = got.source
         target, offset = src, got.lines[-1].end if got.lines else src.splitter.offset
-        if got.done and f.sources and f.sources[0].fingerprint()[1] == FINGERPRINT_BYTES:
+        if got.done and f.sources and f.sources[0].identifiable():
             target, offset = f.sources[0], f.sources[0].start
         acked_at[0] = (target, offset)
         target, offset = f.resume_point(target, offset)
