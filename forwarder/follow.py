@@ -512,7 +512,7 @@ class Follower:
             pool = [c for c in cands if c.kind != "live" and not self._known(c)]
             heads = {c.path: self.folder.head(c) for c in pool}
             copy = next((c for c in reversed(pool) if same_content(tail.head, heads[c.path])), None)
-            plan = [(c, resume if c is copy else 0) for c in self._since(tail, pool, heads, copy)
+            plan = [(c, resume if c is copy else 0) for c in self._since(tail, pool, heads, copy, cands)
                     if c is copy or not (_related(now, heads[c.path]) or _related(tail.head, heads[c.path]))]
             if (queue := self._open_all(plan, cands, attempt == TRIES - 1, now)) is not None:
                 break
@@ -530,18 +530,22 @@ class Follower:
             self._push(src)
 
     def _since(self, tail: Source, pool: list[Candidate], heads: dict[str, bytes | None],
-               copy: Candidate | None) -> list[Candidate]:
-        """The copy of ``tail`` and those made after ``tail`` became live, oldest first."""
+               copy: Candidate | None, cands: list[Candidate]) -> list[Candidate]:
+        """The copy of ``tail`` and those made after ``tail`` became live, oldest first (of ``pool``, the
+        copies not queued)."""
         if copy is not None and copy.kind != "copy":  # an apiserver-style name: rotation order by name
             return [copy] + [c for c in pool[pool.index(copy) + 1 :] if c.kind == copy.kind]
         copies = [c for c in pool if c.kind == "copy"]
-        fps = [_fp(heads[c.path]) for c in copies]
-        # after the newest copy there was when it became live; none then, or it is pruned (so are all older
-        # ones): all are newer
-        first = fps.index(tail.after_copy) + 1 if tail.after_copy and tail.after_copy in fps else 0
+        # after the newest copy there was when it became live, looked for among all copies: that one may be
+        # queued still (so not in the pool), and the older ones were read; none then, or it is pruned (so are
+        # all older ones): all are newer
+        every = [c for c in cands if c.kind == "copy"]
+        fps = [_fp(heads[c.path] if c.path in heads else self.folder.head(c)) for c in every] \
+            if tail.after_copy else []
+        first = fps.index(tail.after_copy) + 1 if tail.after_copy in fps else 0
         if copy is not None:
-            first = min(first, copies.index(copy))
-        return copies[first:]
+            first = min(first, every.index(copy))
+        return [c for c in copies if every.index(c) >= first]
 
     def read(self) -> Read | None:
         """The next lines from the oldest file; None when everything available has been read."""

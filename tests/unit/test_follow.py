@@ -833,3 +833,27 @@ def test_a_position_saved_while_a_late_backup_is_queued_goes_back_to_it(tmp_path
     drain(f)
     assert f.resume_point(tail, 5) == (tail, 5)  # read: the position goes on from the live file again
     f.close()
+
+
+def test_a_truncation_while_the_last_copy_is_still_queued_reads_no_older_copy_again(tmp_path: Path) -> None:
+    """The copy the live file counts from (``after_copy``) is still queued when the live file is truncated
+    again, so it is not among the copies to plan from; the older ones were read. They are not read again
+    (tests/fault copytruncate-outage at full size: 5,423 events sent twice)."""
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    f = follower(log)
+    f.start(None, True)
+    got = drain(f)
+    copytruncate(log)  # .1: 0-9, read
+    write(log, range(10, 20))
+    f.poll()
+    got += drain(f)
+    copytruncate(log)  # .1: 10-19, read; queued (its rest) until the reader gets to it
+    write(log, range(20, 30))
+    f.poll()
+    copytruncate(log)  # .1: 20-29
+    write(log, range(30, 40))
+    f.poll()
+    got += drain(f)
+    assert sorted(got) == list(range(40)) and f.gaps == []
+    f.close()
