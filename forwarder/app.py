@@ -156,10 +156,11 @@ class Forwarder:
             fol.new_start = False
             first = fol.sources[0]
             self._save(first.checkpoint(first.splitter.offset))
-        if fol.late_queued:  # a file found late, older than the last ack's: the position goes back to it
-            fol.late_queued = False
-            if self._acked_at is not None and (back := fol.resume_point(*self._acked_at))[0] is not self._acked_at[0]:
-                self._save(back[0].checkpoint(back[1]))
+        if fol.late_queued and self._acked_at is not None:  # a file found late, older than the last ack's:
+            back, offset = fol.resume_point(*self._acked_at)  # the position goes back to it
+            if back is not self._acked_at[0]:
+                self._save(back.checkpoint(offset))
+        fol.late_queued = False
         self._report_gaps()
         if fol.rotations != self._rotations_seen:
             self._rotations_seen = fol.rotations

@@ -114,7 +114,7 @@ class Folder:
         last = self.scan()
         for _ in range(tries):
             again = self.scan()
-            if again is None or last is None or _files(again) == _files(last):
+            if again is None or last is None or rotated_files(again) == rotated_files(last):
                 return again
             last = again
         return last
@@ -202,7 +202,8 @@ class Folder:
         return max(keys) if keys else ""
 
 
-def _files(cands: list[Candidate]) -> list[tuple[str, int, int]]:
+def rotated_files(cands: list[Candidate]) -> list[tuple[str, int, int]]:
+    """The rotated files of a listing by name and identity: two listings that differ here saw a rotation."""
     return [(c.path, c.device, c.inode) for c in cands if c.kind != "live"]
 
 

@@ -24,7 +24,15 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from .checkpoint import Checkpoint
-from .files import FINGERPRINT_BYTES, FOLLOW_TRIES, HEAD_ERRORS, Candidate, Folder, same_content
+from .files import (
+    FINGERPRINT_BYTES,
+    FOLLOW_TRIES,
+    HEAD_ERRORS,
+    Candidate,
+    Folder,
+    rotated_files,
+    same_content,
+)
 from .lines import Splitter
 from .source import Gap, Read, Source, head_and_size, last_line_end
 
@@ -51,8 +59,10 @@ def _related(head: bytes | None, other: bytes | None) -> bool:
     return head.startswith(other) or other.startswith(head)
 
 
-def _names(cands: list[Candidate]) -> list[tuple[str, int, int]]:
-    return [(c.path, c.device, c.inode) for c in cands]
+def _holds(head: bytes | None, cp: Checkpoint) -> bool:
+    """``head`` (a file's first bytes, at least the checkpoint's fingerprint's) is of the checkpointed content."""
+    part = (head or b"")[: cp.fingerprint_bytes]
+    return len(part) == cp.fingerprint_bytes and _fp(part) == cp.fingerprint
 
 
 def _fp(head: bytes | None) -> str:
@@ -248,12 +258,12 @@ class Follower:
             last = attempt == TRIES - 1
             index = self._find(cands, cp)
             again = self.folder.settled() if index is None and not last else None
-            if again is not None and _names(again) != _names(cands):
+            if again is not None and rotated_files(again) != rotated_files(cands):
                 cands = again  # not found: it may be under a name not in that listing
                 continue
             live = next((c for c in cands if c.kind == "live"), None)
             now = self.folder.head(live) if live is not None else None
-            if index is not None and cands[index] is live and _fp((now or b"")[: cp.fingerprint_bytes]) != cp.fingerprint:
+            if index is not None and cands[index] is live and not _holds(now, cp):
                 # found live, then copy-truncated before we looked again: its content is in a copy now
                 if not last:
                     cands = self.folder.settled() or cands
@@ -304,8 +314,7 @@ class Follower:
             return None  # an empty file has no content to be recognised by: go by rotation order
         order = sorted(range(len(cands)), key=lambda i: (cands[i].kind != "live", -i))
         for i in order:
-            head = self.folder.head(cands[i], cp.fingerprint_bytes)
-            if head is not None and len(head) == cp.fingerprint_bytes and _fp(head) == cp.fingerprint:
+            if _holds(self.folder.head(cands[i], cp.fingerprint_bytes), cp):
                 return i
         return None
 

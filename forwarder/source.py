@@ -124,7 +124,7 @@ class Source:
 
     def read(self) -> bytes:
         assert self.fh is not None
-        if self.raw is None and not self.compressed and self.pos < FINGERPRINT_BYTES > len(self.head):
+        if self.raw is None and not self.compressed and max(self.pos, len(self.head)) < FINGERPRINT_BYTES:
             # the start of a file (its head short or empty): read from 0 in one call, so that the head we
             # check it by later is of the content we read. A head taken at another moment can be of other
             # content (copy-truncated in between: empty then, or already written anew), and a truncation
