@@ -18,7 +18,7 @@ import dataclasses
 import gzip
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,12 +41,30 @@ class _Log:
         return lambda name, **kw: None
 
 
-def _append(out: IO[bytes], seqs: range, rng: random.Random) -> Iterator[None]:
-    for seq in seqs:
-        out.write(orjson.dumps(event(seq, pad=200)) + b"\n")
-        out.flush()
-        if rng.random() < 0.3:
-            yield
+def _writing(events: int, burst: int, rng: random.Random, out: Callable[[], IO[bytes]],
+             rotate: Callable[[], Iterator[None]]) -> Iterator[None]:
+    """Bursts of lines to the live file (``out()``), each followed by a rotation half the time."""
+    seq = 0
+    while seq < events:
+        for _ in range(min(rng.randint(1, burst), events - seq)):
+            out().write(orjson.dumps(event(seq, pad=200)) + b"\n")
+            out().flush()
+            seq += 1
+            if rng.random() < 0.3:
+                yield
+        yield
+        if rng.random() >= 0.5:
+            yield from rotate()
+
+
+def _in_parts(path: Path, data: bytes, part: int, rng: random.Random) -> Iterator[None]:
+    """``data`` written to ``path`` in place, ``part`` bytes at a time: a listing can see it half made."""
+    with path.open("wb") as dst:
+        for at in range(0, len(data), part):
+            dst.write(data[at : at + part])
+            dst.flush()
+            if rng.random() < 0.5:
+                yield
     yield
 
 
@@ -58,72 +76,54 @@ def _writer(folder: Path, events: int, burst: int, rng: random.Random, compress:
     def copy(n: int) -> Path:
         return folder / f"audit.log.{n}{ext}"
 
-    seq = 0
+    def rotate() -> Iterator[None]:
+        if copy(KEEP).exists():
+            os.remove(copy(KEEP))
+            yield
+        for n in range(KEEP - 1, 0, -1):
+            if copy(n).exists():
+                os.rename(copy(n), copy(n + 1))
+                yield
+        data = log.read_bytes()
+        if compress:
+            tmp = folder / "audit.log.1.gz.tmp"
+            tmp.write_bytes(gzip.compress(data))
+            yield
+            os.rename(tmp, copy(1))
+            yield
+        else:
+            yield from _in_parts(copy(1), data, 4096, rng)
+        os.truncate(log, 0)
+        yield
+
     with log.open("ab") as out:  # O_APPEND, kept across truncations, as the apiserver keeps its descriptor
-        while seq < events:
-            count = min(rng.randint(1, burst), events - seq)
-            yield from _append(out, range(seq, seq + count), rng)
-            seq += count
-            if rng.random() < 0.5:
-                continue
-            if copy(KEEP).exists():
-                os.remove(copy(KEEP))
-                yield
-            for n in range(KEEP - 1, 0, -1):
-                if copy(n).exists():
-                    os.rename(copy(n), copy(n + 1))
-                    yield
-            data = log.read_bytes()
-            if compress:
-                tmp = folder / "audit.log.1.gz.tmp"
-                tmp.write_bytes(gzip.compress(data))
-                yield
-                os.rename(tmp, copy(1))
-            else:
-                with copy(1).open("wb") as dst:
-                    for at in range(0, len(data), 4096):
-                        dst.write(data[at : at + 4096])
-                        dst.flush()
-                        if rng.random() < 0.5:
-                            yield
-            yield
-            os.truncate(log, 0)
-            yield
+        yield from _writing(events, burst, rng, lambda: out, rotate)
 
 
 def _renamer(folder: Path, events: int, burst: int, rng: random.Random, compress: bool) -> Iterator[None]:
     """The apiserver's rotation (lumberjack): close, rename to ``audit-<time>.log``, create a new live file;
     with ``compress`` the backup is gzipped beside itself (the .gz written in parts), then removed."""
     log = folder / "audit.log"
-    seq = rotation = 0
-    out = log.open("ab")
+    live = [log.open("ab")]
+    rotations = [0]
+
+    def rotate() -> Iterator[None]:
+        live[0].close()
+        rotations[0] += 1
+        backup = folder / f"audit-2026-11-20T09-00-00.{rotations[0]:03d}.log"
+        os.rename(log, backup)
+        yield
+        live[0] = log.open("ab")
+        yield
+        if compress:
+            yield from _in_parts(folder / (backup.name + ".gz"), gzip.compress(backup.read_bytes()), 512, rng)
+            os.remove(backup)
+            yield
+
     try:
-        while seq < events:
-            count = min(rng.randint(1, burst), events - seq)
-            yield from _append(out, range(seq, seq + count), rng)
-            seq += count
-            if rng.random() < 0.5:
-                continue
-            out.close()
-            rotation += 1
-            backup = folder / f"audit-2026-11-20T09-00-00.{rotation:03d}.log"
-            os.rename(log, backup)
-            yield
-            out = log.open("ab")
-            yield
-            if compress:
-                data = gzip.compress(backup.read_bytes())
-                with (folder / (backup.name + ".gz")).open("wb") as dst:
-                    for at in range(0, len(data), 512):
-                        dst.write(data[at : at + 512])
-                        dst.flush()
-                        if rng.random() < 0.5:
-                            yield
-                yield
-                os.remove(backup)
-                yield
+        yield from _writing(events, burst, rng, lambda: live[0], rotate)
     finally:
-        out.close()
+        live[0].close()
 
 
 def run(seed: int, compress: bool, folder: Path, monkeypatch: Any, rename: bool = False,
